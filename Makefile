@@ -1,0 +1,49 @@
+# Two commands on a fresh Debian 12 machine (as root): `make demo` and `make test`.
+# Every target installs what it needs, idempotently.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+APT_PACKAGES := tgt libiscsi-bin libiscsi-dev python3-venv python3-dev build-essential
+
+.PHONY: setup apt test test-unit demo bench lint clean
+
+setup: apt $(STAMP)
+
+# apt-get only when something is missing: a warm machine pays nothing.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[lab,test]'
+	# fake-switches pins dependencies too old for Python 3.11: its deps come from the lab extra.
+	$(PY) -m pip install -q --no-deps 'fake-switches>=1.5.0'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/golden
+
+demo: setup
+	$(PY) -m lab.demo
+
+bench: setup
+	$(PY) bench/run.py
+
+lint: setup
+	$(VENV)/bin/ruff check aimctl lab tests bench
+	$(VENV)/bin/mypy aimctl
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,132 @@
+"""The narrow interfaces the workflow drives. One concern each, one module per protocol.
+
+Words are ours, not the vendors': drivers translate at the edge (Redfish "On"/"Off", IPMI
+"on"/"off", tgtadm output, switch running-config) into these types. Every write has a read-back:
+a method that changes something returns only after it has *observed* the change, or raises one of
+``aimctl.errors`` (Unreachable, AuthFailed, Timeout, StateMismatch, Rejected).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol, runtime_checkable
+
+
+class PowerState(str, Enum):
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"
+
+
+@runtime_checkable
+class Power(Protocol):
+    """A server's power, through its BMC."""
+
+    def state(self) -> PowerState: ...
+
+    def off(self, deadline_s: float = 60.0) -> None:
+        """Hard off (ForceOff / chassis off), then poll until it *reads* off or raise Timeout."""
+
+    def on(self, deadline_s: float = 60.0) -> None:
+        """Power on, then poll until it reads on or raise Timeout."""
+
+
+@dataclass(frozen=True)
+class IscsiBoot:
+    """What a server's firmware needs to boot a persona from its LUN."""
+
+    initiator: str
+    target: str
+    lun: int
+    portal_host: str
+    portal_port: int
+    chap_user: str
+    chap_secret: str = field(repr=False)
+
+
+@runtime_checkable
+class BootConfig(Protocol):
+    """A server's iSCSI boot configuration (Redfish iSCSIBoot, or an iPXE script for IPMI)."""
+
+    def write(self, boot: IscsiBoot) -> None:
+        """Write the config and set the next boot to it; read back and compare."""
+
+    def read(self) -> IscsiBoot | None: ...
+
+    def clear(self) -> None:
+        """Remove the persona's identity from the server's firmware; read back that it is gone."""
+
+
+@dataclass(frozen=True)
+class Session:
+    target: str
+    initiator: str
+    alias: str
+    sid: int
+
+
+@runtime_checkable
+class StorageAccess(Protocol):
+    """Who may reach a persona's targets.
+
+    A persona keeps its initiator name when it moves, so an ACL by name cannot tell bodies apart:
+    the per-persona CHAP account is what the fence rotates (DESIGN.md rule 1).
+    """
+
+    def bind(self, target: str, initiator: str) -> None: ...
+
+    def unbind(self, target: str, initiator: str) -> None: ...
+
+    def initiators(self, target: str) -> list[str]: ...
+
+    def set_chap(self, target: str, user: str, secret: str) -> None:
+        """Make ``user``/``secret`` the only CHAP account on ``target`` (rotation); read back."""
+
+    def chap_user(self, target: str) -> str | None: ...
+
+    def sessions(self, target: str) -> list[Session]: ...
+
+    def kill_sessions(self, target: str, deadline_s: float = 10.0) -> None:
+        """Drop every session to ``target`` and poll until none remains."""
+
+    def login_refused(self, target: str, initiator: str, user: str, secret: str) -> bool:
+        """Try a real login with these credentials; True when the target refuses it."""
+
+
+class PortMode(str, Enum):
+    ACCESS = "access"
+    TRUNK = "trunk"
+
+
+@dataclass(frozen=True)
+class PortIntent:
+    """What one switch port should carry after a batch."""
+
+    port: str
+    mode: PortMode
+    vlans: tuple[int, ...]  # access: exactly one; trunk: allowed VLANs
+    native_vlan: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PortState:
+    port: str
+    mode: PortMode | None
+    vlans: tuple[int, ...]
+    native_vlan: int | None = None
+
+
+@runtime_checkable
+class SwitchPorts(Protocol):
+    """One switch. ``apply`` sends every intent in one SSH session and one config session, reads
+    the touched ports back and compares; on an error or mismatch it restores the captured previous
+    config of those ports and raises Rejected/StateMismatch naming switch, port and line."""
+
+    def render(self, intents: list[PortIntent]) -> list[str]:
+        """The exact CLI lines ``apply`` would send (used by ``aimctl plan``)."""
+
+    def apply(self, intents: list[PortIntent]) -> list[PortState]: ...
+
+    def read(self, ports: list[str]) -> list[PortState]: ...

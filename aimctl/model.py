@@ -1,0 +1,277 @@
+"""The words of DESIGN.md as typed, validated models.
+
+Two kinds of definition file live under ``personas/``: a *pool file* (has ``pool:``) with the pool's
+networks, members and personas, and an *inventory file* with ``servers``, ``switches`` and
+``storage``. Per-file shape is checked here by pydantic; rules that span files (a persona's home in
+its pool, cabling of every channel a network needs, unique initiators) live in ``aimctl.loader``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from aimctl.validation import HOSTNAME_RE, IQN_RE, NAME_RE, PS_NAME_RE, valid_vlan
+
+# ---------------------------------------------------------------------------- scalar types
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """``"20m"`` → 1200.0. Bare numbers are refused: a unit-less timer is a classic 3 a.m. mistake."""
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT_S[m.group(2)]
+    raise ValueError(f"not a duration: {value!r} (write e.g. 90s, 20m, 1h)")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _check_secret_ref(value: str) -> str:
+    if not (value.startswith("env:") or value.startswith("file:")) or len(value) < 5:
+        raise ValueError("inline secret: secrets must be references (env:NAME or file:PATH), never values")
+    if value.startswith("env:") and not re.match(r"^env:[A-Za-z_][A-Za-z0-9_]*$", value):
+        raise ValueError("bad env reference (want env:NAME with letters, digits, _)")
+    return value
+
+
+SecretRef = Annotated[str, AfterValidator(_check_secret_ref)]
+
+
+def _check_iqn(value: str) -> str:
+    if not IQN_RE.match(value):
+        raise ValueError(f"not an iSCSI qualified name in RFC 3720 form (iqn.YYYY-MM.reversed.domain[:id]): {value!r}")
+    return value
+
+
+Iqn = Annotated[str, AfterValidator(_check_iqn)]
+
+
+def _check_name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(f"bad name {value!r}: lower-case letters, digits and '-', starting with a letter")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def _check_host(value: str) -> str:
+    host = value
+    try:
+        ipaddress.ip_address(host)
+        return value
+    except ValueError:
+        pass
+    if not HOSTNAME_RE.match(host):
+        raise ValueError(f"not a host name or IP address: {value!r}")
+    return value
+
+
+Host = Annotated[str, AfterValidator(_check_host)]
+
+
+def _check_vlan(value: int) -> int:
+    if not valid_vlan(value):
+        raise ValueError(f"VLAN {value} out of range 1-4094")
+    return value
+
+
+Vlan = Annotated[int, AfterValidator(_check_vlan)]
+Channel = Annotated[int, Field(ge=1, le=64)]
+PsName = Annotated[str, StringConstraints(pattern=PS_NAME_RE.pattern)]
+
+
+class Strict(BaseModel):
+    # extra="forbid" is what turns a typo ("boot_timmer") into an error instead of a silent default.
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+# ---------------------------------------------------------------------------- inventory
+
+
+class Credentials(Strict):
+    username: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    password: SecretRef
+    enable: SecretRef | None = None
+
+
+class Bmc(Strict):
+    kind: Literal["redfish", "ipmi"]
+    address: Host
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    credentials: Credentials
+    system_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
+    tls: bool = True
+
+
+class Cable(Strict):
+    switch: Name
+    port: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+
+
+class Server(Strict):
+    bmc: Bmc
+    model: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    cores: Annotated[int, Field(ge=1)]
+    memory_gb: Annotated[int, Field(ge=1)]
+    boot_nic: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    channels: dict[Channel, Cable]
+
+
+NetworkOs = Literal["dell_powerconnect", "dell_os6", "cisco_ios", "arista_eos"]
+
+
+class Switch(Strict):
+    os: NetworkOs
+    address: Host
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    credentials: Credentials
+
+
+class Storage(Strict):
+    kind: Literal["tgt"]
+    portal: Host
+    port: Annotated[int, Field(ge=1, le=65535)] = 3260
+    # How the controller reaches the target's management: "local" runs tgtadm here, an ssh:// URL runs it there.
+    management: Annotated[str, StringConstraints(pattern=r"^(local|ssh://[A-Za-z0-9_.-]+@[A-Za-z0-9.-]+(:\d+)?)$")] = "local"
+    credentials: Credentials | None = None
+
+
+class InventoryFile(Strict):
+    servers: dict[Name, Server] = {}
+    switches: dict[Name, Switch] = {}
+    storage: dict[Name, Storage] = {}
+
+
+# ---------------------------------------------------------------------------- pools and personas
+
+
+class Network(Strict):
+    vlan: Vlan
+    subnet: ipaddress.IPv4Network
+    primary: Channel
+    secondary: Channel | None = None
+    mode: Literal["trunk", "access"] = "trunk"
+
+    @model_validator(mode="after")
+    def _distinct_channels(self) -> Network:
+        if self.secondary is not None and self.secondary == self.primary:
+            raise ValueError("secondary channel must differ from primary")
+        return self
+
+
+class Lun(Strict):
+    target: Iqn
+    lun: Annotated[int, Field(ge=0, le=255)]
+
+
+class Qualification(Strict):
+    models: list[str] = []
+    min_cores: Annotated[int, Field(ge=0)] = 0
+    min_memory_gb: Annotated[int, Field(ge=0)] = 0
+
+    def met_by(self, server: Server) -> bool:
+        return (
+            (not self.models or server.model in self.models)
+            and server.cores >= self.min_cores
+            and server.memory_gb >= self.min_memory_gb
+        )
+
+
+HookPoint = Literal["pre-fence", "post-boot", "post-recovery", "pre-failback"]
+SshUrl = Annotated[str, StringConstraints(pattern=r"^ssh://[A-Za-z0-9_.-]+@[A-Za-z0-9.-]+(:\d{1,5})?$")]
+
+
+class _Hook(Strict):
+    point: HookPoint = "post-boot"
+    timeout: Duration = 600.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 0
+
+
+class ExchangeDagHook(_Hook):
+    hook: Literal["exchange-dag"]
+    dag: PsName
+    server: PsName  # the Exchange server name of this persona (e.g. EXCH1), not the persona name
+    via: SshUrl
+    credentials: SecretRef
+    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|SHA256:[A-Za-z0-9+/=]{20,64})$")] = "auto"
+
+
+class SshCommandHook(_Hook):
+    hook: Literal["ssh-command"]
+    via: SshUrl
+    credentials: SecretRef
+    command: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class ScriptHook(_Hook):
+    hook: Literal["script"]
+    path: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./-]{1,255}$")]
+    args: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.=:/,@+-]{0,128}$")]] = []
+
+
+Hook = Annotated[Union[ExchangeDagHook, SshCommandHook, ScriptHook], Field(discriminator="hook")]
+
+
+class ServiceCheck(Strict):
+    name: Name
+    process: str | None = None
+    tcp: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]+:\d{1,5}$")] | None = None
+    command: str | None = None
+    restart: str | None = None
+
+
+class Persona(Strict):
+    home: Name
+    storage: Name
+    initiator: Iqn
+    boot: Lun
+    data: list[Lun] = []
+    addresses: dict[Name, ipaddress.IPv4Address]
+    boot_timer: Duration = 900.0
+    policy: Literal["automatic", "manual"] = "automatic"
+    confirm_timeout: Duration = 900.0
+    on_confirm_timeout: Literal["proceed", "abort"] = "abort"
+    qualification: Qualification = Qualification()
+    heartbeat_key: SecretRef
+    services: list[ServiceCheck] = []
+    recovery: list[Hook] = []
+
+
+class Storm(Strict):
+    max_concurrent: Annotated[int, Field(ge=1)] = 2
+    pause_above_percent: Annotated[int, Field(ge=1, le=100)] = 50
+
+
+class PoolFile(Strict):
+    pool: Name
+    members: list[Name]
+    standby_preference: list[Name] = []
+    quarantine_vlan: Vlan
+    scn: Name = "scn"
+    networks: dict[Name, Network]
+    personas: dict[Name, Persona] = {}
+    storm: Storm = Storm()
+    max_retargets: Annotated[int, Field(ge=0, le=10)] = 2
+
+    @model_validator(mode="after")
+    def _scn_known(self) -> PoolFile:
+        if self.scn not in self.networks:
+            raise ValueError(f"scn network {self.scn!r} is not one of this pool's networks")
+        return self

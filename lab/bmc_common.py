@@ -1,0 +1,131 @@
+"""Pieces both BMC emulators share: on-time scheduling, in-order power callbacks, fault flags.
+
+The emulators keep a *true* power state per server and apply a pending change after a fixed delay.
+Host simulators learn of real changes through ``subscribe`` callbacks, delivered on one notifier
+thread so a slow subscriber never stalls a BMC request, and always in the order changes happened.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+FAULT_KINDS = ("down", "slow", "lies")
+
+PowerCallback = Callable[[str, bool], None]
+
+
+class Notifier:
+    """Deliver ``(server, on)`` to every subscriber, in order, on a thread of its own."""
+
+    def __init__(self, label: str) -> None:
+        self._subs: list[PowerCallback] = []
+        self._lock = threading.Lock()
+        self._q: queue.SimpleQueue[tuple[str, bool] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"{label}-notify", daemon=True)
+        self._thread.start()
+
+    def subscribe(self, cb: PowerCallback) -> None:
+        with self._lock:
+            self._subs.append(cb)
+
+    def publish(self, name: str, on: bool) -> None:
+        self._q.put((name, on))
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            with self._lock:
+                subs = list(self._subs)
+            for cb in subs:
+                try:
+                    cb(*item)
+                except Exception:  # a broken subscriber must not silence the others
+                    log.exception("power subscriber failed for %s", item[0])
+
+
+class DueTimer:
+    """Call ``fire(key)`` when a key's due time (``time.time()`` based) arrives.
+
+    One thread sleeps until the earliest due time instead of polling, so a change set to land
+    after D seconds lands within a few milliseconds of D. Re-scheduling a key replaces it.
+    """
+
+    def __init__(self, label: str, fire: Callable[[str], None]) -> None:
+        self._fire = fire
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, str]] = []
+        self._due: dict[str, tuple[float, int]] = {}
+        self._seq = 0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"{label}-due", daemon=True)
+        self._thread.start()
+
+    def schedule(self, key: str, due: float) -> None:
+        with self._cond:
+            self._seq += 1
+            self._due[key] = (due, self._seq)
+            heapq.heappush(self._heap, (due, self._seq, key))
+            self._cond.notify()
+
+    def cancel(self, key: str) -> None:
+        with self._cond:
+            self._due.pop(key, None)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    now = time.time()
+                    # drop entries that were cancelled or replaced
+                    while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][:2]:
+                        heapq.heappop(self._heap)
+                    if self._heap and self._heap[0][0] <= now:
+                        _, _, key = heapq.heappop(self._heap)
+                        del self._due[key]
+                        break
+                    self._cond.wait(timeout=(self._heap[0][0] - now) if self._heap else None)
+                else:
+                    return
+            try:
+                self._fire(key)
+            except Exception:
+                log.exception("applying a due change for %s failed", key)
+
+
+@dataclass
+class Faults:
+    """Per-server fault switches, read by request handlers on every request."""
+
+    down: set[str] = field(default_factory=set)
+    slow: set[str] = field(default_factory=set)
+    lies: set[str] = field(default_factory=set)
+
+    def set(self, name: str, kind: str, on: bool) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; want one of {', '.join(FAULT_KINDS)}")
+        bucket: set[str] = getattr(self, kind)
+        (bucket.add if on else bucket.discard)(name)
+
+    def clear(self, name: str) -> None:
+        for kind in FAULT_KINDS:
+            getattr(self, kind).discard(name)
