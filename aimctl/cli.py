@@ -111,9 +111,10 @@ def plan_failover_cmd(persona: str,
                       as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """The ordered steps a failover of PERSONA would take: standby and why, fence, storage, boot, switch lines."""
     from aimctl.controller.plan import plan_failover
-    from aimctl.loader import load
+    from aimctl.loader import load_for_persona
 
-    defs = load(definitions or _default_defs())
+    # Only the persona's pool is needed; a tree that validated before is served from the cache.
+    defs = load_for_persona(definitions or _default_defs(), persona)
     assignment, quarantined = current_state(defs, state)
     plan = plan_failover(defs, persona, assignment, quarantined, to=to, render=switch_renderer(defs))
     if as_json:

@@ -259,7 +259,9 @@ class Storm(Strict):
     pause_above_percent: Annotated[int, Field(ge=1, le=100)] = 50
 
 
-class PoolFile(Strict):
+class PoolFile(InventoryFile):
+    """A pool; it may carry its own inventory (servers/switches/storage) in the same file."""
+
     pool: Name
     members: list[Name]
     standby_preference: list[Name] = []
