@@ -123,6 +123,7 @@ class Bmc(Strict):
 class Cable(Strict):
     switch: Name
     port: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    ifindex: Annotated[int, Field(ge=1)] | None = None  # when the switch numbers differently from its OS rule
 
 
 class Server(Strict):
@@ -151,6 +152,8 @@ class Storage(Strict):
     # How the controller reaches the target's management: "local" runs tgtadm here, an ssh:// URL runs it there.
     management: Annotated[str, StringConstraints(pattern=r"^(local|ssh://[A-Za-z0-9_.-]+@[A-Za-z0-9.-]+(:\d+)?)$")] = "local"
     credentials: Credentials | None = None
+    # A tgtd listening on a non-default control socket (TGT_IPC_SOCKET); local management only.
+    control_socket: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./-]{1,200}$")] | None = None
 
 
 class InventoryFile(Strict):
@@ -210,13 +213,15 @@ class ExchangeDagHook(_Hook):
     server: PsName  # the Exchange server name of this persona (e.g. EXCH1), not the persona name
     via: SshUrl
     credentials: SecretRef
-    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|SHA256:[A-Za-z0-9+/=]{20,64})$")] = "auto"
+    # "known-hosts" (the controller's ~/.ssh/known_hosts), a pinned "SHA256:..." fingerprint, or "auto" (lab only).
+    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/=]{20,64})$")] = "known-hosts"
 
 
 class SshCommandHook(_Hook):
     hook: Literal["ssh-command"]
     via: SshUrl
     credentials: SecretRef
+    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/=]{20,64})$")] = "known-hosts"
     command: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
 
@@ -250,6 +255,8 @@ class Persona(Strict):
     on_confirm_timeout: Literal["proceed", "abort"] = "abort"
     qualification: Qualification = Qualification()
     heartbeat_key: SecretRef
+    # The CHAP secret the persona's targets hold before the controller first rotates it.
+    initial_chap: SecretRef | None = None
     services: list[ServiceCheck] = []
     recovery: list[Hook] = []
 

@@ -15,6 +15,10 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 # Exchange object names reaching PowerShell: letters, digits, dash, underscore; no quotes, no $.
 PS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 DESCRIPTION_RE = re.compile(r"^[A-Za-z0-9 ._:/-]{0,64}$")
+# CHAP credentials reach firmware settings and iPXE scripts (``set password ...``): no spaces,
+# quotes, ``$`` (iPXE expansion) or line breaks. RFC 3720 allows more; the controller never needs it.
+CHAP_USER_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+CHAP_SECRET_RE = re.compile(r"^[A-Za-z0-9._~+/=:@-]{1,255}$")
 
 # Port names by network OS (netmiko device type). Kept as data: adding an OS adds a row.
 PORT_RE: dict[str, re.Pattern[str]] = {

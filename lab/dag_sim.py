@@ -21,44 +21,52 @@ thread sleeps):
 
 from __future__ import annotations
 
-import hmac
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import paramiko
+from lab.ssh_exec import ExecServer
 
 DEFAULT_MEMBERS = {"EXCH1": "exchange1", "EXCH2": "exchange2"}
 # Preference 1 split across the two members, as in the reference DAG.
-DEFAULT_DATABASES = {"DB01": ["EXCH1", "EXCH2"], "DB02": ["EXCH2", "EXCH1"],
-                     "DB03": ["EXCH1", "EXCH2"], "DB04": ["EXCH2", "EXCH1"]}
+DEFAULT_DATABASES = {
+    "DB01": ["EXCH1", "EXCH2"],
+    "DB02": ["EXCH2", "EXCH1"],
+    "DB03": ["EXCH1", "EXCH2"],
+    "DB04": ["EXCH2", "EXCH1"],
+}
 BACKLOG = 400  # copy queue (log files) a returning member starts with
 LAG = 40  # copy queue still left when the copy first reads Healthy (above the hook's default 10)
 
 
 def _pattern(template: str) -> re.Pattern[str]:
     parts = re.split(r"(<\w+>)", template)
-    return re.compile("^" + "".join(f"(?P{p}[^'\\\\]+)" if p.startswith("<") else re.escape(p)
-                                    for p in parts) + "$")
+    return re.compile(
+        "^" + "".join(f"(?P{p}[^'\\\\]+)" if p.startswith("<") else re.escape(p) for p in parts) + "$"
+    )
 
 
 COMMANDS = {
     "copies": _pattern(
         "$copies = @(); foreach ($s in @((Get-DatabaseAvailabilityGroup -Identity '<dag>').Servers)) "
         "{ $copies += @(Get-MailboxDatabaseCopyStatus -Server $s) }; "
-        "$copies | Select-Object <cols> | ConvertTo-Csv -NoTypeInformation"),
+        "$copies | Select-Object <cols> | ConvertTo-Csv -NoTypeInformation"
+    ),
     "databases": _pattern(
         "Get-MailboxDatabase | Where-Object { [string]$_.MasterServerOrAvailabilityGroup -eq '<dag>' } "
-        "| Select-Object Name,Server,@{Name='ActivationPreference';Expression={'{' + ((@($_.ActivationPreference) "
-        "| ForEach-Object { [string]$_ }) -join ', ') + '}'}} | ConvertTo-Csv -NoTypeInformation"),
+        "| Select-Object Name,Server,@{Name='ActivationPreference';"
+        "Expression={'{' + ((@($_.ActivationPreference) | ForEach-Object { [string]$_ }) -join ', ') + '}'}} "
+        "| ConvertTo-Csv -NoTypeInformation"
+    ),
     "suspend": _pattern("Suspend-MailboxDatabaseCopy -Identity '<db>\\<server>' -Confirm:$false"),
     "resume": _pattern("Resume-MailboxDatabaseCopy -Identity '<db>\\<server>' -Confirm:$false"),
-    "redistribute": _pattern("& (Join-Path $exscripts 'RedistributeActiveDatabases.ps1') -DagName '<dag>' "
-                             "-BalanceDbsByActivationPreference -Confirm:$false"),
+    "redistribute": _pattern(
+        "& (Join-Path $exscripts 'RedistributeActiveDatabases.ps1') -DagName '<dag>' "
+        "-BalanceDbsByActivationPreference -Confirm:$false"
+    ),
 }
 
 
@@ -89,28 +97,27 @@ class _Copy:
 
 
 class DagSimulator:
-    def __init__(self, dag: str = "DAG1", members: dict[str, str] | None = None,
-                 databases: dict[str, list[str]] | None = None, resync_s: float = 3.0,
-                 username: str = "administrator", password: str = "lab-exchange-pw",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        dag: str = "DAG1",
+        members: dict[str, str] | None = None,
+        databases: dict[str, list[str]] | None = None,
+        resync_s: float = 3.0,
+        username: str = "administrator",
+        password: str = "lab-exchange-pw",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.dag, self.resync_s, self.clock = dag, resync_s, clock
         self.members = dict(members or DEFAULT_MEMBERS)
         self.databases = {db: list(p) for db, p in (databases or DEFAULT_DATABASES).items()}
-        self._user, self._password = username, password
         self._lock = threading.RLock()
         self._alive = {s: True for s in self.members}
         self._copies = {(db, s): _Copy() for db, prefs in self.databases.items() for s in prefs}
         self._active: dict[str, str | None] = {db: prefs[0] for db, prefs in self.databases.items()}
         for db, s in self._active.items():
             self._copies[(db, s or "")].status = "Mounted"
-        self._reachable: Callable[[], bool] = lambda: True
         self.commands: list[str] = []  # every command received, in order (for tests and the demo)
-        self._key = paramiko.ECDSAKey.generate()
-        self._listener: socket.socket | None = None
-        self._transports: list[Any] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.port = 0
+        self._ssh = ExecServer(self.execute, username, password, name="dag-sim")
 
     # ---------------------------------------------------------------- lab-facing state changes
 
@@ -130,8 +137,10 @@ class DagSimulator:
             for db, active in self._active.items():
                 if active == server:
                     self._active[db] = None
-                    target = next((s for s in self.databases[db] if self._alive[s]
-                                   and self._state(db, s) == "Healthy"), None)
+                    target = next(
+                        (s for s in self.databases[db] if self._alive[s] and self._state(db, s) == "Healthy"),
+                        None,
+                    )
                     if target:
                         self._mount(db, target)
 
@@ -157,7 +166,7 @@ class DagSimulator:
 
     def set_reachable(self, pred: Callable[[], bool]) -> None:
         """The lab decides whether the MAPI network reaches the management host right now."""
-        self._reachable = pred
+        self._ssh.reachable = pred
 
     def distribution(self) -> dict[str, list[str]]:
         with self._lock:
@@ -186,20 +195,25 @@ class DagSimulator:
             self.commands.append(command)
             try:
                 for name, pat in COMMANDS.items():
-                    m = pat.match(command)
+                    m = pat.fullmatch(command)
                     if m:
                         return getattr(self, f"_cmd_{name}")(**m.groupdict()), "", 0
                 word = command.split(" ", 1)[0] or command
-                raise PsError(f"The term '{word}' is not recognized as the name of a cmdlet, function, script "
-                              "file, or operable program.\n    + CategoryInfo          : ObjectNotFound: "
-                              f"({word}:String) [], CommandNotFoundException")
+                raise PsError(
+                    f"The term '{word}' is not recognized as the name of a cmdlet, function, script "
+                    "file, or operable program.\n    + CategoryInfo          : ObjectNotFound: "
+                    f"({word}:String) [], CommandNotFoundException"
+                )
             except PsError as exc:
                 return "", f"{exc}\n", 1
 
     def _check_dag(self, dag: str) -> None:
         if dag.lower() != self.dag.lower():
-            raise PsError(f"The operation couldn't be performed because object '{dag}' couldn't be found "
-                          "on 'dc1.lab'.\n    + CategoryInfo          : NotSpecified: (:) [Get-DatabaseAvailabilityGroup]")
+            raise PsError(
+                f"The operation couldn't be performed because object '{dag}' couldn't be found "
+                "on 'dc1.lab'.\n"
+                "    + CategoryInfo          : NotSpecified: (:) [Get-DatabaseAvailabilityGroup]"
+            )
 
     def _cmd_copies(self, dag: str, cols: str) -> str:
         self._check_dag(dag)
@@ -209,16 +223,29 @@ class DagSimulator:
             for db in self.databases:
                 if (db, server) in self._copies:
                     status, cq, rq = self._copies[(db, server)].view(now, self.resync_s)
-                    rows.append({"Name": f"{db}\\{server}", "DatabaseName": db, "MailboxServer": server,
-                                 "Status": status, "CopyQueueLength": cq, "ReplayQueueLength": rq})
+                    rows.append(
+                        {
+                            "Name": f"{db}\\{server}",
+                            "DatabaseName": db,
+                            "MailboxServer": server,
+                            "Status": status,
+                            "CopyQueueLength": cq,
+                            "ReplayQueueLength": rq,
+                        }
+                    )
         return _csv(cols.split(","), rows)
 
     def _cmd_databases(self, dag: str) -> str:
         if dag.lower() != self.dag.lower():
             return ""  # Where-Object let nothing through: ConvertTo-Csv prints not even a header
-        rows = [{"Name": db, "Server": self._active[db] or "",
-                 "ActivationPreference": "{" + ", ".join(f"[{s}, {i}]" for i, s in enumerate(p, 1)) + "}"}
-                for db, p in self.databases.items()]
+        rows = [
+            {
+                "Name": db,
+                "Server": self._active[db] or "",
+                "ActivationPreference": "{" + ", ".join(f"[{s}, {i}]" for i, s in enumerate(p, 1)) + "}",
+            }
+            for db, p in self.databases.items()
+        ]
         return _csv(["Name", "Server", "ActivationPreference"], rows)
 
     def _copy(self, db: str, server: str) -> _Copy:
@@ -226,7 +253,9 @@ class DagSimulator:
         if c is None:
             raise PsError(f"Couldn't find database copy '{db}\\{server}'.")
         if not self._alive[server.upper()]:
-            raise PsError(f"The Microsoft Exchange Replication service on server {server} couldn't be contacted.")
+            raise PsError(
+                f"The Microsoft Exchange Replication service on server {server} couldn't be contacted."
+            )
         return c
 
     def _cmd_suspend(self, db: str, server: str) -> str:
@@ -248,106 +277,43 @@ class DagSimulator:
         self._check_dag(dag)
         lines = [f"Balancing DAG '{self.dag}' by activation preference"]
         for db, prefs in self.databases.items():
-            target = next((s for s in prefs if self._alive[s] and (self._active[db] == s
-                           or self._state(db, s) == "Healthy")), None)
+            target = next(
+                (
+                    s
+                    for s in prefs
+                    if self._alive[s] and (self._active[db] == s or self._state(db, s) == "Healthy")
+                ),
+                None,
+            )
             if target and target != self._active[db]:
                 lines.append(f"Moving database '{db}' from '{self._active[db]}' to '{target}': succeeded")
                 self._mount(db, target)
         for s in self.members:
             active = sorted(db for db, a in self._active.items() if a == s)
-            lines += ["", f"ServerName          : {s}", f"ActiveDbs           : {len(active)}",
-                      f"MountedDbs          : {len(active)}", f"DagName             : {self.dag}"]
+            lines += [
+                "",
+                f"ServerName          : {s}",
+                f"ActiveDbs           : {len(active)}",
+                f"MountedDbs          : {len(active)}",
+                f"DagName             : {self.dag}",
+            ]
         return "\r\n".join(lines) + "\r\n"
 
     # ---------------------------------------------------------------- the SSH server
 
     @property
-    def host_key_fingerprint(self) -> str:
-        from aimctl.controller.sshshell import fingerprint
+    def port(self) -> int:
+        return self._ssh.port
 
-        return fingerprint(self._key)
+    @property
+    def host_key_fingerprint(self) -> str:
+        return self._ssh.host_key_fingerprint
 
     def start(self) -> int:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        sock.settimeout(0.1)
-        self._listener, self.port = sock, sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept_loop, name="dag-sim-accept", daemon=True)
-        self._thread.start()
-        return self.port
+        return self._ssh.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-        if self._listener:
-            self._listener.close()
-        with self._lock:
-            transports, self._transports = self._transports, []
-        for t in transports:
-            t.close()
-
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not self._reachable():
-                conn.close()  # the MAPI network does not reach us: the connection dies at once
-                continue
-            threading.Thread(target=self._serve, args=(conn,), name="dag-sim-conn", daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        t = paramiko.Transport(conn)
-        t.add_server_key(self._key)
-        with self._lock:
-            self._transports.append(t)
-        try:
-            t.start_server(server=_Iface(self))
-        except (paramiko.SSHException, EOFError, OSError):
-            t.close()
-
-    def _exec(self, chan: Any, command: str) -> None:
-        if not self._reachable():
-            chan.get_transport().close()  # the path went away mid-session
-            return
-        out, err, code = self.execute(command)
-        try:
-            chan.sendall(out.encode())
-            chan.sendall_stderr(err.encode())
-            chan.send_exit_status(code)
-            # EOF, not close: a close may overtake the exec request's success reply, and the
-            # client then reports "Channel closed". The client closes the channel when done.
-            chan.shutdown_write()
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
-
-
-class _Iface(paramiko.ServerInterface):  # type: ignore[misc]
-    def __init__(self, sim: DagSimulator) -> None:
-        self.sim = sim
-
-    def get_allowed_auths(self, username: str) -> str:
-        return "password"
-
-    def check_auth_password(self, username: str, password: str) -> int:
-        ok = hmac.compare_digest(username.encode(), self.sim._user.encode()) & hmac.compare_digest(
-            password.encode(), self.sim._password.encode())
-        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
-
-    def check_channel_request(self, kind: str, chanid: int) -> int:
-        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-
-    def check_channel_exec_request(self, channel: Any, command: bytes) -> bool:
-        threading.Thread(target=self.sim._exec, args=(channel, command.decode(errors="replace")),
-                         name="dag-sim-exec", daemon=True).start()
-        return True
+        self._ssh.stop()
 
 
 def _csv(cols: list[str], rows: list[dict[str, Any]]) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from lab import redfish_nic
 from lab.bmc_common import DueTimer, Faults, Notifier
@@ -140,6 +140,13 @@ class _FaultMiddleware:
         return [b"BMC down\n"]
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """Access lines go to debug logging instead of stderr (tests and the lab daemon stay readable)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.debug("%s %s -> %s", self.command, self.path, code)
+
+
 class RedfishLab:
     """A set of Redfish systems behind one HTTP(S) listener on 127.0.0.1."""
 
@@ -197,7 +204,9 @@ class RedfishLab:
         for name, u in self._uuids.items():
             self._power_seen[u] = self._driver._get(u)["power_state"] == "On"
         ssl_context = self._ssl_context() if self.tls else None
-        self._server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=ssl_context)
+        self._server = make_server(
+            "127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler, ssl_context=ssl_context
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="redfish-lab-http", daemon=True
         )

@@ -9,7 +9,8 @@ than the real OS and where aimctl depends on the behaviour.
 * The Arista fake only knows trunk ports. Real EOS has access ports, a trunk native VLAN, port
   descriptions and ``shutdown``; quarantine (an access port) needs them. ``LabAristaSwitchCore``
   adds these commands and shows them in ``show running-config interfaces ...`` in EOS order.
-  It also answers an unknown interface name with ``% Invalid input`` instead of raising.
+  It also ends ``terminal length 0``'s answer with a newline, answers an unknown interface name with ``% Invalid input`` and a bare
+  ``show running-config`` with the whole configuration, where the fake raises.
 """
 
 from __future__ import annotations
@@ -96,6 +97,21 @@ class LabAristaConfig(AristaConfig):  # type: ignore[misc]
 
 
 class LabAristaEnabled(AristaEnabled):  # type: ignore[misc]
+    def do_terminal(self, *_: str) -> None:
+        # EOS ends the message with a newline; the fake glues the next prompt onto it.
+        self.write_line("Pagination disabled.")
+
+    def _show_running_config(self, *args: str) -> None:
+        if args:
+            super()._show_running_config(*args)
+            return
+        # The fake raises on a bare ``show running-config``; EOS shows everything.
+        self._show_header()
+        self._show_run_vlans(sorted(self.switch_configuration.vlans, key=lambda v: v.number))
+        self._show_run_interfaces(list(self.switch_configuration.ports))
+        self.write_line("!")
+        self.write_line("end")
+
     def _show_run_interfaces(self, ports: list[Any]) -> None:
         for port in ports:
             if isinstance(port, VlanPort):

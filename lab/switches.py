@@ -10,9 +10,11 @@ Port names are the operator's (the names in the definitions); the lab maps them 
 port objects (PowerConnect ``1/g1`` is the fake's ``ethernet 1/g1``; DNOS6 ``Te1/0/1`` is
 ``tengigabitethernet 1/0/1``) and creates exactly the ports the specs name.
 
-Faults: ``hang`` (the session stops answering once it has sent ``after`` lines in config mode, the
-"SSH timeout mid-change"), ``hang-login`` (no prompt after login) and ``refuse`` (TCP connections
-are closed at once).
+Faults (``set_fault``): ``hang`` (a session stops answering after ``after`` config-mode commands:
+the "SSH timeout mid-change"), ``reject`` (command number ``after + 1`` of each config session is
+refused with the OS's own error text), ``hang-login`` (no prompt after login) and ``refuse`` (TCP
+connections are closed at once). PowerConnect switches take one SSH session at a time, like the
+real 62xx: a second one waits up to a second for the first to end, then is refused.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from lab.switch_fakes import LabAristaSwitchCore, LabSwitchConfiguration
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-FAULT_KINDS = ("hang", "hang-login", "refuse")
+FAULT_KINDS = ("hang", "reject", "hang-login", "refuse")
 
 
 @dataclass(frozen=True)
@@ -101,28 +103,50 @@ class _Refused:
 
 
 class _Session:
-    """Wraps a fake's shell session to apply the lab's faults line by line."""
+    """Wraps a fake's shell session to apply the lab's faults line by line.
 
-    def __init__(self, inner: Any, sw: _Switch, refused: bool = False) -> None:
+    ``inner`` is attached once the session may start (at once, or when a PowerConnect's previous
+    session has ended); lines typed before that are kept and replayed.
+    """
+
+    def __init__(self, inner: Any, sw: _Switch) -> None:
         self.inner = inner
         self.sw = sw
-        self.refused = refused
+        self.refused = False
+        self.pending: list[str] = []
         self.in_config = False
         self.config_lines = 0
-        self.command_processor = inner.command_processor if inner is not None else _Refused()
+        self.stalled = False
+        self.command_processor: Any = _Refused()
+
+    def attach(self, inner: Any) -> None:
+        self.inner = inner
+        self.command_processor = inner.command_processor
+        pending, self.pending = self.pending, []
+        for line in pending:
+            self.receive(line)
 
     def receive(self, line: str) -> bool:
         if self.refused:
             return False
-        if self.inner is None:  # hang-login: never answers
+        if self.inner is None:
+            if "hang-login" not in self.sw.faults:
+                self.pending.append(line)
             return True
-        if self.in_config:
+        if self.in_config and line.strip():
             self.config_lines += 1
-            after = self.sw.faults.get("hang")
-            if after is not None and self.config_lines > after:
-                return True  # swallowed: no echo of a result, no prompt
+            hang = self.sw.faults.get("hang")
+            if hang is not None and self.config_lines > hang:
+                self.stalled = True
+            reject = self.sw.faults.get("reject")
+            if reject is not None and self.config_lines == reject + 1:
+                self.inner.handle_unknown_command(line)
+                self.inner.command_processor.show_prompt()
+                return True
         elif line.strip().lower().startswith("conf"):
             self.in_config = True
+        if self.stalled and "hang" in self.sw.faults:
+            return True  # swallowed: no output, no prompt
         return bool(self.inner.receive(line))
 
 
@@ -203,17 +227,11 @@ class SwitchLab:
     def _wrap_launch(self, sw: _Switch) -> None:
         launch = sw.core.launch
 
-        def lab_launch(protocol: str, terminal_controller: Any) -> _Session:
-            shell = getattr(terminal_controller, "shell", None)
-            if sw.model.single_session and sw.shells > 0:
-                # PowerConnect-class switches take one management session at a time.
-                terminal_controller.write("% Maximum number of sessions reached, try later\r\n")
-                return _Session(None, sw, refused=True)
-            if "hang-login" in sw.faults:
-                return _Session(None, sw)
+        def open_shell(session: _Session, protocol: str, terminal_controller: Any) -> None:
             with self._lock:
                 sw.shells += 1
                 sw.max_shells = max(sw.max_shells, sw.shells)
+            shell = getattr(terminal_controller, "shell", None)
             if shell is not None:
                 lost = shell.connectionLost
 
@@ -223,7 +241,32 @@ class SwitchLab:
                     lost(reason)
 
                 shell.connectionLost = connection_lost
-            return _Session(launch(protocol, terminal_controller), sw)
+            session.attach(launch(protocol, terminal_controller))
+
+        def wait_then_open(session: _Session, protocol: str, terminal_controller: Any, tries: int) -> None:
+            # A client that just closed its session may connect again before the switch has seen
+            # the close: give the old session a moment to end before refusing the new one.
+            if sw.shells == 0:
+                open_shell(session, protocol, terminal_controller)
+            elif tries <= 0:
+                terminal_controller.write("% Maximum number of sessions reached, try later\r\n")
+                session.refused = True
+                shell = getattr(terminal_controller, "shell", None)
+                if shell is not None:
+                    shell.terminal.loseConnection()
+            else:
+                self._reactor.callLater(0.02, wait_then_open, session, protocol, terminal_controller, tries - 1)
+
+        def lab_launch(protocol: str, terminal_controller: Any) -> _Session:
+            session = _Session(None, sw)
+            if "hang-login" in sw.faults:
+                return session  # never attached: no prompt, no answer
+            if sw.model.single_session and sw.shells > 0:
+                # PowerConnect-class switches take one management session at a time.
+                wait_then_open(session, protocol, terminal_controller, tries=50)
+            else:
+                open_shell(session, protocol, terminal_controller)
+            return session
 
         sw.core.launch = lab_launch
 
@@ -274,7 +317,8 @@ class SwitchLab:
 
     # -- control ----------------------------------------------------------------------------------
     def set_fault(self, switch: str, kind: str, on: bool, after: int = 0) -> None:
-        """``hang``: stall after ``after`` config-mode lines; ``hang-login``; ``refuse``."""
+        """``hang``: stall after ``after`` config commands; ``reject``: refuse command ``after + 1``;
+        ``hang-login``; ``refuse``. Applies to open sessions too."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown switch fault {kind!r} (known: {', '.join(FAULT_KINDS)})")
         faults = self._switches[switch].faults

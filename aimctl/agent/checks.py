@@ -47,7 +47,10 @@ class CheckSpec:
     def from_obj(cls, obj: Any, where: str = "check") -> CheckSpec:
         """Build from a mapping or from any object with the same attribute names (the model's
         ServiceCheck); raise OperatorError naming the field on a bad value."""
-        get = obj.get if isinstance(obj, dict) else (lambda k: getattr(obj, k, None))
+
+        def get(key: str) -> Any:
+            return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
         if isinstance(obj, dict):
             extra = set(obj) - set(_FIELDS)
             if extra:
@@ -73,8 +76,15 @@ class CheckSpec:
         timeout_s = 5.0 if timeout is None else float(timeout)
         if not 0 < timeout_s <= 300:
             raise OperatorError(f"{where}: timeout must be 0-300 seconds")
-        return cls(name, process, tcp_pair, command, _argv(get("restart"), where, "restart"),
-                   _argv(get("stop"), where, "stop"), timeout_s)
+        return cls(
+            name,
+            process,
+            tcp_pair,
+            command,
+            _argv(get("restart"), where, "restart"),
+            _argv(get("stop"), where, "stop"),
+            timeout_s,
+        )
 
 
 def _argv(value: object, where: str, what: str) -> tuple[str, ...] | None:
@@ -138,8 +148,14 @@ def tcp_open(host: str, port: int, timeout_s: float) -> bool:
 
 def run_ok(argv: tuple[str, ...], timeout_s: float) -> bool:
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=timeout_s, check=False)
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout_s,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("command %s failed to run: %s", argv[0], exc)
         return False

@@ -14,7 +14,7 @@ import stat
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -45,8 +45,7 @@ def read_key_file(path: Path) -> bytes:
         raise OperatorError(f"key file {path}: not a regular file")
     if st.st_mode & 0o077:
         raise OperatorError(
-            f"key file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read it; "
-            f"run: chmod 600 {path}"
+            f"key file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read it; run: chmod 600 {path}"
         )
     try:
         text = path.read_text().strip()
@@ -76,14 +75,20 @@ def run(
     controller: Annotated[str, typer.Option(help="HOST:PORT of the controller's heartbeat receiver.")],
     key_file: Annotated[Path, typer.Option(help="File holding the persona's heartbeat key (mode 0600).")],
     interval: Annotated[str, typer.Option(help="Heartbeat interval, e.g. 1s, 500ms.")] = "1s",
-    checks: Annotated[Optional[Path], typer.Option(help="YAML file of service checks.")] = None,  # noqa: UP045
-    restarts: Annotated[Optional[int], typer.Option(help="Restarts per failed service before reporting "  # noqa: UP045
-                                                    "unhealthy (default 3, or the checks file's).")] = None,
+    checks: Annotated[Path | None, typer.Option(help="YAML file of service checks.")] = None,
+    restarts: Annotated[
+        int | None,
+        typer.Option(
+            help="Restarts per failed service before reporting unhealthy (default 3, or the checks file's)."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Send signed heartbeats for PERSONA and watch its services until stopped."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     secrets.install_log_masking()
     try:
         if not NAME_RE.match(persona):

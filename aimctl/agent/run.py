@@ -96,8 +96,12 @@ def run_agent(
     checks_done = threading.Event()
     checker = None
     if specs:
-        checker = threading.Thread(target=_checker, args=(pilot, verdict, interval_s, checks_done),
-                                   name=f"agent-checks-{persona}", daemon=True)
+        checker = threading.Thread(
+            target=_checker,
+            args=(pilot, verdict, interval_s, checks_done),
+            name=f"agent-checks-{persona}",
+            daemon=True,
+        )
         checker.start()
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -90,7 +90,9 @@ def encode(key: bytes, hb: Heartbeat) -> bytes:
         raise ValueError("boot id and sequence must fit in 64 bits")
     reason = _truncate_utf8(hb.reason, MAX_REASON)
     body = (
-        HEADER.pack(MAGIC, VERSION, hb.kind, int(hb.health), len(name), len(reason), hb.boot_id, hb.seq, hb.sent_at)
+        HEADER.pack(
+            MAGIC, VERSION, hb.kind, int(hb.health), len(name), len(reason), hb.boot_id, hb.seq, hb.sent_at
+        )
         + name
         + reason
     )

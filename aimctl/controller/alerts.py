@@ -29,8 +29,12 @@ TIMESTAMP_HEADER = "X-Aimctl-Timestamp"
 
 
 def event_json(event: Event) -> dict[str, object]:
-    return {"event": event.kind, "persona": event.persona, "reason": event.reason,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "event": event.kind,
+        "persona": event.persona,
+        "reason": event.reason,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -116,16 +120,26 @@ class WebhookAlerts:
     def _post(self, event: Event) -> None:
         body = json.dumps(event_json(event), sort_keys=True).encode()
         ts = str(int(time.time()))
-        req = urllib.request.Request(self._url, data=body, method="POST", headers={
-            "Content-Type": "application/json",
-            TIMESTAMP_HEADER: ts,
-            SIGNATURE_HEADER: sign(self._secret, ts, body),
-        })
+        req = urllib.request.Request(
+            self._url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                TIMESTAMP_HEADER: ts,
+                SIGNATURE_HEADER: sign(self._secret, ts, body),
+            },
+        )
         try:
             with urllib.request.urlopen(req, timeout=self._timeout) as resp:
                 resp.read(1024)
             self.delivered += 1
         except (urllib.error.URLError, OSError, ValueError) as exc:
             self.failed += 1
-            log.error("webhook %s: %s for %s not delivered: %s", self._where, event.kind, event.persona,
-                      secrets.mask(str(exc)))
+            log.error(
+                "webhook %s: %s for %s not delivered: %s",
+                self._where,
+                event.kind,
+                event.persona,
+                secrets.mask(str(exc)),
+            )

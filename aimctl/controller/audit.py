@@ -24,12 +24,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from aimctl.secrets import mask
 
 GENESIS = "0" * 64
-SECRET_KEY_RE = re.compile(r"secret|passw|token|chap|credential|private|api[_-]?key|authorization", re.I)
+SECRET_KEY_RE = re.compile(r"secret|passw|token|chap|credential|private|api[_-]?key|authorization", re.IGNORECASE)
 
 
 def masked(value: Any) -> Any:
@@ -56,7 +56,7 @@ class Verification:
     problem: str = ""
 
 
-def _last_line(f: Any) -> bytes:
+def _last_line(f: BinaryIO) -> bytes:
     """The last line of a binary file opened for reading, found by reading backwards."""
     f.seek(0, os.SEEK_END)
     end = f.tell()
@@ -160,9 +160,9 @@ class Audit:
         return Verification(True, n)
 
 
-def _ends_with_newline(f: Any) -> bool:
+def _ends_with_newline(f: BinaryIO) -> bool:
     f.seek(-1, os.SEEK_END)
-    return bool(f.read(1) == b"\n")
+    return f.read(1) == b"\n"
 
 
 def _user() -> str:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from aimctl.controller.change_sinks import JsonlSink, WebhookSink, sign
 from aimctl.controller.journal import Journal, Operation
+from aimctl.controller.runner import StepEvent
 from aimctl.errors import OperatorError
 from aimctl.secrets import mask
 
@@ -123,6 +124,14 @@ class ChangeRecords:
                 rec["work_notes"].append({"time": snow_time(now), "step": "review", "text": mask(result)})
         return self._update_for_op(fresh.id, "close", change)
 
+    def on_step(self, event: StepEvent) -> None:
+        """A ``run_steps`` listener: each step result becomes a work note of the operation's change."""
+        if event.phase != "result":
+            return
+        took = f" in {event.duration_s:.1f}s" if event.duration_s is not None else ""
+        why = event.detail.get("reason") or event.detail.get("summary") or ""
+        self.note(event.op_id, event.step, f"{event.step} {event.status}{took}" + (f": {why}" if why else ""))
+
     def approve(self, number: str, by: str) -> dict[str, Any]:
         def change(rec: dict[str, Any], now: float) -> None:
             if rec["state"] == "closed":
@@ -186,7 +195,7 @@ class ChangeRecords:
         for sink in self.sinks:
             try:
                 sink.emit(event, record)
-            except Exception as exc:  # see the module docstring: never fatal
+            except Exception as exc:  # noqa: BLE001  (never fatal: see the module docstring)
                 log.warning("change sink %s failed on %s %s: %s", type(sink).__name__, event,
                             record.get("number"), mask(str(exc)))
 

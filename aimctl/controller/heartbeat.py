@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Self
 
 from aimctl.agent import wire
 
@@ -34,7 +35,7 @@ _C_RECEIVED, _C_ACCEPTED, _C_BADSIG, _C_REPLAY, _C_OLDBOOT, _C_UNKNOWN, _C_MALFO
 class _Seen:
     """Lean per-persona state: ~10 slots; the Heartbeat object is built only when asked for."""
 
-    __slots__ = ("name", "key", "boot", "seq", "mono", "sent", "health", "reason", "beats", "addr", "old")
+    __slots__ = ("addr", "beats", "boot", "health", "key", "mono", "name", "old", "reason", "sent", "seq")
 
     def __init__(self, name: str, key: bytes) -> None:
         self.name = name
@@ -82,7 +83,7 @@ class HeartbeatReceiver:
     def port(self) -> int:
         return int(self._sock.getsockname()[1])
 
-    def start(self) -> HeartbeatReceiver:
+    def start(self) -> Self:
         self._thread = threading.Thread(target=self._loop, name="heartbeat-receiver", daemon=True)
         self._thread.start()
         return self
@@ -99,7 +100,7 @@ class HeartbeatReceiver:
             self._thread = None
         self._sock.close()
 
-    def __enter__(self) -> HeartbeatReceiver:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -121,6 +122,11 @@ class HeartbeatReceiver:
         """How many heartbeats of this persona were accepted since start (detector hysteresis)."""
         s = self._get(persona)
         return 0 if s is None else s.beats
+
+    def address(self, persona: str) -> tuple[str, int] | None:
+        """Where the persona's last accepted heartbeat came from (its agent, or the SCN relay)."""
+        s = self._get(persona)
+        return None if s is None else s.addr
 
     def _get(self, persona: str) -> _Seen | None:
         return self._table.get(persona.encode("ascii", "replace"))
@@ -177,8 +183,13 @@ class HeartbeatReceiver:
                 continue
             magic, ver, kind, health, nlen, rlen, boot, seq, sent = unpack(buf, 0)
             if (
-                magic != magic_ok or ver != version or kind != kind_hb or health > 3
-                or nlen == 0 or rlen > wire.MAX_REASON or hlen + nlen + rlen + tlen != n
+                magic != magic_ok
+                or ver != version
+                or kind != kind_hb
+                or health > 3
+                or nlen == 0
+                or rlen > wire.MAX_REASON
+                or hlen + nlen + rlen + tlen != n
             ):
                 counts[_C_MALFORMED] += 1
                 continue

@@ -15,14 +15,14 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
-from aimctl import secrets
-from aimctl.controller.exchange_dag import Thresholds, ps_name, run_exchange_dag
+from aimctl import model, secrets
+from aimctl.controller.exchange_dag import Thresholds, UnsafeName, ps_name, run_exchange_dag
 from aimctl.controller.sshshell import SshShell, check_host_key, parse_via
 from aimctl.errors import OperatorError
 
@@ -73,7 +73,10 @@ class ExchangeDagHook(_Spec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        ps_name(self.dag, "DAG"), ps_name(self.server, "server")
+        try:
+            ps_name(self.dag, "DAG"), ps_name(self.server, "server")
+        except UnsafeName as exc:
+            raise HookSpecError(str(exc)) from None
         _check_ssh(self.via, self.credentials, self.host_key)
 
     @property
@@ -137,12 +140,17 @@ class HookContext:
 
     def __post_init__(self) -> None:
         for key, value in self.facts().items():
-            if value and not _FACT_RE.match(value):
+            if value and not _FACT_RE.fullmatch(value):
                 raise HookSpecError(f"hook context {key}={value!r} refused: not a plain name")
 
     def facts(self) -> dict[str, str]:
-        return {"persona": self.persona, "old_server": self.old_server, "new_server": self.new_server,
-                "failover_id": self.failover_id, "point": self.point}
+        return {
+            "persona": self.persona,
+            "old_server": self.old_server,
+            "new_server": self.new_server,
+            "failover_id": self.failover_id,
+            "point": self.point,
+        }
 
     def env(self) -> dict[str, str]:
         return {f"AIMCTL_{k.upper()}": v for k, v in self.facts().items()}
@@ -163,9 +171,7 @@ class HookResult:
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-ready dict for the timeline and the change record."""
-        return {"name": self.name, "kind": self.kind, "point": self.point, "ok": self.ok,
-                "started": self.started, "ended": self.ended, "duration_s": round(self.ended - self.started, 3),
-                "attempts": self.attempts, "error": self.error, "output": self.output, "data": self.data}
+        return asdict(self) | {"duration_s": round(self.ended - self.started, 3)}
 
 
 def clip(text: str, limit: int = OUTPUT_LIMIT) -> str:
@@ -180,8 +186,9 @@ def clip(text: str, limit: int = OUTPUT_LIMIT) -> str:
 Emit = Callable[[str], None]
 
 
-def run_hooks(specs: Sequence[HookSpec], ctx: HookContext, point: str,
-              on_event: Emit | None = None) -> list[HookResult]:
+def run_hooks(
+    specs: Sequence[HookSpec], ctx: HookContext, point: str, on_event: Emit | None = None
+) -> list[HookResult]:
     """Run the hooks of ``point`` in order; stop at the first that fails after its retries."""
     if point not in POINTS:
         raise HookSpecError(f"hook point {point!r} unknown (known: {', '.join(POINTS)})")
@@ -209,12 +216,21 @@ def _run_with_retries(spec: HookSpec, ctx: HookContext, emit: Emit) -> HookResul
     def before_sleep(state: RetryCallState) -> None:
         emit(f"hook {spec.label}: {tries[-1].error}; retrying in {spec.retry_wait_s:g}s")
 
-    Retrying(stop=stop_after_attempt(spec.retries + 1), wait=wait_fixed(spec.retry_wait_s),
-             retry=retry_if_result(lambda r: not r.ok), before_sleep=before_sleep,
-             retry_error_callback=lambda state: tries[-1])(attempt)
+    Retrying(
+        stop=stop_after_attempt(spec.retries + 1),
+        wait=wait_fixed(spec.retry_wait_s),
+        retry=retry_if_result(lambda r: not r.ok),
+        before_sleep=before_sleep,
+        retry_error_callback=lambda state: tries[-1],
+    )(attempt)
     last = tries[-1]
-    output = last.output if len(tries) == 1 else "\n".join(
-        f"--- attempt {i}: {'ok' if r.ok else r.error}\n{r.output}" for i, r in enumerate(tries, 1))
+    output = (
+        last.output
+        if len(tries) == 1
+        else "\n".join(
+            f"--- attempt {i}: {'ok' if r.ok else r.error}\n{r.output}" for i, r in enumerate(tries, 1)
+        )
+    )
     return replace(last, started=tries[0].started, output=clip(output), attempts=len(tries))
 
 
@@ -230,10 +246,12 @@ def _attempt(spec: HookSpec, ctx: HookContext, emit: Emit) -> HookResult:
             ok, output, error = _run_dag(spec, emit, data)
     except OperatorError as exc:
         ok, output, error = False, "", str(exc)
-    except Exception as exc:  # a hook must end in a result, whatever a library throws
+    except Exception as exc:  # noqa: BLE001 - a hook must end in a result, whatever a library throws
         ok, output, error = False, "", f"{type(exc).__name__}: {exc}"
-    return HookResult(spec.label, ok, started, time.time(), clip(output),
-                      clip(error) if error else None, spec.kind, spec.point, 1, data)
+    error = clip(error) if error else None
+    return HookResult(
+        spec.label, ok, started, time.time(), clip(output), error, spec.kind, spec.point, 1, data
+    )
 
 
 def _run_script(spec: ScriptHook, ctx: HookContext) -> tuple[bool, str, str | None]:
@@ -242,13 +260,22 @@ def _run_script(spec: ScriptHook, ctx: HookContext) -> tuple[bool, str, str | No
         return False, "", f"script {path} does not exist or is not executable"
     env = {k: os.environ[k] for k in _SCRIPT_ENV_KEEP if k in os.environ} | ctx.env()
     # Own session, so a timeout kills the script's children too, not just the script.
-    proc = subprocess.Popen([str(path), *spec.args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(path), *spec.args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     try:
         raw, _ = proc.communicate(timeout=spec.timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        raw, _ = proc.communicate()
+        try:
+            raw, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # a child that left the session still holds the pipe
+            raw = b""
         return False, raw.decode(errors="replace"), f"timed out after {spec.timeout_s:g}s (killed)"
     output = raw.decode(errors="replace")
     if proc.returncode != 0:
@@ -261,11 +288,14 @@ def _fill(command: str, ctx: HookContext) -> str:
     return _PLACEHOLDER_RE.sub(lambda m: facts[m.group(1)], command)
 
 
+def _shell(spec: ExchangeDagHook | SshCommandHook) -> SshShell:
+    password = secrets.resolve(spec.credentials)  # in memory only; resolve() registers it for masking
+    return SshShell(parse_via(spec.via), password, spec.host_key, connect_timeout_s=min(30.0, spec.timeout_s))
+
+
 def _run_ssh_command(spec: SshCommandHook, ctx: HookContext) -> tuple[bool, str, str | None]:
     started = time.monotonic()
-    shell = SshShell(parse_via(spec.via), secrets.resolve(spec.credentials), spec.host_key,
-                     connect_timeout_s=min(30.0, spec.timeout_s))
-    with shell:
+    with _shell(spec) as shell:
         r = shell.run(_fill(spec.command, ctx), max(0.1, spec.timeout_s - (time.monotonic() - started)))
     output = r.stdout + (f"\n[stderr]\n{r.stderr}" if r.stderr.strip() else "")
     return r.exit_status == 0, output, None if r.exit_status == 0 else f"exited {r.exit_status}"
@@ -279,10 +309,39 @@ def _run_dag(spec: ExchangeDagHook, emit: Emit, data: dict[str, Any]) -> tuple[b
         lines.append(msg)
         emit(f"hook {spec.label}: {msg}")
 
-    shell = SshShell(parse_via(spec.via), secrets.resolve(spec.credentials), spec.host_key,
-                     connect_timeout_s=min(30.0, spec.timeout_s))
-    with shell:
+    with _shell(spec) as shell:
         left = max(0.0, spec.timeout_s - (time.monotonic() - started))
         outcome = run_exchange_dag(shell, spec.dag, spec.server, left, spec.poll_s, spec.thresholds, log)
     data.update(before=outcome.before, after=outcome.after, actions=outcome.actions)
     return outcome.ok, "\n".join(lines), outcome.error
+
+
+def spec_from_model(m: model.Hook, base: Path | None = None) -> HookSpec:
+    """Map a validated definition (``aimctl.model``) to a runnable spec. Relative script paths and
+    ``file:`` secret references are taken from ``base`` (the definitions directory)."""
+
+    def here(p: str) -> str:
+        return str(base / p) if base is not None and not Path(p).is_absolute() else p
+
+    def ref(r: str) -> str:
+        return "file:" + here(r[5:]) if r.startswith("file:") else r
+
+    pt, t, n = m.point, m.timeout, m.retries
+    if isinstance(m, model.ExchangeDagHook):
+        creds = ref(m.credentials)
+        return ExchangeDagHook(
+            point=pt,
+            timeout_s=t,
+            retries=n,
+            dag=m.dag,
+            server=m.server,
+            via=m.via,
+            credentials=creds,
+            host_key=m.host_key,
+        )
+    if isinstance(m, model.SshCommandHook):
+        creds = ref(m.credentials)
+        return SshCommandHook(
+            point=pt, timeout_s=t, retries=n, via=m.via, command=m.command, credentials=creds
+        )
+    return ScriptHook(point=pt, timeout_s=t, retries=n, path=here(m.path), args=tuple(m.args))

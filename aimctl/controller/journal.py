@@ -57,6 +57,7 @@ __all__ = [
     "ServerMark",
     "ServerStatus",
     "UnknownOperation",
+    "commits",
     "persona_lease",
     "server_lease",
 ]
@@ -82,6 +83,12 @@ def _after_commit(hook: Callable[[int], None] | None) -> None:
         os._exit(CRASH_EXIT_CODE)  # a crash, not a shutdown: no cleanup, no flush
     if hook is not None:
         hook(n)
+
+
+def commits() -> int:
+    """Write transactions committed by this process so far (what AIMCTL_CRASH_AT_RECORD counts)."""
+    with _count_lock:
+        return _commits
 
 
 class UnknownOperation(OperatorError):
@@ -316,7 +323,7 @@ class Journal(StateMixin):
                 out.append(last)
             last.update(ended=r.time, status=r.status, detail=r.detail,
                         duration_s=None if last["started"] is None else r.time - last["started"])
-        if out and out[-1]["ended"] is None:
+        if out and out[-1]["ended"] is None and self.operation(op_id).state == "running":
             out[-1]["status"] = "running"  # the newest open intent may still be in progress
         return out
 

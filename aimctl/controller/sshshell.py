@@ -15,11 +15,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import socket
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import paramiko
 
@@ -27,7 +26,9 @@ from aimctl.controller.exchange_dag import CommandResult
 from aimctl.errors import AuthFailed, OperatorError, Timeout, Unreachable
 from aimctl.validation import HOSTNAME_RE
 
-_VIA_RE = re.compile(r"^ssh://(?P<user>[A-Za-z0-9_.-]{1,64})@(?P<host>[^:/@\s]{1,253})(?::(?P<port>\d{1,5}))?$")
+_VIA_RE = re.compile(
+    r"^ssh://(?P<user>[A-Za-z0-9_.-]{1,64})@(?P<host>[^:/@\s]{1,253})(?::(?P<port>\d{1,5}))?$"
+)
 _HOST_KEY_RE = re.compile(r"^(auto|auto-add|known-hosts|SHA256:[A-Za-z0-9+/]{43}=?)$")
 MAX_OUTPUT = 4 * 1024 * 1024  # bytes kept per stream; more is read and dropped
 
@@ -43,15 +44,17 @@ class SshTarget:
 
 
 def parse_via(via: str) -> SshTarget:
-    m = _VIA_RE.match(via)
-    if not m or not HOSTNAME_RE.match(m["host"]) or not 0 < int(m["port"] or 22) < 65536:
+    m = _VIA_RE.fullmatch(via)
+    if not m or not HOSTNAME_RE.fullmatch(m["host"]) or not 0 < int(m["port"] or 22) < 65536:
         raise OperatorError(f"via {via!r} refused: want ssh://user@host[:port]")
     return SshTarget(m["user"], m["host"], int(m["port"] or 22))
 
 
 def check_host_key(policy: str) -> str:
-    if not _HOST_KEY_RE.match(policy):
-        raise OperatorError(f"host_key {policy!r} refused: want SHA256:<fingerprint>, known-hosts or auto (lab)")
+    if not _HOST_KEY_RE.fullmatch(policy):
+        raise OperatorError(
+            f"host_key {policy!r} refused: want SHA256:<fingerprint>, known-hosts or auto (lab)"
+        )
     return policy
 
 
@@ -67,25 +70,30 @@ class _Pinned(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
     def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
         got = fingerprint(key)
         if got != self.want:
-            raise AuthFailed(self.device, f"host key {got} is not the pinned {self.want}; credentials not sent")
+            raise AuthFailed(
+                self.device, f"host key {got} is not the pinned {self.want}; credentials not sent"
+            )
 
 
 class SshShell:
     """One SSH connection; ``run`` executes a command in a fresh channel (exec request)."""
 
-    def __init__(self, target: SshTarget, password: str, host_key: str = "known-hosts",
-                 connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, target: SshTarget, password: str, host_key: str = "known-hosts", connect_timeout_s: float = 10.0
+    ) -> None:
         self.target, self._password = target, password
         self.host_key = check_host_key(host_key)
         self.connect_timeout_s = connect_timeout_s
         self.device = f"{target.host}:{target.port}"
         self._client: Any = None
 
-    def __enter__(self) -> SshShell:
+    def __enter__(self) -> Self:
         self.connect()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def connect(self) -> None:
@@ -99,8 +107,17 @@ class SshShell:
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         t = self.connect_timeout_s
         try:
-            client.connect(self.target.host, self.target.port, username=self.target.user, password=self._password,
-                           timeout=t, banner_timeout=t, auth_timeout=t, allow_agent=False, look_for_keys=False)
+            client.connect(
+                self.target.host,
+                self.target.port,
+                username=self.target.user,
+                password=self._password,
+                timeout=t,
+                banner_timeout=t,
+                auth_timeout=t,
+                allow_agent=False,
+                look_for_keys=False,
+            )
         except AuthFailed:
             client.close()
             raise
@@ -154,7 +171,7 @@ class SshShell:
                 err += chunk[: max(0, MAX_OUTPUT - len(err))]
             try:
                 chunk = chan.recv(65536)
-            except socket.timeout:
+            except TimeoutError:  # the 0.2 s channel timeout: check the deadline again
                 continue
             if not chunk:  # EOF on stdout
                 return bytes(out), bytes(err)

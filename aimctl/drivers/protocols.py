@@ -108,6 +108,9 @@ class PortIntent:
     vlans: tuple[int, ...]  # access: exactly one; trunk: allowed VLANs
     native_vlan: int | None = None
     description: str = ""
+    # An access port that fences a body (DESIGN.md rule 1): rendered from quarantine.j2, which
+    # also strips trunk settings so a later mode change cannot bring the persona's VLANs back.
+    quarantine: bool = False
 
 
 @dataclass(frozen=True)

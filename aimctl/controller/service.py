@@ -1,0 +1,251 @@
+"""The controller daemon: watch (heartbeats, BMCs, traps), decide (detector), act (workflow), tell (API).
+
+Observe -> decide -> act once -> say what happened, as a short loop; everything that can block
+(drivers, hooks) runs in an operation's own thread, never in the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from aimctl.controller.alerts import LoggingAlerts
+from aimctl.controller.audit import Audit
+from aimctl.controller.bmcpoll import BmcPoller
+from aimctl.controller.change_sinks import JsonlSink
+from aimctl.controller.changes import ChangeRecords
+from aimctl.controller.chap import ChapStore
+from aimctl.controller.detector import (
+    Detector,
+    Event,
+    Observation,
+    Params,
+    PersonaDead,
+    PersonaPresumedDead,
+    PersonaUnhealthy,
+)
+from aimctl.controller.heartbeat import HeartbeatReceiver
+from aimctl.controller.journal import TERMINAL, Journal, Operation
+from aimctl.controller.journal_state import persona_lease, server_lease
+from aimctl.controller.metrics import Metrics
+from aimctl.controller.planner import capacity
+from aimctl.controller.recovery import hook_runner
+from aimctl.controller.runner import StepEvent, run_steps
+from aimctl.controller.snmp import TrapReceiver
+from aimctl.controller.workflow import Ctx, Settings, failover_steps
+from aimctl.drivers.ifindex import ifindex
+from aimctl.drivers.registry import Drivers, make_power
+from aimctl.errors import OperatorError
+from aimctl.loader import Definitions
+from aimctl.overlay import Listen
+from aimctl.secrets import resolve_bytes
+
+log = logging.getLogger("aimctl.controller")
+
+TRIGGERS = (PersonaDead, PersonaPresumedDead, PersonaUnhealthy)
+
+
+from aimctl.controller.overlay_listen import api_hostport as _hostport  # noqa: E402
+
+
+class Controller:
+    def __init__(self, defs: Definitions, listen: Listen, state: Path, settings: Settings | None = None) -> None:
+        self.defs = defs
+        self.listen = listen
+        self.state = state
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (state / "boot").mkdir(exist_ok=True)
+        self.journal = Journal(state / "journal.db")
+        if not any(self.journal.assignment().values()):
+            self.journal.seed_assignment(defs.homes())
+        self.audit = Audit(state / "audit.log")
+        self.metrics = Metrics()
+        self.changes = ChangeRecords(self.journal, [JsonlSink(state / "changes.jsonl")])
+        self.chap = ChapStore(state)
+        self.drivers = Drivers(defs, state / "boot")
+        self.settings = settings or Settings()
+        self.interval = listen.heartbeat_interval
+        keys = {n: resolve_bytes(p.spec.heartbeat_key) for n, p in defs.personas.items()}
+        self.receiver = HeartbeatReceiver(*_hostport(listen.heartbeat), keys)
+        # The poller gets its own BMC sessions: a slow poll must never queue behind a fence.
+        self.poller = BmcPoller({s: make_power(s, v) for s, v in defs.servers.items()},
+                                interval_s=listen.bmc_poll_interval)
+        links = {}
+        for s, srv in defs.servers.items():
+            for ch, cable in srv.channels.items():
+                links[(cable.switch, cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))] = (s, ch)
+        self.traps = TrapReceiver(*_hostport(listen.snmp), communities={sw: listen.snmp_community
+                                                                         for sw in defs.switches},
+                                  links=links)
+        self.alerts = LoggingAlerts(log)
+        self.detector = Detector(self, Params(miss_intervals=2.5))
+        self.started_mono = time.monotonic()
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
+                       hook_runner(defs, self._hook_note), self.bmc_unhealthy, self.settings)
+        from aimctl.controller.routes import build_api
+
+        self.api = build_api(self)
+
+    # ------------------------------------------------------------------ observe
+
+    def heartbeat_since(self, persona: str, since_wall: float) -> bool:
+        seen = self.receiver.last_seen(persona)
+        if seen is None:
+            return False
+        mono, _ = seen
+        return mono >= time.monotonic() - (time.time() - since_wall)
+
+    def bmc_unhealthy(self) -> dict[str, str]:
+        out = {}
+        for s in self.defs.servers:
+            answer, _ = self.poller.answer(s)
+            if answer in ("failed", "no-answer"):
+                out[s] = f"BMC {answer}"
+        return out
+
+    def snapshot(self, now: float) -> list[Observation]:
+        busy = self.busy_personas()
+        obs = []
+        for persona, server in self.journal.assignment().items():
+            if not server or persona in busy or persona not in self.defs.personas:
+                continue
+            pool = self.defs.pools[self.defs.personas[persona].pool]
+            scn = pool.networks[pool.scn]
+            seen = self.receiver.last_seen(persona)
+            age = now - seen[0] if seen else now - self.started_mono
+            bmc, since = self.poller.answer(server)
+            silent = (now - since) if bmc == "no-answer" else 0.0
+            chans = [c for c in (scn.primary, scn.secondary) if c is not None]
+            health = seen[1].health if seen else "ok"
+            obs.append(Observation(persona, age, self.interval, self.receiver.beats(persona), health, bmc, silent,
+                                   self.traps.links_of(server, chans), grace_s=max(10 * self.interval, 5.0)))
+            self.metrics.set_heartbeat_age(persona, age)
+        return obs
+
+    # ------------------------------------------------------------------ decide
+
+    def emit(self, event: Event) -> None:
+        """Detector events: deaths start failovers (within the storm brake); the rest are alerts."""
+        self.alerts.emit(event)
+        if isinstance(event, TRIGGERS):
+            try:
+                self.start_failover(event.persona, trigger=event.kind, evidence=event.reason)
+            except OperatorError as exc:
+                log.error("failover of %s not started: %s", event.persona, exc)
+
+    def busy_personas(self) -> set[str]:
+        return {op.persona for op in self.journal.unfinished_operations()}
+
+    # ------------------------------------------------------------------ act
+
+    def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
+                       to: str | None = None, actor: str = "controller") -> str:
+        with self._lock:
+            if persona not in self.defs.personas:
+                raise OperatorError(f"unknown persona {persona!r}")
+            if persona in self.busy_personas():
+                raise OperatorError(f"{persona} already has an operation in progress")
+            pool = self.defs.personas[persona].pool
+            running = [o for o in self.journal.unfinished_operations()
+                       if self.defs.personas.get(o.persona) and self.defs.personas[o.persona].pool == pool]
+            if kind == "failover" and len(running) >= self.defs.pools[pool].storm.max_concurrent:
+                raise OperatorError(f"storm brake: {len(running)} operations already running in pool {pool}")
+            old = self.journal.assignment().get(persona)
+            facts: dict[str, Any] = {"trigger": trigger, "evidence": evidence}
+            if to:
+                facts["requested_to"] = to
+            leases = [persona_lease(persona)] + ([server_lease(old)] if old else [])
+            op_id = self.journal.open_operation(kind, persona, facts, from_server=old, leases=leases)
+            self.audit.record(actor, f"{kind}.start", persona, {"op": op_id, "trigger": trigger, "evidence": evidence})
+            op = self.journal.operation(op_id)
+            self.changes.open(op, description=f"{kind} of {persona} from {old}: {evidence}")
+            self.detector.forget(persona)
+            self._spawn(op_id)
+            return op_id
+
+    def _spawn(self, op_id: str) -> None:
+        t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
+        self._threads[op_id] = t
+        t.start()
+
+    def _run_op(self, op_id: str) -> None:
+        try:
+            res = run_steps(self.journal, op_id, failover_steps(), self.ctx, listener=self._on_step,
+                            max_retargets=4)
+        except Exception:  # noqa: BLE001 - the runner already journaled what it could
+            log.exception("operation %s crashed", op_id)
+            return
+        log.warning("operation %s: %s %s", op_id, res.state, res.result)
+        if res.state in TERMINAL:
+            self.metrics.failover_finished(res.state)
+            self.changes.close(op_id, f"{res.state}: {res.result}")
+            self.journal.release_leases(op_id)
+            self._refresh_capacity()
+        elif res.state == "needs-operator":
+            self.alerts.emit(PersonaDead(self.journal.operation(op_id).persona, f"{op_id} needs an operator: "
+                                                                                 f"{res.result}"))
+
+    def _on_step(self, ev: StepEvent) -> None:
+        self.metrics.observe_step(ev)
+        if ev.phase == "result":
+            self.changes.note(ev.op_id, ev.step, f"{ev.step}: {ev.status} {dict(ev.detail)}"[:2000])
+
+    def _hook_note(self, op: Operation, text: str) -> None:
+        self.changes.note(op.id, "recovery", text)
+
+    def approve(self, op_id: str, actor: str) -> Operation:
+        op = self.journal.operation(op_id)
+        if op.state != "waiting-approval":
+            raise OperatorError(f"{op_id} is {op.state}, not waiting for approval")
+        self.journal.add_facts(op_id, {"approved_by": actor})
+        self.audit.record(actor, "failover.approve", op.persona, {"op": op_id})
+        self._spawn(op_id)
+        return self.journal.operation(op_id)
+
+    def _refresh_capacity(self) -> None:
+        assignment = {p: s for p, s in self.journal.assignment().items() if s}
+        q = set(self.journal.quarantined())
+        for pool in self.defs.pools:
+            self.metrics.set_spare_capacity(pool, capacity(self.defs, pool, assignment, q)[0])
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.receiver.start()
+        self.poller.start()
+        self.traps.start()
+        self.api.start()
+        self._refresh_capacity()
+        for op in self.journal.unfinished_operations():
+            if op.state in ("running", "waiting-approval"):
+                log.warning("resuming %s (%s) from the journal", op.id, op.state)
+                self._spawn(op.id)
+
+    def loop(self) -> None:
+        tick = max(0.05, self.interval / 4)
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            self.detector.tick(now, self.snapshot)
+            self._approval_timeouts()
+
+    def _approval_timeouts(self) -> None:
+        for op in self.journal.unfinished_operations():
+            spec = self.defs.personas[op.persona].spec
+            if op.state == "waiting-approval" and time.time() - op.created > spec.confirm_timeout \
+                    and not (op.id in self._threads and self._threads[op.id].is_alive()):
+                self._spawn(op.id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for part in (self.api, self.traps, self.poller, self.receiver):
+            try:
+                part.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("stopping %s", type(part).__name__)
+        self.changes.shutdown()

@@ -1,0 +1,300 @@
+"""The failover: idempotent steps through the journal, in DESIGN.md's order.
+
+confirm -> approve -> choose -> fence -> storage -> bootcfg -> switch -> power_on -> heartbeat
+-> recovery -> done. Each step reads what earlier steps decided from the operation's facts (the
+journal), acts, reads back, and returns what it observed. A step that cannot prove its effect
+raises ``NeedsOperator``: the operation stops there and moves nothing further (rule 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aimctl.controller.chap import ChapStore
+from aimctl.controller.journal import Journal, Operation, ServerMark
+from aimctl.controller.planner import choose, port_intents, quarantine_intents
+from aimctl.controller.runner import (
+    AwaitingApproval,
+    NeedsOperator,
+    Retarget,
+    Step,
+    StepCall,
+    StepFailed,
+    StepOutcome,
+)
+from aimctl.drivers.protocols import IscsiBoot, PortIntent, PowerState
+from aimctl.drivers.registry import Drivers
+from aimctl.errors import DriverError
+from aimctl.loader import Definitions
+
+log = logging.getLogger(__name__)
+
+STEPS = ("confirm", "approve", "choose", "fence", "storage", "bootcfg", "switch", "power_on", "heartbeat",
+         "recovery", "done")
+
+
+@dataclass
+class Settings:
+    power_deadline_s: float = 30.0
+    kill_deadline_s: float = 10.0
+    boot_timer_override_s: float | None = None  # tests shorten the persona's boot timer
+    heartbeat_poll_s: float = 0.05
+
+
+@dataclass
+class Ctx:
+    defs: Definitions
+    journal: Journal
+    drivers: Drivers
+    chap: ChapStore
+    # (persona, since_wall_time) -> True once a heartbeat arrived after that time
+    heartbeat_since: Callable[[str, float], bool]
+    run_hooks: Callable[[Operation, str], list[dict[str, Any]]]
+    bmc_unhealthy: Callable[[], dict[str, str]] = lambda: {}
+    settings: Settings = field(default_factory=Settings)
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="wf"))
+
+
+def _targets(ctx: Ctx, persona: str) -> list[str]:
+    spec = ctx.defs.personas[persona].spec
+    return [spec.boot.target] + [d.target for d in spec.data]
+
+
+def _parallel(ctx: Ctx, jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run independent I/O at once; each result is the value or the exception it raised."""
+    futs = {k: ctx.pool.submit(fn) for k, fn in jobs.items()}
+    out: dict[str, Any] = {}
+    for k, f in futs.items():
+        try:
+            out[k] = f.result()
+        except Exception as exc:  # noqa: BLE001 - the caller decides what each failure means
+            out[k] = exc
+    return out
+
+
+# ---------------------------------------------------------------------------- fencing, shared by fence and retarget
+
+
+def storage_fence(ctx: Ctx, persona: str, key: str) -> dict[str, Any]:
+    """Rotate the persona's CHAP secret on every target, kill every session, prove the old secret is refused."""
+    spec = ctx.defs.personas[persona].spec
+    st = ctx.drivers.storage(spec.storage)
+    user = ctx.chap.user(persona)
+    old = ctx.chap.current(persona, spec.initial_chap)
+    new = ctx.chap.pending(persona, key)
+    proven = []
+    for t in _targets(ctx, persona):
+        st.set_chap(t, user, new)
+        st.kill_sessions(t, ctx.settings.kill_deadline_s)
+        left = st.sessions(t)
+        if left:
+            raise NeedsOperator(f"storage fence: {len(left)} session(s) to {t} will not die")
+        if old != new and not st.login_refused(t, spec.initiator, user, old):
+            raise NeedsOperator(f"storage fence: {t} still accepts the old CHAP secret")
+        proven.append(t)
+    ctx.chap.commit(persona, key)
+    return {"targets": proven, "chap_user": user, "old_secret_refused": True}
+
+
+def power_off(ctx: Ctx, server: str) -> dict[str, Any]:
+    p = ctx.drivers.power(server)
+    p.off(ctx.settings.power_deadline_s)
+    if p.state() != PowerState.OFF:
+        raise DriverError(server, "power-off not read back")
+    return {"power": "off (read back)"}
+
+
+def apply_switches(ctx: Ctx, per_switch: dict[str, list[PortIntent]]) -> dict[str, Any]:
+    """One session per switch, switches in parallel; each driver reads its ports back."""
+    res = _parallel(ctx, {sw: (lambda sw=sw, i=intents: ctx.drivers.switch(sw).apply(i))
+                          for sw, intents in per_switch.items()})
+    bad = {sw: str(r) for sw, r in res.items() if isinstance(r, Exception)}
+    if bad:
+        raise NeedsOperator("switch: " + "; ".join(f"{sw}: {e}" for sw, e in sorted(bad.items())))
+    return {sw: [f"{s.port} {s.mode.value if s.mode else '?'} {','.join(map(str, s.vlans))}" for s in states]
+            for sw, states in res.items()}
+
+
+# ---------------------------------------------------------------------------- the steps
+
+
+def s_confirm(ctx: Ctx, call: StepCall) -> StepOutcome:
+    f = call.op.facts
+    return StepOutcome.ok(evidence=f.get("evidence", "planned by operator"), trigger=f.get("trigger", call.op.kind))
+
+
+def s_approve(ctx: Ctx, call: StepCall) -> StepOutcome:
+    op = call.op
+    spec = ctx.defs.personas[op.persona].spec
+    if op.kind == "failover" and spec.policy == "automatic":
+        return StepOutcome.skipped("automatic policy")
+    if op.facts.get("approved_by"):
+        return StepOutcome.ok(approved_by=op.facts["approved_by"])
+    if op.kind == "failover" and time.time() - op.created > spec.confirm_timeout:
+        if spec.on_confirm_timeout == "proceed":
+            return StepOutcome.ok(approved_by=f"confirm timeout ({int(spec.confirm_timeout)}s): proceed")
+        raise StepFailed(f"not approved within the confirm timeout ({int(spec.confirm_timeout)}s): aborted")
+    raise AwaitingApproval(f"waiting for `aimctl approve {op.id}`")
+
+
+def s_choose(ctx: Ctx, call: StepCall) -> StepOutcome:
+    op = call.op
+    assignment = {p: s for p, s in ctx.journal.assignment().items() if s}
+    assignment[op.persona] = op.from_server or assignment.get(op.persona, "")
+    quarantined = set(ctx.journal.quarantined())
+    unavailable = dict(ctx.bmc_unhealthy())
+    for s in op.facts.get("failed_standbys", []):
+        unavailable[s] = "failed to boot this persona in this operation"
+    wanted = op.facts.get("requested_to")
+    c = choose(ctx.defs, op.persona, assignment, quarantined, unavailable, to=wanted)
+    if c.server is None:
+        raise NeedsOperator("no standby: " + "; ".join(c.why + [f"{s}: {r}" for s, r in sorted(c.rejected.items())]))
+    return StepOutcome("ok", {"to": c.server, "why": c.why}, facts={"to": c.server})
+
+
+def s_fence(ctx: Ctx, call: StepCall) -> StepOutcome:
+    op = call.op
+    old = op.from_server
+    if not old:
+        return StepOutcome.skipped("persona had no server")
+    graceful = op.kind == "failback" or op.facts.get("graceful")
+    jobs: dict[str, Callable[[], Any]] = {
+        "storage": lambda: storage_fence(ctx, op.persona, op.id),
+        "power": lambda: power_off(ctx, old),
+    }
+    res = _parallel(ctx, jobs)
+    if isinstance(res["storage"], Exception):
+        raise NeedsOperator(f"storage fence not proven: {res['storage']}")
+    detail: dict[str, Any] = {"storage": res["storage"], "graceful": bool(graceful)}
+    power_ok = not isinstance(res["power"], Exception)
+    detail["power"] = res["power"] if power_ok else f"not confirmed: {res['power']}"
+    try:
+        ctx.drivers.bootcfg(old).clear()
+        detail["bootcfg"] = f"cleared on {old}"
+    except Exception as exc:  # noqa: BLE001 - a dead BMC cannot clear; the CHAP rotation already locks it out
+        detail["bootcfg"] = f"not cleared: {exc}"
+    facts: dict[str, Any] = {"power_confirmed": power_ok}
+    if not power_ok:
+        try:
+            detail["quarantine"] = apply_switches(ctx, quarantine_intents(ctx.defs, old))
+            facts["quarantined_in_fence"] = True
+        except NeedsOperator as exc:
+            raise NeedsOperator(f"fence not confirmed: power-off not read back ({res['power']}) and "
+                                f"quarantine failed ({exc.reason}); nothing moved") from None
+    return StepOutcome("ok", detail, facts=facts)
+
+
+def s_storage(ctx: Ctx, call: StepCall) -> StepOutcome:
+    op = call.op
+    spec = ctx.defs.personas[op.persona].spec
+    st = ctx.drivers.storage(spec.storage)
+    user = ctx.chap.user(op.persona)
+    out = {}
+    for t in _targets(ctx, op.persona):
+        for ini in st.initiators(t):
+            if ini != spec.initiator:
+                st.unbind(t, ini)
+        if spec.initiator not in st.initiators(t):
+            st.bind(t, spec.initiator)
+        acl, account = st.initiators(t), st.chap_user(t)
+        if acl != [spec.initiator] or account != user:
+            raise NeedsOperator(f"storage read-back of {t}: ACL {acl}, CHAP {account}; wanted {spec.initiator}, {user}")
+        out[t] = {"acl": acl, "chap_user": account}
+    return StepOutcome.ok(targets=out)
+
+
+def _boot(ctx: Ctx, persona: str) -> IscsiBoot:
+    spec = ctx.defs.personas[persona].spec
+    storage = ctx.defs.storage[spec.storage]
+    return IscsiBoot(spec.initiator, spec.boot.target, spec.boot.lun, storage.portal, storage.port,
+                     ctx.chap.user(persona), ctx.chap.current(persona, spec.initial_chap))
+
+
+def s_bootcfg(ctx: Ctx, call: StepCall) -> StepOutcome:
+    to = call.op.facts["to"]
+    b = _boot(ctx, call.op.persona)
+    ctx.drivers.bootcfg(to).write(b)
+    return StepOutcome.ok(server=to, initiator=b.initiator, target=b.target, lun=b.lun)
+
+
+def s_switch(ctx: Ctx, call: StepCall) -> StepOutcome:
+    op = call.op
+    to = op.facts["to"]
+    per: dict[str, list[PortIntent]] = {}
+    parts = [port_intents(ctx.defs, op.persona, to)]
+    if op.from_server and not op.facts.get("quarantined_in_fence"):
+        parts.append(quarantine_intents(ctx.defs, op.from_server))
+    for part in parts:
+        for sw, intents in part.items():
+            per.setdefault(sw, []).extend(intents)
+    return StepOutcome.ok(ports=apply_switches(ctx, per))
+
+
+def s_power_on(ctx: Ctx, call: StepCall) -> StepOutcome:
+    to = call.op.facts["to"]
+    p = ctx.drivers.power(to)
+    if call.resumed and p.state() == PowerState.ON:
+        return StepOutcome.ok(server=to, power="on (already)")
+    p.on(ctx.settings.power_deadline_s)
+    return StepOutcome("ok", {"server": to, "power": "on (read back)"}, facts={"powered_on_at": time.time()})
+
+
+def s_heartbeat(ctx: Ctx, call: StepCall) -> StepOutcome:
+    op = call.op
+    to = op.facts["to"]
+    spec = ctx.defs.personas[op.persona].spec
+    timer = ctx.settings.boot_timer_override_s or spec.boot_timer
+    since = float(op.facts.get("powered_on_at", time.time()))
+    deadline = since + timer
+    while time.time() < deadline:
+        if ctx.heartbeat_since(op.persona, since):
+            return StepOutcome.ok(server=to, waited_s=round(time.time() - since, 3))
+        time.sleep(ctx.settings.heartbeat_poll_s)
+    # No heartbeat in time: this standby is fenced like any failed body, marked, and the next tried.
+    fenced: dict[str, Any] = {}
+    for name, job in (("power", lambda: power_off(ctx, to)),
+                      ("storage", lambda: storage_fence(ctx, op.persona, f"{op.id}-{to}")),
+                      ("bootcfg", lambda: ctx.drivers.bootcfg(to).clear())):
+        try:
+            fenced[name] = job()
+        except Exception as exc:  # noqa: BLE001
+            if name == "storage":
+                raise NeedsOperator(f"{to} did not heartbeat and its storage fence failed: {exc}") from None
+            fenced[name] = f"failed: {exc}"
+    failed = list(op.facts.get("failed_standbys", [])) + [to]
+    pool = ctx.defs.pools[ctx.defs.personas[op.persona].pool]
+    if len(failed) > pool.max_retargets:
+        raise NeedsOperator(f"no heartbeat from {op.persona} on {', '.join(failed)} within {int(timer)}s each")
+    raise Retarget(f"no heartbeat from {op.persona} on {to} within {int(timer)}s; retargeting", "choose",
+                   facts={"failed_standbys": failed, "fenced_standby": fenced},
+                   server_marks={to: ServerMark(quarantine=True, failed=True,
+                                                reason=f"did not boot {op.persona} in {op.id}")})
+
+
+def s_recovery(ctx: Ctx, call: StepCall) -> StepOutcome:
+    results = ctx.run_hooks(call.op, "post-boot") + ctx.run_hooks(call.op, "post-recovery")
+    ok = all(r.get("ok") for r in results)
+    return StepOutcome("ok", {"hooks": results, "recovery": "ok" if ok else "failed"},
+                       facts={"recovery_failed": not ok})
+
+
+def s_done(ctx: Ctx, call: StepCall) -> StepOutcome:
+    op = call.op
+    to = op.facts["to"]
+    marks = {}
+    if op.from_server and op.kind == "failover":
+        marks[op.from_server] = ServerMark(quarantine=True, failed=True, reason=f"failed body, fenced by {op.id}")
+    summary = f"{op.persona} on {to}" + (", recovery failed" if op.facts.get("recovery_failed") else "")
+    return StepOutcome("ok", {"summary": summary}, assignment={op.persona: to}, server_marks=marks)
+
+
+def failover_steps() -> list[Step[Ctx]]:
+    fns = {"confirm": s_confirm, "approve": s_approve, "choose": s_choose, "fence": s_fence, "storage": s_storage,
+           "bootcfg": s_bootcfg, "switch": s_switch, "power_on": s_power_on, "heartbeat": s_heartbeat,
+           "recovery": s_recovery, "done": s_done}
+    return [Step(n, fns[n]) for n in STEPS]

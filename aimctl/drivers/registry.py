@@ -1,0 +1,105 @@
+"""From the names in the definitions (BMC kind, switch OS, storage kind) to driver instances.
+
+Credentials are resolved from their references here, once, and registered with the masker so no
+log line or error can carry them.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from aimctl.drivers.protocols import BootConfig, PortIntent, Power, StorageAccess, SwitchPorts
+from aimctl.errors import OperatorError
+from aimctl.model import Server, Storage, Switch
+from aimctl.secrets import resolve
+
+
+def render_switch_lines(os_name: str, intents: list[PortIntent]) -> list[str]:
+    from aimctl.drivers.switch import render_lines
+
+    return render_lines(os_name, intents)
+
+
+def _bmc_url(server: Server) -> str:
+    b = server.bmc
+    scheme = "https" if b.tls else "http"
+    return f"{scheme}://{b.address}" + (f":{b.port}" if b.port else "")
+
+
+def make_power(name: str, server: Server, timeout_s: float = 5.0) -> Power:
+    b = server.bmc
+    password = resolve(b.credentials.password)
+    if b.kind == "redfish":
+        from aimctl.drivers.redfish import RedfishPower
+
+        return RedfishPower(_bmc_url(server), b.system_id or "System.Embedded.1", b.credentials.username, password,
+                            timeout_s=timeout_s, name=name)
+    from aimctl.drivers.ipmi import IpmiPower
+
+    return IpmiPower(b.address, b.port or 623, b.credentials.username, password, timeout_s=timeout_s, name=name)
+
+
+def make_bootcfg(name: str, server: Server, boot_dir: Path, power: Power | None = None) -> BootConfig:
+    b = server.bmc
+    if b.kind == "redfish":
+        from aimctl.drivers.redfish_boot import RedfishBootConfig
+
+        return RedfishBootConfig(_bmc_url(server), b.system_id or "System.Embedded.1", b.credentials.username,
+                                 resolve(b.credentials.password), boot_nic=server.boot_nic)
+    from aimctl.drivers.ipxe import IpxeBootConfig
+
+    return IpxeBootConfig(name, boot_dir, power or make_power(name, server))  # type: ignore[arg-type]
+
+
+def make_switch(name: str, sw: Switch) -> SwitchPorts:
+    from aimctl.drivers.switch import NetmikoSwitch
+
+    c = sw.credentials
+    return NetmikoSwitch(name, sw.os, sw.address, sw.port, c.username, resolve(c.password),
+                         enable_password=resolve(c.enable) if c.enable else None)
+
+
+def make_storage(name: str, st: Storage) -> StorageAccess:
+    from aimctl.drivers.tgt import LocalRunner, SshRunner, TgtStorage
+
+    if st.kind != "tgt":
+        raise OperatorError(f"storage {name}: no driver for kind {st.kind!r}")
+    if st.management == "local":
+        env = {"TGT_IPC_SOCKET": st.control_socket} if st.control_socket else {}
+        runner: Any = LocalRunner(env=env)
+    else:
+        if st.credentials is None:
+            raise OperatorError(f"storage {name}: ssh management needs credentials")
+        runner = SshRunner.from_url(st.management, resolve(st.credentials.password))
+    return TgtStorage(st.portal, st.port, runner)
+
+
+class Drivers:
+    """One driver per device, built on first use and kept (sessions are reused across steps)."""
+
+    def __init__(self, defs: Any, boot_dir: Path) -> None:
+        self.defs = defs
+        self.boot_dir = boot_dir
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    def _get(self, kind: str, name: str, make: Any) -> Any:
+        with self._lock:
+            if (kind, name) not in self._cache:
+                self._cache[(kind, name)] = make()
+            return self._cache[(kind, name)]
+
+    def power(self, server: str) -> Power:
+        return self._get("power", server, lambda: make_power(server, self.defs.servers[server]))  # type: ignore[no-any-return]
+
+    def bootcfg(self, server: str) -> BootConfig:
+        return self._get("boot", server, lambda: make_bootcfg(server, self.defs.servers[server], self.boot_dir,  # type: ignore[no-any-return]
+                                                              self.power(server)))
+
+    def switch(self, name: str) -> SwitchPorts:
+        return self._get("switch", name, lambda: make_switch(name, self.defs.switches[name]))  # type: ignore[no-any-return]
+
+    def storage(self, name: str) -> StorageAccess:
+        return self._get("storage", name, lambda: make_storage(name, self.defs.storage[name]))  # type: ignore[no-any-return]

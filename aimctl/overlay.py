@@ -1,0 +1,141 @@
+"""The endpoints overlay: where things really are, keyed by the names in the definitions.
+
+``aimctl lab up`` writes one (free ports on 127.0.0.1, lab credentials); production runs without.
+An overlay may only change *where* and *with which credentials* — never pools, personas' identity
+or cabling — so a test lab cannot drift from the operator's definitions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError
+
+from aimctl.errors import DefinitionError, OperatorError
+from aimctl.loader import Definitions, PersonaDef, Source
+from aimctl.model import Credentials, Host, SecretRef, SshUrl, Strict
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class BmcPatch(Strict):
+    address: Host | None = None
+    port: Port | None = None
+    tls: bool | None = None
+    system_id: str | None = None
+    credentials: Credentials | None = None
+
+
+class ServerPatch(Strict):
+    bmc: BmcPatch
+
+
+class SwitchPatch(Strict):
+    address: Host | None = None
+    port: Port | None = None
+    credentials: Credentials | None = None
+
+
+class StoragePatch(Strict):
+    portal: Host | None = None
+    port: Port | None = None
+    management: str | None = None
+    control_socket: str | None = None
+
+
+class HookPatch(Strict):
+    via: SshUrl | None = None
+    credentials: SecretRef | None = None
+    host_key: str | None = None
+
+
+class PersonaPatch(Strict):
+    heartbeat_key: SecretRef | None = None
+    initial_chap: SecretRef | None = None
+    recovery: dict[int, HookPatch] = {}
+
+
+class Listen(Strict):
+    heartbeat: str = "0.0.0.0:7400"
+    snmp: str = "0.0.0.0:7162"
+    api: str = "127.0.0.1:7480"
+    snmp_community: str = "public"
+    heartbeat_interval: float = 1.0
+    bmc_poll_interval: float = 1.0
+
+
+class Overlay(Strict):
+    servers: dict[str, ServerPatch] = {}
+    switches: dict[str, SwitchPatch] = {}
+    storage: dict[str, StoragePatch] = {}
+    personas: dict[str, PersonaPatch] = {}
+    controller: Listen = Listen()
+    lab: dict[str, Any] = {}
+
+
+def _patch(obj: Any, patch: Strict) -> Any:
+    upd = {}
+    for k in patch.model_fields_set:
+        v = getattr(patch, k)
+        if isinstance(v, Strict) and not isinstance(v, Credentials):
+            v = _patch(getattr(obj, k), v)
+        upd[k] = v
+    return obj.model_copy(update=upd)
+
+
+def load_overlay(path: Path) -> Overlay:
+    from aimctl.loader import _parse, _pydantic_errors, _read
+
+    errors: list[str] = []
+    text = _read(path, str(path), errors)
+    parsed = _parse(text, str(path), errors) if text is not None else None
+    if parsed is None:
+        raise DefinitionError(errors)
+    data, src = parsed
+    try:
+        return Overlay.model_validate(data or {})
+    except ValidationError as exc:
+        raise DefinitionError(_pydantic_errors(exc, data, src)) from None
+
+
+def apply(defs: Definitions, ov: Overlay, where: str = "overlay") -> Definitions:
+    """A copy of ``defs`` with the overlay's endpoints; names it does not know are errors."""
+    def known(table: dict[str, Any], name: str, kind: str) -> None:
+        if name not in table:
+            raise OperatorError(f"{where}: {kind} {name!r} is not in the definitions")
+
+    out = Definitions(root=defs.root, pools=dict(defs.pools), servers=dict(defs.servers),
+                      switches=dict(defs.switches), storage=dict(defs.storage), personas=dict(defs.personas),
+                      server_pool=dict(defs.server_pool), warnings=list(defs.warnings))
+    for name, sp in ov.servers.items():
+        known(out.servers, name, "server")
+        out.servers[name] = _patch(out.servers[name], sp)
+    for name, wp in ov.switches.items():
+        known(out.switches, name, "switch")
+        out.switches[name] = _patch(out.switches[name], wp)
+    for name, tp in ov.storage.items():
+        known(out.storage, name, "storage")
+        out.storage[name] = _patch(out.storage[name], tp)
+    for name, pp in ov.personas.items():
+        known(out.personas, name, "persona")
+        pd = out.personas[name]
+        spec = pd.spec
+        upd: dict[str, Any] = {k: getattr(pp, k) for k in ("heartbeat_key", "initial_chap")
+                               if getattr(pp, k) is not None}
+        if pp.recovery:
+            hooks = list(spec.recovery)
+            for i, hp in pp.recovery.items():
+                if not 0 <= i < len(hooks):
+                    raise OperatorError(f"{where}: persona {name}: no recovery hook #{i}")
+                hooks[i] = _patch(hooks[i], hp)
+            upd["recovery"] = hooks
+        out.personas[name] = PersonaDef(name, pd.pool, spec.model_copy(update=upd))
+    # The pool models embed personas too; keep them consistent with the patched ones.
+    for pname, pool in out.pools.items():
+        personas = {n: out.personas[n].spec for n in pool.personas}
+        out.pools[pname] = pool.model_copy(update={"personas": personas})
+    return out
+
+
+__all__ = ["Overlay", "apply", "load_overlay", "Source"]

@@ -1,0 +1,156 @@
+"""``aimctl lab ...``: start, inspect, break and stop the emulated data center."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aimctl.errors import OperatorError
+from lab import control
+
+app = typer.Typer(no_args_is_help=True, help="The lab: real protocol servers on 127.0.0.1, built from the definitions.")
+out = Console(soft_wrap=True)
+
+StateOpt = Annotated[Path, typer.Option("--state", help="Lab state dir (LABDIR).")]
+
+
+def start(state: Path, definitions: Path, power_delay: float = 1.0, boot: float = 2.0, heartbeat: float = 1.0,
+          tcp_timeout: float = 120.0, resync: float = 3.0, timeout_s: float = 90.0) -> dict[str, Any]:
+    """Start a lab process for ``definitions`` in ``state``; return once every home persona runs."""
+    state = state.resolve()
+    if (state / "ready").exists():
+        raise OperatorError(f"{state}: a lab is already running here (aimctl lab down --state {state})")
+    state.mkdir(parents=True, exist_ok=True)
+    for stale in ("failed", "control.json"):
+        (state / stale).unlink(missing_ok=True)
+    log = open(state / "lab.out", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab.daemon", "--state", str(state), "--definitions", str(Path(definitions).resolve()),
+         "--power-delay", str(power_delay), "--boot", str(boot), "--heartbeat", str(heartbeat),
+         "--tcp-timeout", str(tcp_timeout), "--resync", str(resync)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    (state / "pid").write_text(str(proc.pid))
+    try:
+        return control.wait_ready(state, lambda: proc.poll() is None, timeout_s)
+    except OperatorError:
+        stop(state)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child still answers kill(0): look at its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def stop(state: Path, remove: bool = True, timeout_s: float = 20.0) -> None:
+    state = state.resolve()
+    pid_file = state / "pid"
+    pid = int(pid_file.read_text()) if pid_file.exists() else None
+    try:
+        control.call(state, "shutdown", timeout_s=5)
+    except OperatorError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while pid and _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid and _pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # tgtd is the lab's child: make sure none survives (it holds the iSCSI port).
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().split(b"\0")
+                env = (p / "environ").read_bytes()
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"tgtd") and str(state).encode() in env:
+                try:
+                    os.kill(int(p.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    if remove and state.exists():
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@app.command()
+def up(state: StateOpt,
+       definitions: Annotated[Path, typer.Option("--definitions", "-d")] = Path("personas"),
+       power_delay: Annotated[float, typer.Option(help="BMC power-change delay, seconds.")] = 1.0,
+       boot: Annotated[float, typer.Option(help="Host boot time, seconds.")] = 2.0,
+       heartbeat: Annotated[float, typer.Option(help="Agent heartbeat interval, seconds.")] = 1.0) -> None:
+    """Start the lab; write LABDIR/endpoints.yaml (the controller's overlay)."""
+    t = time.monotonic()
+    ready = start(state, definitions, power_delay, boot, heartbeat)
+    out.print(f"lab up in {time.monotonic() - t:.1f}s (pid {ready['pid']}); overlay: {state.resolve() / 'endpoints.yaml'}")
+
+
+@app.command()
+def down(state: StateOpt) -> None:
+    """Stop every lab process and remove its sockets and state."""
+    stop(state)
+    out.print("lab down")
+
+
+@app.command()
+def reset(state: StateOpt) -> None:
+    """Back to the definitions' homes (power, boot config, ports, CHAP, sessions)."""
+    r = control.call(state, "reset")
+    out.print(f"lab reset in {r['reset_s']}s")
+
+
+@app.command()
+def fault(kind: Annotated[str, typer.Argument(help=", ".join(control.FAULTS))],
+          target: Annotated[str, typer.Argument(help="server, switch, storage, or SERVER:CHANNEL")],
+          state: StateOpt, clear: Annotated[bool, typer.Option("--clear")] = False) -> None:
+    """Inject (or --clear) a fault."""
+    r = control.call(state, "fault", {"kind": kind, "target": target, "clear": clear})
+    out.print(f"{kind} on {target}: {'active' if r['active'] else 'cleared'}")
+
+
+@app.command()
+def status(state: StateOpt, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Per server power, booted persona, boot config, port VLANs; per target ACL and sessions; observer verdict."""
+    st = control.call(state, "status")
+    if as_json:
+        out.print_json(json.dumps(st))
+        return
+    t = Table(title="servers")
+    for c in ("server", "power", "persona", "state", "boot initiator", "channels"):
+        t.add_column(c)
+    for s, v in sorted(st["servers"].items()):
+        chans = "; ".join(f"{c}:{x['switch']} {x['port']} {x['mode']} {','.join(map(str, x['vlans']))}"
+                          for c, x in v["channels"].items())
+        t.add_row(s, v["power"], v["booted"] or "-", f"{v['state']} {v['detail']}".strip(),
+                  str(v["boot_config"].get("InitiatorName") or v["boot_config"].get("boot_device") or "-"), chans)
+    out.print(t)
+    t = Table(title="targets")
+    for c in ("target", "acl", "chap", "sessions (initiator alias)"):
+        t.add_column(c)
+    for iqn, v in sorted(st["targets"].items()):
+        t.add_row(iqn, ", ".join(v["acl"]), ", ".join(v["accounts"]),
+                  ", ".join(f"{x['initiator']} {x['alias']}" for x in v["sessions"]) or "-")
+    out.print(t)
+    ob = st["observer"]
+    verdict = "clean" if not ob["double_access"] else f"DOUBLE ACCESS x{ob['double_access']}: {ob['evidence'][:3]}"
+    out.print(f"access observer: {verdict} ({ob['samples']} samples)")

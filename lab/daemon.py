@@ -1,0 +1,386 @@
+"""The lab process: every protocol server the definitions describe, on 127.0.0.1 with free ports.
+
+Started by ``aimctl lab up`` (detached) or by the test fixtures. It writes ``LABDIR/endpoints.yaml``
+(the controller's overlay) and ``LABDIR/control.json`` (its own control API), then serves until
+``aimctl lab down``. All parts live in this one process so the hosts, the SCN relay and
+``lab status`` can read BMC power and switch port state in process — never over a switch's only
+SSH session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aimctl.drivers.tgt import LocalRunner, TgtStorage
+from aimctl.loader import Definitions, load
+from lab import control
+from lab.dag_sim import DagSimulator
+from lab.hosts import BootConfig, Host, PersonaRuntime, parse_ipxe, redfish_boot
+from lab.ipmi_bmc import IpmiLab, IpmiSystemSpec
+from lab.observer import AccessObserver
+from lab.redfish_bmc import RedfishLab, RedfishSystemSpec
+from lab.relay import ScnRelay
+from lab.snmp_sender import send_link_trap
+from lab.storage import LunSpec, TgtLab
+from lab.switches import SwitchLab, SwitchSpec
+
+log = logging.getLogger("lab")
+
+LAB_USER = "admin"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_secret(path: Path, value: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return f"file:{path}"
+
+
+class Lab:
+    def __init__(self, defs: Definitions, state: Path, power_delay_s: float, boot_s: float,
+                 heartbeat_s: float, tcp_timeout_s: float, resync_s: float) -> None:
+        self.defs = defs
+        self.state = state
+        self.power_delay_s = power_delay_s
+        self.boot_s = boot_s
+        self.heartbeat_s = heartbeat_s
+        self.tcp_timeout_s = tcp_timeout_s
+        self.resync_s = resync_s
+        self.secret_dir = state / "secrets"
+        self.hosts: dict[str, Host] = {}
+        self.stop_event = threading.Event()
+        self.lock = threading.RLock()
+        self.controller = {"heartbeat": free_port(socket.SOCK_DGRAM), "snmp": free_port(socket.SOCK_DGRAM),
+                           "api": free_port()}
+        self.faults: dict[tuple[str, str], bool] = {}
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        d = self.defs
+        self.passwords = {k: secrets.token_urlsafe(12) for k in ("bmc", "switch", "enable", "dag")}
+        self.refs = {k: write_secret(self.secret_dir / f"{k}-password", v) for k, v in self.passwords.items()}
+        self.keys: dict[str, bytes] = {}
+        self.chap: dict[str, str] = {}
+        for name in d.personas:
+            key = secrets.token_hex(32)
+            write_secret(self.secret_dir / f"{name}.hbkey", key)
+            self.keys[name] = key.encode()
+            self.chap[name] = secrets.token_urlsafe(12)[:16]
+            write_secret(self.secret_dir / f"{name}.chap", self.chap[name])
+        redfish = [s for s, v in d.servers.items() if v.bmc.kind == "redfish"]
+        ipmi = [s for s, v in d.servers.items() if v.bmc.kind == "ipmi"]
+        homes = set(d.homes().values())
+        self.redfish = RedfishLab([RedfishSystemSpec(s, power_on=False, boot_nic=d.servers[s].boot_nic)
+                                   for s in redfish], self.state / "redfish", {LAB_USER: self.passwords["bmc"]},
+                                  power_delay_s=self.power_delay_s)
+        self.redfish_port = self.redfish.start() if redfish else 0
+        self.ipmi = IpmiLab([IpmiSystemSpec(s, power_on=False) for s in ipmi], {LAB_USER: self.passwords["bmc"]},
+                            power_delay_s=self.power_delay_s)
+        self.ipmi_ports = self.ipmi.start() if ipmi else {}
+        ports: dict[str, list[str]] = {}
+        for srv in d.servers.values():
+            for cable in srv.channels.values():
+                ports.setdefault(cable.switch, []).append(cable.port)
+        self.switches = SwitchLab([SwitchSpec(n, sw.os, sorted(ports.get(n, []))) for n, sw in d.switches.items()],
+                                  LAB_USER, self.passwords["switch"], self.passwords["enable"])
+        self.switch_ports = self.switches.start()
+        from lab.ops import home_port_intents, wait_homes
+
+        for sw, intents in home_port_intents(self).items():
+            for i in intents:
+                self.switches.reset_port(sw, i.port, i)
+        self.tgt = TgtLab(self.state / "tgt")
+        self.tgt_port = self.tgt.start()
+        self.storage = TgtStorage("127.0.0.1", self.tgt_port, LocalRunner(env=self.tgt.env))
+        self._provision_storage()
+        self.relay = ScnRelay(("127.0.0.1", self.controller["heartbeat"]), self._scn_reachable)
+        for s in d.servers:
+            self.relay.add_server(s)
+        self.relay.start()
+        self._start_dag()
+        self.observer = AccessObserver(self.tgt.env, interval_s=0.1)
+        self.observer.start()
+        for s in d.servers:
+            self.hosts[s] = Host(s, self._boot_reader(s), self._runtimes(), ("127.0.0.1", self.relay.port(s)),
+                                 self.boot_s, self.tcp_timeout_s, on_persona=self._persona_changed)
+        self.redfish.subscribe(self._power_changed)
+        self.ipmi.subscribe(self._power_changed)
+        self.boot_dir = self.state / "boot"
+        self.boot_dir.mkdir(exist_ok=True)
+        self._write_endpoints()
+        self.home_all(power=True)
+        threading.Thread(target=self._ticker, name="lab-tick", daemon=True).start()
+        wait_homes(self, 60.0)
+        self.up_s = time.monotonic() - t0
+        log.info("lab up in %.2fs", self.up_s)
+
+    def _runtimes(self) -> dict[str, PersonaRuntime]:
+        return {n: PersonaRuntime(n, [(x.target, x.lun) for x in p.spec.data], self.keys[n], self.heartbeat_s)
+                for n, p in self.defs.personas.items()}
+
+    def _provision_storage(self) -> None:
+        for name, p in self.defs.personas.items():
+            spec = p.spec
+            self.tgt.add_lun(LunSpec(spec.boot.target, spec.boot.lun, 16, name))
+            for x in spec.data:
+                self.tgt.add_lun(LunSpec(x.target, x.lun, 16, None))
+        self.reset_storage()
+
+    def reset_storage(self) -> None:
+        for name, p in self.defs.personas.items():
+            for t in [p.spec.boot.target] + [x.target for x in p.spec.data]:
+                for ini in self.storage.initiators(t):
+                    if ini != p.spec.initiator:
+                        self.storage.unbind(t, ini)
+                self.storage.bind(t, p.spec.initiator)
+                self.storage.set_chap(t, chap_user(name), self.chap[name])
+                self.storage.kill_sessions(t)
+
+    def _start_dag(self) -> None:
+        members: dict[str, str] = {}
+        self.dag_persona: dict[str, str] = {}
+        for name, p in self.defs.personas.items():
+            for h in p.spec.recovery:
+                if h.hook == "exchange-dag":
+                    members[h.server] = name
+        self.dag: DagSimulator | None = None
+        if len(members) < 2:
+            return
+        servers = sorted(members)
+        dbs = {f"DB{i + 1:02d}": [servers[i % len(servers)]] + [s for s in servers if s != servers[i % len(servers)]]
+               for i in range(4)}
+        self.dag = DagSimulator(dag="DAG1", members=members, databases=dbs, resync_s=self.resync_s,
+                                username=LAB_USER, password=self.passwords["dag"])
+        self.dag_port = self.dag.start()
+        self.dag_persona = {v: k for k, v in members.items()}
+        self.dag_up: dict[str, bool] = {}
+
+    # ------------------------------------------------------------------ reachability (in process)
+
+    def _carries(self, server: str, network: str) -> bool:
+        pool = self.defs.pools[self.defs.server_pool[server]]
+        net = pool.networks[network]
+        srv = self.defs.servers[server]
+        for ch in (net.primary, net.secondary):
+            cable = srv.channels.get(ch) if ch is not None else None
+            if cable and self.switches.carries(cable.switch, cable.port, net.vlan):
+                return True
+        return False
+
+    def _scn_reachable(self, server: str) -> bool:
+        return self._carries(server, self.defs.pools[self.defs.server_pool[server]].scn)
+
+    # ------------------------------------------------------------------ events
+
+    def _power_changed(self, server: str, on: bool) -> None:
+        host = self.hosts.get(server)
+        if host is None:
+            return
+        host.power_changed(on)
+        # A body losing power takes its links down with it: the switch sends the traps.
+        for cable in self.defs.servers[server].channels.values():
+            try:
+                send_link_trap("127.0.0.1", self.controller["snmp"], "public", cable.switch,
+                               cable_ifindex(self.defs, cable), on)
+            except Exception as exc:  # noqa: BLE001 - a trap lost is a trap lost, as in UDP life
+                log.warning("trap for %s %s not sent: %s", cable.switch, cable.port, exc)
+
+    def _persona_changed(self, server: str, persona: str, up: bool) -> None:
+        if self.dag and persona in self.dag_persona and not up:
+            self.dag.host_died(persona)
+            self.dag_up[persona] = False
+
+    def _ticker(self) -> None:
+        while not self.stop_event.wait(0.2):
+            for h in list(self.hosts.values()):
+                h.tick()
+            if self.dag:
+                # DAG copies come back only once the persona runs *and* its MAPI network reaches it.
+                running = {h.status.booted: s for s, h in self.hosts.items() if h.status.booted}
+                for persona in self.dag_persona:
+                    srv = running.get(persona)
+                    ok = srv is not None and "mapi" in self.defs.pools[self.defs.personas[persona].pool].networks \
+                        and self._carries(srv, "mapi")
+                    if ok and not self.dag_up.get(persona):
+                        self.dag.host_alive(persona)
+                        self.dag_up[persona] = True
+                    elif not ok and self.dag_up.get(persona):
+                        self.dag.host_died(persona)
+                        self.dag_up[persona] = False
+
+    # ------------------------------------------------------------------ boot config as the body sees it
+
+    def _boot_reader(self, server: str) -> Any:
+        if self.defs.servers[server].bmc.kind == "redfish":
+            def read() -> BootConfig | None:
+                return redfish_boot(self.redfish.iscsi_boot(server))
+            return read
+
+        def read_ipxe() -> BootConfig | None:
+            if self.ipmi.boot_device(server) not in ("network", "pxe"):
+                return None
+            # The controller serves /boot/<server>.ipxe; before it runs, the site's boot files are used.
+            from lab.hosts import fetch_ipxe
+
+            url = f"http://127.0.0.1:{self.controller['api']}/boot/{server}.ipxe"
+            cfg = fetch_ipxe(url)
+            if cfg is None and (self.boot_dir / f"{server}.ipxe").exists():
+                cfg = parse_ipxe((self.boot_dir / f"{server}.ipxe").read_text())
+            return cfg
+        return read_ipxe
+
+    def home_boot_config(self, server: str, persona: str) -> None:
+        from aimctl.drivers.protocols import IscsiBoot
+        spec = self.defs.personas[persona].spec
+        boot = IscsiBoot(spec.initiator, spec.boot.target, spec.boot.lun, "127.0.0.1", self.tgt_port,
+                         chap_user(persona), self.chap[persona])
+        if self.defs.servers[server].bmc.kind == "redfish":
+            self.redfish.set_iscsi_boot(server, boot)
+        else:
+            from aimctl.drivers.ipxe import render_ipxe
+            (self.boot_dir / f"{server}.ipxe").write_text(render_ipxe(boot))
+            self.ipmi.set_boot_device(server, "network")
+
+    def home_all(self, power: bool) -> None:
+        homes = {s: p for p, s in self.defs.homes().items()}
+        for s in self.defs.servers:
+            if s in homes:
+                self.home_boot_config(s, homes[s])
+        for s in self.defs.servers:
+            on = power and s in homes
+            if self.defs.servers[s].bmc.kind == "redfish":
+                self.redfish.set_power(s, on)
+            else:
+                self.ipmi.set_power(s, on)
+
+    # ------------------------------------------------------------------ endpoints overlay
+
+    def _write_endpoints(self) -> None:
+        d = self.defs
+        bmc_cred = {"username": LAB_USER, "password": self.refs["bmc"]}
+        sw_cred = {"username": LAB_USER, "password": self.refs["switch"], "enable": self.refs["enable"]}
+        servers = {}
+        for s, v in d.servers.items():
+            if v.bmc.kind == "redfish":
+                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish_port, "tls": False,
+                                      "system_id": self.redfish.system_path(s).rsplit("/", 1)[-1],
+                                      "credentials": bmc_cred}}
+            else:
+                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.ipmi_ports[s], "credentials": bmc_cred}}
+        personas: dict[str, Any] = {}
+        for n, p in d.personas.items():
+            entry: dict[str, Any] = {"heartbeat_key": f"file:{self.secret_dir / (n + '.hbkey')}",
+                                     "initial_chap": f"file:{self.secret_dir / (n + '.chap')}"}
+            rec = {}
+            for i, h in enumerate(p.spec.recovery):
+                if h.hook == "exchange-dag" and self.dag:
+                    rec[i] = {"via": f"ssh://{LAB_USER}@127.0.0.1:{self.dag_port}", "credentials": self.refs["dag"],
+                              "host_key": "auto"}
+            if rec:
+                entry["recovery"] = rec
+            personas[n] = entry
+        doc = {
+            "servers": servers,
+            "switches": {n: {"address": "127.0.0.1", "port": p, "credentials": sw_cred}
+                         for n, p in self.switch_ports.items()},
+            "storage": {n: {"portal": "127.0.0.1", "port": self.tgt_port, "management": "local",
+                            "control_socket": self.tgt.env["TGT_IPC_SOCKET"]} for n in d.storage},
+            "personas": personas,
+            "controller": {"heartbeat": f"127.0.0.1:{self.controller['heartbeat']}",
+                           "snmp": f"127.0.0.1:{self.controller['snmp']}",
+                           "api": f"127.0.0.1:{self.controller['api']}",
+                           "snmp_community": "public", "heartbeat_interval": self.heartbeat_s,
+                           "bmc_poll_interval": min(1.0, self.heartbeat_s)},
+            "lab": {"control": f"127.0.0.1:{control.port_of(self.state)}", "power_delay_s": self.power_delay_s,
+                    "boot_s": self.boot_s},
+        }
+        path = self.state / "endpoints.yaml"
+        path.write_text("# written by `aimctl lab up`: the controller's overlay for this lab\n"
+                        + yaml.safe_dump(doc, sort_keys=True))
+
+    # ------------------------------------------------------------------ stop
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for h in self.hosts.values():
+            h.drop_all()
+        for part in ("observer", "relay", "dag", "switches", "redfish", "ipmi", "tgt"):
+            obj = getattr(self, part, None)
+            if obj is None:
+                continue
+            try:
+                obj.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                log.warning("stopping %s: %s", part, exc)
+
+
+def cable_ifindex(defs: Definitions, cable: Any) -> int:
+    from aimctl.drivers.ifindex import ifindex
+
+    return int(cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))
+
+
+def chap_user(persona: str) -> str:
+    return f"aimctl-{persona}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lab.daemon")
+    ap.add_argument("--state", required=True, type=Path)
+    ap.add_argument("--definitions", default="personas", type=Path)
+    ap.add_argument("--power-delay", type=float, default=1.0)
+    ap.add_argument("--boot", type=float, default=2.0)
+    ap.add_argument("--heartbeat", type=float, default=1.0)
+    ap.add_argument("--tcp-timeout", type=float, default=120.0)
+    ap.add_argument("--resync", type=float, default=3.0)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("AIMCTL_LAB_LOG", "INFO"), filename=str(a.state / "lab.log"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    defs = load(a.definitions, use_cache=False)
+    lab = Lab(defs, a.state, a.power_delay, a.boot, a.heartbeat, a.tcp_timeout, a.resync)
+    srv = control.serve(lab, a.state)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    try:
+        lab.start()
+    except Exception as exc:
+        (a.state / "failed").write_text(f"{type(exc).__name__}: {exc}\n")
+        log.exception("lab failed to start")
+        lab.stop()
+        srv.shutdown()
+        return 1
+    (a.state / "ready").write_text(json.dumps({"pid": os.getpid(), "up_s": lab.up_s}))
+    control.on_shutdown(srv, done.set)
+    done.wait()
+    lab.stop()
+    srv.shutdown()
+    for f in ("ready", "control.json"):
+        (a.state / f).unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""pytest fixtures for the lab: one lab per test session, reset between scenarios."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lab import cli, control
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LabHandle:
+    state: Path
+    definitions: Path
+
+    @property
+    def endpoints(self) -> Path:
+        return self.state / "endpoints.yaml"
+
+    def overlay(self) -> dict[str, Any]:
+        return dict(yaml.safe_load(self.endpoints.read_text()))
+
+    def call(self, action: str, body: dict[str, Any] | None = None) -> Any:
+        return control.call(self.state, action, body)
+
+    def status(self) -> Any:
+        return self.call("status")
+
+    def fault(self, kind: str, target: str, clear: bool = False) -> Any:
+        return self.call("fault", {"kind": kind, "target": target, "clear": clear})
+
+    def reset(self) -> Any:
+        return self.call("reset")
+
+
+def start_lab(definitions: Path | None = None, **kw: Any) -> LabHandle:
+    state = Path(tempfile.mkdtemp(prefix="aimctl-lab-"))
+    defs = definitions or REPO / "personas"
+    cli.start(state, defs, **kw)
+    return LabHandle(state, defs)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabHandle]:
+    handle = start_lab(power_delay=0.5, boot=1.0, heartbeat=0.5, resync=1.0)
+    try:
+        yield handle
+    finally:
+        cli.stop(handle.state)

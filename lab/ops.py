@@ -1,0 +1,144 @@
+"""What the lab's control API does: status read in process, fault injection, reset to the homes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aimctl.drivers.protocols import PortIntent, PortMode
+from aimctl.errors import OperatorError
+
+
+def _server_bmc(lab: Any, server: str) -> Any:
+    if server not in lab.defs.servers:
+        raise OperatorError(f"unknown server {server!r}")
+    return lab.redfish if lab.defs.servers[server].bmc.kind == "redfish" else lab.ipmi
+
+
+def status(lab: Any) -> dict[str, Any]:
+    d = lab.defs
+    servers = {}
+    for s, srv in d.servers.items():
+        bmc = _server_bmc(lab, s)
+        channels = {}
+        for ch, cable in sorted(srv.channels.items()):
+            st = lab.switches.port_state(cable.switch, cable.port)
+            channels[str(ch)] = {"switch": cable.switch, "port": cable.port,
+                                 "mode": st.mode.value if st.mode else None, "vlans": list(st.vlans)}
+        if srv.bmc.kind == "redfish":
+            raw = lab.redfish.iscsi_boot(s) or {}
+            boot = {k: raw.get(k) for k in ("InitiatorName", "PrimaryTargetName", "PrimaryLUN", "CHAPUsername")}
+        else:
+            boot = {"boot_device": lab.ipmi.boot_device(s)}
+        servers[s] = {"bmc": srv.bmc.kind, "power": "on" if bmc.power(s) else "off", **lab.hosts[s].snapshot(),
+                      "boot_config": boot, "channels": channels,
+                      "faults": sorted(k for (t, k), on in lab.faults.items() if on and t == s)}
+    targets = {}
+    for iqn, view in lab.tgt.show_targets().items():
+        targets[iqn] = {"acl": list(view.acl), "accounts": list(view.accounts),
+                        "sessions": [{"initiator": i, "alias": a} for i, a in view.nexus]}
+    return {"servers": servers, "targets": targets, "observer": lab.observer.verdict(),
+            "relay": {"forwarded": dict(lab.relay.forwarded), "dropped": dict(lab.relay.dropped)},
+            "dag": lab.dag.distribution() if lab.dag else None,
+            "faults": [{"kind": k, "target": t} for (t, k), on in lab.faults.items() if on]}
+
+
+def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
+    from lab.control import FAULTS
+
+    if kind not in FAULTS:
+        raise OperatorError(f"unknown fault {kind!r} (one of: {', '.join(FAULTS)})")
+    on = not clear
+    d = lab.defs
+    if kind == "power-button":
+        if clear:
+            _server_bmc(lab, target).set_power(target, True)
+        else:
+            _server_bmc(lab, target).press_power_button(target)
+    elif kind in ("bmc-down", "bmc-slow", "bmc-lies"):
+        _server_bmc(lab, target).set_fault(target, kind.split("-", 1)[1], on)
+    elif kind == "switch-hang":
+        if target not in d.switches:
+            raise OperatorError(f"unknown switch {target!r}")
+        lab.switches.set_fault(target, "hang", on)
+    elif kind == "storage-error":
+        lab.tgt.set_fault("storage-error", on)
+    elif kind == "scn-partition":
+        _server_bmc(lab, target)
+        (lab.relay.partitioned.discard if clear else lab.relay.partitioned.add)(target)
+    elif kind == "boot-fail":
+        _server_bmc(lab, target)
+        lab.hosts[target].boot_fail = on
+    elif kind == "link-down":
+        server, _, ch = target.partition(":")
+        srv = d.servers.get(server)
+        if srv is None:
+            raise OperatorError(f"link-down wants SERVER or SERVER:CHANNEL, got {target!r}")
+        chans = [int(ch)] if ch else sorted(srv.channels)
+        from lab.snmp_sender import send_link_trap
+
+        for c in chans:
+            cable = srv.channels[c]
+            lab.switches.set_link(cable.switch, cable.port, not on)
+            from lab.daemon import cable_ifindex
+
+            send_link_trap("127.0.0.1", lab.controller["snmp"], "public", cable.switch,
+                           cable_ifindex(d, cable), not on)
+    lab.faults[(target, kind)] = on
+    return {"ok": True, "kind": kind, "target": target, "active": on}
+
+
+def home_port_intents(lab: Any) -> dict[str, list[PortIntent]]:
+    """What every cabled port carries in the definitions' home state (standbys: VLAN 1, unconfigured)."""
+    from aimctl.controller.planner import port_intents
+
+    d = lab.defs
+    homes = {s: p for p, s in d.homes().items()}
+    out: dict[str, list[PortIntent]] = {}
+    for s, srv in d.servers.items():
+        if s in homes:
+            for sw, intents in port_intents(d, homes[s], s).items():
+                out.setdefault(sw, []).extend(intents)
+        else:
+            for cable in srv.channels.values():
+                out.setdefault(cable.switch, []).append(PortIntent(cable.port, PortMode.ACCESS, (1,)))
+    return out
+
+
+def reset(lab: Any, wait_s: float = 30.0) -> dict[str, Any]:
+    """Back to the definitions' homes: faults cleared, power, boot configs, ports, CHAP, sessions, DAG."""
+    t0 = time.monotonic()
+    with lab.lock:
+        for (target, kind), on in list(lab.faults.items()):
+            if on and kind != "power-button":
+                fault(lab, kind, target, clear=True)
+        lab.faults.clear()
+        for s in lab.defs.servers:
+            bmc = _server_bmc(lab, s)
+            bmc.reset(s, power_on=False)
+            lab.hosts[s].power_changed(False)
+        for h in lab.hosts.values():
+            h.drop_all()
+        lab.reset_storage()
+        for sw, intents in home_port_intents(lab).items():
+            for i in intents:
+                lab.switches.reset_port(sw, i.port, i)
+                lab.switches.set_link(sw, i.port, True)
+        if lab.dag:
+            lab.dag.reset()
+            lab.dag_up.clear()
+        lab.observer.reset()
+        lab.home_all(power=True)
+    wait_homes(lab, wait_s)
+    return {"ok": True, "reset_s": round(time.monotonic() - t0, 3)}
+
+
+def wait_homes(lab: Any, wait_s: float) -> None:
+    homes = {s: p for p, s in lab.defs.homes().items()}
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if all(lab.hosts[s].status.booted == p for s, p in homes.items()):
+            return
+        time.sleep(0.05)
+    bad = {s: lab.hosts[s].snapshot()["detail"] for s, p in homes.items() if lab.hosts[s].status.booted != p}
+    raise OperatorError(f"home personas did not boot within {wait_s:.0f}s: {bad}")

@@ -1,0 +1,69 @@
+"""The SCN relay: the lab's stand-in for VLAN reachability.
+
+The machine cannot do 802.1Q (LAB.md), so each host sends its heartbeats to its own relay port and
+the relay forwards them to the controller only while the host's primary or secondary SCN channel
+port carries the SCN VLAN — read from the fake switches' configuration in process — and no
+``scn-partition`` fault cuts it. Moving a persona's VLANs is therefore what makes it reachable.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+
+
+class ScnRelay:
+    def __init__(self, controller: tuple[str, int], reachable: Callable[[str], bool]) -> None:
+        self.controller = controller
+        self._reachable = reachable
+        self._sel = selectors.DefaultSelector()
+        self._socks: dict[str, socket.socket] = {}
+        self._out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.partitioned: set[str] = set()
+        self.forwarded: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+
+    def add_server(self, server: str) -> int:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        self._socks[server] = s
+        self._sel.register(s, selectors.EVENT_READ, server)
+        self.forwarded[server] = self.dropped[server] = 0
+        return int(s.getsockname()[1])
+
+    def port(self, server: str) -> int:
+        return int(self._socks[server].getsockname()[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="scn-relay", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(timeout=0.2):
+                server: str = key.data
+                sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = sock.recv(65535)
+                except BlockingIOError:
+                    continue
+                if server not in self.partitioned and self._reachable(server):
+                    self._out.sendto(data, self.controller)
+                    self.forwarded[server] += 1
+                else:
+                    self.dropped[server] += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+        for s in self._socks.values():
+            self._sel.unregister(s)
+            s.close()
+        self._out.close()
+        self._sel.close()

@@ -1,0 +1,80 @@
+"""BmcPoller against in-process Power implementations with failure knobs.
+
+(The Redfish and IPMI drivers are checked against the lab's BMC emulators in their own contract
+suites; here only the scheduling, translation and backoff are under test.)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from aimctl.controller.bmcpoll import BmcPoller
+from aimctl.drivers.protocols import PowerState
+from aimctl.errors import Unreachable
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        time.sleep(0.01)
+
+
+class FakePower:
+    def __init__(self, state: PowerState = PowerState.ON) -> None:
+        self.power = state
+        self.fail = False
+        self.hang = threading.Event()
+        self.hanging = False
+        self.calls = 0
+
+    def state(self) -> PowerState:
+        self.calls += 1
+        if self.hanging:
+            self.hang.wait(10)
+        if self.fail:
+            raise Unreachable("bmc-x", "connection refused (password hunter2)")
+        return self.power
+
+    def off(self, deadline_s: float = 60.0) -> None:
+        self.power = PowerState.OFF
+
+    def on(self, deadline_s: float = 60.0) -> None:
+        self.power = PowerState.ON
+
+
+def test_translates_power_states() -> None:
+    a, b, c = FakePower(), FakePower(PowerState.OFF), FakePower(PowerState.UNKNOWN)
+    with BmcPoller({"a": a, "b": b, "c": c}, interval_s=0.05) as p:
+        wait_for(lambda: p.answer("a")[0] == "on" and p.answer("b")[0] == "off" and c.calls > 0)
+        assert p.answer("c")[0] == "no-answer"  # answered, but said nothing we can use
+        t_before = time.monotonic()
+        a.power = PowerState.OFF
+        wait_for(lambda: p.answer("a")[0] == "off")
+        assert p.answer("a")[1] >= t_before  # "since" is when the answer changed
+
+
+def test_errors_back_off_and_recover() -> None:
+    good, bad = FakePower(), FakePower()
+    bad.fail = True
+    with BmcPoller({"good": good, "bad": bad}, interval_s=0.02, backoff_max_s=0.5) as p:
+        wait_for(lambda: good.calls >= 40)
+        answer, since = p.answer("bad")
+        assert answer == "no-answer" and since <= time.monotonic()
+        # 0.02, 0.04, 0.08, 0.16, 0.32, 0.5 ...: a handful of tries while the good one got 40.
+        assert bad.calls <= 10, bad.calls
+        bad.fail = False
+        wait_for(lambda: p.answer("bad")[0] == "on", timeout=3)
+
+
+def test_a_hung_poll_counts_as_no_answer() -> None:
+    stuck = FakePower()
+    with BmcPoller({"stuck": stuck}, interval_s=0.02, stale_after_s=0.2) as p:
+        wait_for(lambda: p.answer("stuck")[0] == "on")
+        stuck.hanging = True
+        wait_for(lambda: p.answer("stuck")[0] == "no-answer")
+        stuck.hanging = False
+        stuck.hang.set()
+        wait_for(lambda: p.answer("stuck")[0] == "on")

@@ -1,0 +1,398 @@
+"""The failure detector: DESIGN.md rule 2 as a table, as properties, and as a running loop."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aimctl.agent.wire import Health, Heartbeat
+from aimctl.controller import alerts
+from aimctl.controller.detector import (
+    Decision,
+    Detector,
+    DetectorState,
+    Event,
+    Observation,
+    Params,
+    PersonaDead,
+    PersonaPresumedDead,
+    PersonaRecovered,
+    PersonaUnhealthy,
+    PersonaUnreachable,
+    aggregate_links,
+    decide,
+)
+from aimctl.controller.observe import Observer
+
+P = Params()  # miss 2.5 intervals, confirm 1 more, recover after 3 beats
+
+
+def obs(hb_age: float, **kw: Any) -> Observation:
+    kw.setdefault("interval", 1.0)
+    kw.setdefault("grace_s", 30.0)
+    return Observation("exchange1", hb_age, **kw)
+
+
+FRESH, MISSING, LONG = 0.4, 3.0, 4.0
+
+# (case, previous state, back_at, observation, expected state, expected event type)
+TABLE: list[tuple[str, str, int | None, Observation, str, type | None]] = [
+    ("heartbeats flowing", "alive", None, obs(FRESH, bmc="on", links="up"), "alive", None),
+    ("one lost heartbeat plus jitter is nothing", "alive", None, obs(2.0, bmc="on"), "alive", None),
+    ("missing alone is only suspicion", "alive", None, obs(MISSING, bmc="on", links="up"), "suspect", None),
+    ("missing, BMC silent, links unknown", "alive", None, obs(MISSING), "suspect", None),
+    ("power button: BMC reads off", "alive", None, obs(MISSING, bmc="off"), "dead", PersonaDead),
+    ("BMC reports the host failed", "suspect", None, obs(MISSING, bmc="failed"), "dead", PersonaDead),
+    ("SCN links down, BMC silent", "suspect", None, obs(MISSING, links="down"), "dead", PersonaDead),
+    ("SCN links down, BMC on", "suspect", None, obs(MISSING, bmc="on", links="down"), "dead", PersonaDead),
+    (
+        "partition: BMC on, links up",
+        "suspect",
+        None,
+        obs(LONG, bmc="on", links="up"),
+        "unreachable",
+        PersonaUnreachable,
+    ),
+    ("partition without SNMP data", "suspect", None, obs(LONG, bmc="on"), "unreachable", PersonaUnreachable),
+    ("BMC on but not yet confirmed", "suspect", None, obs(3.4, bmc="on", links="up"), "suspect", None),
+    ("unreachable stays quiet", "unreachable", None, obs(60, bmc="on", links="up"), "unreachable", None),
+    ("BMC silent within grace", "suspect", None, obs(20, bmc_silent_s=10), "suspect", None),
+    (
+        "BMC silent past grace",
+        "suspect",
+        None,
+        obs(40, bmc_silent_s=30),
+        "presumed-dead",
+        PersonaPresumedDead,
+    ),
+    (
+        "BMC unreachable then silent past grace",
+        "unreachable",
+        None,
+        obs(40, bmc_silent_s=31),
+        "presumed-dead",
+        PersonaPresumedDead,
+    ),
+    ("partition, then the host really dies", "unreachable", None, obs(60, bmc="off"), "dead", PersonaDead),
+    ("presumed dead stays quiet", "presumed-dead", None, obs(90, bmc_silent_s=80), "presumed-dead", None),
+    ("presumed dead, BMC back and says off", "presumed-dead", None, obs(90, bmc="off"), "dead", PersonaDead),
+    (
+        "presumed dead is not undone by BMC on",
+        "presumed-dead",
+        None,
+        obs(90, bmc="on"),
+        "presumed-dead",
+        None,
+    ),
+    ("dead is sticky", "dead", None, obs(90, bmc="on", links="up"), "dead", None),
+    ("first heartbeat back after dead", "dead", None, obs(FRESH, beats=10), "dead", None),
+    ("third heartbeat back after dead", "dead", 10, obs(FRESH, beats=12), "alive", PersonaRecovered),
+    ("second heartbeat back after unreachable", "unreachable", 10, obs(FRESH, beats=11), "unreachable", None),
+    ("recovered from presumed dead", "presumed-dead", 3, obs(FRESH, beats=5), "alive", PersonaRecovered),
+    ("suspect clears without an event", "suspect", None, obs(FRESH), "alive", None),
+    (
+        "agent gave up on its services",
+        "alive",
+        None,
+        obs(FRESH, health="unhealthy"),
+        "unhealthy",
+        PersonaUnhealthy,
+    ),
+    ("still unhealthy: no repeat", "unhealthy", None, obs(FRESH, health="unhealthy"), "unhealthy", None),
+    ("healthy again needs 3 beats", "unhealthy", None, obs(FRESH, beats=4), "unhealthy", None),
+    ("healthy again", "unhealthy", 4, obs(FRESH, beats=6), "alive", PersonaRecovered),
+    (
+        "back from dead but unhealthy",
+        "dead",
+        4,
+        obs(FRESH, beats=6, health="unhealthy"),
+        "unhealthy",
+        PersonaUnhealthy,
+    ),
+    ("unhealthy host powered off", "unhealthy", None, obs(MISSING, bmc="off"), "dead", PersonaDead),
+    ("degraded is not unhealthy", "alive", None, obs(FRESH, health="degraded"), "alive", None),
+    ("longer interval: 3s old is fresh", "alive", None, obs(3.0, interval=2.0, bmc="off"), "alive", None),
+]
+
+
+@pytest.mark.parametrize(("case", "prev", "back_at", "o", "state", "event"), TABLE, ids=[t[0] for t in TABLE])
+def test_decide_table(
+    case: str, prev: str, back_at: int | None, o: Observation, state: str, event: type | None
+) -> None:
+    d = decide(DetectorState(prev, back_at), o, P)  # type: ignore[arg-type]
+    assert d.state.state == state, d.reason
+    assert (type(d.event) if d.event else None) is event, d.reason
+    if d.event is not None:
+        assert d.event.persona == "exchange1" and d.event.reason
+
+
+def run(seq: list[Observation], start: str = "alive") -> tuple[list[str], list[Event]]:
+    state, states, events = DetectorState(start), [], []  # type: ignore[arg-type]
+    for o in seq:
+        d: Decision = decide(state, o, P)
+        state = d.state
+        states.append(state.state)
+        if d.event:
+            events.append(d.event)
+    return states, events
+
+
+def test_flapping_partition_alerts_once() -> None:
+    # Heartbeats come and go, two at a time, while the BMC says on: one alert, no recovery storm.
+    seq, beats = [], 0
+    for _ in range(10):
+        seq += [obs(5.0, bmc="on", links="up", beats=beats)]
+        beats += 1
+        seq += [obs(FRESH, bmc="on", beats=beats)]
+        beats += 1
+        seq += [obs(FRESH, bmc="on", beats=beats)]
+    states, events = run(seq)
+    assert [type(e) for e in events] == [PersonaUnreachable]
+    assert states[-1] == "unreachable"
+
+
+def test_power_button_is_dead_within_three_intervals() -> None:
+    # Detector ticks every quarter interval; the BMC poller already reads "off".
+    t, last_hb = 0.0, 0.0
+    while True:
+        t += 0.25
+        d = decide(DetectorState("suspect" if t - last_hb > 2.5 else "alive"), obs(t - last_hb, bmc="off"), P)
+        if d.state.state == "dead":
+            break
+    assert t <= 3.0
+
+
+def test_aggregate_links() -> None:
+    assert aggregate_links(["down", "down"]) == "down"
+    assert aggregate_links(["down", "up"]) == "up"
+    assert aggregate_links(["down", "unknown"]) == "unknown"
+    assert aggregate_links([]) == "unknown"
+
+
+# ---------------------------------------------------------------------------- properties
+
+no_second_source = st.builds(
+    lambda age, beats_step, health, bmc, silent, links, grace: (
+        age,
+        beats_step,
+        health,
+        bmc,
+        silent,
+        links,
+        grace,
+    ),
+    st.floats(0, 200),
+    st.integers(0, 2),
+    st.sampled_from(["ok", "degraded", "unhealthy", "stopped"]),
+    st.sampled_from(["on", "no-answer"]),
+    st.floats(0, 200),
+    st.sampled_from(["up", "unknown"]),
+    st.floats(1, 100),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(no_second_source, min_size=1, max_size=40))
+def test_never_dead_without_a_second_source(steps: list[tuple[Any, ...]]) -> None:
+    state, beats, grace_seen = DetectorState(), 0, False
+    for age, step, health, bmc, silent, links, grace in steps:
+        beats += step
+        o = obs(age, beats=beats, health=health, bmc=bmc, bmc_silent_s=silent, links=links, grace_s=grace)
+        d = decide(state, o, P)
+        assert d.state.state != "dead"
+        if d.state.state == "presumed-dead" and state.state != "presumed-dead":
+            assert bmc == "no-answer" and silent >= grace and age > P.miss_intervals
+            grace_seen = True
+        if d.state.state == "presumed-dead":
+            assert grace_seen
+        if d.event is not None:
+            assert d.state.state != state.state, "an event without a transition"
+        state = d.state
+
+
+any_obs = st.builds(
+    lambda age, beats, health, bmc, silent, links: obs(
+        age, beats=beats, health=health, bmc=bmc, bmc_silent_s=silent, links=links
+    ),
+    st.floats(0, 100),
+    st.integers(0, 1000),
+    st.sampled_from(["ok", "unhealthy"]),
+    st.sampled_from(["on", "off", "failed", "no-answer"]),
+    st.floats(0, 100),
+    st.sampled_from(["up", "down", "unknown"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["alive", "suspect", "unreachable", "dead", "presumed-dead", "unhealthy"]), any_obs)
+def test_entering_dead_needs_a_second_source_and_fresh_heartbeats_never_kill(
+    prev: str, o: Observation
+) -> None:
+    d = decide(DetectorState(prev), o, P)  # type: ignore[arg-type]
+    if d.state.state == "dead" and prev != "dead":
+        assert o.bmc in ("off", "failed") or o.links == "down"
+        assert o.hb_age > P.miss_intervals * o.interval
+    if o.hb_age <= P.miss_intervals * o.interval and prev in ("alive", "suspect"):
+        assert d.state.state in ("alive", "unhealthy")
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+class Beats:
+    """An in-memory heartbeat source with the receiver's query shape."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[float, Heartbeat]] = {}
+        self.count: dict[str, int] = {}
+
+    def beat(self, persona: str, at: float, sent_at: float, health: Health = Health.OK) -> None:
+        n = self.count.get(persona, 0) + 1
+        self.count[persona] = n
+        self.seen[persona] = (at, Heartbeat(persona, 1, n, sent_at, health))
+
+    def last_seen(self, persona: str) -> tuple[float, Heartbeat] | None:
+        return self.seen.get(persona)
+
+    def beats(self, persona: str) -> int:
+        return self.count.get(persona, 0)
+
+
+class Bmc:
+    def __init__(self) -> None:
+        self.answers: dict[str, tuple[str, float]] = {}
+
+    def answer(self, server: str) -> tuple[str, float]:
+        return self.answers.get(server, ("on", 0.0))  # type: ignore[return-value]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+
+def test_detector_loop_with_skewed_sender_clocks() -> None:
+    now = [1000.0]
+    beats, bmc, sink = Beats(), Bmc(), Sink()
+    observer = Observer(beats, bmc, clock=lambda: now[0])  # type: ignore[arg-type]
+    observer.watch("exchange1", "r720-1", (1, 2))
+    observer.watch("exchange2", "r720-2", (1, 2))
+    det = Detector(alerts.FanOut([sink, alerts.LoggingAlerts()]))
+    for step in range(40):  # 10 s at 4 ticks per interval
+        now[0] += 0.25
+        if step % 4 == 0:
+            # exchange2's clock is a year off either way: it must not matter.
+            beats.beat("exchange1", now[0], sent_at=time.time())
+            beats.beat("exchange2", now[0], sent_at=time.time() + (3e7 if step % 8 else -3e7))
+        det.tick(now[0], observer)
+    assert sink.events == []
+    assert det.state("exchange2").state == "alive"
+    # exchange1's body loses power: the BMC reads off; exchange2 is partitioned.
+    bmc.answers["r720-1"] = ("off", now[0])
+    t_cut = now[0]
+    dead_at = None
+    for _ in range(40):
+        now[0] += 0.25
+        det.tick(now[0], observer)
+        if dead_at is None and det.state("exchange1").state == "dead":
+            dead_at = now[0]
+    assert dead_at is not None and dead_at - t_cut <= 3.0
+    assert [(type(e), e.persona) for e in sink.events] == [
+        (PersonaDead, "exchange1"),
+        (PersonaUnreachable, "exchange2"),
+    ]
+    assert all(e.at > 0 for e in sink.events)
+
+
+def test_a_broken_sink_does_not_stop_detection() -> None:
+    class Broken:
+        def emit(self, event: Event) -> None:
+            raise RuntimeError("boom")
+
+    det = Detector(Broken())
+    events = det.tick(1.0, lambda now: [obs(MISSING, bmc="off")])
+    assert [type(e) for e in events] == [PersonaDead]
+
+
+# ---------------------------------------------------------------------------- webhooks
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    got: list[tuple[dict[str, str], bytes]]
+    release: threading.Event
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.release.wait(5)
+        self.got.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hook_server() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]], threading.Event]]:
+    got: list[tuple[dict[str, str], bytes]] = []
+    release = threading.Event()
+    handler = type("Hook", (_Hook,), {"got": got, "release": release})
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/alerts", got, release
+    release.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+def wait_for(cond: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        time.sleep(0.01)
+
+
+def test_webhook_posts_signed_json(hook_server: Any) -> None:
+    url, got, release = hook_server
+    release.set()
+    hook = alerts.WebhookAlerts(url, "s3cret-webhook-key")
+    hook.emit(PersonaDead("exchange1", "BMC reports off", at=5.0))
+    wait_for(lambda: hook.delivered == 1)
+    hook.close()
+    headers, body = got[0]
+    assert json.loads(body)["event"] == "PersonaDead"
+    assert alerts.verify(
+        b"s3cret-webhook-key", headers[alerts.TIMESTAMP_HEADER], body, headers[alerts.SIGNATURE_HEADER]
+    )
+    assert not alerts.verify(
+        b"other", headers[alerts.TIMESTAMP_HEADER], body, headers[alerts.SIGNATURE_HEADER]
+    )
+
+
+def test_webhook_failures_are_logged_not_raised(hook_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    url, _got, _release = hook_server  # the server holds every request: the client must time out
+    slow = alerts.WebhookAlerts(url, "s3cret-webhook-key", timeout_s=0.2)
+    t0 = time.monotonic()
+    slow.emit(PersonaDead("exchange1", "x"))
+    assert time.monotonic() - t0 < 0.1  # emit never waits for the network
+    wait_for(lambda: slow.failed == 1)
+    down = alerts.WebhookAlerts("http://127.0.0.1:9/alerts", "s3cret-webhook-key", timeout_s=0.5)
+    down.emit(PersonaDead("exchange1", "x"))
+    wait_for(lambda: down.failed == 1)
+    slow.close(1)
+    down.close(1)
+    assert "not delivered" in caplog.text
+    with pytest.raises(Exception, match="http"):
+        alerts.WebhookAlerts("file:///etc/passwd", "x")

@@ -1,0 +1,188 @@
+"""Heartbeat wire format and the receiver's accept/drop rules, over a real UDP socket."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from aimctl.agent import wire
+from aimctl.agent.wire import Health, Heartbeat
+from aimctl.controller.heartbeat import HeartbeatReceiver
+
+KEY = b"k" * 32
+OTHER = b"o" * 32
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        time.sleep(0.005)
+
+
+def hb(seq: int, boot: int = 7, persona: str = "exchange1", **kw: object) -> Heartbeat:
+    return Heartbeat(persona, boot, seq, kw.pop("sent_at", time.time()), **kw)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- wire
+
+
+def test_roundtrip_sign_verify() -> None:
+    h = hb(5, health=Health.DEGRADED, reason="smtp: restarted 1/3")
+    buf = wire.encode(KEY, h)
+    assert len(buf) < 100
+    assert wire.verify(KEY, buf)
+    assert wire.decode(buf) == h
+    assert wire.decode_verified(KEY, buf) == h
+
+
+def test_wrong_key_and_any_flipped_byte_fail_verification() -> None:
+    buf = wire.encode(KEY, hb(1))
+    assert not wire.verify(OTHER, buf)
+    for i in range(len(buf)):
+        bad = bytearray(buf)
+        bad[i] ^= 0x01
+        assert not wire.verify(KEY, bytes(bad)), f"flip at byte {i} went unnoticed"
+
+
+def test_reason_truncated_on_a_character_boundary() -> None:
+    buf = wire.encode(KEY, hb(1, reason="é" * 100))
+    reason = wire.decode(buf).reason
+    assert len(reason.encode()) <= wire.MAX_REASON
+    assert set(reason) == {"é"}
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b[:10],  # too short
+        lambda b: b"XX" + b[2:],  # bad magic
+        lambda b: b[:2] + b"\x09" + b[3:],  # unknown version
+        lambda b: b[:5] + b"\x20" + b[6:],  # name length does not add up
+        lambda b: b + b"\0",  # trailing byte
+    ],
+)
+def test_decode_refuses_malformed(mangle: Callable[[bytes], bytes]) -> None:
+    with pytest.raises(wire.MalformedPacket):
+        wire.decode(mangle(wire.encode(KEY, hb(1))))
+
+
+def test_encode_refuses_bad_names() -> None:
+    with pytest.raises(ValueError):
+        wire.encode(KEY, hb(1, persona=""))
+    with pytest.raises(ValueError):
+        wire.encode(KEY, hb(1, persona="x" * 64))
+
+
+# ---------------------------------------------------------------------------- receiver
+
+Clock = Callable[[], float]
+
+
+@pytest.fixture
+def new_boots() -> list[tuple[str, int]]:
+    return []
+
+
+@pytest.fixture
+def receiver(new_boots: list[tuple[str, int]]) -> Iterator[HeartbeatReceiver]:
+    r = HeartbeatReceiver(
+        "127.0.0.1",
+        0,
+        {"exchange1": KEY, "exchange2": OTHER},
+        clock=lambda: 42.0,
+        on_new_boot=lambda p, h: new_boots.append((p, h.boot_id)),
+    )
+    r.start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def sender() -> Iterator[socket.socket]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    yield s
+    s.close()
+
+
+def send(r: HeartbeatReceiver, s: socket.socket, packet: bytes, counter: str) -> None:
+    """Send one packet and wait until the receiver has counted it under ``counter``."""
+    before = r.counters()[counter]
+    s.sendto(packet, ("127.0.0.1", r.port))
+    wait_for(lambda: r.counters()[counter] == before + 1)
+
+
+def test_accepts_and_records_on_the_receivers_clock(
+    receiver: HeartbeatReceiver, sender: socket.socket
+) -> None:
+    # Sender clock a day ahead: carried along, never used for ages.
+    send(receiver, sender, wire.encode(KEY, hb(1, sent_at=time.time() + 86400)), "accepted")
+    seen = receiver.last_seen("exchange1")
+    assert seen is not None
+    mono, got = seen
+    assert mono == 42.0
+    assert got.seq == 1 and got.boot_id == 7
+    assert receiver.beats("exchange1") == 1
+    assert receiver.last_seen("exchange2") is None
+
+
+def test_forged_tag_is_dropped_and_counted(receiver: HeartbeatReceiver, sender: socket.socket) -> None:
+    send(
+        receiver, sender, wire.encode(OTHER, hb(1)), "bad_signature"
+    )  # exchange1 signed with exchange2's key
+    assert receiver.last_seen("exchange1") is None
+    assert receiver.counters()["accepted"] == 0
+
+
+def test_replayed_and_older_packets_are_rejected(receiver: HeartbeatReceiver, sender: socket.socket) -> None:
+    first, second = wire.encode(KEY, hb(1)), wire.encode(KEY, hb(2))
+    send(receiver, sender, first, "accepted")
+    send(receiver, sender, second, "accepted")
+    send(receiver, sender, second, "replay")
+    send(receiver, sender, first, "replay")
+    assert receiver.last_seen("exchange1")[1].seq == 2  # type: ignore[index]
+    assert receiver.beats("exchange1") == 2
+
+
+def test_unknown_persona_and_garbage_are_counted(receiver: HeartbeatReceiver, sender: socket.socket) -> None:
+    send(receiver, sender, wire.encode(KEY, hb(1, persona="intruder")), "unknown_persona")
+    send(receiver, sender, b"\x00" * 60, "malformed")
+    send(receiver, sender, wire.encode(KEY, hb(1))[:-1], "malformed")
+    c = receiver.counters()
+    assert c["received"] == 3 and c["accepted"] == 0
+
+
+def test_restart_with_new_boot_is_accepted_old_boot_is_not(
+    receiver: HeartbeatReceiver, sender: socket.socket, new_boots: list[tuple[str, int]]
+) -> None:
+    send(receiver, sender, wire.encode(KEY, hb(100, boot=1)), "accepted")
+    # The agent restarted: new boot id, sequence starts over.
+    send(receiver, sender, wire.encode(KEY, hb(1, boot=2)), "accepted")
+    assert receiver.last_seen("exchange1")[1].boot_id == 2  # type: ignore[index]
+    # A recorded packet of the old boot, even with a higher sequence, is refused.
+    send(receiver, sender, wire.encode(KEY, hb(101, boot=1)), "old_boot")
+    assert receiver.last_seen("exchange1")[1].boot_id == 2  # type: ignore[index]
+    send(receiver, sender, wire.encode(KEY, hb(2, boot=2)), "accepted")
+    assert new_boots == [("exchange1", 1), ("exchange1", 2)]
+
+
+def test_send_stop_reaches_the_agent_socket(receiver: HeartbeatReceiver, sender: socket.socket) -> None:
+    assert not receiver.send_stop("exchange1")  # nothing heard yet: nowhere to send
+    send(receiver, sender, wire.encode(KEY, hb(9, boot=5)), "accepted")
+    assert receiver.send_stop("exchange1")
+    sender.settimeout(3)
+    data, _ = sender.recvfrom(512)
+    req = wire.decode_verified(KEY, data)
+    assert (req.kind, req.persona, req.boot_id, req.seq) == (wire.KIND_STOP, "exchange1", 5, 9)
+
+
+def test_stop_is_prompt() -> None:
+    r = HeartbeatReceiver("127.0.0.1", 0, {"a": KEY}).start()
+    t0 = time.monotonic()
+    r.stop()
+    assert time.monotonic() - t0 < 1.0

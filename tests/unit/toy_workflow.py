@@ -1,0 +1,105 @@
+"""A toy failover run in a child process by test_journal's kill-at-every-record test.
+
+The "world" is a JSON file (what switches, targets and BMCs would hold); ``actions.log`` gets one
+line each time a step actually changes the world. Server s3 never heartbeats, so the run also
+retargets once. Usage: ``python -m tests.unit.toy_workflow STATE_DIR``; prints the number of
+journal commits at the end. Set AIMCTL_CRASH_AT_RECORD=N to crash after the Nth commit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from aimctl.controller.journal import Journal, ServerMark, commits, persona_lease, server_lease
+from aimctl.controller.runner import Retarget, Step, StepCall, StepOutcome, run_steps
+
+STANDBYS = ["s3", "s4"]
+BROKEN = {"s3"}  # boots, never heartbeats
+
+
+class World:
+    def __init__(self, state: Path) -> None:
+        self.path, self.log = state / "world.json", state / "actions.log"
+
+    def read(self) -> dict[str, Any]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def change(self, action: str, key: str, value: Any) -> None:
+        world = self.read()
+        world[key] = value
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(world, sort_keys=True))
+        tmp.replace(self.path)
+        with open(self.log, "a") as f:
+            f.write(action + "\n")
+
+
+def confirm(w: World, call: StepCall) -> StepOutcome:
+    return StepOutcome.ok(evidence="bmc off")
+
+
+def choose(w: World, call: StepCall) -> StepOutcome:
+    excluded = call.op.facts.get("excluded", [])
+    pick = next(s for s in STANDBYS if s not in excluded)
+    return StepOutcome(detail={"standby": pick}, facts={"to_server": pick})
+
+
+def fence(w: World, call: StepCall) -> StepOutcome:
+    # Read first: a step that finds its work done does nothing (the idempotence the journal relies on).
+    if w.read().get("fenced") == "s1":
+        return StepOutcome.ok(already=True)
+    w.change("fence s1", "fenced", "s1")
+    return StepOutcome.ok()
+
+
+def switch(w: World, call: StepCall) -> StepOutcome:
+    to = call.op.facts["to_server"]
+    if w.read().get(f"vlan:{to}") != 100:
+        w.change(f"switch {to}", f"vlan:{to}", 100)
+    return StepOutcome.ok(port=to)
+
+
+def power_on(w: World, call: StepCall) -> StepOutcome:
+    to = call.op.facts["to_server"]
+    if w.read().get(f"power:{to}") != "on":
+        w.change(f"power on {to}", f"power:{to}", "on")
+    return StepOutcome.ok()
+
+
+def heartbeat(w: World, call: StepCall) -> StepOutcome:
+    to = call.op.facts["to_server"]
+    if to in BROKEN:
+        if w.read().get(f"power:{to}") != "off":
+            w.change(f"power off {to}", f"power:{to}", "off")
+        excluded = [*call.op.facts.get("excluded", []), to]
+        raise Retarget(f"{to} did not heartbeat", "choose", facts={"excluded": excluded},
+                       server_marks={to: ServerMark("no heartbeat within boot timer", failed=True)})
+    return StepOutcome(detail={"summary": f"ex1 runs on {to}"}, assignment={"ex1": to})
+
+
+STEPS: list[Step[World]] = [Step(n, f) for n, f in [
+    ("confirm", confirm), ("choose", choose), ("fence", fence), ("switch", switch),
+    ("power_on", power_on), ("heartbeat", heartbeat),
+]]
+
+
+def main(state: Path) -> None:
+    journal = Journal(state / "journal.db")
+    journal.seed_assignment({"ex1": "s1"})
+    unfinished = journal.unfinished_operations()
+    if unfinished:
+        op_id = unfinished[0].id
+    elif not journal.operations(limit=1):
+        op_id = journal.open_operation("failover", "ex1", {"from_server": "s1"}, from_server="s1",
+                                       leases=[persona_lease("ex1"), server_lease("s1")])
+    else:
+        op_id = journal.operations(limit=1)[0].id
+    run_steps(journal, op_id, STEPS, World(state))
+    print(commits())
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
