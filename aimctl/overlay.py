@@ -63,6 +63,8 @@ class Listen(Strict):
     snmp_community: str = "public"
     heartbeat_interval: float = 1.0
     bmc_poll_interval: float = 1.0
+    power_deadline: float = 30.0  # how long a BMC may take to *read back* a power change
+    boot_timer_override: float | None = None  # labs shorten every persona's boot timer
 
 
 class Overlay(Strict):

@@ -113,14 +113,14 @@ class Lab:
                 self.switches.reset_port(sw, i.port, i)
         self.tgt = TgtLab(self.state / "tgt")
         self.tgt_port = self.tgt.start()
-        self.storage = TgtStorage("127.0.0.1", self.tgt_port, LocalRunner(env=self.tgt.env))
+        self.storage = TgtStorage("127.0.0.1", self.tgt_port, LocalRunner(env=self.tgt.admin_env))
         self._provision_storage()
         self.relay = ScnRelay(("127.0.0.1", self.controller["heartbeat"]), self._scn_reachable)
         for s in d.servers:
             self.relay.add_server(s)
         self.relay.start()
         self._start_dag()
-        self.observer = AccessObserver(self.tgt.env, interval_s=0.1)
+        self.observer = AccessObserver(self.tgt.admin_env, interval_s=0.1)
         self.observer.start()
         for s in d.servers:
             self.hosts[s] = Host(s, self._boot_reader(s), self._runtimes(), ("127.0.0.1", self.relay.port(s)),

@@ -11,6 +11,11 @@ Two pyghmi quirks are handled here:
 * the server answers an RMCP+ open-session request with SHA-1 whatever the client proposed, and a
   client that proposed SHA-256 then crashes in ``_got_rakp2``. The lab's server session refuses
   any proposal whose authentication algorithm is not HMAC-SHA1; the client retries with SHA-1.
+* pyghmi's ``_io_sendto`` sets a socket blocking before each send while its I/O thread sets the
+  same socket non-blocking before each read; when a send from another thread lands between the
+  two, the I/O thread blocks in ``recvfrom`` on a BMC socket that gets no more packets, and every
+  pyghmi wait in the process hangs. Each BMC socket is therefore wrapped (``_UdpSocket``): always
+  non-blocking, sends through the ``fd`` attribute pyghmi already honours (its eventlet path).
 * pyghmi wakes its I/O thread by sending to ``iosockets[0]``. If that first socket were a BMC's
   IPv4 server socket, wake-ups to ``::ffff:127.0.0.1`` would fail and closing it would break the
   loop, so a client-style socket is made first (``_prime_pyghmi``).
@@ -19,6 +24,7 @@ Two pyghmi quirks are handled here:
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -103,11 +109,32 @@ class _LabServerSession(serversession.ServerSession):
         super().handle_client_request(request)
 
 
+class _UdpSocket:
+    """A BMC's UDP socket as pyghmi sees it: ``setblocking`` is ignored (always non-blocking)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.fd = sock  # pyghmi's _io_sendto sends through ``.fd`` when present
+
+    def setblocking(self, flag: bool) -> None:
+        return None
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.fd, attr)
+
+
 class _LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     def __init__(self, lab: IpmiLab, name: str, authdata: dict[str, str]) -> None:
         super().__init__(authdata, port=0, address="127.0.0.1")
         # pyghmi keys server sessions by ``self.port``; with port 0 it must be the bound port.
         self.port = self.serversocket.getsockname()[1]
+        real = self.serversocket
+        wrapped = _UdpSocket(real)
+        handlers = ipmisession.Session.bmc_handlers
+        handlers[wrapped] = handlers.pop(real)
+        socks = ipmisession.iosockets
+        socks[socks.index(real)] = wrapped
+        self.serversocket = wrapped
         self.lab = lab
         self.name = name
 
@@ -174,8 +201,9 @@ class IpmiLab:
         self._lock = threading.RLock()
         self._faults = Faults()
         self._bmcs: dict[str, _LabBmc] = {}
-        self._notifier: Notifier | None = None
-        self._due: DueTimer | None = None
+        # made here, not in start(): a lab with no IPMI servers is never started but is subscribed to
+        self._notifier = Notifier("ipmi-lab")
+        self._due = DueTimer("ipmi-lab", self._land)
         self._loop: threading.Thread | None = None
         self._running = False
 
@@ -183,8 +211,6 @@ class IpmiLab:
     def start(self) -> dict[str, int]:
         """Bind one UDP port per server on 127.0.0.1; return {server: port}."""
         _prime_pyghmi()
-        self._notifier = Notifier("ipmi-lab")
-        self._due = DueTimer("ipmi-lab", self._land)
         for name in self._specs:
             self._bmcs[name] = _LabBmc(self, name, self._users)
         self._running = True
@@ -200,15 +226,12 @@ class IpmiLab:
 
     def stop(self) -> None:
         self._running = False
-        for bmc in self._bmcs.values():
-            _unregister(bmc)
+        _unregister(list(self._bmcs.values()))
         self._bmcs.clear()
         if self._loop is not None:
             self._loop.join(timeout=5)
-        if self._due is not None:
-            self._due.close()
-        if self._notifier is not None:
-            self._notifier.close()
+        self._due.close()
+        self._notifier.close()
 
     def _serve(self) -> None:
         while self._running:
@@ -222,13 +245,21 @@ class IpmiLab:
         with self._lock:
             return self._servers[name].on
 
+    def pending(self, name: str) -> bool | None:
+        """Target of a power change that has not landed yet (None: nothing pending)."""
+        with self._lock:
+            return self._servers[name].pending
+
     def boot_device(self, name: str) -> str:
         with self._lock:
             return self._servers[name].boot_device
 
     def subscribe(self, cb: Callable[[str, bool], None]) -> None:
-        assert self._notifier is not None, "start() the lab first"
         self._notifier.subscribe(cb)
+
+    def set_boot_device(self, name: str, device: str) -> None:
+        """Set the next boot device directly (lab setup), as ``ipmitool chassis bootdev`` would."""
+        self._set_boot_device(name, device)
 
     def press_power_button(self, name: str) -> None:
         """Hard off now, as if someone held the power button (the controller is not told)."""
@@ -261,11 +292,9 @@ class IpmiLab:
                 self._apply(name, False)
             if srv.on == on and not cycle:
                 srv.pending = None  # last command wins: a pending opposite change is dropped
-                if self._due is not None:
-                    self._due.cancel(name)
+                self._due.cancel(name)
                 return
             srv.pending = on
-        assert self._due is not None
         self._due.schedule(name, time.time() + self.power_delay_s)
 
     def _set_boot_device(self, name: str, dev: str) -> None:
@@ -283,8 +312,7 @@ class IpmiLab:
     def _set_now(self, name: str, on: bool) -> None:
         with self._lock:
             self._servers[name].pending = None
-            if self._due is not None:
-                self._due.cancel(name)
+            self._due.cancel(name)
             self._apply(name, on)
 
     def _apply(self, name: str, on: bool) -> None:
@@ -292,29 +320,34 @@ class IpmiLab:
         srv = self._servers[name]
         if srv.on != on:
             srv.on = on
-            if self._notifier is not None:
-                self._notifier.publish(name, on)
+            self._notifier.publish(name, on)
 
 
-def _unregister(bmc: _LabBmc) -> None:
-    """Take a BMC's socket out of pyghmi's process-wide loop and close it."""
-    sock = bmc.serversocket
+def _unregister(bmcs: list[_LabBmc]) -> None:
+    """Take BMC sockets out of pyghmi's process-wide loop and close them."""
+    if not bmcs:
+        return  # (never started: pyghmi's I/O thread may not exist, and _io_wait would never return)
     handlers = ipmisession.Session.bmc_handlers
-    handlers.pop(sock, None)
-    for addr in list(handlers):
-        per_port = handlers.get(addr)
-        if isinstance(per_port, dict) and isinstance(per_port.get(bmc.port), serversession.ServerSession):
-            per_port.pop(bmc.port, None)
-            if not per_port:
-                handlers.pop(addr, None)
-    try:
-        ipmisession.iosockets.remove(sock)
-    except ValueError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass
+    for bmc in bmcs:
+        handlers.pop(bmc.serversocket, None)
+        for addr in list(handlers):
+            per_port = handlers.get(addr)
+            if isinstance(per_port, dict) and isinstance(per_port.get(bmc.port), serversession.ServerSession):
+                per_port.pop(bmc.port, None)
+                if not per_port:
+                    handlers.pop(addr, None)
+        try:
+            ipmisession.iosockets.remove(bmc.serversocket)
+        except ValueError:
+            pass
+    # Let pyghmi's I/O thread finish a loop without these sockets before closing them: a closed
+    # socket in a select() set would kill that thread.
+    ipmisession._io_wait(0.02)
+    for bmc in bmcs:
+        try:
+            bmc.serversocket.fd.close()
+        except OSError:
+            pass
 
 
 __all__ = ["IpmiLab", "IpmiSystemSpec"]

@@ -37,6 +37,7 @@ from typing import Any
 import bcrypt
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from aimctl.drivers.protocols import IscsiBoot
 from lab import redfish_nic
 from lab.bmc_common import DueTimer, Faults, Notifier
 
@@ -247,6 +248,12 @@ class RedfishLab:
         with self._lock:
             return bool(self._driver._get(self._uuids[name])["power_state"] == "On")
 
+    def pending(self, name: str) -> bool | None:
+        """Target of a power change that has not landed yet (None: nothing pending)."""
+        with self._lock:
+            p = self._driver._systems[self._uuids[name]].get("pending_power")
+        return None if not p else p["power_state"] != "Off"
+
     def boot_override(self, name: str) -> str:
         return str(self._driver.get_boot_device(self._uuids[name]))
 
@@ -258,6 +265,25 @@ class RedfishLab:
 
     def subscribe(self, cb: Callable[[str, bool], None]) -> None:
         self._notifier.subscribe(cb)
+
+    def set_iscsi_boot(self, name: str, boot: IscsiBoot) -> None:
+        """Configure the firmware directly (lab setup: a server's home persona before the controller runs)."""
+        u = self._uuids[name]
+        self.iscsi.clear(u)
+        problem = self.iscsi.patch(u, {
+            "InitiatorName": boot.initiator,
+            "PrimaryTargetName": boot.target,
+            "PrimaryTargetIPAddress": boot.portal_host,
+            "PrimaryTargetTCPPort": boot.portal_port,
+            "PrimaryLUN": boot.lun,
+            "AuthenticationMethod": "CHAP" if boot.chap_user else "None",
+            "CHAPUsername": boot.chap_user or None,
+            "CHAPSecret": boot.chap_secret or None,
+        })
+        if problem:
+            raise ValueError(problem)
+        with self._lock:
+            self._driver._update(u, boot_device="UefiTarget")
 
     def press_power_button(self, name: str) -> None:
         self.set_power(name, False)

@@ -8,16 +8,21 @@ than the real OS and where aimctl depends on the behaviour.
   VLAN list. ``LabSwitchConfiguration.add_vlan`` ignores a VLAN that already exists.
 * The Arista fake only knows trunk ports. Real EOS has access ports, a trunk native VLAN, port
   descriptions and ``shutdown``; quarantine (an access port) needs them. ``LabAristaSwitchCore``
-  adds these commands and shows them in ``show running-config interfaces ...`` in EOS order.
-  It also ends ``terminal length 0``'s answer with a newline, answers an unknown interface name with ``% Invalid input`` and a bare
-  ``show running-config`` with the whole configuration, where the fake raises.
+  adds these commands and shows them in ``show running-config`` in EOS order. It also ends the
+  answer to ``terminal length 0`` with a newline, answers an unknown interface name with
+  ``% Invalid input``, and shows the whole configuration for a bare ``show running-config``
+  (the fake raises on both).
+
+``LabSession`` wraps a fake's shell session so the lab can inject faults and count sessions.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from fake_switches.arista.arista_core import AristaSwitchCore
+from fake_switches.arista.command_processor import InvalidVlanNumber, NameIsIncomplete
 from fake_switches.arista.command_processor.config import ConfigCommandProcessor as AristaConfig
 from fake_switches.arista.command_processor.config_interface import (
     ConfigInterfaceCommandProcessor as AristaConfigInterface,
@@ -87,7 +92,7 @@ class LabAristaConfig(AristaConfig):  # type: ignore[misc]
     def do_interface(self, *args: str) -> None:
         try:
             name = self.read_interface_name(args)
-        except Exception:
+        except (NameIsIncomplete, InvalidVlanNumber, IndexError):
             self.display.invalid_command(self, "Invalid input")
             return
         if self.switch_configuration.get_port_by_partial_name(name) is None and not name.startswith("Vlan"):
@@ -141,3 +146,70 @@ class LabAristaSwitchCore(AristaSwitchCore):  # type: ignore[misc]
                     *common, config_vlan=AristaConfigVlan(*common),
                     config_interface=LabAristaConfigInterface(*common))))
 
+
+class _Refused:
+    """Stands in for a command processor when a session is refused or stalled before its prompt."""
+
+    sub_processor = None
+    replace_input = False
+
+
+class LabSession:
+    """Wraps a fake's shell session to apply the lab's faults line by line (``sw`` is the lab's
+    record of the switch: its ``faults``, ``open_sessions`` and ``max_shells``).
+
+    ``inner`` is attached once the session may start (at once, or when a PowerConnect's previous
+    session has ended); lines typed before that are kept and replayed.
+    """
+
+    _seq = itertools.count()
+
+    def __init__(self, inner: Any, sw: Any) -> None:
+        self.inner = inner
+        self.sw = sw
+        self.opened = self.last = next(self._seq)
+        self.refused = False
+        self.pending: list[str] = []
+        self.in_config = False
+        self.config_lines = 0
+        self.stalled = False
+        self.command_processor: Any = _Refused()
+
+    def attach(self, inner: Any) -> None:
+        self.inner = inner
+        self.opened = self.last = next(self._seq)
+        self.command_processor = inner.command_processor
+        pending, self.pending = self.pending, []
+        for line in pending:
+            self.receive(line)
+
+    def receive(self, line: str) -> bool:
+        if self.refused:
+            return False
+        if self.inner is None:
+            if "hang-login" not in self.sw.faults:
+                self.pending.append(line)
+            return True
+        self._count_overlap()
+        if self.in_config and line.strip():
+            self.config_lines += 1
+            hang = self.sw.faults.get("hang")
+            if hang is not None and self.config_lines > hang:
+                self.stalled = True
+            reject = self.sw.faults.get("reject")
+            if reject is not None and self.config_lines == reject + 1:
+                self.inner.handle_unknown_command(line)
+                self.inner.command_processor.show_prompt()
+                return True
+        elif line.strip().lower().startswith("conf"):
+            self.in_config = True
+        if self.stalled and "hang" in self.sw.faults:
+            return True  # swallowed: no output, no prompt
+        return bool(self.inner.receive(line))
+
+    def _count_overlap(self) -> None:
+        # Sessions that sent a command after this one opened are really working at the same time;
+        # one that has gone quiet and is only waiting for its close to land does not count.
+        self.last = next(self._seq)
+        busy = [s for s in self.sw.open_sessions if s is not self and s.last > self.opened]
+        self.sw.max_shells = max(self.sw.max_shells, 1 + len(busy))

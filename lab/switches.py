@@ -23,7 +23,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from fake_switches.cisco.cisco_core import CiscoSwitchCore
 from fake_switches.dell.dell_core import DellSwitchCore
@@ -36,7 +36,7 @@ from twisted.internet import threads
 from twisted.internet.epollreactor import EPollReactor
 
 from aimctl.drivers.protocols import PortIntent, PortMode, PortState
-from lab.switch_fakes import LabAristaSwitchCore, LabSwitchConfiguration
+from lab.switch_fakes import LabAristaSwitchCore, LabSession, LabSwitchConfiguration
 
 log = logging.getLogger(__name__)
 
@@ -92,62 +92,8 @@ class _Switch:
     connections: int = 0
     shells: int = 0
     max_shells: int = 0
+    open_sessions: set[Any] = field(default_factory=set)
     listening: Any = None
-
-
-class _Refused:
-    """Stands in for a command processor when a session is refused or stalled before its prompt."""
-
-    sub_processor = None
-    replace_input = False
-
-
-class _Session:
-    """Wraps a fake's shell session to apply the lab's faults line by line.
-
-    ``inner`` is attached once the session may start (at once, or when a PowerConnect's previous
-    session has ended); lines typed before that are kept and replayed.
-    """
-
-    def __init__(self, inner: Any, sw: _Switch) -> None:
-        self.inner = inner
-        self.sw = sw
-        self.refused = False
-        self.pending: list[str] = []
-        self.in_config = False
-        self.config_lines = 0
-        self.stalled = False
-        self.command_processor: Any = _Refused()
-
-    def attach(self, inner: Any) -> None:
-        self.inner = inner
-        self.command_processor = inner.command_processor
-        pending, self.pending = self.pending, []
-        for line in pending:
-            self.receive(line)
-
-    def receive(self, line: str) -> bool:
-        if self.refused:
-            return False
-        if self.inner is None:
-            if "hang-login" not in self.sw.faults:
-                self.pending.append(line)
-            return True
-        if self.in_config and line.strip():
-            self.config_lines += 1
-            hang = self.sw.faults.get("hang")
-            if hang is not None and self.config_lines > hang:
-                self.stalled = True
-            reject = self.sw.faults.get("reject")
-            if reject is not None and self.config_lines == reject + 1:
-                self.inner.handle_unknown_command(line)
-                self.inner.command_processor.show_prompt()
-                return True
-        elif line.strip().lower().startswith("conf"):
-            self.in_config = True
-        if self.stalled and "hang" in self.sw.faults:
-            return True  # swallowed: no output, no prompt
-        return bool(self.inner.receive(line))
 
 
 class SwitchLab:
@@ -167,7 +113,7 @@ class SwitchLab:
         """Listen on a free port per switch; return switch name -> SSH port on 127.0.0.1."""
         if self._reactor is not None:
             raise RuntimeError("SwitchLab already started")
-        self._reactor = EPollReactor()
+        self._reactor = EPollReactor()  # type: ignore[no-untyped-call]
         out: dict[str, int] = {}
         for spec in self._specs:
             sw = self._build(spec)
@@ -208,7 +154,9 @@ class SwitchLab:
         fac = sw.listening.factory
         # conch's user-auth service schedules its timers on the global reactor; point it at ours.
         fac.services = dict(ssh_factory_mod.SSHFactory.services)
-        fac.services[b"ssh-userauth"] = type("LabUserAuth", (SSHUserAuthServer,), {"clock": self._reactor})
+        # A shorter delay after a wrong password than conch's 1 s keeps the auth-failure tests quick.
+        fac.services[b"ssh-userauth"] = type("LabUserAuth", (SSHUserAuthServer,),
+                                             {"clock": self._reactor, "passwordDelay": 0.2})
         self._wrap_accept(sw, fac)
         return sw
 
@@ -227,10 +175,11 @@ class SwitchLab:
     def _wrap_launch(self, sw: _Switch) -> None:
         launch = sw.core.launch
 
-        def open_shell(session: _Session, protocol: str, terminal_controller: Any) -> None:
+        def open_shell(session: LabSession, protocol: str, terminal_controller: Any) -> None:
             with self._lock:
                 sw.shells += 1
-                sw.max_shells = max(sw.max_shells, sw.shells)
+                sw.max_shells = max(sw.max_shells, 1)
+                sw.open_sessions.add(session)
             shell = getattr(terminal_controller, "shell", None)
             if shell is not None:
                 lost = shell.connectionLost
@@ -238,12 +187,13 @@ class SwitchLab:
                 def connection_lost(reason: Any) -> None:
                     with self._lock:
                         sw.shells -= 1
+                        sw.open_sessions.discard(session)
                     lost(reason)
 
                 shell.connectionLost = connection_lost
             session.attach(launch(protocol, terminal_controller))
 
-        def wait_then_open(session: _Session, protocol: str, terminal_controller: Any, tries: int) -> None:
+        def wait_then_open(session: LabSession, protocol: str, terminal_controller: Any, tries: int) -> None:
             # A client that just closed its session may connect again before the switch has seen
             # the close: give the old session a moment to end before refusing the new one.
             if sw.shells == 0:
@@ -257,8 +207,8 @@ class SwitchLab:
             else:
                 self._reactor.callLater(0.02, wait_then_open, session, protocol, terminal_controller, tries - 1)
 
-        def lab_launch(protocol: str, terminal_controller: Any) -> _Session:
-            session = _Session(None, sw)
+        def lab_launch(protocol: str, terminal_controller: Any) -> LabSession:
+            session = LabSession(None, sw)
             if "hang-login" in sw.faults:
                 return session  # never attached: no prompt, no answer
             if sw.model.single_session and sw.shells > 0:
@@ -309,7 +259,7 @@ class SwitchLab:
         return self._switches[switch].connections
 
     def max_concurrent(self, switch: str) -> int:
-        """Most shell sessions that were open at the same time."""
+        """Most sessions that exchanged commands at the same time (interleaved commands)."""
         return self._switches[switch].max_shells
 
     def vlans(self, switch: str) -> list[int]:
@@ -355,7 +305,7 @@ class SwitchLab:
         else:
             apply()
 
-    def __enter__(self) -> SwitchLab:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -92,6 +92,12 @@ def run_agent(
     specs = [c if isinstance(c, CheckSpec) else CheckSpec.from_obj(c) for c in checks]
     pilot = AutoPilot(specs, restarts=restarts)
     boot = boot_id if boot_id is not None else int.from_bytes(os.urandom(8), "big")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.connect(controller)
+    except OSError:
+        sock.close()
+        raise
     verdict = _Verdict()
     checks_done = threading.Event()
     checker = None
@@ -104,8 +110,6 @@ def run_agent(
         )
         checker.start()
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.connect(controller)
     seq, reason = 0, REASON_STOPPED
 
     def send(health: wire.Health, why: str) -> None:
@@ -140,7 +144,6 @@ def run_agent(
                 log.warning("%s: %s", persona, reason)
                 pilot.stop_services()
                 break
-        checks_done.set()
         send(wire.Health.STOPPED, reason)
     finally:
         checks_done.set()

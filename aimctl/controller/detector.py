@@ -7,8 +7,9 @@ DESIGN.md rule 2, as code:
   channels are down;
 - the BMC answering "on" with links not down, for ``confirm_intervals`` more, is *unreachable*: a
   partition, alerted, never failed over;
-- the BMC silent for the persona's grace period is *presumed dead*: the failover may proceed only
-  through a confirmed fence.
+- heartbeats *and* the BMC both silent for the persona's grace period is *presumed dead*: the
+  failover may proceed only through a confirmed fence. (Both: a BMC that has been unreachable for
+  a day must not turn two lost heartbeats into a failover.)
 
 Fresh heartbeats that say the persona's own services gave up (the agent's auto pilot used up its
 restarts) make it *unhealthy*: the agent's signed word, which the workflow may fail over on.
@@ -25,6 +26,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,13 @@ class Observation:
     bmc: BmcAnswer = "no-answer"
     bmc_silent_s: float = 0.0  # how long the BMC has not answered (0 while it answers)
     links: LinkState = "unknown"  # its SCN channels, see aggregate_links
-    grace_s: float = 30.0  # BMC silence after which a silent persona is presumed dead
+    grace_s: float = 30.0  # heartbeats and BMC both silent this long: presumed dead
+
+    def __post_init__(self) -> None:
+        # Accept the wire's Health enum too (``last_seen(p)[1].health``): compared as a word below,
+        # an enum would silently never equal "unhealthy".
+        if isinstance(self.health, IntEnum):
+            object.__setattr__(self, "health", self.health.name.lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +164,7 @@ def decide(prev: DetectorState, obs: Observation, params: Params = Params()) -> 
         return Decision(DetectorState("dead"), why, PersonaDead(obs.persona, why))
     if s == "presumed-dead":
         return Decision(quiet, "presumed dead; waiting for recovery or a second source")
-    if obs.bmc == "no-answer" and obs.bmc_silent_s >= obs.grace_s:
+    if obs.bmc == "no-answer" and min(obs.bmc_silent_s, obs.hb_age) >= obs.grace_s:
         why = f"{missing}; BMC silent for {obs.bmc_silent_s:.0f}s (grace {obs.grace_s:.0f}s)"
         return Decision(DetectorState("presumed-dead"), why, PersonaPresumedDead(obs.persona, why))
     if s == "unreachable":

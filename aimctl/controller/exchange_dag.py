@@ -213,7 +213,13 @@ def run_exchange_dag(
         left = end - clock()
         if left <= 0:
             raise Timeout(dag, f"deadline of {deadline_s:.0f}s passed{waiting_for[0]}")
-        r = conn.run(command, min(left, COMMAND_TIMEOUT_CAP_S))
+        try:
+            r = conn.run(command, min(left, COMMAND_TIMEOUT_CAP_S))
+        except Timeout:
+            if clock() < end:
+                raise
+            # The command had only what was left of the deadline: say which deadline, and why.
+            raise Timeout(dag, f"deadline of {deadline_s:.0f}s passed{waiting_for[0]}") from None
         if r.stderr.strip():
             log(f"stderr: {r.stderr.strip()[:500]}")
         if r.exit_status != 0:

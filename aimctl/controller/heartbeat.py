@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from aimctl.agent import wire
 log = logging.getLogger(__name__)
 
 OLD_BOOTS = 8
+SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; Python does not export it
 RCVBUF = 8 * 1024 * 1024
 COUNTERS = ("received", "accepted", "bad_signature", "replay", "old_boot", "unknown_persona", "malformed")
 _C_RECEIVED, _C_ACCEPTED, _C_BADSIG, _C_REPLAY, _C_OLDBOOT, _C_UNKNOWN, _C_MALFORMED = range(7)
@@ -71,8 +73,14 @@ class HeartbeatReceiver:
             self._table[name.encode("ascii")] = _Seen(name, key)
         self._counts = [0] * len(COUNTERS)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        # The kernel may cap this at net.core.rmem_max; whatever we get is still the best we can do.
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        # A big buffer absorbs bursts (every agent of a rack waking at once). SO_RCVBUFFORCE passes
+        # net.core.rmem_max but needs CAP_NET_ADMIN; without it we take what SO_RCVBUF gives.
+        try:
+            if not sys.platform.startswith("linux"):
+                raise OSError("SO_RCVBUFFORCE is Linux only")
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except OSError:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         self._sock.bind((host, port))
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -82,6 +90,11 @@ class HeartbeatReceiver:
     @property
     def port(self) -> int:
         return int(self._sock.getsockname()[1])
+
+    @property
+    def rcvbuf(self) -> int:
+        """The receive buffer the kernel granted, bytes."""
+        return int(self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
     def start(self) -> Self:
         self._thread = threading.Thread(target=self._loop, name="heartbeat-receiver", daemon=True)
@@ -165,6 +178,7 @@ class HeartbeatReceiver:
         digest, compare = hmac.digest, hmac.compare_digest
         hlen, tlen, min_len, max_len = wire.HEADER_LEN, wire.TAG_LEN, wire.MIN_LEN, wire.MAX_LEN
         magic_ok, version, kind_hb = wire.MAGIC, wire.VERSION, wire.KIND_HEARTBEAT
+        max_health, max_reason = int(wire.Health.STOPPED), wire.MAX_REASON
         buf = bytearray(2048)
         mv = memoryview(buf)
         while True:
@@ -186,9 +200,9 @@ class HeartbeatReceiver:
                 magic != magic_ok
                 or ver != version
                 or kind != kind_hb
-                or health > 3
+                or health > max_health
                 or nlen == 0
-                or rlen > wire.MAX_REASON
+                or rlen > max_reason
                 or hlen + nlen + rlen + tlen != n
             ):
                 counts[_C_MALFORMED] += 1

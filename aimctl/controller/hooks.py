@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
-from aimctl import model, secrets
+from aimctl import secrets
 from aimctl.controller.exchange_dag import Thresholds, UnsafeName, ps_name, run_exchange_dag
 from aimctl.controller.sshshell import SshShell, check_host_key, parse_via
 from aimctl.errors import OperatorError
@@ -314,34 +314,3 @@ def _run_dag(spec: ExchangeDagHook, emit: Emit, data: dict[str, Any]) -> tuple[b
         outcome = run_exchange_dag(shell, spec.dag, spec.server, left, spec.poll_s, spec.thresholds, log)
     data.update(before=outcome.before, after=outcome.after, actions=outcome.actions)
     return outcome.ok, "\n".join(lines), outcome.error
-
-
-def spec_from_model(m: model.Hook, base: Path | None = None) -> HookSpec:
-    """Map a validated definition (``aimctl.model``) to a runnable spec. Relative script paths and
-    ``file:`` secret references are taken from ``base`` (the definitions directory)."""
-
-    def here(p: str) -> str:
-        return str(base / p) if base is not None and not Path(p).is_absolute() else p
-
-    def ref(r: str) -> str:
-        return "file:" + here(r[5:]) if r.startswith("file:") else r
-
-    pt, t, n = m.point, m.timeout, m.retries
-    if isinstance(m, model.ExchangeDagHook):
-        creds = ref(m.credentials)
-        return ExchangeDagHook(
-            point=pt,
-            timeout_s=t,
-            retries=n,
-            dag=m.dag,
-            server=m.server,
-            via=m.via,
-            credentials=creds,
-            host_key=m.host_key,
-        )
-    if isinstance(m, model.SshCommandHook):
-        creds = ref(m.credentials)
-        return SshCommandHook(
-            point=pt, timeout_s=t, retries=n, via=m.via, command=m.command, credentials=creds
-        )
-    return ScriptHook(point=pt, timeout_s=t, retries=n, path=here(m.path), args=tuple(m.args))

@@ -12,8 +12,10 @@ reached a switch or a target would make a resumed controller act blind, so every
 describes the world pays one fsync (~ms; a failover writes a few dozen). Only lease renewals,
 which are re-derived on resume, use NORMAL.
 
-Crash seam for tests: ``AIMCTL_CRASH_AT_RECORD=N`` makes the process ``os._exit(97)`` right after
-its Nth committed write transaction (counted process-wide, across Journal objects).
+Crash seams for tests: ``AIMCTL_CRASH_AT_RECORD=N`` makes the process ``os._exit(97)`` right after
+its Nth committed write transaction (counted process-wide, across Journal objects; ``commits()``
+reads the count). In process, ``Journal(on_commit=f)`` calls ``f(n)`` after each commit; ``f`` may
+raise to stop its caller right there, as a crash would.
 """
 
 from __future__ import annotations
@@ -293,6 +295,12 @@ class Journal(StateMixin):
                 self._assign(db, persona, server, op_id, now)
             for server, m in (server_marks or {}).items():
                 self._mark(db, server, m, op_id, now)
+
+    def add_facts(self, op_id: str, facts: Mapping[str, Any]) -> None:
+        """Merge facts from outside a step (an operator's approval) into the operation."""
+        self.operation(op_id)
+        with self.transaction() as db:
+            self._merge_facts(db, op_id, facts, self._clock())
 
     def records(self, op_id: str) -> list[Record]:
         rows = self.query("SELECT * FROM records WHERE op_id = ? ORDER BY seq", (op_id,))

@@ -81,7 +81,7 @@ class Observer:
         seen = self._hb.last_seen(persona)
         # A heartbeat from before this watch (an old body) does not count as fresh.
         last = w.since if seen is None else max(seen[0], w.since)
-        health = seen[1].health.word if seen is not None else "ok"
+        health = seen[1].health.word if seen is not None and seen[0] >= w.since else "ok"
         bmc: BmcAnswer = "no-answer"
         silent = now - w.since
         if self._bmc is not None:

@@ -66,7 +66,8 @@ class Controller:
         self.changes = ChangeRecords(self.journal, [JsonlSink(state / "changes.jsonl")])
         self.chap = ChapStore(state)
         self.drivers = Drivers(defs, state / "boot")
-        self.settings = settings or Settings()
+        self.settings = settings or Settings(power_deadline_s=listen.power_deadline,
+                                             boot_timer_override_s=listen.boot_timer_override)
         self.interval = listen.heartbeat_interval
         keys = {n: resolve_bytes(p.spec.heartbeat_key) for n, p in defs.personas.items()}
         self.receiver = HeartbeatReceiver(*_hostport(listen.heartbeat), keys)
@@ -193,8 +194,7 @@ class Controller:
 
     def _on_step(self, ev: StepEvent) -> None:
         self.metrics.observe_step(ev)
-        if ev.phase == "result":
-            self.changes.note(ev.op_id, ev.step, f"{ev.step}: {ev.status} {dict(ev.detail)}"[:2000])
+        self.changes.on_step(ev)
 
     def _hook_note(self, op: Operation, text: str) -> None:
         self.changes.note(op.id, "recovery", text)

@@ -84,7 +84,6 @@ class TrapReceiver:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
-        self._engine: Any = None
         self._by_index: dict[str, str] = {}
         self._startup_error: BaseException | None = None
 
@@ -107,9 +106,6 @@ class TrapReceiver:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._thread = None
-        if self._engine is not None:
-            self._engine.close_dispatcher()
-            self._engine = None
         if not self._loop.is_closed():
             self._loop.close()
         self._sock.close()
@@ -134,13 +130,18 @@ class TrapReceiver:
                 self._by_index[index] = community
                 config.add_v1_system(e, index, community)
             ntfrcv.NotificationReceiver(e, self._on_trap)
-            self._engine = e
         except BaseException as exc:  # noqa: BLE001 - re-raised in start()'s caller
             self._startup_error = exc
             self._ready.set()
             return
         self._ready.set()
-        self._loop.run_forever()
+        try:
+            self._loop.run_forever()
+        finally:
+            # Close the transport on its own loop, and let the loop run once more so the close
+            # completes before the loop is closed.
+            e.close_dispatcher()
+            self._loop.run_until_complete(asyncio.sleep(0))
 
     # ------------------------------------------------------------------ queries
 

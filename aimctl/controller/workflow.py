@@ -154,7 +154,7 @@ def s_choose(ctx: Ctx, call: StepCall) -> StepOutcome:
     c = choose(ctx.defs, op.persona, assignment, quarantined, unavailable, to=wanted)
     if c.server is None:
         raise NeedsOperator("no standby: " + "; ".join(c.why + [f"{s}: {r}" for s, r in sorted(c.rejected.items())]))
-    return StepOutcome("ok", {"to": c.server, "why": c.why}, facts={"to": c.server})
+    return StepOutcome("ok", {"to": c.server, "why": c.why}, facts={"to": c.server, "to_server": c.server})
 
 
 def s_fence(ctx: Ctx, call: StepCall) -> StepOutcome:

@@ -6,10 +6,15 @@ to log in again. Every call therefore runs on a short-lived worker thread and th
 most ``timeout_s`` (or what is left of a deadline): an unanswered BMC is reported Unreachable on
 time, and the stuck session is marked broken so the next call logs in afresh.
 
-pyghmi quirk: after a failed login, the broken session stays in ``Session.initting_sessions``
-(its key is built from the str user name, the removal from the bytes one) and the next
-``Command()`` with the same credentials silently gets that broken session back. ``_login`` drops
-such leftovers and checks the session it got.
+pyghmi keeps idle sessions alive from whichever thread next waits for packets, and a keepalive
+to a BMC that went away blocks that thread for seconds (another driver's poll, or a whole loop).
+So sessions made here are taken off pyghmi's keepalive list; a session idle for longer than
+``IDLE_RELOGIN_S`` is logged out (in the background) and replaced by a fresh login (~6 ms).
+
+pyghmi quirk: it shares one session per BMC and credentials, but compares the stored (bytes)
+user and password with the ones given; with str credentials nothing ever matches, the
+half-registered session of an earlier login is handed out again (and, if it is established,
+waited on forever), and failed logins are never forgotten. Credentials are passed as bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, TypeVar
 from pyghmi import exceptions as pyghmi_exc
 from pyghmi.ipmi import command as ipmi_command
 from pyghmi.ipmi.private import session as ipmi_session
+from pyghmi.ipmi.private import util as ipmi_util
 
 from aimctl import secrets
 from aimctl.drivers.protocols import PowerState
@@ -38,6 +44,8 @@ TRANSPORT_ERRORS = ("timeout", "None", "no longer connected", "failed to initial
 # our boot-device words -> pyghmi's (IPMI "Set System Boot Options" boot flags)
 BOOT_DEVICES = {"network": "network", "disk": "hd", "default": "default", "cd": "optical", "setup": "setup"}
 BOOT_DEVICES_BACK = {v: k for k, v in BOOT_DEVICES.items()}
+# BMCs drop idle sessions after ~60 s (IPMI default); log in again well before that
+IDLE_RELOGIN_S = 20.0
 
 
 class IpmiPower:
@@ -62,6 +70,7 @@ class IpmiPower:
         self.poll_s = poll_s
         self._lock = threading.Lock()
         self._cmd: Any = None
+        self._last_ok = 0.0
 
     # --- Power -----------------------------------------------------------------------------
     def state(self) -> PowerState:
@@ -147,6 +156,7 @@ class IpmiPower:
             if isinstance(err, Unreachable):
                 self._abandon()
             raise err from None
+        self._last_ok = time.monotonic()
         value: T = box["value"]
         return value
 
@@ -155,6 +165,11 @@ class IpmiPower:
         # ``_abandon`` at once while a login to a silent BMC is still waiting in pyghmi.
         with self._lock:
             cmd = self._cmd
+        if cmd is not None and time.monotonic() - self._last_ok > IDLE_RELOGIN_S:
+            with self._lock:
+                self._cmd = None
+            _logout(cmd.ipmi_session)  # frees the BMC's session slot; we run on a bounded worker
+            cmd = None
         if cmd is not None and not cmd.ipmi_session.broken:
             return cmd
         cmd = self._login()  # concurrent logins are harmless: pyghmi shares one session per BMC
@@ -163,28 +178,72 @@ class IpmiPower:
         return cmd
 
     def _login(self) -> Any:
-        key = (self.address, self._username, self._password, self.port, None)
-        stale = ipmi_session.Session.initting_sessions.get(key)
-        if stale is not None and getattr(stale, "broken", False):
-            ipmi_session.Session.initting_sessions.pop(key, None)
-        try:
-            cmd = ipmi_command.Command(
-                bmc=self.address, userid=self._username, password=self._password, port=self.port
-            )
-        except AttributeError:
-            # pyghmi race: another thread marked the session broken (logout) a moment before it
-            # stored the error text, and the constructor read the missing text. Ask the session.
-            raise pyghmi_exc.IpmiException(_login_error(key)) from None
-        if cmd.ipmi_session.broken:
-            raise pyghmi_exc.IpmiException(getattr(cmd.ipmi_session, "errormsg", None) or "Session failed to initialize")
+        # bytes credentials: see the module docstring (pyghmi's session sharing compares bytes)
+        user, password = self._username.encode(), self._password.encode()
+        for attempt in (1, 2):
+            try:
+                cmd = ipmi_command.Command(bmc=self.address, userid=user, password=password, port=self.port)
+                break
+            except AttributeError:
+                # pyghmi race: another thread marked the session broken a moment before storing
+                # the error text, and the constructor read the missing text. A second try gets
+                # the BMC's real answer (a refused password is answered in milliseconds).
+                if attempt == 2:
+                    raise pyghmi_exc.IpmiException("Session failed to initialize") from None
+        sess = cmd.ipmi_session
+        if sess.broken:
+            raise pyghmi_exc.IpmiException(getattr(sess, "errormsg", None) or "Session failed to initialize")
+        with ipmi_util.protect(ipmi_session.KEEPALIVE_SESSIONS):
+            ipmi_session.Session.keepalive_sessions.pop(sess, None)
         return cmd
 
     def _abandon(self) -> None:
-        """Stop reusing a session that did not answer: pyghmi skips broken sessions on the next login."""
+        """Kill the current session so the next call logs in afresh.
+
+        pyghmi routes packets by (BMC address, local socket): two live sessions to one BMC on one
+        socket confuse both ends, so the old one must be *dead* (not just skipped) before a new
+        one starts. ``logged = 0`` first keeps ``_mark_broken`` from sending a close-session
+        request to a BMC that does not answer."""
         with self._lock:
             cmd, self._cmd = self._cmd, None
         if cmd is not None:
-            cmd.ipmi_session.broken = True
+            _kill(cmd.ipmi_session)
+        # A login still waiting on a silent BMC would be handed to the next Command() and waited on.
+        for sess in self._pyghmi_sessions():
+            _kill(sess)
+
+    def _pyghmi_sessions(self) -> list[Any]:
+        """pyghmi's client sessions to this BMC with these credentials (established or logging in)."""
+        user, password = self._username.encode(), self._password.encode()
+        found: dict[int, Any] = {}
+        tables = list(ipmi_session.Session.bmc_handlers.values()) + [ipmi_session.Session.initting_sessions]
+        for table in tables:
+            if not isinstance(table, dict):
+                continue
+            for sess in list(table.values()):
+                if (
+                    not getattr(sess, "servermode", True)
+                    and getattr(sess, "bmc", None) == self.address
+                    and getattr(sess, "port", None) == self.port
+                    and getattr(sess, "userid", None) == user
+                    and getattr(sess, "password", None) == password
+                ):
+                    found[id(sess)] = sess
+        return list(found.values())
+
+    def close(self) -> None:
+        """Log out; the next call logs in again."""
+        with self._lock:
+            cmd, self._cmd = self._cmd, None
+        if cmd is not None:
+            self._call_bounded_logout(cmd.ipmi_session)
+
+    def _call_bounded_logout(self, sess: Any) -> None:
+        t = threading.Thread(target=_logout, args=(sess,), name=f"ipmi-logout-{self.device}", daemon=True)
+        t.start()
+        t.join(self.timeout_s)
+        if t.is_alive():
+            _kill(sess)
 
     def _translate(self, exc: BaseException, what: str) -> DriverError:
         text = secrets.mask(str(exc))[:300]
@@ -199,6 +258,31 @@ class IpmiPower:
         if isinstance(exc, OSError):
             return Unreachable(self.device, f"{what}: {text}")
         return DriverError(self.device, f"{what}: unexpected {type(exc).__name__}: {text}")
+
+
+def _login_error(key: tuple[Any, ...], wait_s: float = 0.2) -> str:
+    """The error text of a failed login's session, once pyghmi has stored it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        msg = getattr(ipmi_session.Session.initting_sessions.get(key), "errormsg", None)
+        if msg or time.monotonic() >= deadline:
+            return str(msg or "Session failed to initialize")
+        time.sleep(0.005)
+
+
+def _logout(sess: Any) -> None:
+    try:
+        sess.logout()
+    except Exception:  # the session is being dropped either way
+        _kill(sess)
+
+
+def _kill(sess: Any) -> None:
+    try:
+        sess.logged = 0
+        sess._mark_broken("session abandoned: the BMC did not answer in time")
+    except Exception:  # pyghmi internals; at worst pyghmi times the session out itself
+        sess.broken = True
 
 
 def _login_error(key: tuple[Any, ...], wait_s: float = 0.2) -> str:

@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from aimctl import secrets
 from aimctl.drivers.bootvalues import check_iscsi_boot, template_env
@@ -48,10 +48,7 @@ class IpxeBootConfig:
         self._template = template_env(bootcfg_dir).get_template("ipxe.j2")
 
     def render(self, boot: IscsiBoot) -> str:
-        check_iscsi_boot(self.device, boot, portal_must_be_ip=False)
-        host = f"[{boot.portal_host}]" if ":" in boot.portal_host else boot.portal_host
-        # iPXE reads the LUN field as hex (SCSI LUN words)
-        return self._template.render(server=self.server, boot=boot, host=host, lun_hex=f"{boot.lun:x}")
+        return _render(self._template, self.server, boot)
 
     def write(self, boot: IscsiBoot) -> None:
         secrets.register(boot.chap_secret)
@@ -112,6 +109,18 @@ class IpxeBootConfig:
                 raise
         except OSError as exc:
             raise DriverError(self.device, f"cannot write {self.path}: {exc.strerror}") from None
+
+
+def render_ipxe(boot: IscsiBoot, server: str = "lab", bootcfg_dir: Path | None = None) -> str:
+    """The script ``IpxeBootConfig.write`` would write for ``boot`` (values checked first)."""
+    return _render(template_env(bootcfg_dir).get_template("ipxe.j2"), server, boot)
+
+
+def _render(template: Any, server: str, boot: IscsiBoot) -> str:
+    check_iscsi_boot(server, boot, portal_must_be_ip=False)
+    host = f"[{boot.portal_host}]" if ":" in boot.portal_host else boot.portal_host
+    # iPXE reads the LUN field of the URI as hex (scsi_parse_lun: up to four hex words)
+    return str(template.render(server=server, boot=boot, host=host, lun_hex=f"{boot.lun:x}"))
 
 
 def _diff(want: IscsiBoot, got: IscsiBoot | None) -> str:

@@ -10,6 +10,8 @@ mode is what a human does. Keep each override covered by a test (tests/contract/
   ``(config)#``, which misses ``(config-if-Te1/0/1)#``. Read up to the prompt and look for ``(config``.
 * PowerConnect login: stock netmiko uses SSH "none" auth and an in-band ``User Name:`` login;
   6200-class switches (and the lab) take ordinary password auth. Use a plain paramiko client.
+* Failing session preparation: stock logs out politely, waiting a full read timeout on a switch
+  that stopped answering; close the socket instead (and skip a fixed 0.1 s sleep).
 * Arista session preparation: stock waits for ``Width set to`` (never printed by the lab switch)
   and sends ``terminal length 0`` before ``enable`` (refused there). Only test the channel and
   set the base prompt; paging is switched off after ``enable`` by the driver.
@@ -32,7 +34,8 @@ _MAX_EXITS = 4
 
 
 class ExitByExit:
-    """Config-mode check by reading the prompt, and exit by repeated ``exit``."""
+    """Config-mode check by reading the prompt, exit by repeated ``exit``, and a session
+    preparation that fails fast."""
 
     CONFIG_MARK = "(config"
 
@@ -41,6 +44,20 @@ class ExitByExit:
     write_channel: Any
     read_until_pattern: Any
     normalize_cmd: Any
+    session_preparation: Any
+    paramiko_cleanup: Any
+
+    def _try_session_preparation(self, force_data: bool = True) -> None:
+        # Stock sleeps a fixed 0.1 s after the first RETURN (the prompt read that follows waits
+        # for data anyway) and, when preparation fails, logs out politely, which on a switch that
+        # stopped answering costs one more full read timeout. Close the socket instead.
+        try:
+            if force_data:
+                self.write_channel(self.RETURN)
+            self.session_preparation()
+        except Exception:
+            self.paramiko_cleanup()
+            raise
 
     def _prompt_after(self, text: str) -> str:
         self.write_channel(text)
@@ -60,15 +77,15 @@ class ExitByExit:
         raise ValueError(f"still in configuration mode after {_MAX_EXITS} exits: {prompt!r}")
 
 
-class CiscoIosQuirks(ExitByExit, CiscoIosSSH):  # type: ignore[misc]
+class CiscoIosQuirks(ExitByExit, CiscoIosSSH):
     """cisco_ios: stock, except leaving config mode by ``exit`` (no ``end`` on the lab switch)."""
 
 
-class DellOs6Quirks(ExitByExit, DellDNOS6SSH):  # type: ignore[misc]
+class DellOs6Quirks(ExitByExit, DellDNOS6SSH):
     """dell_os6: prompt-read config check and exit by ``exit``."""
 
 
-class DellPowerConnectQuirks(ExitByExit, DellPowerConnectSSH):  # type: ignore[misc]
+class DellPowerConnectQuirks(ExitByExit, DellPowerConnectSSH):
     """dell_powerconnect: password auth through a plain paramiko client, no in-band login."""
 
     def _get_ssh_client_instance(self) -> paramiko.SSHClient:
@@ -87,7 +104,7 @@ class DellPowerConnectQuirks(ExitByExit, DellPowerConnectSSH):  # type: ignore[m
         self.clear_buffer()
 
 
-class AristaQuirks(ExitByExit, AristaSSH):  # type: ignore[misc]
+class AristaQuirks(ExitByExit, AristaSSH):
     """arista_eos: session preparation only tests the channel and sets the base prompt."""
 
     def session_preparation(self) -> None:

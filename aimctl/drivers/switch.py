@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import re
+import select
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,10 +29,18 @@ from typing import Any
 import paramiko
 from netmiko.exceptions import NetmikoAuthenticationException, NetmikoTimeoutException, ReadTimeout
 
-from aimctl.drivers.netmiko_quirks import QUIRK_CLASSES, PROMPT_END
+from aimctl.drivers.netmiko_quirks import PROMPT_END, QUIRK_CLASSES
 from aimctl.drivers.protocols import PortIntent, PortState
 from aimctl.drivers.switch_os import Line, Observed, OsProfile, intent_from, load_profile, matches
-from aimctl.errors import AuthFailed, DriverError, OperatorError, Rejected, StateMismatch, Timeout, Unreachable
+from aimctl.errors import (
+    AuthFailed,
+    DriverError,
+    OperatorError,
+    Rejected,
+    StateMismatch,
+    Timeout,
+    Unreachable,
+)
 from aimctl.secrets import mask, register
 from aimctl.validation import valid_port
 
@@ -169,8 +179,8 @@ class NetmikoSwitch:
         """Close without the polite exit dialogue, which would wait on a hung session."""
         try:
             conn.paramiko_cleanup()
-        except Exception:  # noqa: BLE001 - best effort on an already broken session
-            pass
+        except Exception as exc:  # noqa: BLE001 - best effort on an already broken session
+            log.debug("closing a broken session: %s", exc)
 
     @contextmanager
     def _mapped(self, what: str) -> Iterator[None]:
@@ -194,13 +204,31 @@ class NetmikoSwitch:
             raise Unreachable(self.name, mask(f"{what}: {type(exc).__name__}: {exc}")) from None
 
     def _exchange(self, conn: Any, text: str) -> str:
-        """Send one line, read to the next prompt; return the output without echo and prompt."""
+        """Send one line, read to the next prompt; return the output between echo and prompt.
+
+        Waiting for the echo first drops anything stale still in the channel (a prompt left by
+        session preparation would otherwise end the read at once, with an empty answer).
+        """
         conn.write_channel(conn.normalize_cmd(text))
-        prompt = rf"(?:^|\n){re.escape(conn.base_prompt)}[^\r\n]*{PROMPT_END}"
-        out: str = conn.read_until_pattern(pattern=prompt, read_timeout=self.command_timeout_s)
-        lines = out.replace("\r", "").split("\n")
-        body = lines[1:-1] if lines and text.strip() in lines[0] else lines[:-1]
-        return "\n".join(body)
+        buf, echo = self._wait_for(conn, conn.read_channel(), re.compile(re.escape(text.strip())))
+        prompt = re.compile(rf"(?:^|\n){re.escape(conn.base_prompt)}[^\r\n]*{PROMPT_END}")
+        buf, end = self._wait_for(conn, buf[echo.end():], prompt)
+        return buf[: end.start()].replace("\r", "").strip("\n")
+
+    def _wait_for(self, conn: Any, buf: str, pattern: re.Pattern[str]) -> tuple[str, re.Match[str]]:
+        # netmiko polls every 10 ms, which is most of the time a config line takes; waiting on the
+        # channel with select() answers as soon as the switch has.
+        deadline = time.monotonic() + self.command_timeout_s
+        while (m := pattern.search(buf)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ReadTimeout(f"no {pattern.pattern!r} in the output")
+            chan = conn.remote_conn
+            if chan is None or chan.closed:
+                raise EOFError("the switch closed the session")
+            select.select([chan], [], [], min(left, 0.05))
+            buf += conn.read_channel()
+        return buf, m
 
     def _read_observed(self, conn: Any, ports: Sequence[str]) -> dict[str, Observed]:
         cmd = self.profile.read_command(ports, self.name)

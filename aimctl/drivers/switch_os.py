@@ -67,10 +67,11 @@ class OsProfile:
             self.native_vlan = bool(row["native_vlan"])
             self.vlan_max = int(row["vlan_max"])
             self.trunk_unset_all = {"all": True, "none": False}[row["trunk_unset"]]
-            self.aliases = tuple((re.compile(a), r) for a, r in row.get("port_aliases") or ())
+            self.aliases: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+                (re.compile(str(a)), str(r)) for a, r in row.get("port_aliases") or ())
         except (KeyError, TypeError, ValueError, re.error) as exc:
             raise OperatorError(f"{where}: {name}: bad or missing field: {exc}") from None
-        self.env = jinja2.Environment(  # noqa: S701 - CLI text, not HTML
+        self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
             trim_blocks=True, lstrip_blocks=True, autoescape=False)
         for t in TEMPLATES:
@@ -252,7 +253,11 @@ def intent_from(observed: Observed) -> PortIntent | None:
     s = observed.state
     if s.mode is None or not s.vlans:
         return None
-    return PortIntent(s.port, s.mode, s.vlans, s.native_vlan, observed.description)
+    # A description set by hand may hold characters our templates never send; keep the rest.
+    description = observed.description
+    if not DESCRIPTION_RE.match(description):
+        description = re.sub(r"[^A-Za-z0-9 ._:/-]", "", description)[:64]
+    return PortIntent(s.port, s.mode, s.vlans, s.native_vlan, description)
 
 
 @lru_cache(maxsize=32)

@@ -16,9 +16,11 @@ import pytest
 
 from aimctl.agent import wire
 from aimctl.agent.checks import CheckSpec
+from aimctl.agent.cli import read_key_file
 from aimctl.agent.run import NONCE_WINDOW, REASON_REQUESTED, REASON_STOPPED, _is_stop_request, run_agent
 from aimctl.agent.wire import Health
 from aimctl.controller.heartbeat import HeartbeatReceiver
+from aimctl.errors import OperatorError
 
 KEY = b"0123456789abcdef0123456789abcdef"
 INTERVAL = 0.05
@@ -233,6 +235,35 @@ def test_operator_mistakes_exit_2_without_traceback(tmp_path: Path, args: list[s
     done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_key_file_rules(tmp_path: Path) -> None:
+    assert read_key_file(key_file(tmp_path, 0o600)) == KEY
+    assert read_key_file(key_file(tmp_path, 0o400)) == KEY  # systemd LoadCredential= makes 0400
+    short = tmp_path / "short.key"
+    short.write_text("tiny\n")
+    short.chmod(0o600)
+    with pytest.raises(OperatorError, match="shorter"):
+        read_key_file(short)
+
+
+def test_bad_checks_file_exits_2(tmp_path: Path) -> None:
+    checks = tmp_path / "checks.yaml"
+    checks.write_text("services:\n  - {name: mail, comand: 'true'}\n")
+    argv = [
+        *CLI,
+        "--persona",
+        "web1",
+        "--controller",
+        "127.0.0.1:9",
+        "--key-file",
+        str(key_file(tmp_path, 0o600)),
+        "--checks",
+        str(checks),
+    ]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "services[0]" in done.stderr and "comand" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_agent_process_heartbeats_and_stops_on_sigterm(tmp_path: Path, receiver: HeartbeatReceiver) -> None:

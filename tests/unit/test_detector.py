@@ -43,84 +43,63 @@ def obs(hb_age: float, **kw: Any) -> Observation:
 
 FRESH, MISSING, LONG = 0.4, 3.0, 4.0
 
+DEAD, PRESUMED, UNREACHABLE, UNHEALTHY, RECOVERED = (
+    PersonaDead,
+    PersonaPresumedDead,
+    PersonaUnreachable,
+    PersonaUnhealthy,
+    PersonaRecovered,
+)
+
 # (case, previous state, back_at, observation, expected state, expected event type)
+# fmt: off
 TABLE: list[tuple[str, str, int | None, Observation, str, type | None]] = [
     ("heartbeats flowing", "alive", None, obs(FRESH, bmc="on", links="up"), "alive", None),
     ("one lost heartbeat plus jitter is nothing", "alive", None, obs(2.0, bmc="on"), "alive", None),
     ("missing alone is only suspicion", "alive", None, obs(MISSING, bmc="on", links="up"), "suspect", None),
     ("missing, BMC silent, links unknown", "alive", None, obs(MISSING), "suspect", None),
-    ("power button: BMC reads off", "alive", None, obs(MISSING, bmc="off"), "dead", PersonaDead),
-    ("BMC reports the host failed", "suspect", None, obs(MISSING, bmc="failed"), "dead", PersonaDead),
-    ("SCN links down, BMC silent", "suspect", None, obs(MISSING, links="down"), "dead", PersonaDead),
-    ("SCN links down, BMC on", "suspect", None, obs(MISSING, bmc="on", links="down"), "dead", PersonaDead),
-    (
-        "partition: BMC on, links up",
-        "suspect",
-        None,
-        obs(LONG, bmc="on", links="up"),
-        "unreachable",
-        PersonaUnreachable,
-    ),
-    ("partition without SNMP data", "suspect", None, obs(LONG, bmc="on"), "unreachable", PersonaUnreachable),
+    ("power button: BMC reads off", "alive", None, obs(MISSING, bmc="off"), "dead", DEAD),
+    ("BMC reports the host failed", "suspect", None, obs(MISSING, bmc="failed"), "dead", DEAD),
+    ("SCN links down, BMC silent", "suspect", None, obs(MISSING, links="down"), "dead", DEAD),
+    ("SCN links down, BMC on", "suspect", None, obs(MISSING, bmc="on", links="down"), "dead", DEAD),
+    ("partition: BMC on, links up", "suspect", None, obs(LONG, bmc="on", links="up"), "unreachable",
+     UNREACHABLE),
+    ("partition without SNMP data", "suspect", None, obs(LONG, bmc="on"), "unreachable", UNREACHABLE),
     ("BMC on but not yet confirmed", "suspect", None, obs(3.4, bmc="on", links="up"), "suspect", None),
     ("unreachable stays quiet", "unreachable", None, obs(60, bmc="on", links="up"), "unreachable", None),
     ("BMC silent within grace", "suspect", None, obs(20, bmc_silent_s=10), "suspect", None),
-    (
-        "BMC silent past grace",
-        "suspect",
-        None,
-        obs(40, bmc_silent_s=30),
-        "presumed-dead",
-        PersonaPresumedDead,
-    ),
-    (
-        "BMC unreachable then silent past grace",
-        "unreachable",
-        None,
-        obs(40, bmc_silent_s=31),
-        "presumed-dead",
-        PersonaPresumedDead,
-    ),
-    ("partition, then the host really dies", "unreachable", None, obs(60, bmc="off"), "dead", PersonaDead),
-    ("presumed dead stays quiet", "presumed-dead", None, obs(90, bmc_silent_s=80), "presumed-dead", None),
-    ("presumed dead, BMC back and says off", "presumed-dead", None, obs(90, bmc="off"), "dead", PersonaDead),
-    (
-        "presumed dead is not undone by BMC on",
-        "presumed-dead",
-        None,
-        obs(90, bmc="on"),
-        "presumed-dead",
-        None,
-    ),
+    ("BMC and heartbeats silent past grace", "suspect", None, obs(40, bmc_silent_s=30), "presumed-dead",
+     PRESUMED),
+    ("BMC silent for long, beats just missing", "suspect", None, obs(MISSING, bmc_silent_s=3600), "suspect",
+     None),
+    ("heartbeats silent past grace, BMC just silent", "suspect", None, obs(40, bmc_silent_s=5), "suspect",
+     None),
+    ("unreachable, then BMC silent", "unreachable", None, obs(40, bmc_silent_s=31), "presumed-dead",
+     PRESUMED),
+    ("partition, then the host really dies", "unreachable", None, obs(60, bmc="off"), "dead", DEAD),
+    ("presumed dead stays quiet", "presumed-dead", None, obs(90, bmc_silent_s=80), "presumed-dead",
+     None),
+    ("presumed dead, BMC back, says off", "presumed-dead", None, obs(90, bmc="off"), "dead", DEAD),
+    ("presumed dead not undone by BMC on", "presumed-dead", None, obs(90, bmc="on"), "presumed-dead",
+     None),
     ("dead is sticky", "dead", None, obs(90, bmc="on", links="up"), "dead", None),
     ("first heartbeat back after dead", "dead", None, obs(FRESH, beats=10), "dead", None),
-    ("third heartbeat back after dead", "dead", 10, obs(FRESH, beats=12), "alive", PersonaRecovered),
-    ("second heartbeat back after unreachable", "unreachable", 10, obs(FRESH, beats=11), "unreachable", None),
-    ("recovered from presumed dead", "presumed-dead", 3, obs(FRESH, beats=5), "alive", PersonaRecovered),
+    ("third heartbeat back after dead", "dead", 10, obs(FRESH, beats=12), "alive", RECOVERED),
+    ("second heartbeat back after unreachable", "unreachable", 10, obs(FRESH, beats=11), "unreachable",
+     None),
+    ("recovered from presumed dead", "presumed-dead", 3, obs(FRESH, beats=5), "alive", RECOVERED),
     ("suspect clears without an event", "suspect", None, obs(FRESH), "alive", None),
-    (
-        "agent gave up on its services",
-        "alive",
-        None,
-        obs(FRESH, health="unhealthy"),
-        "unhealthy",
-        PersonaUnhealthy,
-    ),
+    ("agent gave up on its services", "alive", None, obs(FRESH, health="unhealthy"), "unhealthy", UNHEALTHY),
     ("still unhealthy: no repeat", "unhealthy", None, obs(FRESH, health="unhealthy"), "unhealthy", None),
     ("healthy again needs 3 beats", "unhealthy", None, obs(FRESH, beats=4), "unhealthy", None),
-    ("healthy again", "unhealthy", 4, obs(FRESH, beats=6), "alive", PersonaRecovered),
-    (
-        "back from dead but unhealthy",
-        "dead",
-        4,
-        obs(FRESH, beats=6, health="unhealthy"),
-        "unhealthy",
-        PersonaUnhealthy,
-    ),
-    ("unhealthy host powered off", "unhealthy", None, obs(MISSING, bmc="off"), "dead", PersonaDead),
+    ("healthy again", "unhealthy", 4, obs(FRESH, beats=6), "alive", RECOVERED),
+    ("back from dead but unhealthy", "dead", 4, obs(FRESH, beats=6, health="unhealthy"), "unhealthy",
+     UNHEALTHY),
+    ("unhealthy host powered off", "unhealthy", None, obs(MISSING, bmc="off"), "dead", DEAD),
     ("degraded is not unhealthy", "alive", None, obs(FRESH, health="degraded"), "alive", None),
     ("longer interval: 3s old is fresh", "alive", None, obs(3.0, interval=2.0, bmc="off"), "alive", None),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(("case", "prev", "back_at", "o", "state", "event"), TABLE, ids=[t[0] for t in TABLE])
@@ -132,6 +111,12 @@ def test_decide_table(
     assert (type(d.event) if d.event else None) is event, d.reason
     if d.event is not None:
         assert d.event.persona == "exchange1" and d.event.reason
+
+
+def test_wire_health_enum_is_understood() -> None:
+    o = obs(FRESH, health=Health.UNHEALTHY)
+    assert o.health == "unhealthy"
+    assert decide(DetectorState(), o, P).state.state == "unhealthy"
 
 
 def run(seq: list[Observation], start: str = "alive") -> tuple[list[str], list[Event]]:
@@ -209,7 +194,7 @@ def test_never_dead_without_a_second_source(steps: list[tuple[Any, ...]]) -> Non
         d = decide(state, o, P)
         assert d.state.state != "dead"
         if d.state.state == "presumed-dead" and state.state != "presumed-dead":
-            assert bmc == "no-answer" and silent >= grace and age > P.miss_intervals
+            assert bmc == "no-answer" and silent >= grace and age >= grace and age > P.miss_intervals
             grace_seen = True
         if d.state.state == "presumed-dead":
             assert grace_seen

@@ -15,6 +15,7 @@ import pytest
 
 from aimctl.controller import exchange_dag as ed
 from aimctl.controller.exchange_dag import CommandResult, CopyStatus, Thresholds
+from aimctl.errors import Timeout
 
 FIX = Path(__file__).parent / "fixtures" / "exchange"
 
@@ -370,3 +371,27 @@ def test_bad_name_refused_before_any_command() -> None:
             lambda m: None,
         )
     assert shell.sent == []
+
+
+def test_deadline_hitting_inside_a_command_still_names_what_was_awaited() -> None:
+    clock = FakeClock()
+
+    class SlowShell(Replay):
+        def run(self, command: str, timeout_s: float) -> CommandResult:
+            if "CopyStatus" in command and len(self.sent) >= 2:
+                clock.t += timeout_s  # the shell used all the time it was given
+                raise Timeout("127.0.0.1:22", f"command did not finish within {timeout_s:g}s")
+            return super().run(command, timeout_s)
+
+    shell = SlowShell(
+        {
+            "Get-MailboxDatabase": [ok("databases.csv")],
+            "Get-MailboxDatabaseCopyStatus": [ok("copystatus_resyncing.csv")],
+        }
+    )
+    out = ed.run_exchange_dag(
+        shell, "DAG1", "EXCH1", 20, 15, Thresholds(), lambda m: None, clock=clock, sleep=clock.sleep
+    )
+    assert out.error is not None and out.error.startswith(
+        "DAG1: deadline of 20s passed: copies on EXCH1 not healthy"
+    )

@@ -19,7 +19,6 @@ from aimctl.controller.hooks import (
     SshCommandHook,
     clip,
     run_hooks,
-    spec_from_model,
 )
 
 CTX = HookContext(
@@ -227,27 +226,3 @@ def test_scripts_are_not_run_through_a_shell(tmp_path: Path) -> None:
     [r] = run_hooks([ScriptHook(path=path, args=(f"; touch {marker}", "$(id)"))], CTX, "post-boot")
     assert r.ok and r.output == f"; touch {marker}|$(id)|" and not marker.exists()
     assert os.environ.get("AIMCTL_PERSONA") is None  # facts go to the child only
-
-
-def test_reference_definitions_map_to_runnable_specs() -> None:
-    from aimctl.loader import load
-
-    root = Path(__file__).resolve().parents[2] / "personas"
-    defs = load(root, use_cache=False)
-    specs = {name: [spec_from_model(h, root) for h in p.spec.recovery] for name, p in defs.personas.items()}
-    [ex1] = specs["exchange1"]
-    assert isinstance(ex1, ExchangeDagHook)
-    assert (ex1.dag, ex1.server, ex1.point, ex1.timeout_s, ex1.retries) == (
-        "DAG1",
-        "EXCH1",
-        "post-boot",
-        1200.0,
-        1,
-    )
-    assert ex1.credentials == "env:AIMCTL_EXCH_PASSWORD"
-    [web1] = specs["web1"]
-    assert (
-        isinstance(web1, ScriptHook)
-        and web1.path == "/etc/aimctl/hooks/notify-lb.sh"
-        and web1.args == ("web1",)
-    )
