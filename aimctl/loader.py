@@ -244,9 +244,14 @@ def _files(root: Path) -> list[Path]:
     return files
 
 
+# A cache made by other model code must never be served: the key covers the code that made it.
+_CODE_KEY = hashlib.sha256(b"".join(Path(__file__).with_name(n).read_bytes()
+                                    for n in ("model.py", "loader.py", "validation.py"))).digest()
+
+
 def content_key(root: Path) -> str:
     """A hash of every definition file's name and bytes: the cache key for ``load``."""
-    h = hashlib.sha256(CACHE_VERSION.encode())
+    h = hashlib.sha256(CACHE_VERSION.encode() + _CODE_KEY)
     for f in _files(root):
         h.update(str(f.relative_to(root)).encode() + b"\0")
         h.update(f.read_bytes())

@@ -141,9 +141,14 @@ def throughput(personas: int = 1000, packets: int = 600_000) -> dict[str, float]
         proc.wait()
         settle(r)
         c = r.counters()
+    # Only the receiver thread works in this process during the window, so accepted packets per
+    # second of process CPU time is what one core does; wall-clock throughput also depends on what
+    # else the machine runs (recorded as load average).
     return {
-        "verified_per_s_one_core": round((a1 - a0) / (t1 - t0)),
-        "verified_per_cpu_s": round((a1 - a0) / max(c1 - c0, 1e-9)),
+        "verified_per_s_one_core": round((a1 - a0) / max(c1 - c0, 1e-9)),
+        "verified_per_s_wall": round((a1 - a0) / (t1 - t0)),
+        "receiver_cpu_share": round((c1 - c0) / (t1 - t0), 2),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "blast_sent": sent,
         "blast_accepted": c["accepted"],
         "blast_rejected": c["received"] - c["accepted"],

@@ -9,6 +9,7 @@ raises ``NeedsOperator``: the operation stops there and moves nothing further (r
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from typing import Any
 
 from aimctl.controller.chap import ChapStore
 from aimctl.controller.journal import Journal, Operation, ServerMark
+from aimctl.controller.journal_state import server_lease
 from aimctl.controller.planner import choose, port_intents, quarantine_intents
 from aimctl.controller.runner import (
     AwaitingApproval,
@@ -142,18 +144,30 @@ def s_approve(ctx: Ctx, call: StepCall) -> StepOutcome:
     raise AwaitingApproval(f"waiting for `aimctl approve {op.id}`")
 
 
+_choose_lock = threading.Lock()
+
+
 def s_choose(ctx: Ctx, call: StepCall) -> StepOutcome:
     op = call.op
-    assignment = {p: s for p, s in ctx.journal.assignment().items() if s}
-    assignment[op.persona] = op.from_server or assignment.get(op.persona, "")
-    quarantined = set(ctx.journal.quarantined())
-    unavailable = dict(ctx.bmc_unhealthy())
-    for s in op.facts.get("failed_standbys", []):
-        unavailable[s] = "failed to boot this persona in this operation"
-    wanted = op.facts.get("requested_to")
-    c = choose(ctx.defs, op.persona, assignment, quarantined, unavailable, to=wanted)
-    if c.server is None:
-        raise NeedsOperator("no standby: " + "; ".join(c.why + [f"{s}: {r}" for s, r in sorted(c.rejected.items())]))
+    # Two failovers in one pool must never pick the same standby: the choice and the server lease
+    # that claims it happen under one lock, and servers leased by other operations are skipped.
+    with _choose_lock:
+        assignment = {p: s for p, s in ctx.journal.assignment().items() if s}
+        assignment[op.persona] = op.from_server or assignment.get(op.persona, "")
+        quarantined = set(ctx.journal.quarantined())
+        unavailable = dict(ctx.bmc_unhealthy())
+        for lease in ctx.journal.leases():
+            if lease.name.startswith("server:") and lease.holder != op.id:
+                unavailable[lease.name[7:]] = f"in use by {lease.holder}"
+        for s in op.facts.get("failed_standbys", []):
+            unavailable[s] = "failed to boot this persona in this operation"
+        wanted = op.facts.get("requested_to")
+        c = choose(ctx.defs, op.persona, assignment, quarantined, unavailable, to=wanted)
+        if c.server is None:
+            raise NeedsOperator("no standby: " + "; ".join(c.why + [f"{s}: {r}"
+                                                                   for s, r in sorted(c.rejected.items())]))
+        if not ctx.journal.acquire_lease(server_lease(c.server), op.id, 3 * 3600.0):
+            raise NeedsOperator(f"standby {c.server} was taken by another operation")
     return StepOutcome("ok", {"to": c.server, "why": c.why}, facts={"to": c.server, "to_server": c.server})
 
 

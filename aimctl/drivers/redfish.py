@@ -20,7 +20,8 @@ from sushy import exceptions as sushy_exc
 
 from aimctl import secrets
 from aimctl.drivers.protocols import PowerState
-from aimctl.errors import AuthFailed, DriverError, Rejected, StateMismatch, Timeout, Unreachable
+from aimctl.drivers.powerpoll import confirm_power
+from aimctl.errors import AuthFailed, DriverError, Rejected, Unreachable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -173,28 +174,7 @@ class RedfishPower:
         reset = RESET_FOR[want]
         started = time.monotonic()
         self.client.call(f"reset {reset.value}", lambda: self.client.system(False).reset_system(reset))
-        last: PowerState | None = None
-        last_err: DriverError | None = None
-        while True:
-            try:
-                last = self._read(refresh=True)
-                last_err = None
-            except (Unreachable, Rejected) as exc:  # a BMC busy with a reset may drop a poll or two
-                last_err = exc
-            if last == want and last_err is None:
-                log.info("%s: power %s confirmed after %.2fs", self.device, want.value, time.monotonic() - started)
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            time.sleep(min(self.poll_s, remaining))
-        took = time.monotonic() - started
-        if last_err is not None and last is None:
-            raise Unreachable(self.device, f"power {want.value}: reset sent, then no answer for {took:.1f}s")
-        opposite = PowerState.ON if want == PowerState.OFF else PowerState.OFF
-        if last == opposite:
-            raise StateMismatch(
-                self.device,
-                f"power {want.value}: BMC accepted {reset.value} but still reads {opposite.value} after {took:.1f}s",
-            )
-        raise Timeout(self.device, f"power {want.value}: not confirmed after {took:.1f}s (last read: {last})")
+        confirm_power(
+            self.device, want, lambda: self._read(refresh=True),
+            deadline=deadline, started=started, poll_s=self.poll_s, command=reset.value,
+        )

@@ -82,7 +82,7 @@ class Drivers:
     def __init__(self, defs: Any, boot_dir: Path) -> None:
         self.defs = defs
         self.boot_dir = boot_dir
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a boot driver may build its server's power driver
         self._cache: dict[tuple[str, str], Any] = {}
 
     def _get(self, kind: str, name: str, make: Any) -> Any:
@@ -95,8 +95,9 @@ class Drivers:
         return self._get("power", server, lambda: make_power(server, self.defs.servers[server]))  # type: ignore[no-any-return]
 
     def bootcfg(self, server: str) -> BootConfig:
-        return self._get("boot", server, lambda: make_bootcfg(server, self.defs.servers[server], self.boot_dir,  # type: ignore[no-any-return]
-                                                              self.power(server)))
+        srv = self.defs.servers[server]
+        return self._get("boot", server, lambda: make_bootcfg(  # type: ignore[no-any-return]
+            server, srv, self.boot_dir, self.power(server) if srv.bmc.kind == "ipmi" else None))
 
     def switch(self, name: str) -> SwitchPorts:
         return self._get("switch", name, lambda: make_switch(name, self.defs.switches[name]))  # type: ignore[no-any-return]

@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from aimctl.agent import cli as agent_cli
 from aimctl.agent import wire
 from aimctl.agent.checks import CheckSpec
 from aimctl.agent.cli import read_key_file
@@ -228,13 +230,13 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> No
     ],
 )
 def test_operator_mistakes_exit_2_without_traceback(tmp_path: Path, args: list[str], message: str) -> None:
+    # In process (CliRunner): the same command function, without a Python start-up per case.
     opts = {"--persona": "web1", "--controller": "127.0.0.1:9", "--key-file": str(key_file(tmp_path, 0o600))}
     for flag, value in zip(args[::2], args[1::2]):
         opts[flag] = value
-    argv = [*CLI, *[x for kv in opts.items() for x in kv]]
-    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2, done.stderr
-    assert message in done.stderr and "Traceback" not in done.stderr
+    done = CliRunner().invoke(agent_cli.app, ["run", *[x for kv in opts.items() for x in kv]])
+    assert done.exit_code == 2, done.output
+    assert message in done.stderr and not isinstance(done.exception, OperatorError)
 
 
 def test_key_file_rules(tmp_path: Path) -> None:
@@ -250,20 +252,21 @@ def test_key_file_rules(tmp_path: Path) -> None:
 def test_bad_checks_file_exits_2(tmp_path: Path) -> None:
     checks = tmp_path / "checks.yaml"
     checks.write_text("services:\n  - {name: mail, comand: 'true'}\n")
+    key = str(key_file(tmp_path, 0o600))
     argv = [
-        *CLI,
+        "run",
         "--persona",
         "web1",
         "--controller",
         "127.0.0.1:9",
         "--key-file",
-        str(key_file(tmp_path, 0o600)),
+        key,
         "--checks",
         str(checks),
     ]
-    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2
-    assert "services[0]" in done.stderr and "comand" in done.stderr and "Traceback" not in done.stderr
+    done = CliRunner().invoke(agent_cli.app, argv)
+    assert done.exit_code == 2
+    assert "services[0]" in done.stderr and "comand" in done.stderr
 
 
 def test_agent_process_heartbeats_and_stops_on_sigterm(tmp_path: Path, receiver: HeartbeatReceiver) -> None:
