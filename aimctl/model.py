@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from aimctl.validation import HOSTNAME_RE, IQN_RE, NAME_RE, PS_NAME_RE, valid_vlan
+from aimctl.validation import HOSTNAME_RE, IQN_RE, NAME_RE, valid_vlan
 
 # ---------------------------------------------------------------------------- scalar types
 
@@ -45,7 +45,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 def _check_secret_ref(value: str) -> str:
     if not (value.startswith("env:") or value.startswith("file:")) or len(value) < 5:
         raise ValueError("inline secret: secrets must be references (env:NAME or file:PATH), never values")
-    if value.startswith("env:") and not re.match(r"^env:[A-Za-z_][A-Za-z0-9_]*$", value):
+    if value.startswith("env:") and not re.fullmatch(r"env:[A-Za-z_][A-Za-z0-9_]*", value):
         raise ValueError("bad env reference (want env:NAME with letters, digits, _)")
     return value
 
@@ -94,7 +94,7 @@ def _check_vlan(value: int) -> int:
 
 Vlan = Annotated[int, AfterValidator(_check_vlan)]
 Channel = Annotated[int, Field(ge=1, le=64)]
-PsName = Annotated[str, StringConstraints(pattern=PS_NAME_RE.pattern)]
+PsName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]  # Rust regex: $ is end of text
 
 
 class Strict(BaseModel):
@@ -213,15 +213,16 @@ class ExchangeDagHook(_Hook):
     server: PsName  # the Exchange server name of this persona (e.g. EXCH1), not the persona name
     via: SshUrl
     credentials: SecretRef
+    poll: Duration = 2.0  # how often copy status is read while waiting for healthy copies
     # "known-hosts" (the controller's ~/.ssh/known_hosts), a pinned "SHA256:..." fingerprint, or "auto" (lab only).
-    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/=]{20,64})$")] = "known-hosts"
+    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/]{43}=?)$")] = "known-hosts"
 
 
 class SshCommandHook(_Hook):
     hook: Literal["ssh-command"]
     via: SshUrl
     credentials: SecretRef
-    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/=]{20,64})$")] = "known-hosts"
+    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/]{43}=?)$")] = "known-hosts"
     command: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
 

@@ -176,6 +176,9 @@ class Lab:
         self.dag_port = self.dag.start()
         self.dag_persona = {v: k for k, v in members.items()}
         self.dag_up: dict[str, bool] = {}
+        # The management host is reached over MAPI: through any running member whose MAPI port carries it.
+        self.dag.set_reachable(lambda: any(h.status.booted in self.dag_persona and self._carries(s, "mapi")
+                                           for s, h in self.hosts.items()))
 
     # ------------------------------------------------------------------ reachability (in process)
 

@@ -111,13 +111,18 @@ class DagSimulator:
         self.members = dict(members or DEFAULT_MEMBERS)
         self.databases = {db: list(p) for db, p in (databases or DEFAULT_DATABASES).items()}
         self._lock = threading.RLock()
-        self._alive = {s: True for s in self.members}
-        self._copies = {(db, s): _Copy() for db, prefs in self.databases.items() for s in prefs}
-        self._active: dict[str, str | None] = {db: prefs[0] for db, prefs in self.databases.items()}
-        for db, s in self._active.items():
-            self._copies[(db, s or "")].status = "Mounted"
-        self.commands: list[str] = []  # every command received, in order (for tests and the demo)
+        self.reset()
         self._ssh = ExecServer(self.execute, username, password, name="dag-sim")
+
+    def reset(self) -> None:
+        """Every member up, every database active on its preference-1 server, all copies healthy."""
+        with self._lock:
+            self._alive = {s: True for s in self.members}
+            self._copies = {(db, s): _Copy() for db, prefs in self.databases.items() for s in prefs}
+            self._active: dict[str, str | None] = {db: prefs[0] for db, prefs in self.databases.items()}
+            for db, s in self._active.items():
+                self._copies[(db, s or "")].status = "Mounted"
+            self.commands: list[str] = []  # every command received, in order (for tests and the demo)
 
     # ---------------------------------------------------------------- lab-facing state changes
 

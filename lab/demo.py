@@ -40,7 +40,7 @@ def main() -> int:
         ctrl.start()
         ctrl.wait(ctrl.all_alive, 30, "every persona heartbeating")
         before = lab.status()
-        out.print(f"all personas heartbeating; DAG actives before: {before['dag']['actives'] if before['dag'] else '-'}")
+        out.print(f"all personas heartbeating; DAG actives before: {before['dag'] or '-'}")
         out.print("[bold red]pulling the power button on r720-1 (exchange1)[/]")
         pressed = time.time()
         lab.fault("power-button", "r720-1")
@@ -65,7 +65,7 @@ def main() -> int:
             out.print(f"  {t}: ACL {v['acl']}, CHAP {v['accounts']}, sessions "
                       f"{[x['alias'] for x in v['sessions']]}")
         if st["dag"]:
-            out.print(f"  DAG actives after: {st['dag']['actives']}")
+            out.print(f"  DAG actives after: {st['dag']}")
         ob = st["observer"]
         out.print(f"  access observer: {ob['double_access']} double access in {ob['samples']} samples")
         record = {"persona": "exchange1", "from": op["from_server"], "to": op["facts"].get("to"),

@@ -13,37 +13,33 @@ Everything here extends the emulator from the outside (LAB.md):
 * NetworkAdapters/NetworkDeviceFunctions with iSCSIBoot come from ``lab.redfish_nic``;
 * a WSGI wrapper outside the auth layer injects faults per system ("down": the connection is
   reset; "slow": +``slow_s`` per request; "lies": power reads On).
+
+The pieces that plug into the emulator (module copy, driver subclass, fault layer) are in
+``lab.redfish_emulator``; the NIC resources in ``lab.redfish_nic``.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
-import itertools
 import logging
-import re
-import socket
-import struct
 import sys
 import threading
-import time
 import types
 import uuid as uuidlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import bcrypt
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from aimctl.drivers.protocols import IscsiBoot
 from lab import redfish_nic
 from lab.bmc_common import DueTimer, Faults, Notifier
+from lab.redfish_emulator import FaultMiddleware, QuietHandler, fresh_emulator_module, lab_driver_class
 
 log = logging.getLogger(__name__)
-_copies = itertools.count(1)
-_SYSTEM_IN_PATH = re.compile(r"^/redfish/v1/(?:Systems|Chassis|Managers)/([^/]+)")
 
 
 @dataclass
@@ -51,101 +47,6 @@ class RedfishSystemSpec:
     name: str
     power_on: bool = False
     boot_nic: str = "NIC.Integrated.1-1"
-
-
-def _fresh_emulator_module() -> types.ModuleType:
-    """Execute sushy_tools.emulator.main anew under a private name: a new app with its own routes."""
-    spec = importlib.util.find_spec("sushy_tools.emulator.main")
-    assert spec is not None and spec.origin is not None
-    name = f"lab._sushy_emulator_{next(_copies)}"
-    copy_spec = importlib.util.spec_from_file_location(name, spec.origin)
-    assert copy_spec is not None and copy_spec.loader is not None
-    mod = importlib.util.module_from_spec(copy_spec)
-    sys.modules[name] = mod  # Flask finds its templates through sys.modules[import_name]
-    copy_spec.loader.exec_module(mod)
-    return mod
-
-
-def _lab_driver_class(lab: RedfishLab, base: type) -> type:
-    class LabFakeDriver(base):  # type: ignore[valid-type,misc]
-        """sushy-tools' fake driver with a fixed power delay, a lock, change reports and lies."""
-
-        def _get(self, identity: str) -> dict[str, Any]:
-            with lab._lock:
-                result: dict[str, Any] = super()._get(identity)
-                return result
-
-        def _update(self, system: Any, **changes: Any) -> None:
-            with lab._lock:
-                if isinstance(system, str):
-                    system = self._get(system)
-                super()._update(system, **changes)
-                lab._observe(system["uuid"], system["power_state"] == "On")
-
-        def get_power_state(self, identity: str) -> str:
-            real: str = super().get_power_state(identity)
-            if lab._faults_for_uuid(identity, "lies"):
-                return "On"
-            return real
-
-        def set_power_state(self, identity: str, state: str) -> None:
-            with lab._lock:
-                uuid = self._get(identity)["uuid"]
-                before = self._systems[uuid].get("pending_power")
-                super().set_power_state(identity, state)
-                system = self._systems[uuid]
-                pending = system.get("pending_power")
-                want = "Off" if state in ("ForceOff", "GracefulShutdown") else "On"
-                if pending and pending != before:
-                    # a new change: make it land after the lab's fixed delay
-                    pending["apply_time"] = time.time() + lab.power_delay_s
-                    self._systems[uuid] = system
-                    lab._due.schedule(uuid, pending["apply_time"])
-                elif pending and pending["power_state"] != want and "Restart" not in pending["power_state"]:
-                    # already in the asked state with an opposite change pending: last command wins
-                    system["pending_power"] = None
-                    self._systems[uuid] = system
-                    lab._due.cancel(uuid)
-
-    return LabFakeDriver
-
-
-class _FaultMiddleware:
-    """Outermost WSGI layer: per-system faults, before authentication."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]], lab: RedfishLab) -> None:
-        self.app = app
-        self.lab = lab
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        m = _SYSTEM_IN_PATH.match(environ.get("PATH_INFO", ""))
-        name = self.lab._name_for(m.group(1)) if m else None
-        if name is not None:
-            if self.lab.faulted(name, "down"):
-                return self._reset(environ, start_response)
-            if self.lab.faulted(name, "slow"):
-                time.sleep(self.lab.slow_s)
-        return self.app(environ, start_response)
-
-    @staticmethod
-    def _reset(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        sock = environ.get("werkzeug.socket")
-        if sock is not None:
-            try:
-                # linger 0: the close that follows sends RST, like a BMC that fell over
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Connection", "close")])
-        return [b"BMC down\n"]
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """Access lines go to debug logging instead of stderr (tests and the lab daemon stay readable)."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.debug("%s %s -> %s", self.command, self.path, code)
 
 
 class RedfishLab:
@@ -166,7 +67,9 @@ class RedfishLab:
         self.state_dir = Path(state_dir)
         self._users = dict(users)
         self._specs = {s.name: s for s in systems}
-        self._uuids = {s.name: str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{s.name}.redfish.lab")) for s in systems}
+        self._uuids = {
+            s.name: str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{s.name}.redfish.lab")) for s in systems
+        }
         self._names = {u: n for n, u in self._uuids.items()}
         self._lock = threading.RLock()
         self._faults = Faults()
@@ -182,16 +85,19 @@ class RedfishLab:
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> int:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        mod = _fresh_emulator_module()
+        mod = fresh_emulator_module()
         self._module = mod
         # the app looks the driver class up through its module's ``fakedriver`` name
-        mod.fakedriver = types.SimpleNamespace(FakeDriver=_lab_driver_class(self, mod.fakedriver.FakeDriver))
+        upstream = mod.fakedriver.FakeDriver
+        mod.fakedriver = types.SimpleNamespace(FakeDriver=lab_driver_class(self, upstream))  # type: ignore[attr-defined]
         config: dict[str, Any] = {
             "SUSHY_EMULATOR_FAKE_DRIVER": True,
             "SUSHY_EMULATOR_STATE_DIR": str(self.state_dir / "sushy"),
             "SUSHY_EMULATOR_FAKE_SYSTEMS": [self._fake_system(s) for s in self._specs.values()],
             # Dell-style: each system has a chassis with the same id (hosts its NetworkAdapters)
-            "SUSHY_EMULATOR_CHASSIS": [{"Id": u, "Name": f"{n}-chassis", "UUID": u} for n, u in self._uuids.items()],
+            "SUSHY_EMULATOR_CHASSIS": [
+                {"Id": u, "Name": f"{n}-chassis", "UUID": u} for n, u in self._uuids.items()
+            ],
         }
         if self._users:
             config["SUSHY_EMULATOR_AUTH_FILE"] = str(self._write_htpasswd())
@@ -200,16 +106,19 @@ class RedfishLab:
         for name, spec in self._specs.items():
             self.iscsi.add(self._uuids[name], spec.boot_nic)
         redfish_nic.register_routes(app, self.iscsi, self._uuid_for)
-        app.wsgi_app = _FaultMiddleware(app.wsgi_app, self)
+        app.wsgi_app = FaultMiddleware(app.wsgi_app, self)
         self._driver = app.systems  # build the driver (and its SQLite) before the first request
         for name, u in self._uuids.items():
             self._power_seen[u] = self._driver._get(u)["power_state"] == "On"
         ssl_context = self._ssl_context() if self.tls else None
         self._server = make_server(
-            "127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler, ssl_context=ssl_context
+            "127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler, ssl_context=ssl_context
         )
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="redfish-lab-http", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="redfish-lab-http",
+            daemon=True,
         )
         self._thread.start()
         return int(self._server.server_port)
@@ -270,16 +179,19 @@ class RedfishLab:
         """Configure the firmware directly (lab setup: a server's home persona before the controller runs)."""
         u = self._uuids[name]
         self.iscsi.clear(u)
-        problem = self.iscsi.patch(u, {
-            "InitiatorName": boot.initiator,
-            "PrimaryTargetName": boot.target,
-            "PrimaryTargetIPAddress": boot.portal_host,
-            "PrimaryTargetTCPPort": boot.portal_port,
-            "PrimaryLUN": boot.lun,
-            "AuthenticationMethod": "CHAP" if boot.chap_user else "None",
-            "CHAPUsername": boot.chap_user or None,
-            "CHAPSecret": boot.chap_secret or None,
-        })
+        problem = self.iscsi.patch(
+            u,
+            {
+                "InitiatorName": boot.initiator,
+                "PrimaryTargetName": boot.target,
+                "PrimaryTargetIPAddress": boot.portal_host,
+                "PrimaryTargetTCPPort": boot.portal_port,
+                "PrimaryLUN": boot.lun,
+                "AuthenticationMethod": "CHAP" if boot.chap_user else "None",
+                "CHAPUsername": boot.chap_user or None,
+                "CHAPSecret": boot.chap_secret or None,
+            },
+        )
         if problem:
             raise ValueError(problem)
         with self._lock:
@@ -336,20 +248,26 @@ class RedfishLab:
 
     def _fake_system(self, spec: RedfishSystemSpec) -> dict[str, Any]:
         n = list(self._specs).index(spec.name) + 1
-        return copy.deepcopy({
-            "uuid": self._uuids[spec.name],
-            "name": spec.name,
-            "power_state": "On" if spec.power_on else "Off",
-            "boot_device": "Hdd",
-            "boot_mode": "UEFI",
-            "external_notifier": False,
-            "nics": [{"mac": f"52:54:00:aa:{n // 256:02x}:{n % 256:02x}", "ip": f"10.99.{n // 256}.{n % 256}"}],
-        })
+        return copy.deepcopy(
+            {
+                "uuid": self._uuids[spec.name],
+                "name": spec.name,
+                "power_state": "On" if spec.power_on else "Off",
+                "boot_device": "Hdd",
+                "boot_mode": "UEFI",
+                "external_notifier": False,
+                "nics": [
+                    {"mac": f"52:54:00:aa:{n // 256:02x}:{n % 256:02x}", "ip": f"10.99.{n // 256}.{n % 256}"}
+                ],
+            }
+        )
 
     def _write_htpasswd(self) -> Path:
         path = self.state_dir / "htpasswd"
         # sushy-tools reads bcrypt entries only; cost 5 keeps per-request checks cheap in the lab
-        lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(5)).decode()}" for u, p in self._users.items()]
+        lines = [
+            f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(5)).decode()}" for u, p in self._users.items()
+        ]
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o600)
         return path

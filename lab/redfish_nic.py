@@ -99,7 +99,9 @@ class IscsiStore:
             want = ISCSI_FIELDS.get(key)
             if want is None:
                 return f"PropertyUnknown: iSCSIBoot/{key}"
-            if value is not None and (not isinstance(value, want) or isinstance(value, bool) is not (want is bool)):
+            if value is not None and (
+                not isinstance(value, want) or isinstance(value, bool) is not (want is bool)
+            ):
                 return f"PropertyValueTypeError: iSCSIBoot/{key}"
             if key in _ENUMS and value not in _ENUMS[key]:
                 return f"PropertyValueNotInList: iSCSIBoot/{key}={value}"
@@ -197,6 +199,11 @@ def register_routes(app: flask.Flask, store: IscsiStore, resolve: Any) -> None:
 
 
 def _error(code: int, message: str) -> tuple[flask.Response, int]:
-    body = {"error": {"code": "Base.1.0.GeneralError", "message": message,
-                      "@Message.ExtendedInfo": [{"Message": message}]}}
+    body = {
+        "error": {
+            "code": "Base.1.0.GeneralError",
+            "message": message,
+            "@Message.ExtendedInfo": [{"Message": message}],
+        }
+    }
     return flask.jsonify(body), code

@@ -35,8 +35,8 @@ from aimctl.secrets import is_reference, register, resolve
 log = logging.getLogger(__name__)
 
 ROLES = {"viewer": 1, "operator": 2, "admin": 3}
-TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ def to_spec(h: Any) -> H.HookSpec:
     common = {"point": h.point, "timeout_s": h.timeout, "retries": h.retries}
     if isinstance(h, ExchangeDagHook):
         return H.ExchangeDagHook(dag=h.dag, server=h.server, via=h.via, credentials=h.credentials,
-                                 host_key=h.host_key, poll_s=min(15.0, max(0.2, h.timeout / 40)), **common)
+                                 host_key=h.host_key, poll_s=h.poll, **common)
     if isinstance(h, SshCommandHook):
         return H.SshCommandHook(via=h.via, command=h.command, credentials=h.credentials, host_key=h.host_key,
                                 **common)

@@ -40,7 +40,11 @@ def check_iscsi_boot(device: str, boot: IscsiBoot, *, portal_must_be_ip: bool) -
             problems.append(f"portal host {boot.portal_host!r} is not an IP address (Redfish needs one)")
     elif not (is_ip(boot.portal_host) or HOSTNAME_RE.match(boot.portal_host)):
         problems.append(f"portal host {boot.portal_host!r} is not a hostname or IP address")
-    if isinstance(boot.portal_port, bool) or not isinstance(boot.portal_port, int) or not 1 <= boot.portal_port <= 65535:
+    if (
+        isinstance(boot.portal_port, bool)
+        or not isinstance(boot.portal_port, int)
+        or not 1 <= boot.portal_port <= 65535
+    ):
         problems.append(f"portal port {boot.portal_port!r} is not 1-65535")
     if isinstance(boot.lun, bool) or not isinstance(boot.lun, int) or not 0 <= boot.lun <= 16383:
         problems.append(f"LUN {boot.lun!r} is not 0-16383")

@@ -37,8 +37,8 @@ from pyghmi.ipmi.private import session as ipmi_session
 from pyghmi.ipmi.private import util as ipmi_util
 
 from aimctl import secrets
-from aimctl.drivers.protocols import PowerState
 from aimctl.drivers.powerpoll import confirm_power
+from aimctl.drivers.protocols import PowerState
 from aimctl.errors import AuthFailed, DriverError, Rejected, Unreachable
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,14 @@ T = TypeVar("T")
 
 # pyghmi error texts, by what they mean for an operator
 AUTH_ERRORS = ("Incorrect password", "Unauthorized name", "Unauthorized role", "Invalid role", "privilege")
-TRANSPORT_ERRORS = ("timeout", "None", "no longer connected", "failed to initialize", "Logged out", "transmit")
+TRANSPORT_ERRORS = (
+    "timeout",
+    "None",
+    "no longer connected",
+    "failed to initialize",
+    "Logged out",
+    "transmit",
+)
 # our boot-device words -> pyghmi's (IPMI "Set System Boot Options" boot flags)
 BOOT_DEVICES = {"network": "network", "disk": "hd", "default": "default", "cd": "optical", "setup": "setup"}
 BOOT_DEVICES_BACK = {v: k for k, v in BOOT_DEVICES.items()}
@@ -124,8 +131,13 @@ class IpmiPower:
         started = time.monotonic()
         self._call(f"power {want.value}", lambda c: _raw(c, CMD_CONTROL, (CONTROL_FOR[want],)), left())
         confirm_power(
-            self.device, want, lambda: self._read(left()),
-            deadline=deadline, started=started, poll_s=self.poll_s, command="Chassis Control",
+            self.device,
+            want,
+            lambda: self._read(left()),
+            deadline=deadline,
+            started=started,
+            poll_s=self.poll_s,
+            command="Chassis Control",
         )
 
     def _call(self, what: str, fn: Callable[[Any], T], timeout: float) -> T:
@@ -135,7 +147,7 @@ class IpmiPower:
         def work() -> None:
             try:
                 box["value"] = fn(self._command())
-            except BaseException as exc:  # handed to the caller's thread, translated there
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, translated there
                 box["error"] = exc
             finally:
                 done.set()
@@ -244,23 +256,15 @@ class IpmiPower:
             if any(s.lower() in text.lower() for s in AUTH_ERRORS):
                 return AuthFailed(self.device, f"{what}: BMC refused the credentials ({text})")
             if getattr(exc, "ipmicode", 0) not in (0, 0xFFFF):
-                return Rejected(self.device, f"{what}: BMC answered completion code {exc.ipmicode:#x} ({text})")
+                return Rejected(
+                    self.device, f"{what}: BMC answered completion code {exc.ipmicode:#x} ({text})"
+                )
             if any(s.lower() in text.lower() for s in TRANSPORT_ERRORS):
                 return Unreachable(self.device, f"{what}: no usable answer ({text})")
             return Rejected(self.device, f"{what}: {text}")
         if isinstance(exc, OSError):
             return Unreachable(self.device, f"{what}: {text}")
         return DriverError(self.device, f"{what}: unexpected {type(exc).__name__}: {text}")
-
-
-def _login_error(key: tuple[Any, ...], wait_s: float = 0.2) -> str:
-    """The error text of a failed login's session, once pyghmi has stored it."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        msg = getattr(ipmi_session.Session.initting_sessions.get(key), "errormsg", None)
-        if msg or time.monotonic() >= deadline:
-            return str(msg or "Session failed to initialize")
-        time.sleep(0.005)
 
 
 def _raw(cmd: Any, command: int, data: tuple[int, ...]) -> dict[str, Any]:
@@ -273,7 +277,7 @@ def _raw(cmd: Any, command: int, data: tuple[int, ...]) -> dict[str, Any]:
 def _logout(sess: Any) -> None:
     try:
         sess.logout()
-    except Exception:  # the session is being dropped either way
+    except Exception:  # noqa: BLE001 - the session is being dropped either way
         _kill(sess)
 
 
@@ -281,15 +285,5 @@ def _kill(sess: Any) -> None:
     try:
         sess.logged = 0
         sess._mark_broken("session abandoned: the BMC did not answer in time")
-    except Exception:  # pyghmi internals; at worst pyghmi times the session out itself
+    except Exception:  # noqa: BLE001 - pyghmi internals; at worst pyghmi times the session out itself
         sess.broken = True
-
-
-def _login_error(key: tuple[Any, ...], wait_s: float = 0.2) -> str:
-    """The error text of a failed login's session, once pyghmi has stored it."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        msg = getattr(ipmi_session.Session.initting_sessions.get(key), "errormsg", None)
-        if msg or time.monotonic() >= deadline:
-            return str(msg or "Session failed to initialize")
-        time.sleep(0.005)

@@ -55,6 +55,9 @@ def confirm_power(
         raise Unreachable(device, f"power {want.value}: {command} sent, then no answer for {took:.1f}s")
     opposite = PowerState.ON if want == PowerState.OFF else PowerState.OFF
     if last == opposite:
-        raise StateMismatch(device, f"power {want.value}: BMC accepted {command} but still reads {opposite.value} after {took:.1f}s")
+        raise StateMismatch(
+            device,
+            f"power {want.value}: BMC accepted {command} but still reads {opposite.value} after {took:.1f}s",
+        )
     shown = last.value if last is not None else "nothing"
     raise Timeout(device, f"power {want.value}: not confirmed after {took:.1f}s (last read: {shown})")

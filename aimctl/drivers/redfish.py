@@ -19,8 +19,8 @@ import sushy
 from sushy import exceptions as sushy_exc
 
 from aimctl import secrets
-from aimctl.drivers.protocols import PowerState
 from aimctl.drivers.powerpoll import confirm_power
+from aimctl.drivers.protocols import PowerState
 from aimctl.errors import AuthFailed, DriverError, Rejected, Unreachable
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ class RedfishClient:
     ) -> None:
         self.url = _base_url(address)
         self.system_path = (
-            system_id_or_path if system_id_or_path.startswith("/") else f"/redfish/v1/Systems/{system_id_or_path}"
+            system_id_or_path
+            if system_id_or_path.startswith("/")
+            else f"/redfish/v1/Systems/{system_id_or_path}"
         )
         self.device = name or self.url
         self._username = username
@@ -80,7 +82,7 @@ class RedfishClient:
             return fn()
         except DriverError:
             raise
-        except Exception as exc:  # translate everything at the edge; see _translate
+        except Exception as exc:  # noqa: BLE001 - translate everything at the edge; see _translate
             err = self._translate(exc, what)
             if isinstance(err, Unreachable):
                 self._forget()  # reconnect next time: the BMC may have restarted
@@ -150,7 +152,9 @@ class RedfishPower:
         poll_s: float = 0.05,
         name: str | None = None,
     ) -> None:
-        self.client = RedfishClient(address, system_id_or_path, username, password, verify_tls, timeout_s, name)
+        self.client = RedfishClient(
+            address, system_id_or_path, username, password, verify_tls, timeout_s, name
+        )
         self.device = self.client.device
         self.poll_s = poll_s
 
@@ -175,6 +179,11 @@ class RedfishPower:
         started = time.monotonic()
         self.client.call(f"reset {reset.value}", lambda: self.client.system(False).reset_system(reset))
         confirm_power(
-            self.device, want, lambda: self._read(refresh=True),
-            deadline=deadline, started=started, poll_s=self.poll_s, command=reset.value,
+            self.device,
+            want,
+            lambda: self._read(refresh=True),
+            deadline=deadline,
+            started=started,
+            poll_s=self.poll_s,
+            command=reset.value,
         )

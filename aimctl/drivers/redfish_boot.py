@@ -49,7 +49,9 @@ class RedfishBootConfig:
         name: str | None = None,
         bootcfg_dir: Path | None = None,
     ) -> None:
-        self.client = RedfishClient(address, system_id_or_path, username, password, verify_tls, timeout_s, name)
+        self.client = RedfishClient(
+            address, system_id_or_path, username, password, verify_tls, timeout_s, name
+        )
         self.device = self.client.device
         self.nic_path = nic_function_path or _default_nic_path(self.client.system_path, boot_nic)
         vendors = json.loads(((bootcfg_dir or DEFAULT_BOOTCFG_DIR) / "redfish_vendors.json").read_text())
@@ -96,7 +98,9 @@ class RedfishBootConfig:
         nic_body, system_body = payload["nic"], payload["system"]
         write_path = self.nic_path + self.vendor["nic_write_suffix"]
         self.client.call(f"{what}: PATCH NIC function", lambda: self.client.patch(write_path, nic_body))
-        self.client.call(f"{what}: PATCH boot override", lambda: self.client.patch(self.client.system_path, system_body))
+        self.client.call(
+            f"{what}: PATCH boot override", lambda: self.client.patch(self.client.system_path, system_body)
+        )
         got = self._read_iscsi(self.vendor["nic_read_suffix"])
         wrong = [
             f"{key}: wrote {_show(key, want)}, reads {_show(key, got.get(key))}"

@@ -28,9 +28,9 @@ from aimctl import secrets
 from aimctl.errors import AuthFailed, OperatorError, Timeout, Unreachable
 from aimctl.validation import HOSTNAME_RE
 
-_ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
-_HOST_KEY_RE = re.compile(r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/]{43}=?)$")
-_USER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}\Z")
+_HOST_KEY_RE = re.compile(r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/]{43}=?)\Z")
+_USER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from aimctl.validation import DESCRIPTION_RE, valid_port, valid_vlan
 TEMPLATES_ENV = "AIMCTL_SWITCH_TEMPLATES"
 ALL_VLANS: tuple[int, ...] = tuple(range(1, 4095))
 TEMPLATES = ("ensure_vlans.j2", "set_trunk.j2", "set_access_vlan.j2", "quarantine.j2", "show_port.j2")
-_PRINTABLE = re.compile(r"^[\x20-\x7e]{1,240}$")
+_PRINTABLE = re.compile(r"^[\x20-\x7e]{1,240}\Z")
 
 
 def default_templates_dir() -> Path:

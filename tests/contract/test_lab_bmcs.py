@@ -51,8 +51,12 @@ def test_redfish_change_lands_on_time_without_anyone_reading(tmp_path: Path) -> 
 
 
 def test_two_redfish_labs_in_one_process_are_isolated(tmp_path: Path) -> None:
-    a = RedfishLab([RedfishSystemSpec("s1", power_on=True)], tmp_path / "a", {"u": "password-a"}, power_delay_s=0.1)
-    b = RedfishLab([RedfishSystemSpec("s1", power_on=False)], tmp_path / "b", {"u": "password-b"}, power_delay_s=0.1)
+    a = RedfishLab(
+        [RedfishSystemSpec("s1", power_on=True)], tmp_path / "a", {"u": "password-a"}, power_delay_s=0.1
+    )
+    b = RedfishLab(
+        [RedfishSystemSpec("s1", power_on=False)], tmp_path / "b", {"u": "password-b"}, power_delay_s=0.1
+    )
     pa, pb = a.start(), b.start()
     try:
         assert pa != pb
@@ -73,7 +77,9 @@ def test_redfish_over_tls(tmp_path: Path) -> None:
     lab.start()
     try:
         assert lab.base_url.startswith("https://")
-        p = RedfishPower(lab.base_url, lab.system_path("s1"), "admin", USERS["admin"], verify_tls=False, name="s1")
+        p = RedfishPower(
+            lab.base_url, lab.system_path("s1"), "admin", USERS["admin"], verify_tls=False, name="s1"
+        )
         p.off(deadline_s=3)
         assert lab.power("s1") is False
     finally:
@@ -84,7 +90,9 @@ def test_redfish_last_power_command_wins(tmp_path: Path) -> None:
     lab = RedfishLab([RedfishSystemSpec("s1", power_on=True)], tmp_path, USERS, power_delay_s=0.3)
     lab.start()
     try:
-        system = sushy.Sushy(lab.base_url, username="admin", password=USERS["admin"]).get_system(lab.system_path("s1"))
+        system = sushy.Sushy(lab.base_url, username="admin", password=USERS["admin"]).get_system(
+            lab.system_path("s1")
+        )
         system.reset_system(sushy.ResetType.FORCE_OFF)
         assert lab.pending("s1") is False
         system.reset_system(sushy.ResetType.ON)  # still on: the pending off is dropped

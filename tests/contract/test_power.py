@@ -51,12 +51,16 @@ class Rig:
 
 
 def _redfish_rig(tmp: Path, request: pytest.FixtureRequest) -> Rig:
-    lab = RedfishLab([RedfishSystemSpec("s1", power_on=True)], tmp, {USER: PASSWORD}, power_delay_s=DELAY, slow_s=SLOW)
+    lab = RedfishLab(
+        [RedfishSystemSpec("s1", power_on=True)], tmp, {USER: PASSWORD}, power_delay_s=DELAY, slow_s=SLOW
+    )
     port = lab.start()
     request.addfinalizer(lab.stop)
 
     def make(password: str = PASSWORD, timeout_s: float = 2.0) -> Power:
-        return RedfishPower(f"http://127.0.0.1:{port}", lab.system_path("s1"), USER, password, timeout_s=timeout_s, name="s1")
+        return RedfishPower(
+            f"http://127.0.0.1:{port}", lab.system_path("s1"), USER, password, timeout_s=timeout_s, name="s1"
+        )
 
     return Rig("redfish", lab, make)
 
@@ -194,7 +198,10 @@ def test_errors_are_driver_errors_only(rig: Rig) -> None:
 @pytest.fixture
 def redfish_lab(tmp_path: Path) -> Iterator[RedfishLab]:
     lab = RedfishLab(
-        [RedfishSystemSpec("a", power_on=True), RedfishSystemSpec("b")], tmp_path, {USER: PASSWORD}, power_delay_s=DELAY
+        [RedfishSystemSpec("a", power_on=True), RedfishSystemSpec("b")],
+        tmp_path,
+        {USER: PASSWORD},
+        power_delay_s=DELAY,
     )
     lab.start()
     yield lab

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from aimctl.agent.wire import Health, Heartbeat
 from aimctl.controller import alerts
+from aimctl.controller.change_sinks import sign
 from aimctl.controller.detector import (
     Decision,
     Detector,
@@ -31,6 +32,7 @@ from aimctl.controller.detector import (
     decide,
 )
 from aimctl.controller.observe import Observer
+from aimctl.errors import OperatorError
 
 P = Params()  # miss 2.5 intervals, confirm 1 more, recover after 3 beats
 
@@ -334,7 +336,7 @@ def hook_server() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]], thr
     release = threading.Event()
     handler = type("Hook", (_Hook,), {"got": got, "release": release})
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     th.start()
     yield f"http://127.0.0.1:{srv.server_address[1]}/alerts", got, release
     release.set()
@@ -349,35 +351,40 @@ def wait_for(cond: Any, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def test_webhook_posts_signed_json(hook_server: Any) -> None:
+@pytest.fixture
+def hook_secret(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("AIMCTL_TEST_ALERT_SECRET", "s3cret-webhook-key")
+    return "env:AIMCTL_TEST_ALERT_SECRET"
+
+
+def test_webhook_posts_signed_json(hook_server: Any, hook_secret: str) -> None:
     url, got, release = hook_server
     release.set()
-    hook = alerts.WebhookAlerts(url, "s3cret-webhook-key")
+    hook = alerts.WebhookAlerts(url, hook_secret)
     hook.emit(PersonaDead("exchange1", "BMC reports off", at=5.0))
     wait_for(lambda: hook.delivered == 1)
     hook.close()
     headers, body = got[0]
-    assert json.loads(body)["event"] == "PersonaDead"
-    assert alerts.verify(
-        b"s3cret-webhook-key", headers[alerts.TIMESTAMP_HEADER], body, headers[alerts.SIGNATURE_HEADER]
-    )
-    assert not alerts.verify(
-        b"other", headers[alerts.TIMESTAMP_HEADER], body, headers[alerts.SIGNATURE_HEADER]
-    )
+    doc = json.loads(body)
+    assert doc["event"] == "PersonaDead" and doc["record"]["persona"] == "exchange1"
+    assert headers["X-Aimctl-Signature"] == sign(b"s3cret-webhook-key", body)
+    assert headers["X-Aimctl-Signature"] != sign(b"other", body)
 
 
-def test_webhook_failures_are_logged_not_raised(hook_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_webhook_failures_are_logged_not_raised(
+    hook_server: Any, hook_secret: str, caplog: pytest.LogCaptureFixture
+) -> None:
     url, _got, _release = hook_server  # the server holds every request: the client must time out
-    slow = alerts.WebhookAlerts(url, "s3cret-webhook-key", timeout_s=0.2)
+    slow = alerts.WebhookAlerts(url, hook_secret, timeout_s=0.2)
     t0 = time.monotonic()
     slow.emit(PersonaDead("exchange1", "x"))
     assert time.monotonic() - t0 < 0.1  # emit never waits for the network
     wait_for(lambda: slow.failed == 1)
-    down = alerts.WebhookAlerts("http://127.0.0.1:9/alerts", "s3cret-webhook-key", timeout_s=0.5)
+    down = alerts.WebhookAlerts("http://127.0.0.1:9/alerts", hook_secret, timeout_s=0.5)
     down.emit(PersonaDead("exchange1", "x"))
     wait_for(lambda: down.failed == 1)
     slow.close(1)
     down.close(1)
     assert "not delivered" in caplog.text
-    with pytest.raises(Exception, match="http"):
-        alerts.WebhookAlerts("file:///etc/passwd", "x")
+    with pytest.raises(OperatorError, match="http"):
+        alerts.WebhookAlerts("file:///etc/passwd", hook_secret)
