@@ -33,7 +33,7 @@ def status(c: Controller) -> dict[str, Any]:
         personas[persona] = {
             "server": server,
             "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
-            "health": seen[1].health if seen else None,
+            "health": seen[1].health.word if seen else None,
             "detector": st.state if st else "alive",
             "operation": busy.get(persona),
             "bmc": c.poller.answer(server)[0] if server else None,

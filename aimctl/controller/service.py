@@ -78,9 +78,8 @@ class Controller:
         for s, srv in defs.servers.items():
             for ch, cable in srv.channels.items():
                 links[(cable.switch, cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))] = (s, ch)
-        self.traps = TrapReceiver(*_hostport(listen.snmp), communities={sw: listen.snmp_community
-                                                                         for sw in defs.switches},
-                                  links=links)
+        # One community for all switches; the receiver tells switches apart by sysName / address.
+        self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None}, links=links)
         self.alerts = LoggingAlerts(log)
         self.detector = Detector(self, Params(miss_intervals=2.5))
         self.started_mono = time.monotonic()
@@ -123,7 +122,7 @@ class Controller:
             bmc, since = self.poller.answer(server)
             silent = (now - since) if bmc == "no-answer" else 0.0
             chans = [c for c in (scn.primary, scn.secondary) if c is not None]
-            health = seen[1].health if seen else "ok"
+            health = seen[1].health.word if seen else "ok"
             obs.append(Observation(persona, age, self.interval, self.receiver.beats(persona), health, bmc, silent,
                                    self.traps.links_of(server, chans), grace_s=max(10 * self.interval, 5.0)))
             self.metrics.set_heartbeat_age(persona, age)
