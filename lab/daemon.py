@@ -193,6 +193,10 @@ class Lab:
         return False
 
     def _scn_reachable(self, server: str) -> bool:
+        # A body without power sends nothing, whatever its agent thread still tries.
+        host = self.hosts.get(server)
+        if host is None or not host.status.power:
+            return False
         return self._carries(server, self.defs.pools[self.defs.server_pool[server]].scn)
 
     # ------------------------------------------------------------------ events
@@ -375,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         lab.stop()
         srv.shutdown()
         return 1
-    (a.state / "ready").write_text(json.dumps({"pid": os.getpid(), "up_s": lab.up_s}))
+    tmp = a.state / "ready.tmp"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "up_s": lab.up_s}))
+    tmp.replace(a.state / "ready")  # readers poll for it: never let them see half a file
     control.on_shutdown(srv, done.set)
     done.wait()
     lab.stop()

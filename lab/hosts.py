@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aimctl.agent.run import run_agent
+from aimctl.agent.run import REASON_REQUESTED, run_agent
 from lab.iscsi_session import HeldSession
 
 log = logging.getLogger("lab.hosts")
@@ -167,9 +167,15 @@ class Host:
         threading.Thread(target=run_agent, name=f"agent-{persona}", daemon=True,
                          kwargs={"persona": persona, "controller": self._agent_target, "key": rt.key,
                                  "interval_s": rt.interval_s, "stop_event": stop,
-                                 "on_shutdown": lambda why: self.shutdown()}).start()
+                                 "on_shutdown": self._agent_ended}).start()
         self._set("running", persona)
         self._on_persona(self.server, persona, True)
+
+    def _agent_ended(self, reason: str) -> None:
+        # Only a stop *requested by the controller* shuts the persona down cleanly; an agent stopped
+        # by a power cut leaves everything as the cut left it.
+        if reason == REASON_REQUESTED:
+            self.shutdown()
 
     def _cut(self) -> None:
         with self._lock:

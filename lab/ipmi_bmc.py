@@ -59,6 +59,8 @@ class IpmiLab:
         self._servers = {s.name: _Server(on=s.power_on, boot_device=s.boot_device) for s in systems}
         self._lock = threading.RLock()
         self._faults = Faults()
+        # chassis control requests each BMC received, for tests and status
+        self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
         self._bmcs: dict[str, LabBmc] = {}
         # made here, not in start(): a lab with no IPMI servers is never started but is subscribed to
         self._notifier = Notifier("ipmi-lab")
@@ -146,6 +148,7 @@ class IpmiLab:
     # --- used by the BMC handlers ---------------------------------------------------------
     def _request_power(self, name: str, on: bool, cycle: bool = False) -> None:
         with self._lock:
+            self.power_commands[name] += 1
             srv = self._servers[name]
             if cycle and srv.on:
                 self._apply(name, False)

@@ -74,6 +74,8 @@ class RedfishLab:
         self._lock = threading.RLock()
         self._faults = Faults()
         self._power_seen: dict[str, bool] = {}
+        # power requests each system received over Redfish (ComputerSystem.Reset), for tests and status
+        self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
         self.iscsi = redfish_nic.IscsiStore()
         self._notifier = Notifier("redfish-lab")
         self._due = DueTimer("redfish-lab", self._land)

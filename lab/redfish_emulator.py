@@ -70,6 +70,7 @@ def lab_driver_class(lab: RedfishLab, base: type) -> type:
         def set_power_state(self, identity: str, state: str) -> None:
             with lab._lock:
                 uuid = self._get(identity)["uuid"]
+                lab.power_commands[lab._names[uuid]] += 1
                 before = self._systems[uuid].get("pending_power")
                 super().set_power_state(identity, state)
                 system = self._systems[uuid]

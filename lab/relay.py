@@ -20,7 +20,7 @@ class ScnRelay:
         self._reachable = reachable
         self._sel = selectors.DefaultSelector()
         self._socks: dict[str, socket.socket] = {}
-        self._out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._agent: dict[str, tuple[str, int]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.partitioned: set[str] = set()
@@ -49,14 +49,20 @@ class ScnRelay:
                 server: str = key.data
                 sock: socket.socket = key.fileobj  # type: ignore[assignment]
                 try:
-                    data = sock.recv(65535)
+                    data, src = sock.recvfrom(65535)
                 except BlockingIOError:
                     continue
-                if server not in self.partitioned and self._reachable(server):
-                    self._out.sendto(data, self.controller)
-                    self.forwarded[server] += 1
-                else:
+                if server in self.partitioned or not self._reachable(server):
                     self.dropped[server] += 1
+                elif src == self.controller:
+                    # The controller answers (a signed stop request) to where the heartbeat came from.
+                    if server in self._agent:
+                        sock.sendto(data, self._agent[server])
+                else:
+                    # Each server's traffic leaves from its own relay socket, so replies find their way back.
+                    self._agent[server] = src
+                    sock.sendto(data, self.controller)
+                    self.forwarded[server] += 1
 
     def stop(self) -> None:
         self._stop.set()
@@ -65,5 +71,4 @@ class ScnRelay:
         for s in self._socks.values():
             self._sel.unregister(s)
             s.close()
-        self._out.close()
         self._sel.close()

@@ -169,6 +169,8 @@ class LabSession:
         self.sw = sw
         self.opened = self.last = next(self._seq)
         self.refused = False
+        self.closed = False  # the client's connection is gone
+        self.counted = False  # counted as an open session of the switch
         self.pending: list[str] = []
         self.in_config = False
         self.config_lines = 0

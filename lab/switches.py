@@ -35,6 +35,7 @@ from twisted.conch.ssh.userauth import SSHUserAuthServer
 from twisted.internet import threads
 from twisted.internet.epollreactor import EPollReactor
 
+from aimctl.drivers.ifindex import ifindex
 from aimctl.drivers.protocols import PortIntent, PortMode, PortState
 from lab.switch_fakes import LabAristaSwitchCore, LabSession, LabSwitchConfiguration
 
@@ -176,42 +177,49 @@ class SwitchLab:
         launch = sw.core.launch
 
         def open_shell(session: LabSession, protocol: str, terminal_controller: Any) -> None:
+            if session.closed:  # the client gave up while waiting for the previous session to end
+                return
             with self._lock:
                 sw.shells += 1
                 sw.max_shells = max(sw.max_shells, 1)
                 sw.open_sessions.add(session)
-            shell = getattr(terminal_controller, "shell", None)
-            if shell is not None:
-                lost = shell.connectionLost
+                session.counted = True
+            session.attach(launch(protocol, terminal_controller))
 
-                def connection_lost(reason: Any) -> None:
-                    with self._lock:
+        def watch_close(session: LabSession, terminal_controller: Any) -> None:
+            shell = getattr(terminal_controller, "shell", None)
+            if shell is None:
+                return
+            lost = shell.connectionLost
+
+            def connection_lost(reason: Any) -> None:
+                with self._lock:
+                    session.closed = True
+                    if session.counted:
                         sw.shells -= 1
                         sw.open_sessions.discard(session)
-                    lost(reason)
+                lost(reason)
 
-                shell.connectionLost = connection_lost
-            session.attach(launch(protocol, terminal_controller))
+            shell.connectionLost = connection_lost
 
         def wait_then_open(session: LabSession, protocol: str, terminal_controller: Any, tries: int) -> None:
             # A client that just closed its session may connect again before the switch has seen
             # the close: give the old session a moment to end before refusing the new one.
-            if sw.shells == 0:
+            if sw.shells == 0 or session.closed:
                 open_shell(session, protocol, terminal_controller)
             elif tries <= 0:
                 terminal_controller.write("% Maximum number of sessions reached, try later\r\n")
                 session.refused = True
-                shell = getattr(terminal_controller, "shell", None)
-                if shell is not None:
-                    shell.terminal.loseConnection()
+                terminal_controller.shell.terminal.loseConnection()
             else:
                 self._reactor.callLater(0.02, wait_then_open, session, protocol, terminal_controller, tries - 1)
 
         def lab_launch(protocol: str, terminal_controller: Any) -> LabSession:
             session = LabSession(None, sw)
+            watch_close(session, terminal_controller)
             if "hang-login" in sw.faults:
                 return session  # never attached: no prompt, no answer
-            if sw.model.single_session and sw.shells > 0:
+            if sw.model.single_session and sw.shells > 0 and hasattr(terminal_controller, "shell"):
                 # PowerConnect-class switches take one management session at a time.
                 wait_then_open(session, protocol, terminal_controller, tries=50)
             else:
@@ -249,7 +257,13 @@ class SwitchLab:
         return vlan in self.port_state(switch, port).vlans
 
     def ifindex(self, switch: str, port: str) -> int:
-        return self._switches[switch].spec.ports.index(port) + 1
+        """The port's SNMP ifIndex as its OS numbers it (what the controller maps traps back with)."""
+        sw = self._switches[switch]
+        self._port(switch, port)
+        try:
+            return ifindex(sw.spec.os, port)
+        except (KeyError, ValueError):  # a name the OS table does not know: stable per switch anyway
+            return 100000 + sw.spec.ports.index(port) + 1
 
     def description(self, switch: str, port: str) -> str | None:
         return self._port(switch, port).description  # type: ignore[no-any-return]

@@ -167,23 +167,27 @@ def _started(state: Path, res: dict[str, Any], wait: bool) -> None:
 
 @app.command()
 def approve(op_id: str, state: StateOpt, wait: WaitOpt = False) -> None:
-    """Approve a failover waiting for approval (manual policy)."""
+    """Approve a failover waiting for approval (manual policy), or a change record (CHG...) gating a move."""
     op = client(state).post(f"/v1/failovers/{op_id}/approve")
     out.print(f"approved {op['id']}")
     if wait:
         print_timeline(watch(state, op_id))
 
 
+ChangeOpt = Annotated[Optional[str], typer.Option("--change", help="Run only once this change record is approved.")]
+
+
 @app.command()
-def move(persona: str, state: StateOpt, to: Annotated[str, typer.Option("--to")], wait: WaitOpt = True) -> None:
+def move(persona: str, state: StateOpt, to: Annotated[str, typer.Option("--to")], wait: WaitOpt = True,
+         change: ChangeOpt = None) -> None:
     """Planned move of PERSONA to a server (fenced, journaled and recorded like a failover)."""
-    _started(state, client(state).post("/v1/move", {"persona": persona, "to": to}), wait)
+    _started(state, client(state).post("/v1/move", {"persona": persona, "to": to, "change": change}), wait)
 
 
 @app.command()
-def failback(persona: str, state: StateOpt, wait: WaitOpt = True) -> None:
-    """Return PERSONA to its home server."""
-    _started(state, client(state).post("/v1/failback", {"persona": persona}), wait)
+def failback(persona: str, state: StateOpt, wait: WaitOpt = True, change: ChangeOpt = None) -> None:
+    """Return PERSONA to its home server (its agent is stopped first, then it is fenced and moved)."""
+    _started(state, client(state).post("/v1/failback", {"persona": persona, "change": change}), wait)
 
 
 @app.command()

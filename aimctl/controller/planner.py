@@ -124,7 +124,8 @@ def quarantine_intents(defs: Definitions, server: str) -> dict[str, list[PortInt
     out: dict[str, list[PortIntent]] = {}
     for ch, cable in sorted(defs.servers[server].channels.items()):
         out.setdefault(cable.switch, []).append(
-            PortIntent(cable.port, PortMode.ACCESS, (pool.quarantine_vlan,), description=f"aimctl quarantine ch{ch}"))
+            PortIntent(cable.port, PortMode.ACCESS, (pool.quarantine_vlan,), description=f"aimctl quarantine ch{ch}",
+                       quarantine=True))
     return out
 
 

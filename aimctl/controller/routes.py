@@ -70,7 +70,7 @@ def build_api(c: Controller) -> Api:
     def move(r: Request) -> Any:
         persona, to = need(r.body, "persona"), need(r.body, "to")
         return {"id": c.start_failover(persona, "planned", f"planned move by {actor(r)}", kind="move", to=to,
-                                       actor=actor(r))}
+                                       actor=actor(r), change=r.body.get("change"))}
 
     def failback(r: Request) -> Any:
         persona = need(r.body, "persona")
@@ -82,7 +82,7 @@ def build_api(c: Controller) -> Api:
         if home in c.journal.quarantined():
             raise OperatorError(f"home server {home} is quarantined: `aimctl clear {home}` first")
         return {"id": c.start_failover(persona, "planned", f"failback by {actor(r)}", kind="failback", to=home,
-                                       actor=actor(r))}
+                                       actor=actor(r), change=r.body.get("change"))}
 
     def clear(r: Request) -> Any:
         server = r.params["server"]

@@ -87,7 +87,9 @@ class Controller:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
-                       hook_runner(defs, self._hook_note), self.bmc_unhealthy, self.settings)
+                       hook_runner(defs, self._hook_note), self.bmc_unhealthy,
+                       change_approved=self.changes.is_approved, stop_persona=self.stop_persona,
+                       settings=self.settings)
         from aimctl.controller.routes import build_api
 
         self.api = build_api(self)
@@ -100,6 +102,18 @@ class Controller:
             return False
         mono, _ = seen
         return mono >= time.monotonic() - (time.time() - since_wall)
+
+    def stop_persona(self, persona: str, deadline_s: float) -> bool:
+        """Signed stop request to the agent, repeated until its last heartbeat says it stopped."""
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            seen = self.receiver.last_seen(persona)
+            if seen and seen[1].health.word == "stopped":
+                return True
+            if not self.receiver.send_stop(persona):
+                return False
+            time.sleep(min(0.5, self.interval / 2))
+        return False
 
     def bmc_unhealthy(self) -> dict[str, str]:
         out = {}
@@ -145,7 +159,7 @@ class Controller:
     # ------------------------------------------------------------------ act
 
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
-                       to: str | None = None, actor: str = "controller") -> str:
+                       to: str | None = None, actor: str = "controller", change: str | None = None) -> str:
         with self._lock:
             if persona not in self.defs.personas:
                 raise OperatorError(f"unknown persona {persona!r}")
@@ -157,9 +171,11 @@ class Controller:
             if kind == "failover" and len(running) >= self.defs.pools[pool].storm.max_concurrent:
                 raise OperatorError(f"storm brake: {len(running)} operations already running in pool {pool}")
             old = self.journal.assignment().get(persona)
-            facts: dict[str, Any] = {"trigger": trigger, "evidence": evidence}
+            facts: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor}
             if to:
                 facts["requested_to"] = to
+            if change:
+                facts["change"] = change
             leases = [persona_lease(persona)] + ([server_lease(old)] if old else [])
             op_id = self.journal.open_operation(kind, persona, facts, from_server=old, leases=leases)
             self.audit.record(actor, f"{kind}.start", persona, {"op": op_id, "trigger": trigger, "evidence": evidence})
@@ -199,6 +215,17 @@ class Controller:
         self.changes.note(op.id, "recovery", text)
 
     def approve(self, op_id: str, actor: str) -> Operation:
+        if op_id.startswith("CHG"):
+            # Approving a change record releases the planned operations gated on it.
+            self.changes.approve(op_id, actor)
+            self.audit.record(actor, "change.approve", op_id, {})
+            waiting = [o for o in self.journal.unfinished_operations() if o.facts.get("change") == op_id]
+            for o in waiting:
+                if o.state == "waiting-approval":
+                    self._spawn(o.id)
+            if not waiting:
+                raise OperatorError(f"change {op_id} approved; no operation is waiting for it")
+            return self.journal.operation(waiting[0].id)
         op = self.journal.operation(op_id)
         if op.state != "waiting-approval":
             raise OperatorError(f"{op_id} is {op.state}, not waiting for approval")

@@ -58,6 +58,9 @@ class Ctx:
     heartbeat_since: Callable[[str, float], bool]
     run_hooks: Callable[[Operation, str], list[dict[str, Any]]]
     bmc_unhealthy: Callable[[], dict[str, str]] = lambda: {}
+    change_approved: Callable[[str], bool] = lambda number: False
+    # Ask the persona's agent to shut the persona down; True once it said it stopped.
+    stop_persona: Callable[[str, float], bool] = lambda persona, deadline_s: False
     settings: Settings = field(default_factory=Settings)
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="wf"))
 
@@ -135,6 +138,14 @@ def s_approve(ctx: Ctx, call: StepCall) -> StepOutcome:
     spec = ctx.defs.personas[op.persona].spec
     if op.kind == "failover" and spec.policy == "automatic":
         return StepOutcome.skipped("automatic policy")
+    if op.kind != "failover":
+        # A planned operation is an operator's own act; it waits only when gated on a change record.
+        change = op.facts.get("change")
+        if not change:
+            return StepOutcome.skipped(f"planned by {op.facts.get('actor', 'an operator')}")
+        if ctx.change_approved(str(change)):
+            return StepOutcome.ok(approved_by=f"change {change}")
+        raise AwaitingApproval(f"waiting for change {change} to be approved")
     if op.facts.get("approved_by"):
         return StepOutcome.ok(approved_by=op.facts["approved_by"])
     if op.kind == "failover" and time.time() - op.created > spec.confirm_timeout:
@@ -176,7 +187,11 @@ def s_fence(ctx: Ctx, call: StepCall) -> StepOutcome:
     old = op.from_server
     if not old:
         return StepOutcome.skipped("persona had no server")
-    graceful = op.kind == "failback" or op.facts.get("graceful")
+    graceful = op.kind in ("move", "failback")
+    stopped = False
+    if graceful and not call.resumed:
+        # Planned: the application stops cleanly first; the fence below still proves the body is out.
+        stopped = ctx.stop_persona(op.persona, 30.0)
     jobs: dict[str, Callable[[], Any]] = {
         "storage": lambda: storage_fence(ctx, op.persona, op.id),
         "power": lambda: power_off(ctx, old),
@@ -184,7 +199,7 @@ def s_fence(ctx: Ctx, call: StepCall) -> StepOutcome:
     res = _parallel(ctx, jobs)
     if isinstance(res["storage"], Exception):
         raise NeedsOperator(f"storage fence not proven: {res['storage']}")
-    detail: dict[str, Any] = {"storage": res["storage"], "graceful": bool(graceful)}
+    detail: dict[str, Any] = {"storage": res["storage"], "graceful": graceful, "agent_stopped": stopped}
     power_ok = not isinstance(res["power"], Exception)
     detail["power"] = res["power"] if power_ok else f"not confirmed: {res['power']}"
     try:

@@ -9,7 +9,7 @@ time, and the stuck session is marked broken so the next call logs in afresh.
 pyghmi keeps idle sessions alive from whichever thread next waits for packets, and a keepalive
 to a BMC that went away blocks that thread for seconds (another driver's poll, or a whole loop).
 So sessions made here are taken off pyghmi's keepalive list; a session idle for longer than
-``IDLE_RELOGIN_S`` is logged out (in the background) and replaced by a fresh login (~6 ms).
+``IDLE_RELOGIN_S`` is logged out and replaced by a fresh login (~6 ms) on the next call.
 
 pyghmi quirk (lost wake-up): a reply that lands before the caller starts waiting is noticed
 only when the retransmit timer fires (0.5-1.0 s; ~2 % of calls on localhost). Power is read and
@@ -87,7 +87,6 @@ class IpmiPower:
         self.poll_s = poll_s
         self._lock = threading.Lock()
         self._cmd: Any = None
-        self._last_ok = 0.0
 
     # --- Power -----------------------------------------------------------------------------
     def state(self) -> PowerState:
@@ -146,7 +145,11 @@ class IpmiPower:
 
         def work() -> None:
             try:
-                box["value"] = fn(self._command())
+                cmd = self._command()
+                box["value"] = fn(cmd)
+                # on the session, not the driver: pyghmi shares a session between drivers (e.g. the
+                # BMC poller's and the workflow's), and one idle driver must not log out a busy one
+                cmd.ipmi_session.aimctl_last_ok = time.monotonic()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, translated there
                 box["error"] = exc
             finally:
@@ -161,7 +164,6 @@ class IpmiPower:
             if isinstance(err, Unreachable):
                 self._abandon()
             raise err from None
-        self._last_ok = time.monotonic()
         value: T = box["value"]
         return value
 
@@ -170,7 +172,8 @@ class IpmiPower:
         # ``_abandon`` at once while a login to a silent BMC is still waiting in pyghmi.
         with self._lock:
             cmd = self._cmd
-        if cmd is not None and time.monotonic() - self._last_ok > IDLE_RELOGIN_S:
+        idle = time.monotonic() - getattr(cmd.ipmi_session, "aimctl_last_ok", 0.0) if cmd is not None else 0.0
+        if cmd is not None and idle > IDLE_RELOGIN_S:
             with self._lock:
                 self._cmd = None
             _logout(cmd.ipmi_session)  # frees the BMC's session slot; we run on a bounded worker
@@ -200,6 +203,7 @@ class IpmiPower:
             raise pyghmi_exc.IpmiException(getattr(sess, "errormsg", None) or "Session failed to initialize")
         with ipmi_util.protect(ipmi_session.KEEPALIVE_SESSIONS):
             ipmi_session.Session.keepalive_sessions.pop(sess, None)
+        sess.aimctl_last_ok = time.monotonic()
         return cmd
 
     def _abandon(self) -> None:

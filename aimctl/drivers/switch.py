@@ -31,7 +31,15 @@ from netmiko.exceptions import NetmikoAuthenticationException, NetmikoTimeoutExc
 
 from aimctl.drivers.netmiko_quirks import PROMPT_END, QUIRK_CLASSES
 from aimctl.drivers.protocols import PortIntent, PortState
-from aimctl.drivers.switch_os import Line, Observed, OsProfile, intent_from, load_profile, matches
+from aimctl.drivers.switch_os import (
+    Line,
+    Observed,
+    OsProfile,
+    intent_from,
+    load_profile,
+    matches,
+    render_lines,
+)
 from aimctl.errors import (
     AuthFailed,
     DriverError,
@@ -43,6 +51,8 @@ from aimctl.errors import (
 )
 from aimctl.secrets import mask, register
 from aimctl.validation import valid_port
+
+__all__ = ["NetmikoSwitch", "render_lines", "switch_lock"]
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,8 @@ def test_redfish_change_lands_on_time_without_anyone_reading(tmp_path: Path) -> 
         t0 = time.monotonic()
         root.get_system(lab.system_path("s1")).reset_system(sushy.ResetType.FORCE_OFF)
         assert _wait_for(cond, lambda: bool(seen))
-        assert 0.28 <= seen[0] - t0 <= 0.45
+        # stock: 1-11 s, and only once someone reads the system
+        assert 0.28 <= seen[0] - t0 < 0.9
         assert lab.power("s1") is False
     finally:
         lab.stop()

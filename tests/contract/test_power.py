@@ -100,8 +100,9 @@ def test_off_and_on_are_confirmed_by_read_back(rig: Rig) -> None:
     p.off(deadline_s=5)
     took = time.monotonic() - t0
     assert rig.lab.power("s1") is False
-    # it waited for the change to land, and not much longer (polls every 50 ms)
-    assert DELAY * 0.9 <= took < DELAY + 0.5, took
+    # it waited for the change to land (and, with 50 ms polls, not seconds longer)
+    assert DELAY * 0.9 <= took < DELAY + 1.0, took
+    assert rig.lab.power_commands["s1"] == 1
     assert p.state() == PowerState.OFF
     p.on(deadline_s=5)
     assert rig.lab.power("s1") is True
@@ -111,9 +112,9 @@ def test_off_and_on_are_confirmed_by_read_back(rig: Rig) -> None:
 def test_idempotent_off_sends_nothing(rig: Rig) -> None:
     p = rig.make()
     p.off(deadline_s=5)
-    t0 = time.monotonic()
     p.off(deadline_s=5)
-    assert time.monotonic() - t0 < DELAY / 2
+    p.off(deadline_s=5)
+    assert rig.lab.power_commands["s1"] == 1
     assert rig.wait_events(1) == [("s1", False)]
     assert rig.lab.power("s1") is False
 
@@ -125,6 +126,7 @@ def test_wrong_password_is_auth_failed(rig: Rig) -> None:
     assert exc.value.device == "s1"
     assert "not-the-password" not in str(exc.value) and PASSWORD not in str(exc.value)
     assert rig.lab.power("s1") is True
+    assert rig.lab.power_commands["s1"] == 0
 
 
 def test_bmc_down_is_unreachable_fast(rig: Rig) -> None:
@@ -136,7 +138,7 @@ def test_bmc_down_is_unreachable_fast(rig: Rig) -> None:
         with pytest.raises(Unreachable):
             call()
         assert time.monotonic() - t0 < 1.5
-    assert rig.lab.power("s1") is True
+    assert rig.lab.power("s1") is True and rig.lab.power_commands["s1"] == 0
     rig.lab.set_fault("s1", "down", False)
     assert rig.make().state() == PowerState.ON
 
@@ -231,6 +233,21 @@ def test_unknown_user_is_auth_failed_over_ipmi(tmp_path: Path, request: pytest.F
         p.state()
 
 
+def test_ipmi_session_is_renewed_after_idle(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyghmi's keepalives are off for driver sessions; an idle one is logged out and replaced
+    import aimctl.drivers.ipmi as ipmi_driver
+
+    r = _ipmi_rig(tmp_path, request)
+    p = r.make()
+    assert p.state() == PowerState.ON
+    monkeypatch.setattr(ipmi_driver, "IDLE_RELOGIN_S", 0.0)
+    p.off(deadline_s=3)
+    assert p.state() == PowerState.OFF
+    assert r.lab.power("s1") is False
+
+
 def test_plain_pyghmi_client(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     # the client proposes HMAC-SHA256 first; logging in at all proves the SHA-1 refusal works
     r = _ipmi_rig(tmp_path, request)
@@ -244,3 +261,4 @@ def test_plain_pyghmi_client(tmp_path: Path, request: pytest.FixtureRequest) -> 
     c.set_bootdev("network")
     assert c.get_bootdev()["bootdev"] == "network"
     assert r.lab.boot_device("s1") == "network"
+    c.ipmi_session.logout()  # a session left behind would be kept alive against a stopped BMC
