@@ -8,7 +8,7 @@ import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,7 +26,7 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 DefsOpt = Annotated[Path, typer.Option("--definitions", "-d", help="Definitions directory.")]
-StateOpt = Annotated[Optional[Path], typer.Option("--state", help="Controller state dir (current assignment).",
+StateOpt = Annotated[Path | None, typer.Option("--state", help="Controller state dir (current assignment).",
                                                   envvar="AIMCTL_STATE")]
 
 
@@ -34,7 +34,7 @@ def _default_defs() -> Path:
     return Path(os.environ.get("AIMCTL_DEFINITIONS", "personas"))
 
 
-def current_state(defs: Any, state: Path | None) -> tuple[dict[str, str], set[str]]:
+def current_state(defs: Any, state: Path | None) -> tuple[dict[str, str], set[str]]:  # noqa: C901
     """The assignment and the quarantined servers: the journal's when a state dir is given, else homes."""
     if state is None:
         return defs.homes(), set()
@@ -45,8 +45,8 @@ def current_state(defs: Any, state: Path | None) -> tuple[dict[str, str], set[st
 
     j = Journal(db)
     try:
-        assignment = j.assignment() or defs.homes()
-        return assignment, set(j.quarantined())
+        assignment = {p: s for p, s in j.assignment().items() if s} or defs.homes()
+        return dict(assignment), set(j.quarantined())
     finally:
         close = getattr(j, "close", None)
         if close:
@@ -54,7 +54,7 @@ def current_state(defs: Any, state: Path | None) -> tuple[dict[str, str], set[st
 
 
 @app.command()
-def validate(directory: Annotated[Optional[Path], typer.Argument(help="Definitions directory.")] = None,
+def validate(directory: Annotated[Path | None, typer.Argument(help="Definitions directory.")] = None,
              state: StateOpt = None) -> None:
     """Check every definition; print the problems, or a summary per pool (actives, standbys, N+k)."""
     from aimctl.controller.planner import capacity, standbys
@@ -105,8 +105,8 @@ def switch_renderer(defs: Any) -> Any:
 
 @plan_app.command("failover")
 def plan_failover_cmd(persona: str,
-                      to: Annotated[Optional[str], typer.Option("--to", help="Target server.")] = None,
-                      definitions: Annotated[Optional[Path], typer.Option("--definitions", "-d")] = None,
+                      to: Annotated[str | None, typer.Option("--to", help="Target server.")] = None,
+                      definitions: Annotated[Path | None, typer.Option("--definitions", "-d")] = None,
                       state: StateOpt = None,
                       as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """The ordered steps a failover of PERSONA would take: standby and why, fence, storage, boot, switch lines."""

@@ -31,7 +31,7 @@ try:
     # A native YAML 1.2 parser: about 15x faster than PyYAML's composer on large trees.
     from yaml_rs import loads as _fast_loads
 except ImportError:  # pragma: no cover - falls back to PyYAML only
-    _fast_loads = None
+    _fast_loads = None  # type: ignore[assignment]
 
 Path_ = tuple[Any, ...]
 CACHE_VERSION = "1"
@@ -189,7 +189,7 @@ def _parse(text: str, shown: str, errors: list[str]) -> tuple[Any, Source] | Non
     if _fast_loads is not None:
         try:
             return _fast_loads(text) or {}, Source(shown, text)
-        except Exception:  # the slow path below reports the problem with its position
+        except Exception:  # noqa: BLE001 - the slow path below reports the problem with its position
             pass
     before = len(errors)
     composed = _compose_text(text, shown, errors)
@@ -276,7 +276,7 @@ def _read_pickle(path: Path) -> Any:
     try:
         with path.open("rb") as fh:
             return pickle.load(fh)
-    except Exception:  # a stale or torn cache file is only a lost shortcut
+    except Exception:  # noqa: BLE001 - a stale or torn cache file is only a lost shortcut
         return None
 
 
@@ -421,15 +421,15 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
                                                      f"{vlans[pool.quarantine_vlan]!r}"))
         needed = {ch for n in pool.networks.values() for ch in (n.primary, n.secondary) if ch is not None}
         for i, m in enumerate(pool.members):
-            srv = defs.servers.get(m)
-            if srv is None:
+            member = defs.servers.get(m)
+            if member is None:
                 errs.append(src.at(("members", i), f"unknown server {m!r}"))
                 continue
             if m in defs.server_pool:
                 errs.append(src.at(("members", i), f"server {m!r} is already a member of pool {defs.server_pool[m]!r}"))
                 continue
             defs.server_pool[m] = pname
-            for ch in sorted(needed - set(srv.channels)):
+            for ch in sorted(needed - set(member.channels)):
                 nets = [k for k, n in pool.networks.items() if ch in (n.primary, n.secondary)]
                 errs.append(src.at(("members", i), f"server {m} has no channel {ch}, which network(s) "
                                                    f"{', '.join(nets)} of this pool use"))

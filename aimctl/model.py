@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -232,7 +232,7 @@ class ScriptHook(_Hook):
     args: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.=:/,@+-]{0,128}$")]] = []
 
 
-Hook = Annotated[Union[ExchangeDagHook, SshCommandHook, ScriptHook], Field(discriminator="hook")]
+Hook = Annotated[ExchangeDagHook | SshCommandHook | ScriptHook, Field(discriminator="hook")]
 
 
 class ServiceCheck(Strict):

@@ -140,4 +140,4 @@ def apply(defs: Definitions, ov: Overlay, where: str = "overlay") -> Definitions
     return out
 
 
-__all__ = ["Overlay", "apply", "load_overlay", "Source"]
+__all__ = ["Overlay", "Source", "apply", "load_overlay"]

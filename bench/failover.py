@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, ROOT, write_result  # noqa: E402
-from lab import cli  # noqa: E402
-from lab.controller_proc import ControllerProcess  # noqa: E402
-from lab.fixtures import LabHandle  # noqa: E402
+from bench.common import RESULTS, ROOT, write_result
+from lab import cli
+from lab.controller_proc import ControllerProcess
+from lab.fixtures import LabHandle
 
 POWER, BOOT, HB = 1.0, 5.0, 1.0
 IRREDUCIBLE = HB + POWER + BOOT + HB

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, write_result  # noqa: E402
-from lab import cli, control  # noqa: E402
+from bench.common import ROOT, write_result
+from lab import cli, control
 
 
 def main() -> None:

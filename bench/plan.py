@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import write_result  # noqa: E402
+from bench.common import write_result
 
 POOLS, PERSONAS_PER_POOL, SERVERS_PER_POOL = 200, 50, 55
 

@@ -31,7 +31,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args: Any) -> None:  # keep the lab log quiet
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
@@ -96,7 +96,7 @@ def call(state: Path, action: str, body: dict[str, Any] | None = None, timeout_s
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/{action}", data=json.dumps(body or {}).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - 127.0.0.1 only
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:

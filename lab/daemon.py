@@ -91,7 +91,6 @@ class Lab:
             write_secret(self.secret_dir / f"{name}.chap", self.chap[name])
         redfish = [s for s, v in d.servers.items() if v.bmc.kind == "redfish"]
         ipmi = [s for s, v in d.servers.items() if v.bmc.kind == "ipmi"]
-        homes = set(d.homes().values())
         self.redfish = RedfishLab([RedfishSystemSpec(s, power_on=False, boot_nic=d.servers[s].boot_nic)
                                    for s in redfish], self.state / "redfish", {LAB_USER: self.passwords["bmc"]},
                                   power_delay_s=self.power_delay_s)

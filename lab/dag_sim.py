@@ -136,7 +136,7 @@ class DagSimulator:
         server = self._server(persona)
         with self._lock:
             self._alive[server] = False
-            for (db, s), c in self._copies.items():
+            for (_db, s), c in self._copies.items():
                 if s == server:
                     c.status, c.resync_from = "ServiceDown", None
             for db, active in self._active.items():

@@ -26,7 +26,7 @@ from lab.iscsi_session import HeldSession
 log = logging.getLogger("lab.hosts")
 
 _IPXE_SANBOOT = re.compile(r"sanboot\s+iscsi:(?P<host>[^:]+):[^:]*:(?P<port>\d*):(?P<lun>\d+):(?P<target>\S+)")
-_IPXE_SET = re.compile(r"^set\s+(?P<k>[\w-]+)\s+(?P<v>\S+)\s*$", re.M)
+_IPXE_SET = re.compile(r"^set\s+(?P<k>[\w-]+)\s+(?P<v>\S+)\s*$", re.MULTILINE)
 
 
 @dataclass
@@ -239,7 +239,7 @@ class Host:
 
 def fetch_ipxe(url: str, timeout_s: float = 3.0) -> BootConfig | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - lab, 127.0.0.1 only
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return parse_ipxe(resp.read().decode())
     except OSError:
         return None

@@ -110,7 +110,7 @@ class RedfishLab:
         redfish_nic.register_routes(app, self.iscsi, self._uuid_for)
         app.wsgi_app = FaultMiddleware(app.wsgi_app, self)
         self._driver = app.systems  # build the driver (and its SQLite) before the first request
-        for name, u in self._uuids.items():
+        for u in self._uuids.values():
             self._power_seen[u] = self._driver._get(u)["power_state"] == "On"
         ssl_context = self._ssl_context() if self.tls else None
         self._server = make_server(

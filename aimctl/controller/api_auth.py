@@ -65,7 +65,7 @@ def ensure_admin_token(state_dir: Path) -> str:
             os.chmod(path, 0o600)
         token = path.read_text().strip()
         if len(token) < 16:
-            raise OperatorError(f"{path}: the admin token is empty or too short; delete the file to make a new one")
+            raise OperatorError(f"{path}: the admin token is empty or too short; delete the file to make a new one") from None
     else:
         token = pysecrets.token_urlsafe(32)
         with os.fdopen(fd, "w") as f:

@@ -8,9 +8,9 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -36,13 +36,13 @@ def client(state: Path) -> Any:
 
 
 def _t(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%H:%M:%S.%f")[:-3] if ts else "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3] if ts else "-"
 
 
 @controller_app.command("run")
 def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
         state: StateOpt,
-        overlay: Annotated[Optional[Path], typer.Option("--overlay", help="Endpoints overlay (lab).")] = None) -> None:
+        overlay: Annotated[Path | None, typer.Option("--overlay", help="Endpoints overlay (lab).")] = None) -> None:
     """Run the controller: detector, workflow and the local API, until SIGTERM."""
     from aimctl.controller.service import Controller
     from aimctl.loader import load
@@ -63,8 +63,12 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     c = Controller(defs, ov.controller, state)
     c.start()
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: (c._stop.set(), stop.set()))
-    signal.signal(signal.SIGINT, lambda *_: (c._stop.set(), stop.set()))
+    def on_signal(*_: object) -> None:
+        c._stop.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     out.print(f"controller running; API {c.api.url}; state {state}")
     try:
         c.loop()
@@ -174,7 +178,7 @@ def approve(op_id: str, state: StateOpt, wait: WaitOpt = False) -> None:
         print_timeline(watch(state, op_id))
 
 
-ChangeOpt = Annotated[Optional[str], typer.Option("--change", help="Run only once this change record is approved.")]
+ChangeOpt = Annotated[str | None, typer.Option("--change", help="Run only once this change record is approved.")]
 
 
 @app.command()

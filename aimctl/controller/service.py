@@ -31,6 +31,7 @@ from aimctl.controller.heartbeat import HeartbeatReceiver
 from aimctl.controller.journal import TERMINAL, Journal, Operation
 from aimctl.controller.journal_state import persona_lease, server_lease
 from aimctl.controller.metrics import Metrics
+from aimctl.controller.overlay_listen import api_hostport as _hostport
 from aimctl.controller.planner import capacity
 from aimctl.controller.recovery import hook_runner
 from aimctl.controller.runner import StepEvent, run_steps
@@ -46,9 +47,6 @@ from aimctl.secrets import resolve_bytes
 log = logging.getLogger("aimctl.controller")
 
 TRIGGERS = (PersonaDead, PersonaPresumedDead, PersonaUnhealthy)
-
-
-from aimctl.controller.overlay_listen import api_hostport as _hostport  # noqa: E402
 
 
 class Controller:
@@ -136,7 +134,7 @@ class Controller:
             bmc, since = self.poller.answer(server)
             silent = (now - since) if bmc == "no-answer" else 0.0
             chans = [c for c in (scn.primary, scn.secondary) if c is not None]
-            health = seen[1].health.word if seen else "ok"
+            health: Any = seen[1].health.word if seen else "ok"
             obs.append(Observation(persona, age, self.interval, self.receiver.beats(persona), health, bmc, silent,
                                    self.traps.links_of(server, chans), grace_s=max(10 * self.interval, 5.0)))
             self.metrics.set_heartbeat_age(persona, age)
@@ -194,7 +192,7 @@ class Controller:
         try:
             res = run_steps(self.journal, op_id, failover_steps(), self.ctx, listener=self._on_step,
                             max_retargets=4)
-        except Exception:  # noqa: BLE001 - the runner already journaled what it could
+        except Exception:
             log.exception("operation %s crashed", op_id)
             return
         log.warning("operation %s: %s %s", op_id, res.state, res.result)
@@ -272,6 +270,6 @@ class Controller:
         for part in (self.api, self.traps, self.poller, self.receiver):
             try:
                 part.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("stopping %s", type(part).__name__)
         self.changes.shutdown()

@@ -57,7 +57,7 @@ class Ctx:
     # (persona, since_wall_time) -> True once a heartbeat arrived after that time
     heartbeat_since: Callable[[str, float], bool]
     run_hooks: Callable[[Operation, str], list[dict[str, Any]]]
-    bmc_unhealthy: Callable[[], dict[str, str]] = lambda: {}
+    bmc_unhealthy: Callable[[], dict[str, str]] = dict
     change_approved: Callable[[str], bool] = lambda number: False
     # Ask the persona's agent to shut the persona down; True once it said it stopped.
     stop_persona: Callable[[str, float], bool] = lambda persona, deadline_s: False
@@ -116,8 +116,10 @@ def power_off(ctx: Ctx, server: str) -> dict[str, Any]:
 
 def apply_switches(ctx: Ctx, per_switch: dict[str, list[PortIntent]]) -> dict[str, Any]:
     """One session per switch, switches in parallel; each driver reads its ports back."""
-    res = _parallel(ctx, {sw: (lambda sw=sw, i=intents: ctx.drivers.switch(sw).apply(i))
-                          for sw, intents in per_switch.items()})
+    def job(sw: str, intents: list[PortIntent]) -> Callable[[], Any]:
+        return lambda: ctx.drivers.switch(sw).apply(intents)
+
+    res = _parallel(ctx, {sw: job(sw, intents) for sw, intents in per_switch.items()})
     bad = {sw: str(r) for sw, r in res.items() if isinstance(r, Exception)}
     if bad:
         raise NeedsOperator("switch: " + "; ".join(f"{sw}: {e}" for sw, e in sorted(bad.items())))

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from aimctl.errors import DefinitionError, OperatorError
 from aimctl.loader import load
-
 from tests.conftest import DEFINITIONS, REPO
 
 LINE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<path>[^:]+): (?P<msg>.+)$")

@@ -13,7 +13,6 @@ from aimctl.controller.planner import capacity, choose, port_intents, quarantine
 from aimctl.drivers.protocols import PortMode
 from aimctl.errors import OperatorError
 from aimctl.loader import load
-
 from tests.conftest import DEFINITIONS, REPO
 
 
