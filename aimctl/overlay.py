@@ -65,6 +65,11 @@ class Listen(Strict):
     bmc_poll_interval: float = 1.0
     power_deadline: float = 30.0  # how long a BMC may take to *read back* a power change
     boot_timer_override: float | None = None  # labs shorten every persona's boot timer
+    # Where operators are told: detector alerts and pages, and the change-management system.
+    alert_webhook: str | None = None
+    alert_webhook_secret: SecretRef | None = None
+    change_webhook: str | None = None
+    change_webhook_secret: SecretRef | None = None
 
 
 class Overlay(Strict):

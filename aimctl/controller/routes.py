@@ -39,7 +39,8 @@ def status(c: Controller) -> dict[str, Any]:
             "bmc": c.poller.answer(server)[0] if server else None,
         }
     quarantined = {s: dataclasses.asdict(v) for s, v in c.journal.quarantined().items()}
-    return {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters()}
+    return {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters(),
+            "paused_pools": dict(c.paused), "queued": sorted(c._pending)}
 
 
 def build_api(c: Controller) -> Api:

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aimctl.controller.alerts import LoggingAlerts
+from aimctl.controller.alerts import FanOut, LoggingAlerts, WebhookAlerts
 from aimctl.controller.audit import Audit
 from aimctl.controller.bmcpoll import BmcPoller
-from aimctl.controller.change_sinks import JsonlSink
+from aimctl.controller.change_sinks import JsonlSink, WebhookSink
 from aimctl.controller.changes import ChangeRecords
 from aimctl.controller.chap import ChapStore
 from aimctl.controller.detector import (
@@ -26,6 +26,7 @@ from aimctl.controller.detector import (
     PersonaDead,
     PersonaPresumedDead,
     PersonaUnhealthy,
+    PersonaUnreachable,
 )
 from aimctl.controller.heartbeat import HeartbeatReceiver
 from aimctl.controller.journal import TERMINAL, Journal, Operation
@@ -49,6 +50,10 @@ log = logging.getLogger("aimctl.controller")
 TRIGGERS = (PersonaDead, PersonaPresumedDead, PersonaUnhealthy)
 
 
+class StormBrake(OperatorError):
+    """The pool already runs as many failovers as its storm brake allows."""
+
+
 class Controller:
     def __init__(self, defs: Definitions, listen: Listen, state: Path, settings: Settings | None = None) -> None:
         self.defs = defs
@@ -61,7 +66,10 @@ class Controller:
             self.journal.seed_assignment(defs.homes())
         self.audit = Audit(state / "audit.log")
         self.metrics = Metrics()
-        self.changes = ChangeRecords(self.journal, [JsonlSink(state / "changes.jsonl")])
+        sinks: list[Any] = [JsonlSink(state / "changes.jsonl")]
+        if listen.change_webhook and listen.change_webhook_secret:
+            sinks.append(WebhookSink(listen.change_webhook, listen.change_webhook_secret))
+        self.changes = ChangeRecords(self.journal, sinks)
         self.chap = ChapStore(state)
         self.drivers = Drivers(defs, state / "boot")
         self.settings = settings or Settings(power_deadline_s=listen.power_deadline,
@@ -78,7 +86,13 @@ class Controller:
                 links[(cable.switch, cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))] = (s, ch)
         # One community for all switches; the receiver tells switches apart by sysName / address.
         self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None}, links=links)
-        self.alerts = LoggingAlerts(log)
+        alert_sinks: list[Any] = [LoggingAlerts(log)]
+        if listen.alert_webhook and listen.alert_webhook_secret:
+            alert_sinks.append(WebhookAlerts(listen.alert_webhook, listen.alert_webhook_secret))
+        self.alerts = FanOut(alert_sinks)
+        # Storm brake: deaths wait here while their pool is at its concurrency limit or paused.
+        self._pending: dict[str, tuple[str, str]] = {}
+        self.paused: dict[str, str] = {}
         self.detector = Detector(self, Params(miss_intervals=2.5))
         self.started_mono = time.monotonic()
         self._threads: dict[str, threading.Thread] = {}
@@ -143,13 +157,43 @@ class Controller:
     # ------------------------------------------------------------------ decide
 
     def emit(self, event: Event) -> None:
-        """Detector events: deaths start failovers (within the storm brake); the rest are alerts."""
+        """Detector events: deaths queue for failover (the storm brake drains them); all are alerted."""
         self.alerts.emit(event)
         if isinstance(event, TRIGGERS):
+            self._pending[event.persona] = (event.kind, event.reason)
+
+    def _storm_brake(self) -> None:
+        """Pause automatic failover in a pool where too many personas are in trouble at once (a switch
+        or power event, not N independent deaths), page the operators once, and start queued failovers
+        only while the pool runs fewer than its limit."""
+        states = self.detector.states()
+        for name, pool in self.defs.pools.items():
+            personas = [p.name for p in self.defs.pool_personas(name)]
+            if not personas:
+                continue
+            troubled = [p for p in personas if states.get(p) and states[p].state != "alive"]
+            share = 100 * len(troubled) / len(personas)
+            if share > pool.storm.pause_above_percent and len(troubled) > 1:
+                if name not in self.paused:
+                    why = (f"{len(troubled)} of {len(personas)} personas of pool {name} in trouble at once "
+                           f"({', '.join(sorted(troubled))}): automatic failover paused; an operator decides")
+                    self.paused[name] = why
+                    self.alerts.emit(PersonaUnreachable(",".join(sorted(troubled)), f"PAGE: {why}"))
+                    self.audit.record("controller", "storm.pause", name, {"troubled": sorted(troubled)})
+            elif name in self.paused and not troubled:
+                del self.paused[name]
+                self.audit.record("controller", "storm.resume", name, {})
+        for persona, (trigger, evidence) in list(self._pending.items()):
+            if self.defs.personas[persona].pool in self.paused:
+                continue
             try:
-                self.start_failover(event.persona, trigger=event.kind, evidence=event.reason)
+                self.start_failover(persona, trigger=trigger, evidence=evidence)
+                del self._pending[persona]
+            except StormBrake:
+                continue  # stays queued until a running failover of its pool ends
             except OperatorError as exc:
-                log.error("failover of %s not started: %s", event.persona, exc)
+                log.error("failover of %s not started: %s", persona, exc)
+                del self._pending[persona]
 
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
@@ -167,7 +211,7 @@ class Controller:
             running = [o for o in self.journal.unfinished_operations()
                        if self.defs.personas.get(o.persona) and self.defs.personas[o.persona].pool == pool]
             if kind == "failover" and len(running) >= self.defs.pools[pool].storm.max_concurrent:
-                raise OperatorError(f"storm brake: {len(running)} operations already running in pool {pool}")
+                raise StormBrake(f"storm brake: {len(running)} operations already running in pool {pool}")
             old = self.journal.assignment().get(persona)
             facts: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor}
             if to:
@@ -256,6 +300,7 @@ class Controller:
         while not self._stop.wait(tick):
             now = time.monotonic()
             self.detector.tick(now, self.snapshot)
+            self._storm_brake()
             self._approval_timeouts()
 
     def _approval_timeouts(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from aimctl.errors import OperatorError
 from lab.controller_proc import ControllerProcess
 from lab.fixtures import LabHandle, lab  # noqa: F401 - the session lab fixture
 
@@ -210,7 +211,10 @@ def test_controller_killed_at_every_record_resumes(lab: LabHandle, tmp_path: Pat
             def settled() -> Any:
                 if ctrl.proc is not None and ctrl.proc.poll() is not None:
                     return "crashed"
-                o = op_of(ctrl, "exchange1")
+                try:
+                    o = op_of(ctrl, "exchange1")
+                except OperatorError:  # it may die between the two looks
+                    return "crashed" if ctrl.proc is not None and ctrl.proc.poll() is not None else None
                 return "done" if o and o["state"] in ("done", "failed", "needs-operator") else None
 
             if not crashed:
