@@ -23,7 +23,7 @@ plan_app = typer.Typer(no_args_is_help=True, help="Dry runs: what a failover wou
 app.add_typer(plan_app, name="plan")
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DefsOpt = Annotated[Path, typer.Option("--definitions", "-d", help="Definitions directory.")]
 StateOpt = Annotated[Path | None, typer.Option("--state", help="Controller state dir (current assignment).",

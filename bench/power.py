@@ -42,9 +42,7 @@ def _serve(conn: Connection, kind: str, delay: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lab: Any
         if kind == "redfish":
-            lab = RedfishLab(
-                [RedfishSystemSpec("s1", power_on=True)], Path(tmp), {USER: PASSWORD}, power_delay_s=delay
-            )
+            lab = RedfishLab([RedfishSystemSpec("s1", power_on=True)], Path(tmp), {USER: PASSWORD}, power_delay_s=delay)
             lab.start()
             conn.send({"url": lab.base_url, "path": lab.system_path("s1")})
         else:
@@ -62,9 +60,7 @@ def _serve(conn: Connection, kind: str, delay: float) -> None:
 
 def measure(kind: str) -> dict[str, Any]:
     parent, child = multiprocessing.Pipe()
-    proc = multiprocessing.get_context("fork").Process(
-        target=_serve, args=(child, kind, DELAY_S), daemon=True
-    )
+    proc = multiprocessing.get_context("fork").Process(target=_serve, args=(child, kind, DELAY_S), daemon=True)
     proc.start()
     try:
         where = parent.recv()
@@ -107,12 +103,8 @@ def main() -> int:
         "method": "median of RUNS power-off calls, each from call to confirmed read-back; BMC in a child process",
     }
     path = write_result("power", result)
-    print(
-        f"redfish: confirm {redfish['confirm_s']:.3f}s for D={DELAY_S}s -> {redfish['confirm_over_delay']:.3f} x D"
-    )
-    print(
-        f"ipmi:    confirm {ipmi['confirm_s']:.3f}s for D={DELAY_S}s -> {ipmi['confirm_over_delay']:.3f} x D"
-    )
+    print(f"redfish: confirm {redfish['confirm_s']:.3f}s for D={DELAY_S}s -> {redfish['confirm_over_delay']:.3f} x D")
+    print(f"ipmi:    confirm {ipmi['confirm_s']:.3f}s for D={DELAY_S}s -> {ipmi['confirm_over_delay']:.3f} x D")
     print(f"goal <= {GOAL}: {'met' if result['goal_met'] else 'NOT met'}; wrote {path}")
     return 0 if result["goal_met"] else 1
 

@@ -33,7 +33,7 @@ from lab.ipmi_bmc import IpmiLab, IpmiSystemSpec
 from lab.observer import AccessObserver
 from lab.redfish_bmc import RedfishLab, RedfishSystemSpec
 from lab.relay import ScnRelay
-from lab.snmp_sender import send_link_trap
+from lab.snmp_sender import TrapSender
 from lab.storage import LunSpec, TgtLab
 from lab.switches import SwitchLab, SwitchSpec
 
@@ -114,6 +114,7 @@ class Lab:
         self.tgt_port = self.tgt.start()
         self.storage = TgtStorage("127.0.0.1", self.tgt_port, LocalRunner(env=self.tgt.admin_env))
         self._provision_storage()
+        self.traps = TrapSender("127.0.0.1", self.controller["snmp"], "public")
         self.relay = ScnRelay(("127.0.0.1", self.controller["heartbeat"]), self._scn_reachable)
         for s in d.servers:
             self.relay.add_server(s)
@@ -217,11 +218,7 @@ class Lab:
         host.power_changed(on)
         # A body losing power takes its links down with it: the switch sends the traps.
         for cable in self.defs.servers[server].channels.values():
-            try:
-                send_link_trap("127.0.0.1", self.controller["snmp"], "public", cable.switch,
-                               cable_ifindex(self.defs, cable), on)
-            except Exception as exc:  # noqa: BLE001 - a trap lost is a trap lost, as in UDP life
-                log.warning("trap for %s %s not sent: %s", cable.switch, cable.port, exc)
+            self.traps.link(cable.switch, cable_ifindex(self.defs, cable), on)
 
     def _persona_changed(self, server: str, persona: str, up: bool) -> None:
         if self.dag and persona in self.dag_persona and not up:
@@ -342,7 +339,7 @@ class Lab:
         self.stop_event.set()
         for h in self.hosts.values():
             h.drop_all()
-        for part in ("observer", "relay", "dag", "switches", "redfish", "ipmi", "tgt"):
+        for part in ("observer", "relay", "traps", "dag", "switches", "redfish", "ipmi", "tgt"):
             obj = getattr(self, part, None)
             if obj is None:
                 continue

@@ -127,9 +127,7 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         if len(data) >= 22:
             b = bytearray(data)
             if b[0] == 6 and b[2:4] == b"\xff\x07" and b[4] == 6 and b[5] == 16:
-                _LabServerSession(
-                    self.authdata, self.kg, sockaddr, self.serversocket, b[16:], self.uuid, bmc=self
-                )
+                _LabServerSession(self.authdata, self.kg, sockaddr, self.serversocket, b[16:], self.uuid, bmc=self)
                 return
         super().sessionless_data(data, sockaddr)
 

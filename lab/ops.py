@@ -75,15 +75,12 @@ def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
         if srv is None:
             raise OperatorError(f"link-down wants SERVER or SERVER:CHANNEL, got {target!r}")
         chans = [int(ch)] if ch else sorted(srv.channels)
-        from lab.snmp_sender import send_link_trap
+        from lab.daemon import cable_ifindex
 
         for c in chans:
             cable = srv.channels[c]
             lab.switches.set_link(cable.switch, cable.port, not on)
-            from lab.daemon import cable_ifindex
-
-            send_link_trap("127.0.0.1", lab.controller["snmp"], "public", cable.switch,
-                           cable_ifindex(d, cable), not on)
+            lab.traps.link(cable.switch, cable_ifindex(d, cable), not on)
     lab.faults[(target, kind)] = on
     return {"ok": True, "kind": kind, "target": target, "active": on}
 

@@ -11,6 +11,8 @@ Everything here extends the emulator from the outside (LAB.md):
   request;
 * a ``DueTimer`` reads a system when its pending change is due, so changes land on time;
 * NetworkAdapters/NetworkDeviceFunctions with iSCSIBoot come from ``lab.redfish_nic``;
+* a SessionService (tokens, as real BMCs hand out) from ``lab.redfish_sessions``; Basic auth
+  from a bcrypt htpasswd file keeps working;
 * a WSGI wrapper outside the auth layer injects faults per system ("down": the connection is
   reset; "slow": +``slow_s`` per request; "lies": power reads On).
 
@@ -38,6 +40,7 @@ from aimctl.drivers.protocols import IscsiBoot
 from lab import redfish_nic
 from lab.bmc_common import DueTimer, Faults, Notifier
 from lab.redfish_emulator import FaultMiddleware, QuietHandler, fresh_emulator_module, lab_driver_class
+from lab.redfish_sessions import SessionLayer
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +70,7 @@ class RedfishLab:
         self.state_dir = Path(state_dir)
         self._users = dict(users)
         self._specs = {s.name: s for s in systems}
-        self._uuids = {
-            s.name: str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{s.name}.redfish.lab")) for s in systems
-        }
+        self._uuids = {s.name: str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{s.name}.redfish.lab")) for s in systems}
         self._names = {u: n for n, u in self._uuids.items()}
         self._lock = threading.RLock()
         self._faults = Faults()
@@ -97,9 +98,7 @@ class RedfishLab:
             "SUSHY_EMULATOR_STATE_DIR": str(self.state_dir / "sushy"),
             "SUSHY_EMULATOR_FAKE_SYSTEMS": [self._fake_system(s) for s in self._specs.values()],
             # Dell-style: each system has a chassis with the same id (hosts its NetworkAdapters)
-            "SUSHY_EMULATOR_CHASSIS": [
-                {"Id": u, "Name": f"{n}-chassis", "UUID": u} for n, u in self._uuids.items()
-            ],
+            "SUSHY_EMULATOR_CHASSIS": [{"Id": u, "Name": f"{n}-chassis", "UUID": u} for n, u in self._uuids.items()],
         }
         if self._users:
             config["SUSHY_EMULATOR_AUTH_FILE"] = str(self._write_htpasswd())
@@ -108,7 +107,9 @@ class RedfishLab:
         for name, spec in self._specs.items():
             self.iscsi.add(self._uuids[name], spec.boot_nic)
         redfish_nic.register_routes(app, self.iscsi, self._uuid_for)
-        app.wsgi_app = FaultMiddleware(app.wsgi_app, self)
+        basic = app.wsgi_app  # the emulator behind its Basic-auth layer (when users are set)
+        inner = basic.app if self._users else basic
+        app.wsgi_app = FaultMiddleware(SessionLayer(basic, inner, self._users), self)
         self._driver = app.systems  # build the driver (and its SQLite) before the first request
         for u in self._uuids.values():
             self._power_seen[u] = self._driver._get(u)["power_state"] == "On"
@@ -258,18 +259,14 @@ class RedfishLab:
                 "boot_device": "Hdd",
                 "boot_mode": "UEFI",
                 "external_notifier": False,
-                "nics": [
-                    {"mac": f"52:54:00:aa:{n // 256:02x}:{n % 256:02x}", "ip": f"10.99.{n // 256}.{n % 256}"}
-                ],
+                "nics": [{"mac": f"52:54:00:aa:{n // 256:02x}:{n % 256:02x}", "ip": f"10.99.{n // 256}.{n % 256}"}],
             }
         )
 
     def _write_htpasswd(self) -> Path:
         path = self.state_dir / "htpasswd"
         # sushy-tools reads bcrypt entries only; cost 5 keeps per-request checks cheap in the lab
-        lines = [
-            f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(5)).decode()}" for u, p in self._users.items()
-        ]
+        lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(5)).decode()}" for u, p in self._users.items()]
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o600)
         return path

@@ -99,9 +99,7 @@ class IscsiStore:
             want = ISCSI_FIELDS.get(key)
             if want is None:
                 return f"PropertyUnknown: iSCSIBoot/{key}"
-            if value is not None and (
-                not isinstance(value, want) or isinstance(value, bool) is not (want is bool)
-            ):
+            if value is not None and (not isinstance(value, want) or isinstance(value, bool) is not (want is bool)):
                 return f"PropertyValueTypeError: iSCSIBoot/{key}"
             if key in _ENUMS and value not in _ENUMS[key]:
                 return f"PropertyValueNotInList: iSCSIBoot/{key}={value}"
@@ -119,9 +117,7 @@ def register_routes(app: flask.Flask, store: IscsiStore, resolve: Any) -> None:
         if uuid is None or uuid not in store.functions:
             flask.abort(404)
         have_adapter, have_function = store.functions[uuid]
-        if (adapter is not None and adapter != have_adapter) or (
-            function is not None and function != have_function
-        ):
+        if (adapter is not None and adapter != have_adapter) or (function is not None and function != have_function):
             flask.abort(404)
         return str(uuid)
 

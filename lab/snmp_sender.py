@@ -67,3 +67,58 @@ def send_bmc_alert(
     """A BMC alert trap (default: IPMI PET "OS critical stop") naming the BMC in sysName."""
     binds = [ObjectType(ObjectIdentity(SYS_NAME), rfc1902.OctetString(bmc))]
     asyncio.run(_send(host, port, community, trap_oid, binds))
+
+
+class TrapSender:
+    """One engine on its own event loop thread: power changes send their traps without waiting.
+
+    Building an SnmpEngine per trap costs a few hundred milliseconds; a body losing power sends a
+    trap per cabled port, and the lab must not make the host (or the caller) wait for them.
+    """
+
+    def __init__(self, host: str, port: int, community: str) -> None:
+        import threading
+
+        self.target = (host, port)
+        self.community = community
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="lab-traps", daemon=True)
+        self._thread.start()
+        self._engine: SnmpEngine | None = None
+        self._transport: UdpTransportTarget | None = None
+        self.sent = 0
+        self.failed = 0
+
+    async def _send(self, trap_oid: str, binds: list[ObjectType]) -> None:
+        if self._engine is None:
+            self._engine = SnmpEngine()
+            self._transport = await UdpTransportTarget.create(self.target, timeout=1, retries=0)
+        error, status, _i, _ = await send_notification(
+            self._engine, CommunityData(self.community, mpModel=1), self._transport, ContextData(), "trap",
+            NotificationType(ObjectIdentity(trap_oid)).add_varbinds(*binds))
+        if error or status:
+            self.failed += 1
+        else:
+            self.sent += 1
+
+    def link(self, switch: str, ifindex: int, up: bool) -> None:
+        status = 1 if up else 2
+        binds = [
+            ObjectType(ObjectIdentity(f"{IF_INDEX}.{ifindex}"), rfc1902.Integer32(ifindex)),
+            ObjectType(ObjectIdentity(f"{IF_ADMIN_STATUS}.{ifindex}"), rfc1902.Integer32(1)),
+            ObjectType(ObjectIdentity(f"{IF_OPER_STATUS}.{ifindex}"), rfc1902.Integer32(status)),
+            ObjectType(ObjectIdentity(SYS_NAME), rfc1902.OctetString(switch)),
+        ]
+        asyncio.run_coroutine_threadsafe(self._send(LINK_UP if up else LINK_DOWN, binds), self._loop)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._engine is not None:
+                self._engine.close_dispatcher()
+
+        try:
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=2)
+        except Exception:  # noqa: BLE001 - stopping anyway
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=2)

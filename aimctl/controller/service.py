@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,16 @@ from aimctl.secrets import resolve_bytes
 log = logging.getLogger("aimctl.controller")
 
 TRIGGERS = (PersonaDead, PersonaPresumedDead, PersonaUnhealthy)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryFailed(Event):
+    """The persona runs on its new body but its application's recovery did not finish."""
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsOperatorAlert(Event):
+    """An operation stopped and waits for a human."""
 
 
 class StormBrake(OperatorError):
@@ -241,13 +252,16 @@ class Controller:
             return
         log.warning("operation %s: %s %s", op_id, res.state, res.result)
         if res.state in TERMINAL:
+            op = self.journal.operation(op_id)
+            if op.facts.get("recovery_failed"):
+                self.alerts.emit(RecoveryFailed(op.persona, f"{op_id}: {res.result}; see its recovery step"))
             self.metrics.failover_finished(res.state)
             self.changes.close(op_id, f"{res.state}: {res.result}")
             self.journal.release_leases(op_id)
             self._refresh_capacity()
         elif res.state == "needs-operator":
-            self.alerts.emit(PersonaDead(self.journal.operation(op_id).persona, f"{op_id} needs an operator: "
-                                                                                 f"{res.result}"))
+            self.alerts.emit(NeedsOperatorAlert(self.journal.operation(op_id).persona,
+                                                f"{op_id} needs an operator: {res.result}"))
 
     def _on_step(self, ev: StepEvent) -> None:
         self.metrics.observe_step(ev)

@@ -260,9 +260,7 @@ class IpmiPower:
             if any(s.lower() in text.lower() for s in AUTH_ERRORS):
                 return AuthFailed(self.device, f"{what}: BMC refused the credentials ({text})")
             if getattr(exc, "ipmicode", 0) not in (0, 0xFFFF):
-                return Rejected(
-                    self.device, f"{what}: BMC answered completion code {exc.ipmicode:#x} ({text})"
-                )
+                return Rejected(self.device, f"{what}: BMC answered completion code {exc.ipmicode:#x} ({text})")
             if any(s.lower() in text.lower() for s in TRANSPORT_ERRORS):
                 return Unreachable(self.device, f"{what}: no usable answer ({text})")
             return Rejected(self.device, f"{what}: {text}")

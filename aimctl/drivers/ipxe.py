@@ -37,9 +37,7 @@ class BootDevice(Protocol):
 class IpxeBootConfig:
     """``BootConfig`` for servers without Redfish iSCSIBoot: a per-server iPXE script."""
 
-    def __init__(
-        self, server: str, boot_dir: Path, power: BootDevice, bootcfg_dir: Path | None = None
-    ) -> None:
+    def __init__(self, server: str, boot_dir: Path, power: BootDevice, bootcfg_dir: Path | None = None) -> None:
         if not HOSTNAME_RE.match(server):
             raise Rejected(server, "server name is not usable as a file name")
         self.device = server
@@ -58,9 +56,7 @@ class IpxeBootConfig:
         self._write_atomic(script)
         got = self.read()
         if got != boot:
-            raise StateMismatch(
-                self.device, f"iPXE script {self.path} reads back differently: {_diff(boot, got)}"
-            )
+            raise StateMismatch(self.device, f"iPXE script {self.path} reads back differently: {_diff(boot, got)}")
         self.power.set_bootdev("network")
         dev = self.power.get_bootdev()
         if dev != "network":

@@ -62,9 +62,7 @@ class RedfishClient:
     ) -> None:
         self.url = _base_url(address)
         self.system_path = (
-            system_id_or_path
-            if system_id_or_path.startswith("/")
-            else f"/redfish/v1/Systems/{system_id_or_path}"
+            system_id_or_path if system_id_or_path.startswith("/") else f"/redfish/v1/Systems/{system_id_or_path}"
         )
         self.device = name or self.url
         self._username = username
@@ -152,9 +150,7 @@ class RedfishPower:
         poll_s: float = 0.05,
         name: str | None = None,
     ) -> None:
-        self.client = RedfishClient(
-            address, system_id_or_path, username, password, verify_tls, timeout_s, name
-        )
+        self.client = RedfishClient(address, system_id_or_path, username, password, verify_tls, timeout_s, name)
         self.device = self.client.device
         self.poll_s = poll_s
 

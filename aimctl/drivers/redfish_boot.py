@@ -49,9 +49,7 @@ class RedfishBootConfig:
         name: str | None = None,
         bootcfg_dir: Path | None = None,
     ) -> None:
-        self.client = RedfishClient(
-            address, system_id_or_path, username, password, verify_tls, timeout_s, name
-        )
+        self.client = RedfishClient(address, system_id_or_path, username, password, verify_tls, timeout_s, name)
         self.device = self.client.device
         self.nic_path = nic_function_path or _default_nic_path(self.client.system_path, boot_nic)
         vendors = json.loads(((bootcfg_dir or DEFAULT_BOOTCFG_DIR) / "redfish_vendors.json").read_text())

@@ -74,9 +74,7 @@ def test_redfish_write_read_clear_round_trip(redfish: RedfishLab, vendor: str) -
     assert redfish.boot_override("s1") == "UefiTarget"
     # CHAPSecret is write-only over Redfish: read() has everything else
     assert cfg.read() == dataclasses.replace(BOOT, chap_secret="")
-    raw = requests.get(
-        redfish.base_url + redfish.nic_function_path("s1"), auth=(USER, PASSWORD), timeout=5
-    ).json()
+    raw = requests.get(redfish.base_url + redfish.nic_function_path("s1"), auth=(USER, PASSWORD), timeout=5).json()
     assert raw["iSCSIBoot"]["CHAPSecret"] is None
 
     cfg.clear()
@@ -89,9 +87,7 @@ def test_redfish_write_is_idempotent_and_overwrites(redfish: RedfishLab) -> None
     cfg = _redfish_config(redfish)
     cfg.write(BOOT)
     cfg.write(BOOT)
-    other = dataclasses.replace(
-        BOOT, initiator="iqn.1991-05.com.microsoft:exchange2", chap_user="", chap_secret=""
-    )
+    other = dataclasses.replace(BOOT, initiator="iqn.1991-05.com.microsoft:exchange2", chap_user="", chap_secret="")
     cfg.write(other)
     firmware = redfish.iscsi_boot("s1")
     assert firmware is not None and firmware["InitiatorName"] == other.initiator

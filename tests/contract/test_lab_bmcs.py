@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 import sushy
 
 from aimctl.drivers.ipmi import IpmiPower
@@ -40,7 +41,7 @@ def test_redfish_change_lands_on_time_without_anyone_reading(tmp_path: Path) -> 
                 cond.notify_all()
 
         lab.subscribe(on_change)
-        root = sushy.Sushy(lab.base_url, username="admin", password=USERS["admin"])
+        root = sushy.Sushy(lab.base_url, username="admin", password=USERS["admin"], server_side_retries=1)
         t0 = time.monotonic()
         root.get_system(lab.system_path("s1")).reset_system(sushy.ResetType.FORCE_OFF)
         assert _wait_for(cond, lambda: bool(seen))
@@ -52,12 +53,8 @@ def test_redfish_change_lands_on_time_without_anyone_reading(tmp_path: Path) -> 
 
 
 def test_two_redfish_labs_in_one_process_are_isolated(tmp_path: Path) -> None:
-    a = RedfishLab(
-        [RedfishSystemSpec("s1", power_on=True)], tmp_path / "a", {"u": "password-a"}, power_delay_s=0.1
-    )
-    b = RedfishLab(
-        [RedfishSystemSpec("s1", power_on=False)], tmp_path / "b", {"u": "password-b"}, power_delay_s=0.1
-    )
+    a = RedfishLab([RedfishSystemSpec("s1", power_on=True)], tmp_path / "a", {"u": "password-a"}, power_delay_s=0.1)
+    b = RedfishLab([RedfishSystemSpec("s1", power_on=False)], tmp_path / "b", {"u": "password-b"}, power_delay_s=0.1)
     pa, pb = a.start(), b.start()
     try:
         assert pa != pb
@@ -78,9 +75,7 @@ def test_redfish_over_tls(tmp_path: Path) -> None:
     lab.start()
     try:
         assert lab.base_url.startswith("https://")
-        p = RedfishPower(
-            lab.base_url, lab.system_path("s1"), "admin", USERS["admin"], verify_tls=False, name="s1"
-        )
+        p = RedfishPower(lab.base_url, lab.system_path("s1"), "admin", USERS["admin"], verify_tls=False, name="s1")
         p.off(deadline_s=3)
         assert lab.power("s1") is False
     finally:
@@ -91,14 +86,35 @@ def test_redfish_last_power_command_wins(tmp_path: Path) -> None:
     lab = RedfishLab([RedfishSystemSpec("s1", power_on=True)], tmp_path, USERS, power_delay_s=0.3)
     lab.start()
     try:
-        system = sushy.Sushy(lab.base_url, username="admin", password=USERS["admin"]).get_system(
-            lab.system_path("s1")
-        )
+        root = sushy.Sushy(lab.base_url, username="admin", password=USERS["admin"], server_side_retries=1)
+        system = root.get_system(lab.system_path("s1"))
         system.reset_system(sushy.ResetType.FORCE_OFF)
         assert lab.pending("s1") is False
         system.reset_system(sushy.ResetType.ON)  # still on: the pending off is dropped
         assert lab.pending("s1") is None
         assert lab.power("s1") is True
+    finally:
+        lab.stop()
+
+
+def test_redfish_session_service(tmp_path: Path) -> None:
+    lab = RedfishLab([RedfishSystemSpec("s1", power_on=True)], tmp_path, USERS, power_delay_s=0.1)
+    lab.start()
+    try:
+        root = requests.get(lab.base_url + "/redfish/v1/", timeout=5).json()
+        sessions = root["Links"]["Sessions"]["@odata.id"]
+        bad = requests.post(lab.base_url + sessions, json={"UserName": "admin", "Password": "nope"}, timeout=5)
+        assert bad.status_code == 401 and "X-Auth-Token" not in bad.headers
+        ok = requests.post(lab.base_url + sessions, json={"UserName": "admin", "Password": USERS["admin"]}, timeout=5)
+        assert ok.status_code == 201
+        token, location = ok.headers["X-Auth-Token"], ok.headers["Location"]
+        system = lab.base_url + lab.system_path("s1")
+        assert requests.get(system, headers={"X-Auth-Token": token}, timeout=5).json()["PowerState"] == "On"
+        assert requests.get(system, headers={"X-Auth-Token": "forged"}, timeout=5).status_code == 401
+        assert requests.get(system, timeout=5).status_code == 401  # neither token nor Basic
+        assert requests.get(system, auth=("admin", USERS["admin"]), timeout=5).status_code == 200  # Basic
+        assert requests.delete(lab.base_url + location, headers={"X-Auth-Token": token}, timeout=5).status_code == 204
+        assert requests.get(system, headers={"X-Auth-Token": token}, timeout=5).status_code == 401
     finally:
         lab.stop()
 

@@ -84,7 +84,41 @@ def test_power_button_failover(world: tuple[LabHandle, ControllerProcess]) -> No
     # The DAG hook ran after the copies resynchronized: actives back on their preference-1 servers.
     rec = next(s for s in full["timeline"] if s["step"] == "recovery")
     assert rec["detail"]["recovery"] == "ok", rec
+    dag = rec["detail"]["hooks"][0]["data"]
+    assert dag["before"] != dag["after"]  # exchange1's databases were active on EXCH2 while it was away
+    assert ls["dag"] == {"EXCH1": ["DB01", "DB03"], "EXCH2": ["DB02", "DB04"]}
     assert full["change"]["state"] == "closed"
+
+
+def test_recovery_hook_timeout_is_done_recovery_failed(lab: LabHandle, tmp_path: Path) -> None:  # noqa: F811
+    """A DAG management host that accepts TCP but never speaks SSH: the hook times out."""
+    import socket
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)
+    try:
+        lab.reset()
+        doc = yaml.safe_load(overlay_for(lab, tmp_path).read_text())
+        doc["personas"]["exchange1"]["recovery"] = {0: {"via": f"ssh://admin@127.0.0.1:{hole.getsockname()[1]}",
+                                                        "timeout": "2s", "retries": 0}}
+        (tmp_path / "endpoints.yaml").write_text(yaml.safe_dump(doc))
+        ctrl = ControllerProcess(lab.definitions, tmp_path / "endpoints.yaml", tmp_path / "ctrl").start()
+        try:
+            ctrl.wait(ctrl.all_alive, 20, "every persona heartbeating")
+            lab.fault("power-button", "r720-1")
+            op = wait_op(ctrl, "exchange1", ("done", "failed", "needs-operator"), timeout_s=90)
+            assert op["state"] == "done" and op["result"].endswith("recovery failed"), op
+            full = ctrl.api.get(f"/v1/failovers/{op['id']}")
+            rec = next(s for s in full["timeline"] if s["step"] == "recovery")
+            assert rec["detail"]["recovery"] == "failed"
+            notes = " ".join(str(n) for n in full["change"]["work_notes"])
+            assert "recovery" in notes and "fail" in notes
+            assert "ALERT" in (tmp_path / "ctrl" / "controller.log").read_text()
+        finally:
+            ctrl.stop()
+    finally:
+        hole.close()
 
 
 def test_scn_partition_is_not_death(world: tuple[LabHandle, ControllerProcess]) -> None:
