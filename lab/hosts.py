@@ -178,6 +178,14 @@ class Host:
             self.shutdown()
 
     def _cut(self) -> None:
+        self._stop_persona(graceful=False)
+
+    def shutdown(self) -> None:
+        """Graceful stop asked by the controller through the agent (planned failback): log out cleanly."""
+        self._stop_persona(graceful=True)
+
+    def _stop_persona(self, graceful: bool) -> None:
+        """The persona ends: cleanly (logout) when asked, or frozen mid-flight when the power goes."""
         with self._lock:
             persona = self.status.booted
             if self._agent_stop:
@@ -185,28 +193,18 @@ class Host:
                 self._agent_stop = None
             now = time.monotonic()
             for s in self._sessions:
-                s.freeze()
-                self._frozen.append((now, s))
+                if graceful:
+                    s.logout()
+                else:
+                    s.freeze()
+                    self._frozen.append((now, s))
             self._sessions = []
             self.status.booted = None
             self.status.sessions = []
-        self._set("off", "power cut" if persona else "")
-        if persona:
-            self._on_persona(self.server, persona, False)
-
-    def shutdown(self) -> None:
-        """Graceful stop asked by the controller through the agent (planned failback): log out cleanly."""
-        with self._lock:
-            persona = self.status.booted
-            if self._agent_stop:
-                self._agent_stop.set()
-                self._agent_stop = None
-            for s in self._sessions:
-                s.logout()
-            self._sessions = []
-            self.status.booted = None
-            self.status.sessions = []
-        self._set("halted", "persona shut down")
+        if graceful:
+            self._set("halted", "persona shut down")
+        else:
+            self._set("off", "power cut" if persona else "")
         if persona:
             self._on_persona(self.server, persona, False)
 

@@ -6,15 +6,15 @@ the target (the I_T nexus list tgtd prints, alias included).
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from lab.iscsi_session import AUTH, NOT_PERMITTED, TIMEOUT, UNREACHABLE, HeldSession, LoginFailed
 from lab.storage import LunSpec, TgtLab
+from tests.waiting import until
 
 pytestmark = pytest.mark.lab
 
@@ -50,13 +50,6 @@ def nexus(lab: TgtLab, target: str) -> list[tuple[str, str]]:
     return lab.show_targets()[target].nexus
 
 
-def until(cond: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        threading.Event().wait(0.02)
-    return cond()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -13,6 +13,7 @@ import pytest
 from lab.iscsi_session import HeldSession
 from lab.observer import AccessObserver
 from lab.storage import LunSpec, TgtLab
+from tests.waiting import until
 
 pytestmark = pytest.mark.lab
 
@@ -21,13 +22,6 @@ BOOT = "iqn.2026-01.lab.storage:obs-exchange1-boot"
 DATA = "iqn.2026-01.lab.storage:obs-exchange1-db"
 
 
-def until(cond: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        threading.Event().wait(0.02)
-    return cond()
 
 
 def make_lab(path: Path) -> TgtLab:

@@ -24,6 +24,7 @@ from aimctl.drivers.tgt import TgtStorage
 from aimctl.errors import DriverError, OperatorError, Rejected, Timeout, Unreachable
 from lab.iscsi_session import AUTH, HeldSession, LoginFailed
 from lab.storage import LunSpec, TgtLab
+from tests.waiting import until
 
 pytestmark = pytest.mark.lab
 
@@ -179,13 +180,6 @@ def inq(tgt: TgtLab, target: str, initiator: str, user: str = "", secret: str = 
                           capture_output=True, timeout=10, check=False).returncode
 
 
-def until(cond: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        threading.Event().wait(0.02)
-    return cond()
 
 
 # ---------------------------------------------------------------------------- the contract
