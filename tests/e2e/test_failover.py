@@ -169,6 +169,8 @@ def test_planned_move_and_failback(world: tuple[LabHandle, ControllerProcess]) -
     res = ctrl.api.post("/v1/move", {"persona": "exchange2", "to": "r720-3"})
     op = wait_op(ctrl, "exchange2", ("done", "needs-operator", "failed"))
     assert op["id"] == res["id"] and op["state"] == "done", op
+    fence = next(s for s in ctrl.api.get(f"/v1/failovers/{op['id']}")["timeline"] if s["step"] == "fence")
+    assert fence["detail"]["graceful"] and fence["detail"]["agent_stopped"], fence  # the agent stopped it first
     assert ctrl.api.get("/v1/status")["personas"]["exchange2"]["server"] == "r720-3"
     assert lab.status()["servers"]["r720-3"]["booted"] == "exchange2"
     res = ctrl.api.post("/v1/failback", {"persona": "exchange2"})
@@ -221,6 +223,7 @@ def _final(lab: LabHandle, ctrl: ControllerProcess) -> dict[str, Any]:
             "acl": {t: ls["targets"][t]["acl"] for t in X1_TARGETS}}
 
 
+@pytest.mark.timeout(1500)
 @pytest.mark.skipif(os.environ.get("AIMCTL_SKIP_CRASH_LOOP") == "1", reason="crash loop disabled")
 def test_controller_killed_at_every_record_resumes(lab: LabHandle, tmp_path: Path) -> None:  # noqa: F811
     """Kill the controller right after journal commit N (N = 1, 2, ...), restart it, and require the
