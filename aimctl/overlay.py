@@ -50,6 +50,7 @@ class HookPatch(Strict):
     host_key: str | None = None
     timeout: Duration | None = None
     retries: int | None = None
+    poll: Duration | None = None
 
 
 class PersonaPatch(Strict):

@@ -25,7 +25,7 @@ from lab.iscsi_session import HeldSession
 
 log = logging.getLogger("lab.hosts")
 
-_IPXE_SANBOOT = re.compile(r"sanboot\s+iscsi:(?P<host>[^:]+):[^:]*:(?P<port>\d*):(?P<lun>\d+):(?P<target>\S+)")
+_IPXE_SANBOOT = re.compile(r"sanboot\s+iscsi:(?P<host>[^:]+):[^:]*:(?P<port>\d*):(?P<lun>[0-9a-fA-F]+):(?P<target>\S+)")
 _IPXE_SET = re.compile(r"^set\s+(?P<k>[\w-]+)\s+(?P<v>\S+)\s*$", re.MULTILINE)
 
 
@@ -45,7 +45,8 @@ def parse_ipxe(text: str) -> BootConfig | None:
     if not m:
         return None
     sets = {x["k"]: x["v"] for x in _IPXE_SET.finditer(text)}
-    return BootConfig(sets.get("initiator-iqn", ""), m["target"], int(m["lun"]),
+    # iPXE reads the LUN field of a SAN URI as hexadecimal (scsi_parse_lun), and so do we.
+    return BootConfig(sets.get("initiator-iqn", ""), m["target"], int(m["lun"], 16),
                       f"{m['host']}:{m['port'] or 3260}", sets.get("username"), sets.get("password"))
 
 

@@ -4,7 +4,7 @@ pyghmi's own waits are long and not configurable: a login to a silent BMC gives 
 a command on an established session that stops answering can take ~30 s while the session tries
 to log in again. Every call therefore runs on a short-lived worker thread and the caller waits at
 most ``timeout_s`` (or what is left of a deadline): an unanswered BMC is reported Unreachable on
-time, and the stuck session is marked broken so the next call logs in afresh.
+time, and the stuck session is killed in pyghmi so the next call logs in afresh.
 
 pyghmi keeps idle sessions alive from whichever thread next waits for packets, and a keepalive
 to a BMC that went away blocks that thread for seconds (another driver's poll, or a whole loop).

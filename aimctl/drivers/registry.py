@@ -47,7 +47,7 @@ def make_bootcfg(name: str, server: Server, boot_dir: Path, power: Power | None 
         from aimctl.drivers.redfish_boot import RedfishBootConfig
 
         return RedfishBootConfig(_bmc_url(server), b.system_id or "System.Embedded.1", b.credentials.username,
-                                 resolve(b.credentials.password), boot_nic=server.boot_nic)
+                                 resolve(b.credentials.password), boot_nic=server.boot_nic, name=name)
     from aimctl.drivers.ipxe import IpxeBootConfig
 
     return IpxeBootConfig(name, boot_dir, power or make_power(name, server))  # type: ignore[arg-type]
