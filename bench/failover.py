@@ -40,6 +40,7 @@ def heartbeat_at(op: dict[str, Any]) -> float:
 
 def one_run(lab: LabHandle, ctrl: ControllerProcess, server: str, persona: str) -> dict[str, Any]:
     lab.reset()
+    ctrl.start()  # after the reset: a reset reboots every persona, which a running controller would see
     ctrl.wait(ctrl.all_alive, 30, "all alive")
     before = {o["id"] for o in _ops(ctrl)}
     pressed = time.time()
@@ -62,7 +63,6 @@ def single(tmp: Path) -> dict[str, Any]:
         runs = []
         for i in range(3):
             ctrl.state = tmp / f"ctrl{i}"
-            ctrl.start()
             try:
                 runs.append(one_run(lab, ctrl, "r720-1", "exchange1"))
             finally:

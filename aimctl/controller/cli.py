@@ -178,6 +178,13 @@ def approve(op_id: str, state: StateOpt, wait: WaitOpt = False) -> None:
         print_timeline(watch(state, op_id))
 
 
+@app.command()
+def failover(persona: str, state: StateOpt, to: Annotated[str | None, typer.Option("--to")] = None,
+             wait: WaitOpt = True) -> None:
+    """Fail PERSONA over now, on an operator's word (also while its pool's storm brake is paused)."""
+    _started(state, client(state).post("/v1/failover", {"persona": persona, "to": to}), wait)
+
+
 ChangeOpt = Annotated[str | None, typer.Option("--change", help="Run only once this change record is approved.")]
 
 

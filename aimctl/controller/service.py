@@ -26,6 +26,7 @@ from aimctl.controller.detector import (
     Params,
     PersonaDead,
     PersonaPresumedDead,
+    PersonaRecovered,
     PersonaUnhealthy,
     PersonaUnreachable,
 )
@@ -191,9 +192,12 @@ class Controller:
                     self.paused[name] = why
                     self.alerts.emit(PersonaUnreachable(",".join(sorted(troubled)), f"PAGE: {why}"))
                     self.audit.record("controller", "storm.pause", name, {"troubled": sorted(troubled)})
-            elif name in self.paused and not troubled:
+            elif name in self.paused:
+                # The storm subsided (what is left is within the pool's share): queued failovers go on.
                 del self.paused[name]
-                self.audit.record("controller", "storm.resume", name, {})
+                self.alerts.emit(PersonaRecovered(",".join(sorted(troubled)) or name,
+                                                  f"storm over in pool {name}: automatic failover resumes"))
+                self.audit.record("controller", "storm.resume", name, {"troubled": sorted(troubled)})
         for persona, (trigger, evidence) in list(self._pending.items()):
             if self.defs.personas[persona].pool in self.paused:
                 continue
