@@ -121,6 +121,9 @@ def mass(tmp: Path, n: int = 20) -> dict[str, Any]:
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="aimctl-bench-fo-"))
+    if "--mass-only" in sys.argv:
+        print(mass(tmp))
+        return
     s = single(tmp)
     totals = [r["total_s"] for r in s["runs"]]
     total = statistics.median(totals)

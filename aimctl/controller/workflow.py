@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from aimctl.controller.runner import (
     StepFailed,
     StepOutcome,
 )
-from aimctl.drivers.protocols import IscsiBoot, PortIntent, PowerState
+from aimctl.drivers.protocols import IscsiBoot, PortIntent, PortState, PowerState
 from aimctl.drivers.registry import Drivers
 from aimctl.errors import DriverError
 from aimctl.loader import Definitions
@@ -62,7 +62,11 @@ class Ctx:
     # Ask the persona's agent to shut the persona down; True once it said it stopped.
     stop_persona: Callable[[str, float], bool] = lambda persona, deadline_s: False
     settings: Settings = field(default_factory=Settings)
-    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="wf"))
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="wf"))
+    switches: SwitchBatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.switches = SwitchBatcher(self.drivers)
 
 
 def _targets(ctx: Ctx, persona: str) -> list[str]:
@@ -114,10 +118,54 @@ def power_off(ctx: Ctx, server: str) -> dict[str, Any]:
     return {"power": "off (read back)"}
 
 
+class SwitchBatcher:
+    """Coalesces the port changes of concurrent operations into one session per switch.
+
+    Twenty failovers at once each touch the same few switches; PowerConnect-class switches take one
+    session at a time, so applying them one by one queues every failover behind the others. Requests
+    that arrive while a switch is busy are merged into its next batch (their ports are disjoint:
+    different bodies) and each requester gets the read-back of its own ports, or the batch's error.
+    """
+
+    def __init__(self, drivers: Drivers) -> None:
+        self.drivers = drivers
+        self._lock = threading.Lock()
+        self._queues: dict[str, list[tuple[list[PortIntent], Future[list[PortState]]]]] = {}
+        self._busy: set[str] = set()
+
+    def apply(self, switch: str, intents: list[PortIntent]) -> list[PortState]:
+        fut: Future[list[PortState]] = Future()
+        with self._lock:
+            self._queues.setdefault(switch, []).append((intents, fut))
+            leader = switch not in self._busy
+            if leader:
+                self._busy.add(switch)
+        if leader:
+            self._drain(switch)
+        return fut.result()
+
+    def _drain(self, switch: str) -> None:
+        while True:
+            with self._lock:
+                batch = self._queues.pop(switch, [])
+                if not batch:
+                    self._busy.discard(switch)
+                    return
+            merged = [i for intents, _ in batch for i in intents]
+            try:
+                states = {st.port: st for st in self.drivers.switch(switch).apply(merged)}
+            except Exception as exc:  # noqa: BLE001 - every requester of this batch learns it
+                for _, fut in batch:
+                    fut.set_exception(exc)
+                continue
+            for intents, fut in batch:
+                fut.set_result([states[i.port] for i in intents if i.port in states])
+
+
 def apply_switches(ctx: Ctx, per_switch: dict[str, list[PortIntent]]) -> dict[str, Any]:
     """One session per switch, switches in parallel; each driver reads its ports back."""
     def job(sw: str, intents: list[PortIntent]) -> Callable[[], Any]:
-        return lambda: ctx.drivers.switch(sw).apply(intents)
+        return lambda: ctx.switches.apply(sw, intents)
 
     res = _parallel(ctx, {sw: job(sw, intents) for sw, intents in per_switch.items()})
     bad = {sw: str(r) for sw, r in res.items() if isinstance(r, Exception)}
