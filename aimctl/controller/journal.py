@@ -87,6 +87,21 @@ def _after_commit(hook: Callable[[int], None] | None) -> None:
         hook(n)
 
 
+_records = 0
+
+
+def _after_record() -> None:
+    """AIMCTL_CRASH_AFTER_STEP_RECORD=N: die right after this process's Nth step record (an intent or
+    a result) is committed; the e2e crash loop walks every step boundary of a failover with it."""
+    global _records
+    with _count_lock:
+        _records += 1
+        n = _records
+    crash_at = os.environ.get("AIMCTL_CRASH_AFTER_STEP_RECORD")
+    if crash_at and crash_at.isdigit() and int(crash_at) == n:
+        os._exit(CRASH_EXIT_CODE)
+
+
 def commits() -> int:
     """Write transactions committed by this process so far (what AIMCTL_CRASH_AT_RECORD counts)."""
     with _count_lock:
@@ -266,6 +281,7 @@ class Journal(StateMixin):
     def intent(self, op_id: str, step: str, detail: Mapping[str, Any] | None = None) -> None:
         with self.transaction() as db:
             self._append(db, op_id, step, "intent", None, detail)
+        _after_record()
 
     def result(
         self,
@@ -295,6 +311,7 @@ class Journal(StateMixin):
                 self._assign(db, persona, server, op_id, now)
             for server, m in (server_marks or {}).items():
                 self._mark(db, server, m, op_id, now)
+        _after_record()
 
     def add_facts(self, op_id: str, facts: Mapping[str, Any]) -> None:
         """Merge facts from outside a step (an operator's approval) into the operation."""

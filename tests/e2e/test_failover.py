@@ -226,8 +226,9 @@ def _final(lab: LabHandle, ctrl: ControllerProcess) -> dict[str, Any]:
 @pytest.mark.timeout(1500)
 @pytest.mark.skipif(os.environ.get("AIMCTL_SKIP_CRASH_LOOP") == "1", reason="crash loop disabled")
 def test_controller_killed_at_every_record_resumes(lab: LabHandle, tmp_path: Path) -> None:  # noqa: F811
-    """Kill the controller right after journal commit N (N = 1, 2, ...), restart it, and require the
-    same final state, until a run completes with no commit left to crash at."""
+    """Kill the controller right after step record N (N = 1, 2, ...: each intent and each result),
+    restart it, and require the same final state, until a run completes with no record left to crash
+    at. (Every *commit*, change-record updates included, is walked by tests/unit/test_journal.py.)"""
 
     def run(n: int | None, where: Path) -> tuple[dict[str, Any], bool]:
         lab.reset()
@@ -235,7 +236,7 @@ def test_controller_killed_at_every_record_resumes(lab: LabHandle, tmp_path: Pat
         # The body dies first; the controller finds it dead as it starts, so every commit it makes
         # from its very first one belongs to this failover.
         lab.fault("power-button", "r720-1")
-        env = {"AIMCTL_CRASH_AT_RECORD": str(n)} if n else {}
+        env = {"AIMCTL_CRASH_AFTER_STEP_RECORD": str(n)} if n else {}
         ctrl = ControllerProcess(lab.definitions, overlay, where, env=env)
         crashed = False
         try:
@@ -275,4 +276,4 @@ def test_controller_killed_at_every_record_resumes(lab: LabHandle, tmp_path: Pat
         assert final == reference, f"crash at commit {n}"
         if not crashed:
             break
-    assert n > 20, f"only {n - 1} commits in a failover?"
+    assert n > 20, f"only {n - 1} step records in a failover?"
