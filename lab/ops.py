@@ -50,6 +50,15 @@ def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
         raise OperatorError(f"unknown fault {kind!r} (one of: {', '.join(FAULTS)})")
     on = not clear
     d = lab.defs
+    if kind == "power-button" and "," in target:
+        # Many bodies at once (a PDU trips): pressed together, not one after another.
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = target.split(",")
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            for f in [pool.submit(fault, lab, kind, n, clear) for n in names]:
+                f.result()
+        return {"ok": True, "kind": kind, "target": target, "active": on}
     if kind == "power-button":
         if clear:
             _server_bmc(lab, target).set_power(target, True)
