@@ -145,21 +145,23 @@ class SwitchBatcher:
         return fut.result()
 
     def _drain(self, switch: str) -> None:
-        while True:
-            with self._lock:
-                batch = self._queues.pop(switch, [])
-                if not batch:
-                    self._busy.discard(switch)
-                    return
-            merged = [i for intents, _ in batch for i in intents]
-            try:
-                states = {st.port: st for st in self.drivers.switch(switch).apply(merged)}
-            except Exception as exc:  # noqa: BLE001 - every requester of this batch learns it
-                for _, fut in batch:
-                    fut.set_exception(exc)
-                continue
+        """Apply one batch; if more arrived meanwhile, a fresh thread takes them, so the caller whose
+        request was in this batch goes on with its failover instead of serving everyone else's."""
+        with self._lock:
+            batch = self._queues.pop(switch, [])
+            if not batch:
+                self._busy.discard(switch)
+                return
+        merged = [i for intents, _ in batch for i in intents]
+        try:
+            states = {st.port: st for st in self.drivers.switch(switch).apply(merged)}
+        except Exception as exc:  # noqa: BLE001 - every requester of this batch learns it
+            for _, fut in batch:
+                fut.set_exception(exc)
+        else:
             for intents, fut in batch:
                 fut.set_result([states[i.port] for i in intents if i.port in states])
+        threading.Thread(target=self._drain, args=(switch,), name=f"switch-{switch}", daemon=True).start()
 
 
 def apply_switches(ctx: Ctx, per_switch: dict[str, list[PortIntent]]) -> dict[str, Any]:
