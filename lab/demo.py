@@ -64,8 +64,13 @@ def main() -> int:
             v = st["targets"][t]
             out.print(f"  {t}: ACL {v['acl']}, CHAP {v['accounts']}, sessions "
                       f"{[x['alias'] for x in v['sessions']]}")
+        rec = next((x for x in op["timeline"] if x["step"] == "recovery"), None)
+        for h in (rec or {}).get("detail", {}).get("hooks", []):
+            data = h.get("data") or {}
+            out.print(f"  {h['name']}: {'ok' if h['ok'] else 'FAILED ' + str(h.get('error'))}; actives when it started "
+                      f"{data.get('before')}, after redistribution {data.get('after')}; actions {data.get('actions')}")
         if st["dag"]:
-            out.print(f"  DAG actives after: {st['dag']}")
+            out.print(f"  DAG actives now: {st['dag']}")
         ob = st["observer"]
         out.print(f"  access observer: {ob['double_access']} double access in {ob['samples']} samples")
         record = {"persona": "exchange1", "from": op["from_server"], "to": op["facts"].get("to"),
