@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ class Controller:
         self.alerts = FanOut(alert_sinks)
         # Storm brake: deaths wait here while their pool is at its concurrency limit or paused.
         self._pending: dict[str, tuple[str, str]] = {}
+        self._starting: set[str] = set()
+        self._starter = ThreadPoolExecutor(4, thread_name_prefix="start")
         self.paused: dict[str, str] = {}
         self.detector = Detector(self, Params(miss_intervals=2.5))
         self.started_mono = time.monotonic()
@@ -199,16 +202,24 @@ class Controller:
                                                   f"storm over in pool {name}: automatic failover resumes"))
                 self.audit.record("controller", "storm.resume", name, {"troubled": sorted(troubled)})
         for persona, (trigger, evidence) in list(self._pending.items()):
-            if self.defs.personas[persona].pool in self.paused:
+            if self.defs.personas[persona].pool in self.paused or persona in self._starting:
                 continue
-            try:
-                self.start_failover(persona, trigger=trigger, evidence=evidence)
-                del self._pending[persona]
-            except StormBrake:
-                continue  # stays queued until a running failover of its pool ends
-            except OperatorError as exc:
-                log.error("failover of %s not started: %s", persona, exc)
-                del self._pending[persona]
+            # Opening an operation writes the journal, the change record and the audit log (fsyncs):
+            # done off the detector loop, so twenty deaths at once don't hold back the next tick.
+            self._starting.add(persona)
+            self._starter.submit(self._start_queued, persona, trigger, evidence)
+
+    def _start_queued(self, persona: str, trigger: str, evidence: str) -> None:
+        try:
+            self.start_failover(persona, trigger=trigger, evidence=evidence)
+            self._pending.pop(persona, None)
+        except StormBrake:
+            pass  # stays queued until a running failover of its pool ends
+        except OperatorError as exc:
+            log.error("failover of %s not started: %s", persona, exc)
+            self._pending.pop(persona, None)
+        finally:
+            self._starting.discard(persona)
 
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
@@ -235,12 +246,11 @@ class Controller:
                 facts["change"] = change
             leases = [persona_lease(persona)] + ([server_lease(old)] if old else [])
             op_id = self.journal.open_operation(kind, persona, facts, from_server=old, leases=leases)
-            self.audit.record(actor, f"{kind}.start", persona, {"op": op_id, "trigger": trigger, "evidence": evidence})
-            op = self.journal.operation(op_id)
-            self.changes.open(op, description=f"{kind} of {persona} from {old}: {evidence}")
-            self.detector.forget(persona)
-            self._spawn(op_id)
-            return op_id
+        # Outside the lock: twenty deaths at once must not queue behind each other's fsyncs.
+        self.detector.forget(persona)
+        self._spawn(op_id)
+        self.audit.record(actor, f"{kind}.start", persona, {"op": op_id, "trigger": trigger, "evidence": evidence})
+        return op_id
 
     def _spawn(self, op_id: str) -> None:
         t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
@@ -248,6 +258,10 @@ class Controller:
         t.start()
 
     def _run_op(self, op_id: str) -> None:
+        op = self.journal.operation(op_id)
+        # Opening is idempotent: a resumed operation finds the change record it opened before.
+        self.changes.open(op, description=f"{op.kind} of {op.persona} from {op.from_server}: "
+                                          f"{op.facts.get('evidence', '')}")
         try:
             res = run_steps(self.journal, op_id, failover_steps(), self.ctx, listener=self._on_step,
                             max_retargets=4)
