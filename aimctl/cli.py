@@ -34,7 +34,7 @@ def _default_defs() -> Path:
     return Path(os.environ.get("AIMCTL_DEFINITIONS", "personas"))
 
 
-def current_state(defs: Any, state: Path | None) -> tuple[dict[str, str], set[str]]:  # noqa: C901
+def current_state(defs: Any, state: Path | None) -> tuple[dict[str, str], set[str]]:
     """The assignment and the quarantined servers: the journal's when a state dir is given, else homes."""
     if state is None:
         return defs.homes(), set()

@@ -11,7 +11,6 @@ import hashlib
 import ipaddress
 import os
 import pickle
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -476,7 +475,3 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
         if sname not in defs.server_pool:
             defs.warnings.append(f"{inv_src[('servers', sname)].file}: server {sname} is in no pool")
     return errs
-
-
-def iter_problems(exc: DefinitionError) -> Iterable[str]:
-    return iter(exc.problems)

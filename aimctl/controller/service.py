@@ -35,6 +35,7 @@ from aimctl.controller.heartbeat import HeartbeatReceiver
 from aimctl.controller.journal import TERMINAL, Journal, Operation
 from aimctl.controller.journal_state import persona_lease, server_lease
 from aimctl.controller.metrics import Metrics
+from aimctl.controller.observe import Observer
 from aimctl.controller.overlay_listen import api_hostport as _hostport
 from aimctl.controller.planner import capacity
 from aimctl.controller.recovery import hook_runner
@@ -109,7 +110,7 @@ class Controller:
         self._starter = ThreadPoolExecutor(4, thread_name_prefix="start")
         self.paused: dict[str, str] = {}
         self.detector = Detector(self, Params(miss_intervals=2.5))
-        self.started_mono = time.monotonic()
+        self.observer = Observer(self.receiver, self.poller, self.traps)
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -151,22 +152,24 @@ class Controller:
         return out
 
     def snapshot(self, now: float) -> list[Observation]:
+        """Watch every assigned persona that no operation holds (its current body, its SCN channels),
+        then read heartbeats, BMC answers and link state for it, all from memory."""
         busy = self.busy_personas()
-        obs = []
-        for persona, server in self.journal.assignment().items():
-            if not server or persona in busy or persona not in self.defs.personas:
-                continue
-            pool = self.defs.pools[self.defs.personas[persona].pool]
-            scn = pool.networks[pool.scn]
-            seen = self.receiver.last_seen(persona)
-            age = now - seen[0] if seen else now - self.started_mono
-            bmc, since = self.poller.answer(server)
-            silent = (now - since) if bmc == "no-answer" else 0.0
-            chans = [c for c in (scn.primary, scn.secondary) if c is not None]
-            health: Any = seen[1].health.word if seen else "ok"
-            obs.append(Observation(persona, age, self.interval, self.receiver.beats(persona), health, bmc, silent,
-                                   self.traps.links_of(server, chans), grace_s=max(10 * self.interval, 5.0)))
-            self.metrics.set_heartbeat_age(persona, age)
+        want = {p: s for p, s in self.journal.assignment().items()
+                if s and p not in busy and p in self.defs.personas}
+        current = self.observer.watches()
+        for persona in current.keys() - want.keys():
+            self.observer.unwatch(persona)
+        for persona, server in want.items():
+            w = current.get(persona)
+            if w is None or w.server != server:
+                pool = self.defs.pools[self.defs.personas[persona].pool]
+                scn = pool.networks[pool.scn]
+                chans = [c for c in (scn.primary, scn.secondary) if c is not None]
+                self.observer.watch(persona, server, chans, self.interval, grace_s=max(10 * self.interval, 5.0))
+        obs = self.observer(now)
+        for o in obs:
+            self.metrics.set_heartbeat_age(o.persona, o.hb_age)
         return obs
 
     # ------------------------------------------------------------------ decide
