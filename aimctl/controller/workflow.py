@@ -241,9 +241,16 @@ def s_fence(ctx: Ctx, call: StepCall) -> StepOutcome:
         return StepOutcome.skipped("persona had no server")
     graceful = op.kind in ("move", "failback")
     stopped = False
-    if graceful and not call.resumed:
-        # Planned: the application stops cleanly first; the fence below still proves the body is out.
-        stopped = ctx.stop_persona(op.persona, 30.0)
+    hooks: list[dict[str, Any]] = []
+    if not call.resumed:
+        # The operator's hooks see the persona before it is touched (e.g. move DAG actives away first).
+        # Their failure is recorded, not obeyed: nothing may stand between a dead body and its fence.
+        if op.kind == "failback":
+            hooks += ctx.run_hooks(op, "pre-failback")
+        if graceful:
+            # Planned: the application stops cleanly first; the fence below still proves the body is out.
+            stopped = ctx.stop_persona(op.persona, 30.0)
+        hooks += ctx.run_hooks(op, "pre-fence")
     jobs: dict[str, Callable[[], Any]] = {
         "storage": lambda: storage_fence(ctx, op.persona, op.id),
         "power": lambda: power_off(ctx, old),
@@ -251,7 +258,8 @@ def s_fence(ctx: Ctx, call: StepCall) -> StepOutcome:
     res = _parallel(ctx, jobs)
     if isinstance(res["storage"], Exception):
         raise NeedsOperator(f"storage fence not proven: {res['storage']}")
-    detail: dict[str, Any] = {"storage": res["storage"], "graceful": graceful, "agent_stopped": stopped}
+    detail: dict[str, Any] = {"storage": res["storage"], "graceful": graceful, "agent_stopped": stopped,
+                              "hooks": hooks}
     power_ok = not isinstance(res["power"], Exception)
     detail["power"] = res["power"] if power_ok else f"not confirmed: {res['power']}"
     try:
