@@ -43,7 +43,7 @@ def start(state: Path, definitions: Path, power_delay: float = 1.0, boot: float 
     (state / "pid").write_text(str(proc.pid))
     try:
         return control.wait_ready(state, lambda: proc.poll() is None, timeout_s)
-    except OperatorError:
+    except BaseException:  # whatever went wrong (even ^C), leave no lab process behind
         stop(state)
         raise
 
