@@ -126,6 +126,10 @@ class Faults:
         bucket: set[str] = getattr(self, kind)
         (bucket.add if on else bucket.discard)(name)
 
+    def has(self, name: str, kind: str) -> bool:
+        bucket: set[str] = getattr(self, kind)
+        return name in bucket
+
     def clear(self, name: str) -> None:
         for kind in FAULT_KINDS:
             getattr(self, kind).discard(name)

@@ -135,8 +135,7 @@ class IpmiLab:
         self._faults.set(name, kind, on)
 
     def faulted(self, name: str, kind: str) -> bool:
-        bucket: set[str] = getattr(self._faults, kind)
-        return name in bucket
+        return self._faults.has(name, kind)
 
     def reset(self, name: str, power_on: bool) -> None:
         """Back to a clean server: no faults, default boot device, the given power, nothing pending."""

@@ -215,8 +215,7 @@ class RedfishLab:
         self._faults.set(name, kind, on)
 
     def faulted(self, name: str, kind: str) -> bool:
-        bucket: set[str] = getattr(self._faults, kind)
-        return name in bucket
+        return self._faults.has(name, kind)
 
     def reset(self, name: str, power_on: bool) -> None:
         self._faults.clear(name)

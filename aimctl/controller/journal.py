@@ -72,40 +72,36 @@ STATUSES = ("ok", "failed", "skipped", "retarget")
 CRASH_EXIT_CODE = 97
 
 _count_lock = threading.Lock()
-_commits = 0
+_counts = {"commits": 0, "records": 0}
+
+
+def _count(kind: str, crash_env: str) -> int:
+    """Count one more commit or step record; die here (a crash, not a shutdown: no cleanup, no
+    flush) when ``crash_env`` names this number. The crash tests walk every point with it."""
+    with _count_lock:
+        _counts[kind] += 1
+        n = _counts[kind]
+    crash_at = os.environ.get(crash_env)
+    if crash_at and crash_at.isdigit() and int(crash_at) == n:
+        os._exit(CRASH_EXIT_CODE)
+    return n
 
 
 def _after_commit(hook: Callable[[int], None] | None) -> None:
-    global _commits
-    with _count_lock:
-        _commits += 1
-        n = _commits
-    crash_at = os.environ.get("AIMCTL_CRASH_AT_RECORD")
-    if crash_at and crash_at.isdigit() and int(crash_at) == n:
-        os._exit(CRASH_EXIT_CODE)  # a crash, not a shutdown: no cleanup, no flush
+    n = _count("commits", "AIMCTL_CRASH_AT_RECORD")
     if hook is not None:
         hook(n)
 
 
-_records = 0
-
-
 def _after_record() -> None:
-    """AIMCTL_CRASH_AFTER_STEP_RECORD=N: die right after this process's Nth step record (an intent or
-    a result) is committed; the e2e crash loop walks every step boundary of a failover with it."""
-    global _records
-    with _count_lock:
-        _records += 1
-        n = _records
-    crash_at = os.environ.get("AIMCTL_CRASH_AFTER_STEP_RECORD")
-    if crash_at and crash_at.isdigit() and int(crash_at) == n:
-        os._exit(CRASH_EXIT_CODE)
+    # AIMCTL_CRASH_AFTER_STEP_RECORD=N: right after this process's Nth intent or result.
+    _count("records", "AIMCTL_CRASH_AFTER_STEP_RECORD")
 
 
 def commits() -> int:
     """Write transactions committed by this process so far (what AIMCTL_CRASH_AT_RECORD counts)."""
     with _count_lock:
-        return _commits
+        return _counts["commits"]
 
 
 class UnknownOperation(OperatorError):

@@ -52,17 +52,11 @@ def nexus(lab: TgtLab, target: str) -> list[tuple[str, str]]:
 
 
 
-@pytest.fixture
-def sessions() -> Iterator[list[HeldSession]]:
-    held: list[HeldSession] = []
-    yield held
-    for s in held:
-        s.drop()
 
 
-def test_login_reads_the_label_and_shows_the_alias(tgt: TgtLab, sessions: list[HeldSession]) -> None:
+def test_login_reads_the_label_and_shows_the_alias(tgt: TgtLab, held: list[HeldSession]) -> None:
     s = HeldSession.login(portal(tgt), OPEN, 1, INI, "r720-1", None, None)
-    sessions.append(s)
+    held.append(s)
     assert s.read_label() == "exchange1"
     assert s.alive
     assert nexus(tgt, OPEN) == [(INI, "r720-1")]
@@ -71,9 +65,9 @@ def test_login_reads_the_label_and_shows_the_alias(tgt: TgtLab, sessions: list[H
     assert until(lambda: nexus(tgt, OPEN) == [])
 
 
-def test_login_with_chap(tgt: TgtLab, sessions: list[HeldSession]) -> None:
+def test_login_with_chap(tgt: TgtLab, held: list[HeldSession]) -> None:
     s = HeldSession.login(portal(tgt), CHAP, 1, INI, "r720-2", USER, SECRET)
-    sessions.append(s)
+    held.append(s)
     assert s.read_label() == "exchange1"
     s.logout()
 
@@ -119,9 +113,9 @@ def test_timeout_when_the_target_does_not_answer(tgt: TgtLab) -> None:
     assert until(lambda: nexus(tgt, OPEN) == [])
 
 
-def test_freeze_leaves_the_nexus_until_the_target_kills_it(tgt: TgtLab, sessions: list[HeldSession]) -> None:
+def test_freeze_leaves_the_nexus_until_the_target_kills_it(tgt: TgtLab, held: list[HeldSession]) -> None:
     s = HeldSession.login(portal(tgt), OPEN, 1, INI, "r720-1", None, None)
-    sessions.append(s)
+    held.append(s)
     s.freeze()
     # A frozen body neither logs out nor closes: the target keeps seeing it, read after read.
     for _ in range(5):
@@ -136,16 +130,16 @@ def test_freeze_leaves_the_nexus_until_the_target_kills_it(tgt: TgtLab, sessions
     s.drop()
 
 
-def test_drop_closes_without_logout(tgt: TgtLab, sessions: list[HeldSession]) -> None:
+def test_drop_closes_without_logout(tgt: TgtLab, held: list[HeldSession]) -> None:
     s = HeldSession.login(portal(tgt), OPEN, 1, INI, "r720-1", None, None)
-    sessions.append(s)
+    held.append(s)
     s.freeze()
     s.drop()
     assert not s.alive
     assert until(lambda: nexus(tgt, OPEN) == [])
 
 
-def test_many_sessions_in_one_process(tgt: TgtLab, sessions: list[HeldSession]) -> None:
+def test_many_sessions_in_one_process(tgt: TgtLab, held: list[HeldSession]) -> None:
     n = 24
 
     def one(i: int) -> HeldSession:
@@ -153,10 +147,10 @@ def test_many_sessions_in_one_process(tgt: TgtLab, sessions: list[HeldSession]) 
                                  None if i % 2 else USER, None if i % 2 else SECRET)
     t0 = time.monotonic()
     with ThreadPoolExecutor(n) as pool:
-        held = list(pool.map(one, range(n)))
-    sessions.extend(held)
+        many = list(pool.map(one, range(n)))
+    held.extend(many)
     with ThreadPoolExecutor(n) as pool:
-        labels = list(pool.map(lambda s: s.read_label(), held))
+        labels = list(pool.map(lambda s: s.read_label(), many))
     assert labels == ["exchange1"] * n
     assert sorted(a for _, a in nexus(tgt, OPEN) + nexus(tgt, CHAP)) == sorted(f"host-{i}" for i in range(n))
     for s in held[: n // 2]:
@@ -168,9 +162,9 @@ def test_many_sessions_in_one_process(tgt: TgtLab, sessions: list[HeldSession]) 
     assert time.monotonic() - t0 < 10
 
 
-def test_logout_and_drop_are_quiet_on_a_dead_session(tgt: TgtLab, sessions: list[HeldSession]) -> None:
+def test_logout_and_drop_are_quiet_on_a_dead_session(tgt: TgtLab, held: list[HeldSession]) -> None:
     s = HeldSession.login(portal(tgt), OPEN, 1, INI, "r720-1", None, None)
-    sessions.append(s)
+    held.append(s)
     tid = tgt.show_targets()[OPEN].tid
     sid = tgt.run("--op", "show", "--mode", "conn", "--tid", str(tid)).split("Session: ")[1].split()[0]
     tgt.run("--op", "delete", "--mode", "conn", "--tid", str(tid), "--sid", sid, "--cid", "0")

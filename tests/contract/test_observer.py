@@ -52,12 +52,6 @@ def observer(tgt: TgtLab) -> Iterator[AccessObserver]:
         ob.stop()
 
 
-@pytest.fixture
-def held() -> Iterator[list[HeldSession]]:
-    sessions: list[HeldSession] = []
-    yield sessions
-    for s in sessions:
-        s.drop()
 
 
 def login(tgt: TgtLab, target: str, alias: str) -> HeldSession:

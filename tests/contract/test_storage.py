@@ -166,12 +166,6 @@ def target(tgt: TgtLab) -> str:
     return name
 
 
-@pytest.fixture
-def held() -> Iterator[list[HeldSession]]:
-    sessions: list[HeldSession] = []
-    yield sessions
-    for s in sessions:
-        s.drop()
 
 
 def inq(tgt: TgtLab, target: str, initiator: str, user: str = "", secret: str = "") -> int:
