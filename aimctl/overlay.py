@@ -148,4 +148,13 @@ def apply(defs: Definitions, ov: Overlay, where: str = "overlay") -> Definitions
     return out
 
 
-__all__ = ["Overlay", "Source", "apply", "load_overlay"]
+
+def api_hostport(value: str) -> tuple[str, int]:
+    """A controller listen address ``HOST:PORT`` (API, heartbeats, SNMP traps)."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise OperatorError(f"listen address {value!r}: want HOST:PORT")
+    return host, int(port)
+
+
+__all__ = ["Overlay", "Source", "api_hostport", "apply", "load_overlay"]

@@ -22,15 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aimctl.agent import wire
-from aimctl.controller.detector import (
+from aimctl.detect.detector import (
     Detector,
     Event,
     PersonaDead,
     PersonaPresumedDead,
     PersonaUnreachable,
 )
-from aimctl.controller.heartbeat import HeartbeatReceiver
-from aimctl.controller.observe import Observer
+from aimctl.detect.heartbeat import HeartbeatReceiver
+from aimctl.detect.observe import Observer
 from bench.common import write_result
 
 # Time runs 4x faster than in production (0.25 s heartbeats); grace scales along (30 intervals).

@@ -61,7 +61,7 @@ PHASE = """
 import json, resource, sys, time
 t = time.perf_counter()
 from aimctl.loader import load
-from aimctl.controller.plan import plan_failover
+from aimctl.failover.dryrun import plan_failover
 from aimctl.loader import load_for_persona
 d = load_for_persona(sys.argv[1], "p7-3") if sys.argv[2] == "warm" else load(sys.argv[1], use_cache=False)
 if sys.argv[2] == "warm":

@@ -28,8 +28,8 @@ from aimctl.drivers.ipmi import IpmiPower
 from aimctl.drivers.protocols import Power
 from aimctl.drivers.redfish import RedfishPower
 from bench.common import write_result
-from lab.ipmi_bmc import IpmiLab, IpmiSystemSpec
-from lab.redfish_bmc import RedfishLab, RedfishSystemSpec
+from lab.bmc.ipmi import IpmiLab, IpmiSystemSpec
+from lab.bmc.redfish import RedfishLab, RedfishSystemSpec
 
 DELAY_S = 1.5
 RUNS = 7

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aimctl.drivers.protocols import PortIntent, PortMode
 from aimctl.drivers.switch import NetmikoSwitch
 from bench.common import write_result
-from lab.switches import SwitchLab, SwitchSpec
+from lab.network.switches import SwitchLab, SwitchSpec
 
 RUNS = 5
 GOAL = 0.25

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aimctl.errors import OperatorError
-from lab import control
+from lab import control, ops
 
 app = typer.Typer(no_args_is_help=True, help="The lab: real protocol servers on 127.0.0.1, built from the definitions.")
 out = Console(soft_wrap=True)
@@ -120,7 +120,7 @@ def reset(state: StateOpt) -> None:
 
 
 @app.command()
-def fault(kind: Annotated[str, typer.Argument(help=", ".join(control.FAULTS))],
+def fault(kind: Annotated[str, typer.Argument(help=", ".join(ops.FAULTS))],
           target: Annotated[str, typer.Argument(help="server, switch, storage, or SERVER:CHANNEL")],
           state: StateOpt, clear: Annotated[bool, typer.Option("--clear")] = False) -> None:
     """Inject (or --clear) a fault."""

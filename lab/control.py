@@ -17,9 +17,6 @@ from typing import Any
 
 from aimctl.errors import OperatorError
 
-FAULTS = ("power-button", "bmc-down", "bmc-slow", "bmc-lies", "switch-hang", "storage-error", "scn-partition",
-          "boot-fail", "link-down")
-
 
 def port_of(state: Path) -> int:
     return int(json.loads((state / "control.json").read_text())["port"])

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aimctl.controller.apiclient import ApiClient
+from aimctl.api.client import ApiClient
 from aimctl.errors import OperatorError
 
 REPO = Path(__file__).resolve().parent.parent

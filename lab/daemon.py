@@ -27,15 +27,15 @@ import yaml
 from aimctl.drivers.tgt import LocalRunner, TgtStorage
 from aimctl.loader import Definitions, load
 from lab import control
-from lab.dag_sim import DagSimulator
-from lab.hosts import BootConfig, Host, PersonaRuntime, parse_ipxe, redfish_boot
-from lab.ipmi_bmc import IpmiLab, IpmiSystemSpec
-from lab.observer import AccessObserver
-from lab.redfish_bmc import RedfishLab, RedfishSystemSpec
-from lab.relay import ScnRelay
-from lab.snmp_sender import TrapSender
-from lab.storage import LunSpec, TgtLab
-from lab.switches import SwitchLab, SwitchSpec
+from lab.apps.dag_sim import DagSimulator
+from lab.bmc.ipmi import IpmiLab, IpmiSystemSpec
+from lab.bmc.redfish import RedfishLab, RedfishSystemSpec
+from lab.hosts.simulator import BootConfig, Host, PersonaRuntime, parse_ipxe, redfish_boot
+from lab.network.relay import ScnRelay
+from lab.network.switches import SwitchLab, SwitchSpec
+from lab.network.traps import TrapSender, cable_ifindex
+from lab.storage.observer import AccessObserver
+from lab.storage.tgt import LunSpec, TgtLab
 
 log = logging.getLogger("lab")
 
@@ -255,7 +255,7 @@ class Lab:
             if self.ipmi.boot_device(server) not in ("network", "pxe"):
                 return None
             # The controller serves /boot/<server>.ipxe; before it runs, the site's boot files are used.
-            from lab.hosts import fetch_ipxe
+            from lab.hosts.simulator import fetch_ipxe
 
             url = f"http://127.0.0.1:{self.controller['api']}/boot/{server}.ipxe"
             cfg = fetch_ipxe(url)
@@ -349,12 +349,6 @@ class Lab:
                 obj.stop()
             except Exception as exc:  # noqa: BLE001 - keep stopping the rest
                 log.warning("stopping %s: %s", part, exc)
-
-
-def cable_ifindex(defs: Definitions, cable: Any) -> int:
-    from aimctl.drivers.ifindex import ifindex
-
-    return int(cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))
 
 
 def chap_user(persona: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from aimctl.controller.cli import print_timeline, watch
+from aimctl.cli.operator import print_timeline, watch
 from lab import cli as labcli
 from lab.controller_proc import ControllerProcess
 from lab.fixtures import LabHandle

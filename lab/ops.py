@@ -7,6 +7,10 @@ from typing import Any
 
 from aimctl.drivers.protocols import PortIntent, PortMode
 from aimctl.errors import OperatorError
+from lab.network.traps import cable_ifindex
+
+FAULTS = ("power-button", "bmc-down", "bmc-slow", "bmc-lies", "switch-hang", "storage-error", "scn-partition",
+          "boot-fail", "link-down")
 
 
 def _server_bmc(lab: Any, server: str) -> Any:
@@ -44,8 +48,6 @@ def status(lab: Any) -> dict[str, Any]:
 
 
 def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
-    from lab.control import FAULTS
-
     if kind not in FAULTS:
         raise OperatorError(f"unknown fault {kind!r} (one of: {', '.join(FAULTS)})")
     on = not clear
@@ -84,8 +86,6 @@ def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
         if srv is None:
             raise OperatorError(f"link-down wants SERVER or SERVER:CHANNEL, got {target!r}")
         chans = [int(ch)] if ch else sorted(srv.channels)
-        from lab.daemon import cable_ifindex
-
         for c in chans:
             cable = srv.channels[c]
             lab.switches.set_link(cable.switch, cable.port, not on)
@@ -96,7 +96,7 @@ def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
 
 def home_port_intents(lab: Any) -> dict[str, list[PortIntent]]:
     """What every cabled port carries in the definitions' home state (standbys: VLAN 1, unconfigured)."""
-    from aimctl.controller.planner import port_intents
+    from aimctl.failover.planner import port_intents
 
     d = lab.defs
     homes = {s: p for p, s in d.homes().items()}

@@ -95,11 +95,11 @@ class TgtStorage:
             return ""
         raise Rejected(self.device, f"{display(argv)}: {msg}")
 
-    def _targets(self) -> dict[str, TargetView]:
+    def targets_of(self) -> dict[str, TargetView]:
         return parse_targets(self._tgtadm("--op", "show", "--mode", "target"))
 
     def _view(self, target: str) -> TargetView:
-        views = self._targets()
+        views = self.targets_of()
         if target not in views:
             raise Rejected(self.device, f"target {target} does not exist")
         return views[target]
@@ -158,7 +158,7 @@ class TgtStorage:
         self._check_chap(user, secret)
         secrets.register(secret)
         with self._lock:
-            views = self._targets()
+            views = self.targets_of()
             if target not in views:
                 raise Rejected(self.device, f"target {target} does not exist")
             v = views[target]
@@ -191,7 +191,7 @@ class TgtStorage:
                     for ini in t.acl:
                         self._acl(t.tid, "bind", ini)
             self._forget_unbound(set(v.accounts) - {user})
-            after = self._targets()
+            after = self.targets_of()
         got = after[target] if target in after else TargetView(target, 0)
         if got.accounts != [user] or sorted(got.acl) != sorted(v.acl):
             raise StateMismatch(self.device, f"{target} reads CHAP {got.accounts} and ACL {got.acl}, "
@@ -212,7 +212,7 @@ class TgtStorage:
         would unbind it, with the quirk above)."""
         if not candidates:
             return
-        bound = {a for t in self._targets().values() for a in t.accounts + t.outgoing}
+        bound = {a for t in self.targets_of().values() for a in t.accounts + t.outgoing}
         for a in parse_accounts(self._tgtadm("--op", "show", "--mode", "account")):
             if a in candidates and a not in bound:
                 self._tgtadm("--op", "delete", "--mode", "account", "--user", a, missing_ok=True)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.iscsi_session import HeldSession
+from lab.storage.iscsi_session import HeldSession
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from aimctl.agent.checks import CheckSpec
 from aimctl.agent.cli import read_key_file
 from aimctl.agent.run import NONCE_WINDOW, REASON_REQUESTED, REASON_STOPPED, _is_stop_request, run_agent
 from aimctl.agent.wire import Health
-from aimctl.controller.heartbeat import HeartbeatReceiver
+from aimctl.detect.heartbeat import HeartbeatReceiver
 from aimctl.errors import OperatorError
 
 KEY = b"0123456789abcdef0123456789abcdef"

@@ -16,8 +16,8 @@ from aimctl.drivers.ipxe import IpxeBootConfig
 from aimctl.drivers.protocols import BootConfig, IscsiBoot
 from aimctl.drivers.redfish_boot import RedfishBootConfig
 from aimctl.errors import AuthFailed, Rejected, StateMismatch, Unreachable
-from lab.ipmi_bmc import IpmiLab, IpmiSystemSpec
-from lab.redfish_bmc import RedfishLab, RedfishSystemSpec
+from lab.bmc.ipmi import IpmiLab, IpmiSystemSpec
+from lab.bmc.redfish import RedfishLab, RedfishSystemSpec
 
 pytestmark = pytest.mark.lab
 

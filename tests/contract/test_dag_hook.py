@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from aimctl.controller.exchange_dag import Thresholds, run_exchange_dag
-from aimctl.controller.hooks import ExchangeDagHook, HookContext, HookResult, SshCommandHook, run_hooks
-from aimctl.controller.sshshell import SshShell, SshTarget
 from aimctl.errors import AuthFailed
-from lab.dag_sim import DagSimulator
+from aimctl.recovery.exchange_dag import Thresholds, run_exchange_dag
+from aimctl.recovery.hooks import ExchangeDagHook, HookContext, HookResult, SshCommandHook, run_hooks
+from aimctl.recovery.sshshell import SshShell, SshTarget
+from lab.apps.dag_sim import DagSimulator
 
 pytestmark = pytest.mark.lab
 
@@ -164,7 +164,7 @@ def test_ssh_command_hook_substitutes_facts_and_reports_powershell_errors(sim: D
 def test_simulator_answers_exchange_shaped_csv(sim: DagSimulator) -> None:
     shell = SshShell(SshTarget("administrator", "127.0.0.1", sim.port), PASSWORD, sim.host_key_fingerprint)
     with shell:
-        from aimctl.controller.exchange_dag import cmd_copy_status, cmd_databases
+        from aimctl.recovery.exchange_dag import cmd_copy_status, cmd_databases
 
         dbs = shell.run(cmd_databases("DAG1"), 5).stdout
         cs = shell.run(cmd_copy_status("DAG1"), 5).stdout

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lab.iscsi_session import AUTH, NOT_PERMITTED, TIMEOUT, UNREACHABLE, HeldSession, LoginFailed
-from lab.storage import LunSpec, TgtLab
+from lab.storage.iscsi_session import AUTH, NOT_PERMITTED, TIMEOUT, UNREACHABLE, HeldSession, LoginFailed
+from lab.storage.tgt import LunSpec, TgtLab
 from tests.waiting import until
 
 pytestmark = pytest.mark.lab

@@ -16,7 +16,6 @@ from aimctl.drivers.redfish import RedfishPower
 from aimctl.drivers.redfish_boot import RedfishBootConfig
 from aimctl.secrets import resolve
 from lab.fixtures import LabHandle, lab  # noqa: F401
-
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.lab

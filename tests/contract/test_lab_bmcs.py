@@ -14,9 +14,9 @@ import sushy
 from aimctl.drivers.ipmi import IpmiPower
 from aimctl.drivers.protocols import PowerState
 from aimctl.drivers.redfish import RedfishPower
-from lab.bmc_common import DueTimer
-from lab.ipmi_bmc import IpmiLab, IpmiSystemSpec
-from lab.redfish_bmc import RedfishLab, RedfishSystemSpec
+from lab.bmc.common import DueTimer
+from lab.bmc.ipmi import IpmiLab, IpmiSystemSpec
+from lab.bmc.redfish import RedfishLab, RedfishSystemSpec
 
 pytestmark = pytest.mark.lab
 USERS = {"admin": "lab-pass-7d41"}

@@ -10,9 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lab.iscsi_session import HeldSession
-from lab.observer import AccessObserver
-from lab.storage import LunSpec, TgtLab
+from lab.storage.iscsi_session import HeldSession
+from lab.storage.observer import AccessObserver
+from lab.storage.tgt import LunSpec, TgtLab
 from tests.waiting import until
 
 pytestmark = pytest.mark.lab

@@ -21,8 +21,8 @@ from aimctl.drivers.ipmi import IpmiPower
 from aimctl.drivers.protocols import Power, PowerState
 from aimctl.drivers.redfish import RedfishPower
 from aimctl.errors import AuthFailed, DriverError, StateMismatch, Timeout, Unreachable
-from lab.ipmi_bmc import IpmiLab, IpmiSystemSpec
-from lab.redfish_bmc import RedfishLab, RedfishSystemSpec
+from lab.bmc.ipmi import IpmiLab, IpmiSystemSpec
+from lab.bmc.redfish import RedfishLab, RedfishSystemSpec
 
 pytestmark = pytest.mark.lab
 

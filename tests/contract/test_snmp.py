@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from aimctl.controller.detector import DetectorState, decide
-from aimctl.controller.heartbeat import HeartbeatReceiver
-from aimctl.controller.observe import Observer
-from aimctl.controller.snmp import TrapReceiver
-from lab.snmp_sender import send_bmc_alert, send_link_trap
+from aimctl.detect.detector import DetectorState, decide
+from aimctl.detect.heartbeat import HeartbeatReceiver
+from aimctl.detect.observe import Observer
+from aimctl.detect.traps import TrapReceiver
+from lab.network.traps import send_bmc_alert, send_link_trap
 
 DEADLINE = 3.0  # a trap arrives in ~0.06 s; sending builds an engine first
 

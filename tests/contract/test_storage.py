@@ -22,8 +22,8 @@ from aimctl.drivers.protocols import StorageAccess
 from aimctl.drivers.runner import Arg, CommandResult, LocalRunner, SshRunner, fingerprint
 from aimctl.drivers.tgt import TgtStorage
 from aimctl.errors import DriverError, OperatorError, Rejected, Timeout, Unreachable
-from lab.iscsi_session import AUTH, HeldSession, LoginFailed
-from lab.storage import LunSpec, TgtLab
+from lab.storage.iscsi_session import AUTH, HeldSession, LoginFailed
+from lab.storage.tgt import LunSpec, TgtLab
 from tests.waiting import until
 
 pytestmark = pytest.mark.lab

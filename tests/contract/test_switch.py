@@ -18,7 +18,7 @@ from aimctl.drivers.protocols import PortIntent, PortMode, PortState, SwitchPort
 from aimctl.drivers.switch import NetmikoSwitch
 from aimctl.drivers.switch_os import load_profile
 from aimctl.errors import AuthFailed, Rejected, StateMismatch, Timeout, Unreachable
-from lab.switches import SwitchLab, SwitchSpec
+from lab.network.switches import SwitchLab, SwitchSpec
 
 pytestmark = pytest.mark.lab
 

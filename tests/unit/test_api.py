@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from aimctl.controller.api import Api, ApiError, Request, Response
-from aimctl.controller.apiclient import ApiCallError, ApiClient, ControllerNotRunning
-from aimctl.controller.audit import Audit
-from aimctl.controller.journal import LeaseHeld
-from aimctl.controller.metrics import Metrics
-from aimctl.controller.runner import StepEvent
+from aimctl.api.app import Api, ApiError, Request, Response
+from aimctl.api.client import ApiCallError, ApiClient, ControllerNotRunning
 from aimctl.errors import OperatorError
+from aimctl.failover.runner import StepEvent
+from aimctl.journal import LeaseHeld
+from aimctl.records.audit import Audit
+from aimctl.records.metrics import Metrics
 
 VIEWER = "viewer-token-0123456789abcdef"
 OPERATOR = "operator-token-0123456789abcdef"

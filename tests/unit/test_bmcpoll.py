@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from aimctl.controller.bmcpoll import BmcPoller
+from aimctl.detect.bmcpoll import BmcPoller
 from aimctl.drivers.protocols import PowerState
 from aimctl.errors import Unreachable
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from aimctl.controller.audit import GENESIS, Audit, line_hash
-from aimctl.controller.changes import ChangeRecords, JsonlSink, WebhookSink
-from aimctl.controller.journal import Journal
-from aimctl.controller.runner import StepEvent
 from aimctl.errors import OperatorError, SecretError
+from aimctl.failover.runner import StepEvent
+from aimctl.journal import Journal
+from aimctl.records.audit import GENESIS, Audit, line_hash
+from aimctl.records.changes import ChangeRecords, JsonlSink, WebhookSink
 from aimctl.secrets import register
 
 REPO = Path(__file__).resolve().parents[2]
@@ -247,7 +247,7 @@ def test_audit_verify_detects_tampering(tmp_path: Path, tamper: str) -> None:
 def test_audit_chain_holds_with_concurrent_writers(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     script = (
-        "import sys; from aimctl.controller.audit import Audit\n"
+        "import sys; from aimctl.records.audit import Audit\n"
         "a = Audit(sys.argv[1])\n"
         "for i in range(40): a.record('proc', 'x', str(i))\n"
     )

@@ -14,9 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aimctl.agent.wire import Health, Heartbeat
-from aimctl.controller import alerts
-from aimctl.controller.change_sinks import sign
-from aimctl.controller.detector import (
+from aimctl.detect import alerts
+from aimctl.detect.detector import (
     Decision,
     Detector,
     DetectorState,
@@ -31,8 +30,9 @@ from aimctl.controller.detector import (
     aggregate_links,
     decide,
 )
-from aimctl.controller.observe import Observer
+from aimctl.detect.observe import Observer
 from aimctl.errors import OperatorError
+from aimctl.records.sinks import sign
 
 P = Params()  # miss 2.5 intervals, confirm 1 more, recover after 3 beats
 

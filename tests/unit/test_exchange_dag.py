@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from aimctl.controller import exchange_dag as ed
-from aimctl.controller.exchange_dag import CommandResult, CopyStatus, Thresholds
 from aimctl.errors import Timeout
+from aimctl.recovery import exchange_dag as ed
+from aimctl.recovery.exchange_dag import CommandResult, CopyStatus, Thresholds
 
 FIX = Path(__file__).parent / "fixtures" / "exchange"
 

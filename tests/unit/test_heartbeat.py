@@ -10,7 +10,7 @@ import pytest
 
 from aimctl.agent import wire
 from aimctl.agent.wire import Health, Heartbeat
-from aimctl.controller.heartbeat import HeartbeatReceiver
+from aimctl.detect.heartbeat import HeartbeatReceiver
 
 KEY = b"k" * 32
 OTHER = b"o" * 32

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aimctl import secrets
-from aimctl.controller.hooks import (
+from aimctl.recovery.hooks import (
     ExchangeDagHook,
     HookContext,
     HookPoint,

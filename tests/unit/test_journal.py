@@ -14,16 +14,8 @@ from typing import Any
 
 import pytest
 
-from aimctl.controller import journal_schema
-from aimctl.controller.journal import (
-    CRASH_EXIT_CODE,
-    Journal,
-    LeaseHeld,
-    ServerMark,
-    persona_lease,
-    server_lease,
-)
-from aimctl.controller.runner import (
+from aimctl.errors import OperatorError
+from aimctl.failover.runner import (
     AwaitingApproval,
     NeedsOperator,
     Retarget,
@@ -33,7 +25,15 @@ from aimctl.controller.runner import (
     StepOutcome,
     run_steps,
 )
-from aimctl.errors import OperatorError
+from aimctl.journal import (
+    CRASH_EXIT_CODE,
+    Journal,
+    LeaseHeld,
+    ServerMark,
+    persona_lease,
+    server_lease,
+)
+from aimctl.journal import schema as journal_schema
 from aimctl.secrets import register
 
 REPO = Path(__file__).resolve().parents[2]

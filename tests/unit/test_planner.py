@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from aimctl.controller.plan import plan_failover
-from aimctl.controller.planner import capacity, choose, port_intents, quarantine_intents, standbys
 from aimctl.drivers.protocols import PortMode
 from aimctl.errors import OperatorError
+from aimctl.failover.dryrun import plan_failover
+from aimctl.failover.planner import capacity, choose, port_intents, quarantine_intents, standbys
 from aimctl.loader import load
 from tests.conftest import DEFINITIONS, REPO
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
-from aimctl.controller import workflow as W
-from aimctl.controller.journal import Operation
-from aimctl.controller.runner import StepCall
 from aimctl.drivers.protocols import PowerState
+from aimctl.failover import steps as W
+from aimctl.failover.context import Settings
+from aimctl.failover.runner import StepCall
+from aimctl.journal import Operation
 
 
 class FakePower:
@@ -29,9 +31,9 @@ def make_ctx(log: list[str], hook_ok: bool) -> Any:
 
     drivers = SimpleNamespace(power=lambda s: FakePower(log),
                               bootcfg=lambda s: SimpleNamespace(clear=lambda: log.append("bootcfg-clear")))
-    ctx = SimpleNamespace(run_hooks=run_hooks, drivers=drivers, pool=W.ThreadPoolExecutor(2),
+    ctx = SimpleNamespace(run_hooks=run_hooks, drivers=drivers, pool=ThreadPoolExecutor(2),
                           stop_persona=lambda p, d: log.append("agent-stop") or True,
-                          settings=W.Settings())
+                          settings=Settings())
     return ctx
 
 

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aimctl.controller.journal import Journal, ServerMark, commits, persona_lease, server_lease
-from aimctl.controller.runner import Retarget, Step, StepCall, StepOutcome, run_steps
+from aimctl.failover.runner import Retarget, Step, StepCall, StepOutcome, run_steps
+from aimctl.journal import Journal, ServerMark, commits, persona_lease, server_lease
 
 STANDBYS = ["s3", "s4"]
 BROKEN = {"s3"}  # boots, never heartbeats

@@ -1,0 +1,101 @@
+"""The controller's HTTP API routes (the CLI is a client of these)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+from aimctl.api.app import Api, ApiError, Request
+from aimctl.errors import OperatorError
+from aimctl.overlay import api_hostport
+
+if TYPE_CHECKING:
+    from aimctl.daemon import Controller
+
+
+def op_json(c: Controller, op_id: str) -> dict[str, Any]:
+    op = c.journal.operation(op_id)
+    d = dataclasses.asdict(op)
+    d["timeline"] = c.journal.steps(op_id)
+    d["change"] = c.changes.for_operation(op_id)
+    return d
+
+
+def status(c: Controller) -> dict[str, Any]:
+    now = time.monotonic()
+    states = c.detector.states()
+    busy = {o.persona: o.id for o in c.journal.unfinished_operations()}
+    personas = {}
+    for persona, server in sorted(c.journal.assignment().items()):
+        seen = c.receiver.last_seen(persona)
+        st = states.get(persona)
+        personas[persona] = {
+            "server": server,
+            "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
+            "health": seen[1].health.word if seen else None,
+            "detector": st.state if st else "alive",
+            "operation": busy.get(persona),
+            "bmc": c.poller.answer(server)[0] if server else None,
+        }
+    quarantined = {s: dataclasses.asdict(v) for s, v in c.journal.quarantined().items()}
+    return {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters(),
+            "paused_pools": dict(c.paused), "queued": sorted(c._pending)}
+
+
+def build_api(c: Controller) -> Api:
+    host, port = api_hostport(c.listen.api)
+    api = Api(c.state, audit=c.audit, metrics=c.metrics, host=host, port=port)
+
+    def actor(req: Request) -> str:
+        return f"{req.identity.name}({req.identity.role})" if req.identity else "anonymous"
+
+    def need(body: Any, key: str) -> str:
+        if not isinstance(body, dict) or not isinstance(body.get(key), str):
+            raise ApiError(400, f"body needs a string field {key!r}")
+        return str(body[key])
+
+    api.route("GET", "/v1/status", lambda r: status(c), summary="Personas: server, heartbeat age, detector state")
+    api.route("GET", "/v1/failovers", lambda r: [dataclasses.asdict(o) for o in c.journal.operations(
+        int(r.query.get("limit", "50")))], summary="Recent operations")
+    api.route("GET", "/v1/failovers/{id}", lambda r: op_json(c, r.params["id"]), summary="One operation with its timeline")
+    api.route("POST", "/v1/failovers/{id}/approve",
+              lambda r: dataclasses.asdict(c.approve(r.params["id"], actor(r))), role="operator",
+              summary="Approve a failover waiting for approval (manual policy)")
+
+    def failover(r: Request) -> Any:
+        persona = need(r.body, "persona")
+        to = r.body.get("to") if isinstance(r.body, dict) else None
+        return {"id": c.start_failover(persona, "operator", f"requested by {actor(r)}", to=to, actor=actor(r))}
+
+    def move(r: Request) -> Any:
+        persona, to = need(r.body, "persona"), need(r.body, "to")
+        return {"id": c.start_failover(persona, "planned", f"planned move by {actor(r)}", kind="move", to=to,
+                                       actor=actor(r), change=r.body.get("change"))}
+
+    def failback(r: Request) -> Any:
+        persona = need(r.body, "persona")
+        if persona not in c.defs.personas:
+            raise OperatorError(f"unknown persona {persona!r}")
+        home = c.defs.personas[persona].spec.home
+        if c.journal.assignment().get(persona) == home:
+            raise OperatorError(f"{persona} is already on its home server {home}")
+        if home in c.journal.quarantined():
+            raise OperatorError(f"home server {home} is quarantined: `aimctl clear {home}` first")
+        return {"id": c.start_failover(persona, "planned", f"failback by {actor(r)}", kind="failback", to=home,
+                                       actor=actor(r), change=r.body.get("change"))}
+
+    def clear(r: Request) -> Any:
+        server = r.params["server"]
+        if server not in c.defs.servers:
+            raise OperatorError(f"unknown server {server!r}")
+        c.journal.clear(server, by=actor(r))
+        c.audit.record(actor(r), "server.clear", server, {})
+        c._refresh_capacity()
+        return {"cleared": server}
+
+    api.route("POST", "/v1/failover", failover, role="operator", summary="Fail a persona over now")
+    api.route("POST", "/v1/move", move, role="operator", summary="Planned move of a persona to a server")
+    api.route("POST", "/v1/failback", failback, role="operator", summary="Planned return of a persona to its home")
+    api.route("POST", "/v1/servers/{server}/clear", clear, role="admin", summary="Clear a quarantined server")
+    return api

@@ -1,0 +1,3 @@
+from aimctl.cli.main import main
+
+main()

@@ -1,0 +1,215 @@
+"""Operator commands that talk to the controller (through its local API) and ``controller run``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from aimctl.errors import OperatorError
+
+app = typer.Typer()
+controller_app = typer.Typer(no_args_is_help=True, help="The controller daemon.")
+app.add_typer(controller_app, name="controller")
+out = Console(soft_wrap=True)
+
+StateOpt = Annotated[Path, typer.Option("--state", envvar="AIMCTL_STATE", help="Controller state dir (CTRLDIR).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+TERMINAL = ("done", "failed", "aborted")
+
+
+def client(state: Path) -> Any:
+    from aimctl.api.client import ApiClient
+
+    return ApiClient(state)
+
+
+def _t(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3] if ts else "-"
+
+
+@controller_app.command("run")
+def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
+        state: StateOpt,
+        overlay: Annotated[Path | None, typer.Option("--overlay", help="Endpoints overlay (lab).")] = None) -> None:
+    """Run the controller: detector, workflow and the local API, until SIGTERM."""
+    from aimctl.api.routes import build_api
+    from aimctl.daemon import Controller
+    from aimctl.loader import load
+    from aimctl.overlay import Overlay, apply, load_overlay
+
+    defs = load(definitions)
+    ov = load_overlay(overlay) if overlay else Overlay()
+    if overlay:
+        defs = apply(defs, ov, str(overlay))
+    state.mkdir(parents=True, exist_ok=True)
+    logging.getLogger().setLevel(os.environ.get("AIMCTL_LOG", "INFO"))
+    handler = logging.FileHandler(state / "controller.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from aimctl.secrets import MaskingFilter
+
+    handler.addFilter(MaskingFilter())
+    logging.getLogger().addHandler(handler)
+    # The composition: the daemon wires the parts; the API is built on it here, where it is started,
+    # so the daemon never imports the API.
+    c = Controller(defs, ov.controller, state)
+    api = build_api(c)
+    c.start()
+    api.start()
+    c.resume()
+    stop = threading.Event()
+    def on_signal(*_: object) -> None:
+        c._stop.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    out.print(f"controller running; API {api.url}; state {state}")
+    try:
+        c.loop()
+    finally:
+        api.stop()
+        c.stop()
+
+
+@app.command()
+def status(state: StateOpt, as_json: JsonOpt = False) -> None:
+    """Per persona: its server, last heartbeat age, health, detector state."""
+    st = client(state).get("/v1/status")
+    if as_json:
+        out.print_json(json.dumps(st))
+        return
+    t = Table(title="personas")
+    for col in ("persona", "server", "heartbeat age", "health", "detector", "bmc", "operation"):
+        t.add_column(col)
+    for p, v in st["personas"].items():
+        age = "-" if v["heartbeat_age_s"] is None else f"{v['heartbeat_age_s']:.1f}s"
+        t.add_row(p, v["server"] or "-", age, v["health"] or "-", v["detector"], v["bmc"] or "-", v["operation"] or "-")
+    out.print(t)
+    for s, q in st["quarantined"].items():
+        out.print(f"quarantined: {s} ({q['reason']}, by {q['by']})")
+
+
+@app.command()
+def failovers(state: StateOpt, as_json: JsonOpt = False) -> None:
+    """Recent failovers and planned operations."""
+    ops = client(state).get("/v1/failovers")
+    if as_json:
+        out.print_json(json.dumps(ops))
+        return
+    t = Table(title="operations")
+    for col in ("id", "kind", "persona", "from", "to", "state", "result"):
+        t.add_column(col)
+    for o in ops:
+        t.add_row(o["id"], o["kind"], o["persona"], o["from_server"] or "-", o["facts"].get("to") or "-",
+                  o["state"], o["result"])
+    out.print(t)
+
+
+def print_timeline(op: dict[str, Any]) -> None:
+    t = Table(title=f"{op['id']}: {op['kind']} of {op['persona']} {op['from_server']} -> {op['facts'].get('to')}"
+                    f" [{op['state']}]")
+    for col in ("step", "start", "end", "duration", "result"):
+        t.add_column(col)
+    for s in op["timeline"]:
+        dur = "-" if s["duration_s"] is None else f"{s['duration_s']:.3f}s"
+        why = s["detail"].get("reason") or s["detail"].get("summary") or ""
+        t.add_row(s["step"], _t(s["started"]), _t(s["ended"]), dur, f"{s['status']} {why}".strip())
+    out.print(t)
+    out.print(f"result: {op['state']}: {op['result']}")
+
+
+@app.command()
+def timeline(op_id: str, state: StateOpt, as_json: JsonOpt = False) -> None:
+    """Per-step start, end, duration and result of one operation."""
+    op = client(state).get(f"/v1/failovers/{op_id}")
+    if as_json:
+        out.print_json(json.dumps({"id": op["id"], "persona": op["persona"], "from": op["from_server"],
+                                   "to": op["facts"].get("to"), "state": op["state"], "result": op["result"],
+                                   "steps": [{"name": s["step"], "started": s["started"], "ended": s["ended"],
+                                              "duration_s": s["duration_s"], "result": s["status"]}
+                                             for s in op["timeline"]]}))
+        return
+    print_timeline(op)
+
+
+def watch(state: Path, op_id: str, timeout_s: float = 3600) -> dict[str, Any]:
+    """Follow a running operation with a live progress line per step until it stops."""
+    c = client(state)
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=out) as prog:
+        task = prog.add_task(f"{op_id}: starting", total=None)
+        while True:
+            op = c.get(f"/v1/failovers/{op_id}")
+            for i, s in enumerate(op["timeline"]):
+                if s["ended"] is not None and i not in seen:
+                    seen.add(i)
+                    prog.console.print(f"  {s['step']:<10} {s['status']:<8} "
+                                       f"{(s['duration_s'] or 0):7.3f}s")
+            running = next((s["step"] for s in op["timeline"] if s["ended"] is None), None)
+            prog.update(task, description=f"{op_id}: {op['state']}" + (f" ({running})" if running else ""))
+            if op["state"] not in ("running",):
+                return dict(op)
+            if time.monotonic() > deadline:
+                raise OperatorError(f"{op_id} still running after {timeout_s:.0f}s")
+            time.sleep(0.2)
+
+
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the operation until it stops.")]
+
+
+def _started(state: Path, res: dict[str, Any], wait: bool) -> None:
+    out.print(f"started {res['id']}")
+    if wait:
+        print_timeline(watch(state, res["id"]))
+
+
+@app.command()
+def approve(op_id: str, state: StateOpt, wait: WaitOpt = False) -> None:
+    """Approve a failover waiting for approval (manual policy), or a change record (CHG...) gating a move."""
+    op = client(state).post(f"/v1/failovers/{op_id}/approve")
+    out.print(f"approved {op['id']}")
+    if wait:
+        print_timeline(watch(state, op_id))
+
+
+@app.command()
+def failover(persona: str, state: StateOpt, to: Annotated[str | None, typer.Option("--to")] = None,
+             wait: WaitOpt = True) -> None:
+    """Fail PERSONA over now, on an operator's word (also while its pool's storm brake is paused)."""
+    _started(state, client(state).post("/v1/failover", {"persona": persona, "to": to}), wait)
+
+
+ChangeOpt = Annotated[str | None, typer.Option("--change", help="Run only once this change record is approved.")]
+
+
+@app.command()
+def move(persona: str, state: StateOpt, to: Annotated[str, typer.Option("--to")], wait: WaitOpt = True,
+         change: ChangeOpt = None) -> None:
+    """Planned move of PERSONA to a server (fenced, journaled and recorded like a failover)."""
+    _started(state, client(state).post("/v1/move", {"persona": persona, "to": to, "change": change}), wait)
+
+
+@app.command()
+def failback(persona: str, state: StateOpt, wait: WaitOpt = True, change: ChangeOpt = None) -> None:
+    """Return PERSONA to its home server (its agent is stopped first, then it is fenced and moved)."""
+    _started(state, client(state).post("/v1/failback", {"persona": persona, "change": change}), wait)
+
+
+@app.command()
+def clear(server: str, state: StateOpt) -> None:
+    """Clear a quarantined server so it can be a standby again (admin)."""
+    client(state).post(f"/v1/servers/{server}/clear")
+    out.print(f"cleared {server}")

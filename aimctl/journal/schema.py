@@ -1,0 +1,97 @@
+"""The journal's schema, versioned with ``PRAGMA user_version``; migrations only ever append.
+
+A journal written by a newer aimctl is refused rather than half-understood: the controller's
+state is the source of truth for the assignment, and guessing at an unknown schema could undo
+a failover.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from aimctl.errors import OperatorError
+
+# Each entry upgrades from version i to i + 1. Never edit a released entry: add one.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE operations (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('failover', 'move', 'failback')),
+            persona TEXT NOT NULL,
+            from_server TEXT,
+            to_server TEXT,
+            state TEXT NOT NULL CHECK (state IN ('running', 'needs-operator', 'waiting-approval',
+                                                 'done', 'failed', 'aborted')),
+            result TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            facts TEXT NOT NULL DEFAULT '{}')""",
+        "CREATE INDEX operations_state ON operations(state)",
+        """CREATE TABLE records (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            op_id TEXT NOT NULL REFERENCES operations(id),
+            seq INTEGER NOT NULL,
+            step TEXT NOT NULL,
+            phase TEXT NOT NULL CHECK (phase IN ('intent', 'result')),
+            status TEXT CHECK (status IS NULL OR status IN ('ok', 'failed', 'skipped', 'retarget')),
+            detail TEXT NOT NULL DEFAULT '{}',
+            time REAL NOT NULL,
+            UNIQUE (op_id, seq))""",
+        # Append-only is enforced by the database, not by convention.
+        """CREATE TRIGGER records_append_only_update BEFORE UPDATE ON records
+           BEGIN SELECT RAISE(ABORT, 'journal records are append-only'); END""",
+        """CREATE TRIGGER records_append_only_delete BEFORE DELETE ON records
+           BEGIN SELECT RAISE(ABORT, 'journal records are append-only'); END""",
+        """CREATE TABLE assignment (
+            persona TEXT PRIMARY KEY,
+            server TEXT,
+            by TEXT NOT NULL,
+            updated REAL NOT NULL)""",
+        """CREATE TABLE servers (
+            name TEXT PRIMARY KEY,
+            quarantined INTEGER NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL DEFAULT '',
+            by TEXT NOT NULL DEFAULT '',
+            since REAL,
+            failed INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            acquired REAL NOT NULL,
+            expires REAL NOT NULL)""",
+        # Change records (aimctl.records.changes) live here so that an operation and its change
+        # record are in one database; approvals are part of the record.
+        """CREATE TABLE changes (
+            number TEXT PRIMARY KEY,
+            op_id TEXT UNIQUE,
+            record TEXT NOT NULL,
+            created REAL NOT NULL,
+            updated REAL NOT NULL)""",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the database to SCHEMA_VERSION, each migration in its own transaction."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise OperatorError(
+            f"journal {path} has schema version {version}; this aimctl knows up to {SCHEMA_VERSION}"
+            " (upgrade aimctl, or point --state at another directory)"
+        )
+    for target in range(version, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated while we waited for the write lock.
+            if db.execute("PRAGMA user_version").fetchone()[0] > target:
+                db.execute("COMMIT")
+                continue
+            for statement in MIGRATIONS[target]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {target + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")

@@ -1,0 +1,59 @@
+"""Prometheus metrics of the controller, on a private registry.
+
+A private registry (not prometheus_client's global one) so two controllers in one test process,
+or a test and the library's own process collectors, never collide on a metric name.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from aimctl.failover.runner import StepEvent
+
+# Steps range from a journal write (ms) to a boot-and-heartbeat wait bounded by the boot timer (minutes).
+STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.failovers = Counter(
+            "aimctl_failovers", "Failover operations finished, by result (done, failed, aborted, needs-operator)",
+            ["result"], registry=self.registry,
+        )
+        self.step_duration = Histogram(
+            "aimctl_step_duration_seconds", "Duration of workflow steps, from intent to result",
+            ["step"], buckets=STEP_BUCKETS, registry=self.registry,
+        )
+        self.heartbeat_age = Gauge(
+            "aimctl_heartbeat_age_seconds", "Seconds since the last valid heartbeat of each persona",
+            ["persona"], registry=self.registry,
+        )
+        self.spare_capacity = Gauge(
+            "aimctl_pool_spare_capacity", "N+k: standbys of the pool that can take every persona of the pool",
+            ["pool"], registry=self.registry,
+        )
+
+    def observe_step(self, event: StepEvent) -> None:
+        """A ``run_steps`` listener: every step result with a duration lands in the histogram."""
+        if event.phase == "result" and event.duration_s is not None:
+            self.step_duration.labels(step=event.step).observe(event.duration_s)
+
+    def failover_finished(self, result: str) -> None:
+        self.failovers.labels(result=result).inc()
+
+    def set_heartbeat_age(self, persona: str, age_s: float) -> None:
+        self.heartbeat_age.labels(persona=persona).set(age_s)
+
+    def set_spare_capacity(self, pool: str, spares: int) -> None:
+        self.spare_capacity.labels(pool=pool).set(spares)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

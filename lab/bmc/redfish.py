@@ -1,0 +1,279 @@
+"""Redfish BMCs for the lab: the sushy-tools emulator (fake driver) served in process.
+
+Everything here extends the emulator from the outside (LAB.md):
+
+* each ``RedfishLab`` loads its own copy of ``sushy_tools.emulator.main`` (a Flask app is a module
+  singleton there), so several labs can live in one process, each with its own config, state dir
+  and routes;
+* a ``FakeDriver`` subclass is installed as that copy's ``fakedriver.FakeDriver``: it applies
+  power changes after a fixed delay (stock: 1-11 s at random, and only when next read), serialises
+  the driver's read-modify-write of its SQLite records, reports real power changes, and lies on
+  request;
+* a ``DueTimer`` reads a system when its pending change is due, so changes land on time;
+* NetworkAdapters/NetworkDeviceFunctions with iSCSIBoot come from ``lab.redfish_nic``;
+* a SessionService (tokens, as real BMCs hand out) from ``lab.redfish_sessions``; Basic auth
+  from a bcrypt htpasswd file keeps working;
+* a WSGI wrapper outside the auth layer injects faults per system ("down": the connection is
+  reset; "slow": +``slow_s`` per request; "lies": power reads On).
+
+The pieces that plug into the emulator (module copy, driver subclass, fault layer) are in
+``lab.redfish_emulator``; the NIC resources in ``lab.redfish_nic``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import threading
+import types
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from aimctl.drivers.protocols import IscsiBoot
+from lab.bmc import redfish_nic
+from lab.bmc.common import DueTimer, Faults, Notifier
+from lab.bmc.redfish_emulator import FaultMiddleware, QuietHandler, fresh_emulator_module, lab_driver_class
+from lab.bmc.redfish_sessions import SessionLayer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RedfishSystemSpec:
+    name: str
+    power_on: bool = False
+    boot_nic: str = "NIC.Integrated.1-1"
+
+
+class RedfishLab:
+    """A set of Redfish systems behind one HTTP(S) listener on 127.0.0.1."""
+
+    def __init__(
+        self,
+        systems: list[RedfishSystemSpec],
+        state_dir: Path,
+        users: dict[str, str],
+        power_delay_s: float = 1.0,
+        tls: bool = False,
+        slow_s: float = 0.5,
+    ) -> None:
+        self.power_delay_s = power_delay_s
+        self.slow_s = slow_s  # added to every request for a system while "slow" is on
+        self.tls = tls
+        self.state_dir = Path(state_dir)
+        self._users = dict(users)
+        self._specs = {s.name: s for s in systems}
+        self._uuids = {s.name: str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{s.name}.redfish.lab")) for s in systems}
+        self._names = {u: n for n, u in self._uuids.items()}
+        self._lock = threading.RLock()
+        self._faults = Faults()
+        self._power_seen: dict[str, bool] = {}
+        # power requests each system received over Redfish (ComputerSystem.Reset), for tests and status
+        self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
+        self.iscsi = redfish_nic.IscsiStore()
+        self._notifier = Notifier("redfish-lab")
+        self._due = DueTimer("redfish-lab", self._land)
+        self._module: types.ModuleType | None = None
+        self._driver: Any = None
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> int:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        mod = fresh_emulator_module()
+        self._module = mod
+        # the app looks the driver class up through its module's ``fakedriver`` name
+        upstream = mod.fakedriver.FakeDriver
+        mod.fakedriver = types.SimpleNamespace(FakeDriver=lab_driver_class(self, upstream))  # type: ignore[attr-defined]
+        config: dict[str, Any] = {
+            "SUSHY_EMULATOR_FAKE_DRIVER": True,
+            "SUSHY_EMULATOR_STATE_DIR": str(self.state_dir / "sushy"),
+            "SUSHY_EMULATOR_FAKE_SYSTEMS": [self._fake_system(s) for s in self._specs.values()],
+            # Dell-style: each system has a chassis with the same id (hosts its NetworkAdapters)
+            "SUSHY_EMULATOR_CHASSIS": [{"Id": u, "Name": f"{n}-chassis", "UUID": u} for n, u in self._uuids.items()],
+        }
+        if self._users:
+            config["SUSHY_EMULATOR_AUTH_FILE"] = str(self._write_htpasswd())
+        app = mod.app
+        app.configure(extra_config=config)
+        for name, spec in self._specs.items():
+            self.iscsi.add(self._uuids[name], spec.boot_nic)
+        redfish_nic.register_routes(app, self.iscsi, self._uuid_for)
+        basic = app.wsgi_app  # the emulator behind its Basic-auth layer (when users are set)
+        inner = basic.app if self._users else basic
+        app.wsgi_app = FaultMiddleware(SessionLayer(basic, inner, self._users), self)
+        self._driver = app.systems  # build the driver (and its SQLite) before the first request
+        for u in self._uuids.values():
+            self._power_seen[u] = self._driver._get(u)["power_state"] == "On"
+        ssl_context = self._ssl_context() if self.tls else None
+        self._server = make_server(
+            "127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler, ssl_context=ssl_context
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="redfish-lab-http",
+            daemon=True,
+        )
+        self._thread.start()
+        return int(self._server.server_port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._due.close()
+        self._notifier.close()
+        if self._module is not None:
+            sys.modules.pop(self._module.__name__, None)
+        self._server = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() the lab first"
+        return int(self._server.server_port)
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    # --- names and paths -------------------------------------------------------------------
+    def system_path(self, name: str) -> str:
+        return f"/redfish/v1/Systems/{self._uuids[name]}"
+
+    def nic_function_path(self, name: str) -> str:
+        adapter, function = self.iscsi.functions[self._uuids[name]]
+        return f"/redfish/v1/Chassis/{self._uuids[name]}/NetworkAdapters/{adapter}/NetworkDeviceFunctions/{function}"
+
+    # --- in-process truth and controls ----------------------------------------------------
+    def power(self, name: str) -> bool:
+        with self._lock:
+            return bool(self._driver._get(self._uuids[name])["power_state"] == "On")
+
+    def pending(self, name: str) -> bool | None:
+        """Target of a power change that has not landed yet (None: nothing pending)."""
+        with self._lock:
+            p = self._driver._systems[self._uuids[name]].get("pending_power")
+        return None if not p else p["power_state"] != "Off"
+
+    def boot_override(self, name: str) -> str:
+        return str(self._driver.get_boot_device(self._uuids[name]))
+
+    def iscsi_boot(self, name: str) -> dict[str, Any] | None:
+        """The boot NIC function's iSCSIBoot as the firmware holds it (CHAPSecret included);
+        None when no initiator name is configured."""
+        data = self.iscsi.get(self._uuids[name])
+        return data if data.get("InitiatorName") else None
+
+    def subscribe(self, cb: Callable[[str, bool], None]) -> None:
+        self._notifier.subscribe(cb)
+
+    def set_iscsi_boot(self, name: str, boot: IscsiBoot) -> None:
+        """Configure the firmware directly (lab setup: a server's home persona before the controller runs)."""
+        u = self._uuids[name]
+        self.iscsi.clear(u)
+        problem = self.iscsi.patch(
+            u,
+            {
+                "InitiatorName": boot.initiator,
+                "PrimaryTargetName": boot.target,
+                "PrimaryTargetIPAddress": boot.portal_host,
+                "PrimaryTargetTCPPort": boot.portal_port,
+                "PrimaryLUN": boot.lun,
+                "AuthenticationMethod": "CHAP" if boot.chap_user else "None",
+                "CHAPUsername": boot.chap_user or None,
+                "CHAPSecret": boot.chap_secret or None,
+            },
+        )
+        if problem:
+            raise ValueError(problem)
+        with self._lock:
+            self._driver._update(u, boot_device="UefiTarget")
+
+    def press_power_button(self, name: str) -> None:
+        self.set_power(name, False)
+
+    def set_power(self, name: str, on: bool) -> None:
+        u = self._uuids[name]
+        with self._lock:
+            self._due.cancel(u)
+            self._driver._update(u, power_state="On" if on else "Off", pending_power=None)
+
+    def set_fault(self, name: str, kind: str, on: bool) -> None:
+        if name not in self._uuids:
+            raise KeyError(name)
+        self._faults.set(name, kind, on)
+
+    def faulted(self, name: str, kind: str) -> bool:
+        return self._faults.has(name, kind)
+
+    def reset(self, name: str, power_on: bool) -> None:
+        self._faults.clear(name)
+        u = self._uuids[name]
+        self.iscsi.clear(u)
+        with self._lock:
+            self._driver._update(u, boot_device="Hdd")
+        self.set_power(name, power_on)
+
+    # --- helpers for the driver subclass, routes and middleware -----------------------------
+    def _uuid_for(self, identity: str) -> str | None:
+        if identity in self._names:
+            return identity
+        return self._uuids.get(identity)
+
+    def _name_for(self, identity: str) -> str | None:
+        u = self._uuid_for(identity)
+        return self._names.get(u) if u else None
+
+    def _faults_for_uuid(self, identity: str, kind: str) -> bool:
+        name = self._name_for(identity)
+        return name is not None and self.faulted(name, kind)
+
+    def _observe(self, u: str, on: bool) -> None:
+        # caller holds the lock, so changes are published in the order they happened
+        if self._power_seen.get(u) != on:
+            self._power_seen[u] = on
+            self._notifier.publish(self._names[u], on)
+
+    def _land(self, u: str) -> None:
+        self._driver._get(u)  # the fake driver applies a due change when the system is read
+
+    def _fake_system(self, spec: RedfishSystemSpec) -> dict[str, Any]:
+        n = list(self._specs).index(spec.name) + 1
+        return copy.deepcopy(
+            {
+                "uuid": self._uuids[spec.name],
+                "name": spec.name,
+                "power_state": "On" if spec.power_on else "Off",
+                "boot_device": "Hdd",
+                "boot_mode": "UEFI",
+                "external_notifier": False,
+                "nics": [{"mac": f"52:54:00:aa:{n // 256:02x}:{n % 256:02x}", "ip": f"10.99.{n // 256}.{n % 256}"}],
+            }
+        )
+
+    def _write_htpasswd(self) -> Path:
+        path = self.state_dir / "htpasswd"
+        # sushy-tools reads bcrypt entries only; cost 5 keeps per-request checks cheap in the lab
+        lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(5)).decode()}" for u, p in self._users.items()]
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return path
+
+    def _ssl_context(self) -> Any:
+        from lab.bmc.selfsigned import server_context
+
+        return server_context(self.state_dir)
+
+
+__all__ = ["RedfishLab", "RedfishSystemSpec"]

@@ -1,0 +1,128 @@
+"""How the lab plugs into the sushy-tools emulator without changing it (see ``lab.redfish_bmc``).
+
+* ``fresh_emulator_module``: the emulator's Flask app is a module singleton, so each lab executes
+  ``sushy_tools.emulator.main`` anew under a private module name: its own app, config and routes.
+* ``lab_driver_class``: a ``FakeDriver`` subclass with a fixed power delay (stock: 1-11 s at
+  random, applied only when the system is next read), one lock around the driver's
+  read-modify-write of its SQLite records, power-change reports, and lies on request.
+* ``FaultMiddleware``: per-system faults, outside the auth layer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import logging
+import re
+import socket
+import struct
+import sys
+import time
+import types
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.serving import WSGIRequestHandler
+
+if TYPE_CHECKING:
+    from lab.bmc.redfish import RedfishLab
+
+log = logging.getLogger("lab.redfish_bmc")
+_copies = itertools.count(1)
+_SYSTEM_IN_PATH = re.compile(r"^/redfish/v1/(?:Systems|Chassis|Managers)/([^/]+)")
+
+
+def fresh_emulator_module() -> types.ModuleType:
+    """Execute sushy_tools.emulator.main anew under a private name: a new app with its own routes."""
+    spec = importlib.util.find_spec("sushy_tools.emulator.main")
+    assert spec is not None and spec.origin is not None
+    name = f"lab._sushy_emulator_{next(_copies)}"
+    copy_spec = importlib.util.spec_from_file_location(name, spec.origin)
+    assert copy_spec is not None and copy_spec.loader is not None
+    mod = importlib.util.module_from_spec(copy_spec)
+    sys.modules[name] = mod  # Flask finds its templates through sys.modules[import_name]
+    copy_spec.loader.exec_module(mod)
+    return mod
+
+
+def lab_driver_class(lab: RedfishLab, base: type) -> type:
+    class LabFakeDriver(base):  # type: ignore[misc]
+        """sushy-tools' fake driver with a fixed power delay, a lock, change reports and lies."""
+
+        def _get(self, identity: str) -> dict[str, Any]:
+            with lab._lock:
+                result: dict[str, Any] = super()._get(identity)
+                return result
+
+        def _update(self, system: Any, **changes: Any) -> None:
+            with lab._lock:
+                if isinstance(system, str):
+                    system = self._get(system)
+                super()._update(system, **changes)
+                lab._observe(system["uuid"], system["power_state"] == "On")
+
+        def get_power_state(self, identity: str) -> str:
+            real: str = super().get_power_state(identity)
+            if lab._faults_for_uuid(identity, "lies"):
+                return "On"
+            return real
+
+        def set_power_state(self, identity: str, state: str) -> None:
+            with lab._lock:
+                uuid = self._get(identity)["uuid"]
+                lab.power_commands[lab._names[uuid]] += 1
+                before = self._systems[uuid].get("pending_power")
+                super().set_power_state(identity, state)
+                system = self._systems[uuid]
+                pending = system.get("pending_power")
+                want = "Off" if state in ("ForceOff", "GracefulShutdown") else "On"
+                if pending and pending != before:
+                    # a new change: make it land after the lab's fixed delay
+                    pending["apply_time"] = time.time() + lab.power_delay_s
+                    self._systems[uuid] = system
+                    lab._due.schedule(uuid, pending["apply_time"])
+                elif pending and pending["power_state"] != want and "Restart" not in pending["power_state"]:
+                    # already in the asked state with an opposite change pending: last command wins
+                    system["pending_power"] = None
+                    self._systems[uuid] = system
+                    lab._due.cancel(uuid)
+
+    return LabFakeDriver
+
+
+class FaultMiddleware:
+    """Outermost WSGI layer: per-system faults, before authentication."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], lab: RedfishLab) -> None:
+        self.app = app
+        self.lab = lab
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        m = _SYSTEM_IN_PATH.match(environ.get("PATH_INFO", ""))
+        name = self.lab._name_for(m.group(1)) if m else None
+        if name is not None:
+            if self.lab.faulted(name, "down"):
+                return self._reset(environ, start_response)
+            if self.lab.faulted(name, "slow"):
+                time.sleep(self.lab.slow_s)
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _reset(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        sock = environ.get("werkzeug.socket")
+        if sock is not None:
+            try:
+                # linger 0: the close that follows sends RST, like a BMC that fell over
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Connection", "close")])
+        return [b"BMC down\n"]
+
+
+class QuietHandler(WSGIRequestHandler):
+    """Access lines go to debug logging instead of stderr (tests and the lab daemon stay readable)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.debug("%s %s -> %s", self.command, self.path, code)
