@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import TYPE_CHECKING, Any
 
 from aimctl.api.app import Api, ApiError, Request
@@ -23,24 +22,7 @@ def op_json(c: Controller, op_id: str) -> dict[str, Any]:
 
 
 def status(c: Controller) -> dict[str, Any]:
-    now = time.monotonic()
-    states = c.detector.states()
-    busy = {o.persona: o.id for o in c.journal.unfinished_operations()}
-    personas = {}
-    for persona, server in sorted(c.journal.assignment().items()):
-        seen = c.receiver.last_seen(persona)
-        st = states.get(persona)
-        personas[persona] = {
-            "server": server,
-            "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
-            "health": seen[1].health.word if seen else None,
-            "detector": st.state if st else "alive",
-            "operation": busy.get(persona),
-            "bmc": c.poller.answer(server)[0] if server else None,
-        }
-    quarantined = {s: dataclasses.asdict(v) for s, v in c.journal.quarantined().items()}
-    return {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters(),
-            "paused_pools": dict(c.paused), "queued": sorted(c._pending)}
+    return c.status()
 
 
 def build_api(c: Controller) -> Api:

@@ -11,7 +11,8 @@ A step ends in one of four ways:
   (a standby that did not heartbeat in time: fence it, choose the next one);
 - it raises ``NeedsOperator`` / ``AwaitingApproval`` -> the operation stops in that state and keeps
   its leases; calling ``run_steps`` again re-runs the same step;
-- it raises ``StepFailed`` -> the operation is failed (nothing left half-done that needs a human).
+- it raises ``StepFailed`` -> the operation is failed (nothing left half-done that needs a human);
+  ``NotDeadAfterAll`` (a second source says the body lives) ends it as aborted;
 Any other exception means the world is in an unknown state: the operation stops in
 needs-operator, never guesses.
 """
@@ -48,9 +49,20 @@ class AwaitingApproval(NeedsOperator):
 class StepFailed(Exception):
     """A permanent failure that leaves nothing for an operator to untangle."""
 
+    state = "failed"
+
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class NotDeadAfterAll(StepFailed):
+    """A second source says the body is alive: the operation ends (aborted) before touching anything."""
+
+    state = "aborted"
+
+    def __init__(self, evidence: str) -> None:
+        super().__init__(f"not dead after all: {evidence}")
 
 
 class Retarget(Exception):
@@ -200,7 +212,7 @@ def run_steps(
         except NeedsOperator as n:
             return _fail(journal, op_id, step.name, n.state, n.reason, started, tell)
         except StepFailed as f:
-            return _fail(journal, op_id, step.name, "failed", f.reason, started, tell)
+            return _fail(journal, op_id, step.name, f.state, f.reason, started, tell)
         except Exception as exc:
             log.exception("step %s of %s raised", step.name, op_id)
             reason = f"unexpected {type(exc).__name__}: {exc}"

@@ -21,6 +21,7 @@ from aimctl.failover.planner import choose, port_intents, quarantine_intents
 from aimctl.failover.runner import (
     AwaitingApproval,
     NeedsOperator,
+    NotDeadAfterAll,
     Retarget,
     Step,
     StepCall,
@@ -40,6 +41,10 @@ STEPS = ("confirm", "approve", "choose", "fence", "storage", "bootcfg", "switch"
 
 def s_confirm(ctx: Ctx, call: StepCall) -> StepOutcome:
     f = call.op.facts
+    # The verdict is asked again before anything is touched: a second source may say the body lives.
+    alive = ctx.alive_evidence(call.op.persona, call.op.from_server) if call.op.from_server else None
+    if alive:
+        raise NotDeadAfterAll(alive)
     return StepOutcome.ok(evidence=f.get("evidence", "planned by operator"), trigger=f.get("trigger", call.op.kind))
 
 
