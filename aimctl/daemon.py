@@ -31,7 +31,7 @@ from aimctl.detect.detector import (
     PersonaUnhealthy,
     PersonaUnreachable,
 )
-from aimctl.detect.heartbeat import HeartbeatReceiver
+from aimctl.detect.heartbeat import HeartbeatReceiver, MarkStore
 from aimctl.detect.observe import Observer
 from aimctl.detect.recheck import DEATHS, UNHEALTHY, alive_evidence
 from aimctl.detect.storm import PoolLoad, Queued, plan_storm
@@ -83,14 +83,23 @@ class StormBrake(OperatorError):
 def check_state_dir(state: Path) -> None:
     """The controller's state dir exists (made 0700 if not), is a directory and can be read and written;
     otherwise one line saying so (exit 2), never a traceback from deep inside the journal."""
+    if state.exists() and not state.is_dir():
+        raise OperatorError(f"state dir {state}: not a directory")
     try:
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise OperatorError(f"state dir {state}: cannot create it: {exc.strerror or exc}") from None
-    if not state.is_dir():
-        raise OperatorError(f"state dir {state}: not a directory")
     if not os.access(state, os.R_OK | os.W_OK | os.X_OK):
         raise OperatorError(f"state dir {state}: not readable and writable by this user (uid {os.getuid()})")
+
+
+def heartbeat_receiver(listen: Listen, keys: dict[str, bytes], store: MarkStore) -> HeartbeatReceiver:
+    """The receiver with its replay memory in ``store`` (the journal): saved every flush, at most once
+    an interval, and after a restart the sequences a flush may have missed are refused too (one
+    interval's worth per flush, and two more for the burst an agent sends after a stall of its own)."""
+    flush_s = min(1.0, listen.heartbeat_interval)
+    guard = math.ceil(flush_s / listen.heartbeat_interval) + 2
+    return HeartbeatReceiver(*_hostport(listen.heartbeat), keys, store=store, flush_s=flush_s, replay_guard=guard)
 
 
 class Controller:
@@ -118,11 +127,7 @@ class Controller:
                                              boot_timer_override_s=listen.boot_timer_override)
         self.interval = listen.heartbeat_interval
         keys = {n: resolve_bytes(p.spec.heartbeat_key) for n, p in defs.personas.items()}
-        # Replay memory through the journal: saved every flush (at most once an interval), and the
-        # sequences a flush may have missed refused after a restart (two more for a late burst).
-        flush_s = min(1.0, self.interval)
-        self.receiver = HeartbeatReceiver(*_hostport(listen.heartbeat), keys, store=self.journal, flush_s=flush_s,
-                                          replay_guard=math.ceil(flush_s / self.interval) + 2)
+        self.receiver = heartbeat_receiver(listen, keys, self.journal)
         # The poller gets its own BMC sessions: a slow poll must never queue behind a fence.
         self.poller = BmcPoller({s: make_power(s, v) for s, v in defs.servers.items()},
                                 interval_s=listen.bmc_poll_interval)

@@ -122,9 +122,11 @@ def reset(state: StateOpt) -> None:
 @app.command()
 def fault(kind: Annotated[str, typer.Argument(help=", ".join(ops.FAULTS))],
           target: Annotated[str, typer.Argument(help="server, switch, storage, or SERVER:CHANNEL")],
-          state: StateOpt, clear: Annotated[bool, typer.Option("--clear")] = False) -> None:
+          state: StateOpt, clear: Annotated[bool, typer.Option("--clear")] = False,
+          delay: Annotated[float | None, typer.Option("--delay", help="bmc-slow: seconds per request.")] = None,
+          ) -> None:
     """Inject (or --clear) a fault."""
-    r = control.call(state, "fault", {"kind": kind, "target": target, "clear": clear})
+    r = control.call(state, "fault", {"kind": kind, "target": target, "clear": clear, "delay_s": delay})
     out.print(f"{kind} on {target}: {'active' if r['active'] else 'cleared'}")
 
 

@@ -34,8 +34,8 @@ class LabHandle:
     def status(self) -> Any:
         return self.call("status")
 
-    def fault(self, kind: str, target: str, clear: bool = False) -> Any:
-        return self.call("fault", {"kind": kind, "target": target, "clear": clear})
+    def fault(self, kind: str, target: str, clear: bool = False, delay_s: float | None = None) -> Any:
+        return self.call("fault", {"kind": kind, "target": target, "clear": clear, "delay_s": delay_s})
 
     def reset(self) -> Any:
         return self.call("reset")

@@ -10,7 +10,10 @@ from aimctl.errors import OperatorError
 from lab.network.traps import cable_ifindex
 
 FAULTS = ("power-button", "bmc-down", "bmc-slow", "bmc-lies", "switch-hang", "storage-error", "scn-partition",
-          "boot-fail", "link-down")
+          "boot-fail", "link-down", "bmc-alert")
+# Events, not states: sent once, nothing to clear.
+ONE_SHOT = ("bmc-alert",)
+BMC_SLOW_DEFAULT_S = 0.5
 
 
 def _server_bmc(lab: Any, server: str) -> Any:
@@ -47,9 +50,13 @@ def status(lab: Any) -> dict[str, Any]:
             "faults": [{"kind": k, "target": t} for (t, k), on in lab.faults.items() if on]}
 
 
-def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
+def fault(lab: Any, kind: str, target: str, clear: bool, delay_s: float | None = None) -> dict[str, Any]:
+    """``delay_s``: for bmc-slow, seconds added to every request of that BMC (default 0.5; past the
+    drivers' 5 s timeout every request fails)."""
     if kind not in FAULTS:
         raise OperatorError(f"unknown fault {kind!r} (one of: {', '.join(FAULTS)})")
+    if delay_s is not None and (kind != "bmc-slow" or not 0 < delay_s <= 120):
+        raise OperatorError("a delay is for bmc-slow only, in (0, 120] seconds")
     on = not clear
     d = lab.defs
     if kind == "power-button" and "," in target:
@@ -67,7 +74,13 @@ def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
         else:
             _server_bmc(lab, target).press_power_button(target)
     elif kind in ("bmc-down", "bmc-slow", "bmc-lies"):
-        _server_bmc(lab, target).set_fault(target, kind.split("-", 1)[1], on)
+        _server_bmc(lab, target).set_fault(target, kind.split("-", 1)[1], on, delay_s)
+    elif kind == "bmc-alert":
+        # The host crashed under a live BMC: the BMC sends its alert trap, naming itself by its server.
+        _server_bmc(lab, target)
+        if not clear:
+            lab.traps.bmc_alert(target)
+        return {"ok": True, "kind": kind, "target": target, "active": False}
     elif kind == "switch-hang":
         if target not in d.switches:
             raise OperatorError(f"unknown switch {target!r}")

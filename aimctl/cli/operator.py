@@ -50,11 +50,11 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     from aimctl.loader import load
     from aimctl.overlay import Overlay, api_hostport, apply, load_overlay
 
+    check_state_dir(state)  # the environment first: a wrong --state is said before anything is loaded
     defs = load(definitions)
     ov = load_overlay(overlay) if overlay else Overlay()
     if overlay:
         defs = apply(defs, ov, str(overlay))
-    check_state_dir(state)
     logging.getLogger().setLevel(os.environ.get("AIMCTL_LOG", "INFO"))
     handler = logging.FileHandler(state / "controller.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -64,15 +64,15 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     logging.getLogger().addHandler(handler)
     # The composition: the daemon wires the parts; the API is built on it here, where it is started,
     # so the daemon never imports the API.
-    c = Controller(defs, ov.controller, state)
+    c = Controller(defs, ov.controller, state)  # binds the heartbeat and SNMP ports (ListenError)
     api = build_api(c)
-    c.start()
     try:
-        api.start()
+        api.start()  # the last port to bind, before anything starts polling or acting
     except OSError as exc:
         c.stop()
         host, port = api_hostport(ov.controller.api)
         raise ListenError.from_oserror("the API", "TCP", host, port, exc) from None
+    c.start()
     c.resume()
     stop = threading.Event()
     def on_signal(*_: object) -> None:

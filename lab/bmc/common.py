@@ -119,12 +119,21 @@ class Faults:
     down: set[str] = field(default_factory=set)
     slow: set[str] = field(default_factory=set)
     lies: set[str] = field(default_factory=set)
+    delay: dict[str, float] = field(default_factory=dict)  # "slow": seconds per request, per server
 
-    def set(self, name: str, kind: str, on: bool) -> None:
+    def set(self, name: str, kind: str, on: bool, delay_s: float | None = None) -> None:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; want one of {', '.join(FAULT_KINDS)}")
         bucket: set[str] = getattr(self, kind)
         (bucket.add if on else bucket.discard)(name)
+        if kind == "slow":
+            if on and delay_s is not None:
+                self.delay[name] = delay_s
+            else:
+                self.delay.pop(name, None)
+
+    def delay_for(self, name: str, default_s: float) -> float:
+        return self.delay.get(name, default_s)
 
     def has(self, name: str, kind: str) -> bool:
         bucket: set[str] = getattr(self, kind)
@@ -133,3 +142,4 @@ class Faults:
     def clear(self, name: str) -> None:
         for kind in FAULT_KINDS:
             getattr(self, kind).discard(name)
+        self.delay.pop(name, None)
