@@ -276,7 +276,8 @@ class Controller:
                 sum(1 for p in starting if pool_of.get(p) == name and p not in busy)
             pools[name] = PoolLoad(personas, tuple(p for p in personas if states.get(p, "alive") != "alive"),
                                    running, pool.storm.max_concurrent, pool.storm.pause_above_percent)
-        queued = [q for p, q in self._pending.items() if p not in starting]
+        # A copy first: starter threads pop from the queue while this loop reads it.
+        queued = [q for p, q in list(self._pending.items()) if p not in starting]
         plan = plan_storm(pools, queued, states, self.journal.assignment(), busy, set(self.paused),
                           set(self.operator_paused))
         for name, why in plan.pause.items():
