@@ -392,9 +392,15 @@ class Controller:
         return op_id
 
     def _spawn(self, op_id: str) -> None:
-        t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
-        self._threads[op_id] = t
-        t.start()
+        # One thread per operation, ever: a resume racing an API request that opened the same
+        # operation (the API listens before resume runs) must not run its steps twice at once.
+        with self._lock:
+            running = self._threads.get(op_id)
+            if running is not None and running.is_alive():
+                return
+            t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
+            self._threads[op_id] = t
+            t.start()
 
     def _run_op(self, op_id: str) -> None:
         op = self.journal.operation(op_id)
