@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,8 +29,8 @@ def free(kind: int) -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def overlay(tmp_path: Path) -> Path:
+def overlay_file(where: Path) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
     defs = load(DEFINITIONS, use_cache=False)
     closed = free(socket.SOCK_STREAM)  # nothing listens there
     doc = {
@@ -42,44 +41,52 @@ def overlay(tmp_path: Path) -> Path:
                        "snmp": f"127.0.0.1:{free(socket.SOCK_DGRAM)}",
                        "api": f"127.0.0.1:{free(socket.SOCK_STREAM)}"},
     }
-    path = tmp_path / "endpoints.yaml"
+    path = where / "endpoints.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
-def run(overlay: Path, state: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def start(overlay: Path, state: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "aimctl.cli", "controller", "run", "--definitions", str(DEFINITIONS),
          "--overlay", str(overlay), "--state", str(state)],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, **ENV, "AIMCTL_TEST_HBKEY": "k" * 32})
 
 
-@pytest.fixture
-def taken(overlay: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
-    """Occupy the controller's ``request.param`` listener (heartbeat, snmp or api) first."""
-    which = request.param
-    host, port = yaml.safe_load(overlay.read_text())["controller"][which].rsplit(":", 1)
-    kind = socket.SOCK_STREAM if which == "api" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind((host, int(port)))
-    if kind == socket.SOCK_STREAM:
-        s.listen(1)
-    yield which, int(port)
-    s.close()
+WHAT = {"heartbeat": "persona heartbeats on UDP", "snmp": "SNMP traps (switch links, BMC alerts) on UDP",
+        "api": "the API on TCP"}
 
 
-@pytest.mark.parametrize(("taken", "what"), [("heartbeat", "persona heartbeats on UDP"),
-                                             ("snmp", "SNMP traps (switch links, BMC alerts) on UDP"),
-                                             ("api", "the API on TCP")], indirect=["taken"])
-def test_a_port_in_use_is_one_line(overlay: Path, tmp_path: Path, taken: tuple[str, int], what: str) -> None:
-    res = run(overlay, tmp_path / "ctrl")
-    assert res.returncode == 2, res.stderr
-    assert "Traceback" not in res.stderr + res.stdout
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0] == f"error: cannot listen for {what} 127.0.0.1:{taken[1]}: address already in use " \
-                       "(another controller, or a lab, already listens there)"
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """Each of the three listeners taken in turn (three controllers started at once, each finding
+    its own port taken): one line naming the port and what it is for, exit 2."""
+    held, runs = [], {}
+    try:
+        for which in WHAT:
+            ov = overlay_file(tmp_path / which)
+            host, port = yaml.safe_load(ov.read_text())["controller"][which].rsplit(":", 1)
+            kind = socket.SOCK_STREAM if which == "api" else socket.SOCK_DGRAM
+            s = socket.socket(socket.AF_INET, kind)
+            s.bind((host, int(port)))
+            if kind == socket.SOCK_STREAM:
+                s.listen(1)
+            held.append(s)
+            runs[which] = (int(port), start(ov, tmp_path / which / "ctrl"))
+        for which, (port, proc) in runs.items():
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 2, err
+            assert "Traceback" not in out + err
+            lines = err.strip().splitlines()
+            assert lines == [f"error: cannot listen for {WHAT[which]} 127.0.0.1:{port}: address already in use "
+                             "(another controller, or a lab, already listens there)"], err
+    finally:
+        for _port, proc in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for s in held:
+            s.close()
 
 
 def test_state_dir_problems_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
