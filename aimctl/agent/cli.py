@@ -18,12 +18,12 @@ from typing import Annotated
 
 import typer
 
-from aimctl import secrets
 from aimctl.agent.checks import load_checks_file
 from aimctl.agent.run import run_agent
-from aimctl.errors import OperatorError
-from aimctl.model import parse_duration
-from aimctl.validation import HOSTNAME_RE, NAME_RE
+from aimctl.core import secrets
+from aimctl.core.durations import parse_duration
+from aimctl.core.errors import OperatorError
+from aimctl.core.names import HOSTNAME_RE, NAME_RE
 
 MIN_KEY_BYTES = 16
 
