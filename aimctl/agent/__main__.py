@@ -1,3 +1,3 @@
 from aimctl.agent.cli import main
 
-main()
+raise SystemExit(main())
