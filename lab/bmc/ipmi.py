@@ -58,7 +58,7 @@ class IpmiLab:
         self._specs = {s.name: s for s in systems}
         self._servers = {s.name: _Server(on=s.power_on, boot_device=s.boot_device) for s in systems}
         self._lock = threading.RLock()
-        self._faults = Faults()
+        self._faults = Faults(self._servers)
         # chassis control requests each BMC received, for tests and status
         self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
         self._bmcs: dict[str, LabBmc] = {}
@@ -131,8 +131,6 @@ class IpmiLab:
         self._set_now(name, on)
 
     def set_fault(self, name: str, kind: str, on: bool) -> None:
-        if name not in self._servers:
-            raise KeyError(name)
         self._faults.set(name, kind, on)
 
     def faulted(self, name: str, kind: str) -> bool:

@@ -73,7 +73,7 @@ class RedfishLab:
         self._uuids = {s.name: str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{s.name}.redfish.lab")) for s in systems}
         self._names = {u: n for n, u in self._uuids.items()}
         self._lock = threading.RLock()
-        self._faults = Faults()
+        self._faults = Faults(self._specs)
         self._power_seen: dict[str, bool] = {}
         # power requests each system received over Redfish (ComputerSystem.Reset), for tests and status
         self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
@@ -210,8 +210,6 @@ class RedfishLab:
             self._driver._update(u, power_state="On" if on else "Off", pending_power=None)
 
     def set_fault(self, name: str, kind: str, on: bool) -> None:
-        if name not in self._uuids:
-            raise KeyError(name)
         self._faults.set(name, kind, on)
 
     def faulted(self, name: str, kind: str) -> bool:

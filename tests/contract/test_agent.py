@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,17 +21,14 @@ from aimctl.agent.run import NONCE_WINDOW, REASON_REQUESTED, REASON_STOPPED, _is
 from aimctl.agent.wire import Health
 from aimctl.detect.heartbeat import HeartbeatReceiver
 from aimctl.errors import OperatorError
+from tests import waiting
 
 KEY = b"0123456789abcdef0123456789abcdef"
 INTERVAL = 0.05
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.01)
+def wait_for(cond: Callable[[], object]) -> None:
+    waiting.wait_for(cond, timeout_s=10.0, poll_s=0.01)
 
 
 @pytest.fixture
