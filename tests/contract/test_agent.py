@@ -304,3 +304,14 @@ def test_agent_process_heartbeats_and_stops_on_sigterm(tmp_path: Path, receiver:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_the_controllers_command_line_runs_the_same_agent(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aimctl.cli.main import app
+
+    key = str(key_file(tmp_path, 0o600))
+    done = CliRunner().invoke(app, ["agent", "run", "--persona", "Bad Name", "--controller", "127.0.0.1:9",
+                                    "--key-file", key])
+    assert done.exit_code == 2 and "bad name" in done.stderr
