@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -23,7 +23,16 @@ from pydantic import (
 )
 
 from aimctl.core.durations import parse_duration
-from aimctl.validation import HOSTNAME_RE, IQN_RE, NAME_RE, check_host_key, ssh_url_parts, valid_vlan
+from aimctl.validation import (
+    HOST_KEY_RE,
+    HOSTNAME_RE,
+    IQN_RE,
+    NAME_RE,
+    SSH_URL_RE,
+    check_host_key,
+    ssh_url_parts,
+    valid_vlan,
+)
 
 # ---------------------------------------------------------------------------- scalar types
 
@@ -91,8 +100,14 @@ def _check_ssh_url(value: str) -> str:
     return value
 
 
-SshUrl = Annotated[str, AfterValidator(_check_ssh_url)]  # ssh://user@host[:port], as validation.SSH_URL_RE
-HostKey = Annotated[str, AfterValidator(check_host_key)]  # known-hosts | SHA256:<fingerprint> | auto-add
+def _editor_pattern(rx: re.Pattern[str]) -> Any:
+    """The same pattern in JSON Schema's dialect (ECMA), so `aimctl schema` shows editors the rule."""
+    return Field(json_schema_extra={"pattern": rx.pattern.replace(r"\Z", "$").replace("(?P<", "(?<")})
+
+
+# ssh://user@host[:port] and known-hosts | SHA256:<fingerprint> | auto-add: validation's patterns.
+SshUrl = Annotated[str, AfterValidator(_check_ssh_url), _editor_pattern(SSH_URL_RE)]
+HostKey = Annotated[str, AfterValidator(check_host_key), _editor_pattern(HOST_KEY_RE)]
 
 
 def _check_management(value: str) -> str:
