@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError
 
 from aimctl.errors import DefinitionError, OperatorError
 from aimctl.loader import Definitions, PersonaDef, Source
-from aimctl.model import Credentials, Duration, Host, SecretRef, SshUrl, Strict
+from aimctl.model import Credentials, Host, HostKey, PositiveDuration, SecretRef, SshUrl, Strict
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -47,10 +47,10 @@ class StoragePatch(Strict):
 class HookPatch(Strict):
     via: SshUrl | None = None
     credentials: SecretRef | None = None
-    host_key: str | None = None
-    timeout: Duration | None = None
+    host_key: HostKey | None = None
+    timeout: PositiveDuration | None = None
     retries: int | None = None
-    poll: Duration | None = None
+    poll: PositiveDuration | None = None
 
 
 class PersonaPatch(Strict):

@@ -72,7 +72,7 @@ def make_storage(name: str, st: Storage) -> StorageAccess:
     else:
         if st.credentials is None:
             raise OperatorError(f"storage {name}: ssh management needs credentials")
-        runner = SshRunner.from_url(st.management, resolve(st.credentials.password))
+        runner = SshRunner.from_url(st.management, resolve(st.credentials.password), host_key=st.host_key)
     return TgtStorage(st.portal, st.port, runner)
 
 
