@@ -309,6 +309,39 @@ class Journal(StateMixin):
                 self._mark(db, server, m, op_id, now)
         _after_record()
 
+    def close_operation(
+        self,
+        op_id: str,
+        state: str,
+        result: str,
+        step: str,
+        detail: Mapping[str, Any],
+        *,
+        assignment_change: Mapping[str, str | None] | None = None,
+        server_marks: Mapping[str, ServerMark] | None = None,
+    ) -> None:
+        """End an operation from outside its steps (an operator abandoning it): a result record, the
+        terminal state, its leases released, and the assignment and marks that follow, all in one
+        transaction, so no crash can leave an abandoned operation holding its persona."""
+        if state not in TERMINAL:
+            raise ValueError(f"close_operation wants a terminal state, got {state!r}")
+        full = dict(detail)
+        if assignment_change:
+            full["assignment"] = dict(assignment_change)
+        if server_marks:
+            full["server_marks"] = {s: m.__dict__ for s, m in server_marks.items()}
+        now = self._clock()
+        with self.transaction() as db:
+            self._append(db, op_id, step, "result", "ok", full)
+            db.execute("UPDATE operations SET state = ?, result = ?, updated = ? WHERE id = ?",
+                       (state, mask(result), now, op_id))
+            db.execute("DELETE FROM leases WHERE holder = ?", (op_id,))
+            for persona, server in (assignment_change or {}).items():
+                self._assign(db, persona, server, op_id, now)
+            for server, m in (server_marks or {}).items():
+                self._mark(db, server, m, op_id, now)
+        _after_record()
+
     def add_facts(self, op_id: str, facts: Mapping[str, Any]) -> None:
         """Merge facts from outside a step (an operator's approval) into the operation."""
         self.operation(op_id)
