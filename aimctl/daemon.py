@@ -238,8 +238,10 @@ class Controller:
         with self._lock:
             # Names and targets are checked before anything is opened: a request that can never run
             # must not leave an operation holding the persona.
+            in_use = {lease.name[7:]: f"in use by {lease.holder}" for lease in self.journal.leases()
+                      if lease.name.startswith("server:")}
             check_request(self.defs, persona, to, {p: s for p, s in self.journal.assignment().items() if s},
-                          set(self.journal.quarantined()))
+                          set(self.journal.quarantined()), in_use)
             if persona in self.busy_personas():
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool

@@ -70,11 +70,12 @@ def choose(defs: Definitions, persona: str, assignment: dict[str, str], quaranti
 
 
 def check_request(defs: Definitions, persona: str, to: str | None, assignment: dict[str, str],
-                  quarantined: set[str]) -> None:
+                  quarantined: set[str], in_use: dict[str, str] | None = None) -> None:
     """Refuse, before any operation is opened, a request that names an unknown persona or server, or
     a target that can never take the persona (outside its pool, its own server, busy, quarantined,
-    unqualified). What may pass by itself (a BMC that does not answer right now) is left to the
-    choose step, which then waits for an operator with the reason."""
+    unqualified, held by another operation: ``in_use``). What may pass by itself (a BMC that does
+    not answer right now) is left to the choose step, which then waits for an operator with the
+    reason."""
     if persona not in defs.personas:
         raise OperatorError(f"unknown persona {persona!r} (known: {', '.join(sorted(defs.personas))})")
     if to is None:
@@ -86,7 +87,7 @@ def check_request(defs: Definitions, persona: str, to: str | None, assignment: d
     current = assignment.get(persona)
     if to == current:
         raise OperatorError(f"{persona} already runs on {to}")
-    choose(defs, persona, others | ({persona: current} if current else {}), quarantined, to=to)
+    choose(defs, persona, others | ({persona: current} if current else {}), quarantined, in_use, to=to)
 
 
 def _qual_text(defs: Definitions, persona: str) -> str:

@@ -203,7 +203,7 @@ def s_heartbeat(ctx: Ctx, call: StepCall) -> StepOutcome:
         f = fence_body(ctx, op, to, key=f"{op.id}-{to}", quarantine_now=True, check_alive=False,
                        resumed=call.resumed)
     except NeedsOperator as exc:
-        raise NeedsOperator(f"{to} did not heartbeat within {int(timer)}s and its {exc.reason}",
+        raise NeedsOperator(f"{to} did not heartbeat {op.persona} within {int(timer)}s; {exc.reason}",
                             server_marks=mark) from None
     failed = failed_before + [to]
     facts: dict[str, Any] = {"failed_standbys": failed,

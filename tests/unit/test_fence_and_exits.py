@@ -208,13 +208,15 @@ def defs() -> Any:
     ("exchange2", "r720-1", set(), "runs persona exchange1"),
     ("exchange2", "r720-3", {"r720-3"}, "quarantined"),
     ("web2", "r620-4", set(), ""),
+    ("web2", "r620-3", {"in-use"}, "cannot take web2: in use by fo-7"),
 ])
 def test_check_request(defs: Any, persona: str, to: str | None, quarantined: set[str], error: str) -> None:
+    in_use = {"r620-3": "in use by fo-7"} if "in-use" in quarantined else {}
     if not error:
-        check_request(defs, persona, to, defs.homes(), quarantined)
+        check_request(defs, persona, to, defs.homes(), quarantined, in_use)
         return
     with pytest.raises(OperatorError) as ei:
-        check_request(defs, persona, to, defs.homes(), quarantined)
+        check_request(defs, persona, to, defs.homes(), quarantined, in_use)
     assert error in str(ei.value)
 
 
