@@ -394,11 +394,11 @@ class Controller:
                 raise OperatorError(plan.refusal)
             where = plan.assign or "no server (unassigned)"
             result = f"abandoned by {actor}: {op.persona} stays on {where}" + (f"; {note}" if note else "")
-            self.journal.close_operation(
-                op_id, "aborted", result, "resolve",
-                {"action": "abandon", "by": actor, "note": note, "persona_on": plan.assign},
+            self.journal.result(
+                op_id, "resolve", "ok", {"action": "abandon", "by": actor, "note": note, "persona_on": plan.assign},
                 assignment_change={op.persona: plan.assign} if plan.change_assignment else None,
-                server_marks={s: ServerMark(why, quarantine=True) for s, why in plan.quarantine.items()})
+                server_marks={s: ServerMark(why, quarantine=True) for s, why in plan.quarantine.items()},
+                end=("aborted", result))
             self._pending.pop(op.persona, None)
         self._resolved(op, actor, "abandon", {"persona_on": where, "quarantined": ", ".join(plan.quarantine),
                                               "note": note})

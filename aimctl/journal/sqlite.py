@@ -289,10 +289,17 @@ class Journal(StateMixin):
         facts: Mapping[str, Any] | None = None,
         assignment_change: Mapping[str, str | None] | None = None,
         server_marks: Mapping[str, ServerMark] | None = None,
+        end: tuple[str, str] | None = None,
     ) -> None:
-        """Append a step's result; facts, assignment and server marks change in the same transaction."""
+        """Append a step's result; facts, assignment and server marks change in the same transaction.
+
+        ``end=(state, result)`` also ends the operation there (a terminal state; its leases are
+        released): how an operator's abandon is recorded, so no crash can leave an abandoned
+        operation holding its persona."""
         if status not in STATUSES:
             raise ValueError(f"unknown step status {status!r} (want one of {', '.join(STATUSES)})")
+        if end is not None and end[0] not in TERMINAL:
+            raise ValueError(f"a result can only end an operation in a terminal state, not {end[0]!r}")
         full = dict(detail or {})
         if assignment_change:
             full["assignment"] = dict(assignment_change)
@@ -307,39 +314,10 @@ class Journal(StateMixin):
                 self._assign(db, persona, server, op_id, now)
             for server, m in (server_marks or {}).items():
                 self._mark(db, server, m, op_id, now)
-        _after_record()
-
-    def close_operation(
-        self,
-        op_id: str,
-        state: str,
-        result: str,
-        step: str,
-        detail: Mapping[str, Any],
-        *,
-        assignment_change: Mapping[str, str | None] | None = None,
-        server_marks: Mapping[str, ServerMark] | None = None,
-    ) -> None:
-        """End an operation from outside its steps (an operator abandoning it): a result record, the
-        terminal state, its leases released, and the assignment and marks that follow, all in one
-        transaction, so no crash can leave an abandoned operation holding its persona."""
-        if state not in TERMINAL:
-            raise ValueError(f"close_operation wants a terminal state, got {state!r}")
-        full = dict(detail)
-        if assignment_change:
-            full["assignment"] = dict(assignment_change)
-        if server_marks:
-            full["server_marks"] = {s: m.__dict__ for s, m in server_marks.items()}
-        now = self._clock()
-        with self.transaction() as db:
-            self._append(db, op_id, step, "result", "ok", full)
-            db.execute("UPDATE operations SET state = ?, result = ?, updated = ? WHERE id = ?",
-                       (state, mask(result), now, op_id))
-            db.execute("DELETE FROM leases WHERE holder = ?", (op_id,))
-            for persona, server in (assignment_change or {}).items():
-                self._assign(db, persona, server, op_id, now)
-            for server, m in (server_marks or {}).items():
-                self._mark(db, server, m, op_id, now)
+            if end is not None:
+                db.execute("UPDATE operations SET state = ?, result = ?, updated = ? WHERE id = ?",
+                           (end[0], mask(end[1]), now, op_id))
+                db.execute("DELETE FROM leases WHERE holder = ?", (op_id,))
         _after_record()
 
     def add_facts(self, op_id: str, facts: Mapping[str, Any]) -> None:

@@ -10,6 +10,8 @@ import yaml
 from lab.controller_proc import ControllerProcess
 from lab.fixtures import LabHandle
 
+# Where an operation stops: finished, or waiting for an operator.
+ENDED = ("done", "failed", "aborted", "needs-operator")
 X1_TARGETS = ("iqn.2026-01.lab.storage:exchange1-boot", "iqn.2026-01.lab.storage:exchange1-db")
 
 

@@ -17,7 +17,7 @@ from aimctl.api.client import ApiCallError
 from lab.controller_proc import ControllerProcess
 from lab.fixtures import LabHandle
 from tests.conftest import REPO
-from tests.e2e.stories import op_of, port_vlans, wait_op
+from tests.e2e.stories import ENDED, op_of, port_vlans, wait_op
 
 pytestmark = pytest.mark.lab
 
@@ -49,7 +49,7 @@ def test_failed_standby_is_fenced_like_a_dead_body(world: World) -> None:
     lab.fault("power-button", "r620-2")
     ctrl.wait(lambda: lab.status()["servers"]["r620-4"]["power"] == "on", 30, "r620-4 powered on")
     lab.fault("bmc-lies", "r620-4")
-    op = wait_op(ctrl, "web2", ("done", "failed", "needs-operator", "aborted"), timeout_s=90)
+    op = wait_op(ctrl, "web2", ENDED, timeout_s=90)
     assert op["state"] == "done", op
     assert op["facts"]["to"] == "r620-3" and op["facts"]["failed_standbys"] == ["r620-4"]
     fenced = op["facts"]["fenced_standbys"]["r620-4"]
@@ -73,7 +73,7 @@ def test_switch_step_hang_is_undone_then_retried(world: World) -> None:
     before = {s: port_vlans(lab.status(), s) for s in ("r720-1", "r720-3")}
     lab.fault("switch-hang", "sw2")
     lab.fault("power-button", "r720-1")
-    op = wait_op(ctrl, "exchange1", ("needs-operator", "done", "failed", "aborted"), timeout_s=90)
+    op = wait_op(ctrl, "exchange1", ENDED, timeout_s=90)
     assert op["state"] == "needs-operator", op
     reason = op["result"]
     assert reason.startswith("switch: switch step not done: sw2 failed ("), reason
@@ -91,7 +91,7 @@ def test_switch_step_hang_is_undone_then_retried(world: World) -> None:
     assert f"aimctl retry {op['id']}" in waiting["exits"]
     lab.fault("switch-hang", "sw2", clear=True)
     ctrl.api.post(f"/v1/failovers/{op['id']}/retry", {"note": "sw2 rebooted"})
-    op = wait_op(ctrl, "exchange1", ("done", "failed", "needs-operator", "aborted"), timeout_s=60)
+    op = wait_op(ctrl, "exchange1", ENDED, timeout_s=60)
     assert op["state"] == "done", op
     ls = lab.status()
     assert ls["servers"]["r720-3"]["booted"] == "exchange1"
@@ -129,7 +129,7 @@ def test_stuck_operations_have_exits_and_bad_requests_open_none(world: World) ->
     lab.fault("bmc-down", "r720-3")
     ctrl.wait(lambda: ctrl.api.get("/v1/status")["bmcs"]["r720-3"] == "no-answer", 20, "r720-3's BMC silent")
     res = ctrl.api.post("/v1/failover", {"persona": "exchange2"})
-    op = wait_op(ctrl, "exchange2", ("needs-operator", "done", "failed", "aborted"), timeout_s=30)
+    op = wait_op(ctrl, "exchange2", ENDED, timeout_s=30)
     assert op["state"] == "needs-operator" and "r720-3: BMC no-answer" in op["result"], op
     assert lab.status()["servers"]["r720-2"]["booted"] == "exchange2"
     with pytest.raises(ApiCallError, match="already has an operation in progress"):
@@ -161,7 +161,7 @@ def test_fence_quarantine_hang_then_operator_marks_the_body_out(world: World) ->
     lab.fault("bmc-lies", "r720-1")
     lab.fault("switch-hang", "sw2", after=6)  # the VLAN lines, then into r720-1's first sw2 port
     lab.fault("power-button", "r720-1")
-    op = wait_op(ctrl, "exchange1", ("needs-operator", "done", "failed", "aborted"), timeout_s=90)
+    op = wait_op(ctrl, "exchange1", ENDED, timeout_s=90)
     assert op["state"] == "needs-operator", op
     reason = op["result"]
     assert reason.startswith("fence: fence of r720-1 not confirmed: power-off not read back"), reason
@@ -177,7 +177,7 @@ def test_fence_quarantine_hang_then_operator_marks_the_body_out(world: World) ->
         ctrl.api.post(f"/v1/failovers/{op['id']}/mark-fenced", {"server": "r720-2"})
     lab.fault("switch-hang", "sw2", clear=True)
     ctrl.api.post(f"/v1/failovers/{op['id']}/mark-fenced", {"server": "r720-1", "note": "pulled from rack 4"})
-    op = wait_op(ctrl, "exchange1", ("done", "failed", "needs-operator", "aborted"), timeout_s=60)
+    op = wait_op(ctrl, "exchange1", ENDED, timeout_s=60)
     assert op["state"] == "done", op
     fence = [s for s in timeline(ctrl, op["id"]) if s["step"] == "fence"][-1]
     assert "recorded the body is out" in fence["detail"]["verdict"]

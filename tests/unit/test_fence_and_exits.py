@@ -223,16 +223,15 @@ def test_check_request(defs: Any, persona: str, to: str | None, quarantined: set
 # ---------------------------------------------------------------------------- the journal's abandon
 
 
-def test_close_operation_is_one_transaction(tmp_path: Path) -> None:
+def test_abandon_is_one_transaction(tmp_path: Path) -> None:
     j = Journal(tmp_path / "journal.db")
     j.seed_assignment({"exchange1": "r720-1"})
     op_id = j.open_operation("failover", "exchange1", {}, from_server="r720-1",
                              leases=[persona_lease("exchange1"), server_lease("r720-1")])
     seen: list[int] = []
     j._on_commit = seen.append
-    j.close_operation(op_id, "aborted", "abandoned by ops", "resolve", {"action": "abandon"},
-                      assignment_change={"exchange1": None},
-                      server_marks={"r720-3": ServerMark("check it", quarantine=True)})
+    j.result(op_id, "resolve", "ok", {"action": "abandon"}, assignment_change={"exchange1": None},
+             server_marks={"r720-3": ServerMark("check it", quarantine=True)}, end=("aborted", "abandoned by ops"))
     assert len(seen) == 1
     o = j.operation(op_id)
     assert (o.state, o.result) == ("aborted", "abandoned by ops")
@@ -240,5 +239,5 @@ def test_close_operation_is_one_transaction(tmp_path: Path) -> None:
     assert j.quarantined()["r720-3"].reason == "check it"
     assert j.records(op_id)[-1].step == "resolve"
     with pytest.raises(ValueError):
-        j.close_operation(op_id, "needs-operator", "", "resolve", {})
+        j.result(op_id, "resolve", "ok", {}, end=("needs-operator", ""))
     j.close()
