@@ -68,6 +68,8 @@ class Listen(Strict):
     bmc_poll_interval: float = 1.0
     power_deadline: float = 30.0  # how long a BMC may take to *read back* a power change
     boot_timer_override: float | None = None  # labs shorten every persona's boot timer
+    switch_timeout: float = 10.0  # how long one switch CLI line may go unanswered
+    switch_deadline: float = 60.0  # how long a step may retry its switches before restoring them
     # Where operators are told: detector alerts and pages, and the change-management system.
     alert_webhook: str | None = None
     alert_webhook_secret: SecretRef | None = None
