@@ -41,10 +41,11 @@ from aimctl.drivers.registry import Drivers, make_power
 from aimctl.errors import OperatorError
 from aimctl.failover.chap import ChapStore
 from aimctl.failover.context import Ctx, Settings
-from aimctl.failover.planner import capacity
+from aimctl.failover.planner import capacity, check_request
+from aimctl.failover.resolve import KEEP, abandon_plan, mark_fenced_refusal, retry_refusal
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
-from aimctl.journal import TERMINAL, Journal, Operation, persona_lease, server_lease
+from aimctl.journal import TERMINAL, Journal, Operation, ServerMark, persona_lease, server_lease
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
@@ -58,7 +59,6 @@ from aimctl.secrets import resolve_bytes
 log = logging.getLogger("aimctl.controller")
 
 TRIGGERS = (PersonaDead, PersonaPresumedDead, PersonaUnhealthy)
-WAITING = ("needs-operator", "waiting-approval")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +122,10 @@ class Controller:
             sinks.append(WebhookSink(listen.change_webhook, listen.change_webhook_secret))
         self.changes = ChangeRecords(self.journal, sinks)
         self.chap = ChapStore(state)
-        self.drivers = Drivers(defs, state / "boot")
+        self.drivers = Drivers(defs, state / "boot", switch_timeout_s=listen.switch_timeout)
         self.settings = settings or Settings(power_deadline_s=listen.power_deadline,
-                                             boot_timer_override_s=listen.boot_timer_override)
+                                             boot_timer_override_s=listen.boot_timer_override,
+                                             switch_deadline_s=listen.switch_deadline)
         self.interval = listen.heartbeat_interval
         keys = {n: resolve_bytes(p.spec.heartbeat_key) for n, p in defs.personas.items()}
         self.receiver = heartbeat_receiver(listen, keys, self.journal)
@@ -159,7 +160,6 @@ class Controller:
         self.params = Params(miss_intervals=2.5)
         self.detector = Detector(self, self.params)
         self.observer = Observer(self.receiver, self.poller, self.traps)
-        self._op_personas: set[str] = set()  # personas an unfinished operation held at the last snapshot
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -198,18 +198,13 @@ class Controller:
         return out
 
     def snapshot(self, now: float) -> list[Observation]:
-        """Watch every assigned persona (its current body, its SCN channels) unless an operation is
-        acting on it right now, then read heartbeats, BMC answers and link state for it, all from
-        memory. A persona whose operation waits (needs-operator, waiting-approval) stays watched, so
-        status tells the truth; one whose operation just ended is judged afresh."""
-        ops = self.journal.unfinished_operations()
-        held = {o.persona for o in ops}
-        running = {o.persona for o in ops if o.state not in WAITING}
-        for persona in self._op_personas ^ held:
-            self.detector.forget(persona)  # an operation began or ended: what was seen before is moot
-        self._op_personas = held
+        """Watch every assigned persona that no running operation holds (its current body, its SCN
+        channels), then read heartbeats, BMC answers and link state for it, all from memory. A persona
+        whose operation waits for an operator or an approval is still watched, so status shows the
+        truth about it (rule 7); its deaths are not queued, the waiting operation already covers it."""
+        busy = self.acting_personas()
         want = {p: s for p, s in self.journal.assignment().items()
-                if s and p not in running and p in self.defs.personas}
+                if s and p not in busy and p in self.defs.personas}
         current = self.observer.watches()
         for persona in current.keys() - want.keys():
             self.observer.unwatch(persona)
@@ -255,7 +250,7 @@ class Controller:
     def emit(self, event: Event) -> None:
         """Detector events: deaths queue for failover (the storm brake drains them); all are alerted."""
         self.alerts.emit(event)
-        if isinstance(event, TRIGGERS):
+        if isinstance(event, TRIGGERS) and event.persona not in self.busy_personas():
             w = self.observer.watches().get(event.persona)
             server = w.server if w is not None else self.journal.assignment().get(event.persona)
             self._pending[event.persona] = Queued(event.persona, self.defs.personas[event.persona].pool,
@@ -329,12 +324,13 @@ class Controller:
     def status(self) -> dict[str, Any]:
         """The status document (``/v1/status``, ``aimctl status``): per persona its body, heartbeat age
         (by arrival), health, the detector's state and reason (also while an operation waits), the
-        BMC's reading, and the operation holding it with its state and, when it waits, why."""
+        BMC's reading, the operation holding it with its state and, when it waits, why; every BMC's
+        reading; the storm brake's pauses and queue; how often the detector caught itself stalled."""
         now = time.monotonic()
         states = self.detector.states()
         watched = self.observer.watches()
         ops = {o.persona: o for o in self.journal.unfinished_operations()}
-        personas = {}
+        personas: dict[str, dict[str, Any]] = {}
         for persona, server in sorted(self.journal.assignment().items()):
             seen = self.receiver.last_seen(persona)
             st = states.get(persona)
@@ -352,24 +348,34 @@ class Controller:
                 "bmc": self.poller.answer(server)[0] if server and server in self.defs.servers else None,
                 "operation": op.id if op else None,
                 "operation_state": op.state if op else None,
-                "waiting_reason": op.result if op and op.state in WAITING else None,
                 "queued": self._held.get(persona, "queued") if persona in self._pending else None,
             }
+            if op is not None and op.state != "running":
+                # What the operation waits for (the API adds the operator's ways out, rule 7).
+                personas[persona]["waiting"] = {"state": op.state, "reason": op.result}
         quarantined = {s: dataclasses.asdict(v) for s, v in self.journal.quarantined().items()}
         return {"personas": personas, "quarantined": quarantined, "receiver": self.receiver.counters(),
                 "paused_pools": dict(self.paused), "operator_paused_pools": dict(self.operator_paused),
-                "queued": sorted(self._pending), "detector_stalls": self.detector.stalls}
+                "queued": sorted(self._pending), "detector_stalls": self.detector.stalls,
+                "bmcs": {s: self.poller.answer(s)[0] for s in sorted(self.defs.servers)}}
 
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
+
+    def acting_personas(self) -> set[str]:
+        return {op.persona for op in self.journal.unfinished_operations() if op.state == "running"}
 
     # ------------------------------------------------------------------ act
 
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
                        to: str | None = None, actor: str = "controller", change: str | None = None) -> str:
         with self._lock:
-            if persona not in self.defs.personas:
-                raise OperatorError(f"unknown persona {persona!r}")
+            # Names and targets are checked before anything is opened: a request that can never run
+            # must not leave an operation holding the persona.
+            in_use = {lease.name[7:]: f"in use by {lease.holder}" for lease in self.journal.leases()
+                      if lease.name.startswith("server:")}
+            check_request(self.defs, persona, to, {p: s for p, s in self.journal.assignment().items() if s},
+                          set(self.journal.quarantined()), in_use)
             if persona in self.busy_personas():
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool
@@ -386,21 +392,24 @@ class Controller:
             leases = [persona_lease(persona)] + ([server_lease(old)] if old else [])
             op_id = self.journal.open_operation(kind, persona, facts, from_server=old, leases=leases)
         # Outside the lock: twenty deaths at once must not queue behind each other's fsyncs.
-        self.detector.forget(persona)
         self._spawn(op_id)
         self.audit.record(actor, f"{kind}.start", persona, {"op": op_id, "trigger": trigger, "evidence": evidence})
         return op_id
 
-    def _spawn(self, op_id: str) -> None:
-        # One thread per operation, ever: a resume racing an API request that opened the same
-        # operation (the API listens before resume runs) must not run its steps twice at once.
+    def _spawn(self, op_id: str) -> bool:
+        """Run (or resume) an operation in its own thread; never two threads for one operation."""
+        if self.journal.operation(op_id).state != "running":
+            self._settle(op_id)
         with self._lock:
             running = self._threads.get(op_id)
             if running is not None and running.is_alive():
-                return
+                return False
+            # The workflow holds the persona from here: the detector starts afresh when it is handed back.
+            self.detector.forget(self.journal.operation(op_id).persona)
             t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
             self._threads[op_id] = t
             t.start()
+            return True
 
     def _run_op(self, op_id: str) -> None:
         op = self.journal.operation(op_id)
@@ -427,7 +436,8 @@ class Controller:
             self._refresh_capacity()
         elif res.state == "needs-operator":
             self.alerts.emit(NeedsOperatorAlert(self.journal.operation(op_id).persona,
-                                                f"{op_id} needs an operator: {res.result}"))
+                                                f"{op_id} needs an operator: {res.result}; exits: "
+                                                f"aimctl retry|abandon|mark-fenced {op_id}"))
 
     def _on_step(self, ev: StepEvent) -> None:
         self.metrics.observe_step(ev)
@@ -454,6 +464,86 @@ class Controller:
         self.journal.add_facts(op_id, {"approved_by": actor})
         self.audit.record(actor, "failover.approve", op.persona, {"op": op_id})
         self._spawn(op_id)
+        return self.journal.operation(op_id)
+
+    # ------------------------------------------------------------------ operator exits (rule 7)
+
+    def _settle(self, op_id: str) -> None:
+        """Let a thread that just stopped the operation finish its notes (alert, change record)."""
+        t = self._threads.get(op_id)
+        if t is not None and t.is_alive():
+            t.join(5.0)
+
+    def _waiting(self, op_id: str) -> Operation:
+        op = self.journal.operation(op_id)
+        t = self._threads.get(op_id)
+        if op.state == "running" or (t is not None and t.is_alive()):
+            raise OperatorError(f"{op_id} is {op.state} and its workflow is still acting; try again when it stops")
+        return op
+
+    def _resolved(self, op: Operation, actor: str, action: str, detail: dict[str, Any]) -> None:
+        """The operator's choice, in the audit log and the operation's change record."""
+        self.audit.record(actor, f"operation.{action}", op.persona, {"op": op.id, **detail})
+        words = ", ".join(f"{k} {v}" for k, v in detail.items() if v)
+        self.changes.note(op.id, "resolve", f"{action} by {actor}" + (f": {words}" if words else ""))
+
+    def retry(self, op_id: str, actor: str, note: str = "") -> Operation:
+        """Run a needs-operator operation again from the step that stopped it."""
+        self._settle(op_id)
+        with self._lock:
+            op = self._waiting(op_id)
+            refusal = retry_refusal(op)
+            if refusal:
+                raise OperatorError(refusal)
+            n = int(op.facts.get("retries", 0)) + 1
+            self.journal.result(op_id, "resolve", "ok", {"action": "retry", "by": actor, "note": note},
+                                facts={"retries": n})
+        self._resolved(op, actor, "retry", {"note": note})
+        self._spawn(op_id)
+        return self.journal.operation(op_id)
+
+    def mark_fenced(self, op_id: str, server: str, actor: str, note: str = "") -> Operation:
+        """Record an operator's word that ``server`` is out (rule 1's human decision), then retry."""
+        self._settle(op_id)
+        with self._lock:
+            op = self._waiting(op_id)
+            refusal = mark_fenced_refusal(op, self.journal.records(op_id), server)
+            if refusal:
+                raise OperatorError(refusal)
+            marks = dict(op.facts.get("operator_fenced") or {})
+            marks[server] = {"by": actor, "at": time.time(), "note": note}
+            n = int(op.facts.get("retries", 0)) + 1
+            self.journal.result(op_id, "resolve", "ok",
+                                {"action": "mark-fenced", "server": server, "by": actor, "note": note},
+                                facts={"operator_fenced": marks, "retries": n})
+        self._resolved(op, actor, "mark-fenced", {"server": server, "note": note})
+        self._spawn(op_id)
+        return self.journal.operation(op_id)
+
+    def abandon(self, op_id: str, actor: str, persona_on: str = KEEP, note: str = "") -> Operation:
+        """End a waiting operation without touching any device; see ``failover/resolve.py``."""
+        self._settle(op_id)
+        with self._lock:
+            op = self._waiting(op_id)
+            current = self.journal.assignment().get(op.persona)
+            plan = abandon_plan(op, self.journal.records(op_id), current, persona_on)
+            if plan.refusal:
+                raise OperatorError(plan.refusal)
+            where = plan.assign or "no server (unassigned)"
+            result = f"abandoned by {actor}: {op.persona} stays on {where}" + (f"; {note}" if note else "")
+            self.journal.result(
+                op_id, "resolve", "ok", {"action": "abandon", "by": actor, "note": note, "persona_on": plan.assign},
+                assignment_change={op.persona: plan.assign} if plan.change_assignment else None,
+                server_marks={s: ServerMark(why, quarantine=True) for s, why in plan.quarantine.items()},
+                end=("aborted", result))
+            self._pending.pop(op.persona, None)
+        self._resolved(op, actor, "abandon", {"persona_on": where, "quarantined": ", ".join(plan.quarantine),
+                                              "note": note})
+        self.changes.close(op_id, f"aborted: {result}")
+        self.metrics.failover_finished("aborted")
+        # The persona is watched again from a clean slate: a body that is dead fails over anew.
+        self.detector.forget(op.persona)
+        self._refresh_capacity()
         return self.journal.operation(op_id)
 
     def _refresh_capacity(self) -> None:

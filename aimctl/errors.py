@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import errno
 
+from aimctl.core.errors import OperatorError, SecretError
 
-class OperatorError(Exception):
-    """A mistake or condition the operator must fix; shown without a traceback (exit 2)."""
-
-    exit_code = 2
+__all__ = ["AuthFailed", "DefinitionError", "DriverError", "ListenError", "OperatorError", "Rejected", "SecretError",
+           "StateMismatch", "Timeout", "Unreachable"]
 
 
 class DefinitionError(OperatorError):
@@ -23,10 +22,6 @@ class DefinitionError(OperatorError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-class SecretError(OperatorError):
-    """A secret reference that cannot be resolved (missing env var, unreadable file)."""
 
 
 class DriverError(OperatorError):

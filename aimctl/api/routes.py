@@ -22,7 +22,17 @@ def op_json(c: Controller, op_id: str) -> dict[str, Any]:
 
 
 def status(c: Controller) -> dict[str, Any]:
-    return c.status()
+    doc = c.status()
+    for v in doc["personas"].values():
+        if v.get("waiting"):
+            v["waiting"]["exits"] = exits(c.journal.operation(v["operation"]))
+    return doc
+
+
+def exits(op: Any) -> list[str]:
+    if op.state == "waiting-approval":
+        return [f"aimctl approve {op.id}", f"aimctl abandon {op.id}"]
+    return [f"aimctl retry {op.id}", f"aimctl mark-fenced {op.id} SERVER", f"aimctl abandon {op.id}"]
 
 
 def build_api(c: Controller) -> Api:
@@ -48,6 +58,8 @@ def build_api(c: Controller) -> Api:
     def failover(r: Request) -> Any:
         persona = need(r.body, "persona")
         to = r.body.get("to") if isinstance(r.body, dict) else None
+        if to is not None and not isinstance(to, str):
+            raise ApiError(400, "'to' must be a server name")
         return {"id": c.start_failover(persona, "operator", f"requested by {actor(r)}", to=to, actor=actor(r))}
 
     def move(r: Request) -> Any:
@@ -76,6 +88,25 @@ def build_api(c: Controller) -> Api:
         c._refresh_capacity()
         return {"cleared": server}
 
+    def text(body: Any, key: str) -> str:
+        value = body.get(key) if isinstance(body, dict) else None
+        if value is None:
+            return ""
+        if not isinstance(value, str) or len(value) > 500:
+            raise ApiError(400, f"{key!r} must be a string of at most 500 characters")
+        return value
+
+    api.route("POST", "/v1/failovers/{id}/retry",
+              lambda r: dataclasses.asdict(c.retry(r.params["id"], actor(r), text(r.body, "note"))),
+              role="operator", summary="Run a needs-operator operation again from the step that stopped it")
+    api.route("POST", "/v1/failovers/{id}/mark-fenced",
+              lambda r: dataclasses.asdict(c.mark_fenced(r.params["id"], need(r.body, "server"), actor(r),
+                                                         text(r.body, "note"))),
+              role="operator", summary="Record that a body is out (pulled, power cut); the fence may proceed")
+    api.route("POST", "/v1/failovers/{id}/abandon",
+              lambda r: dataclasses.asdict(c.abandon(r.params["id"], actor(r), text(r.body, "persona_on") or "keep",
+                                                     text(r.body, "note"))),
+              role="operator", summary="End a waiting operation; the persona stays where the operator says")
     api.route("POST", "/v1/failover", failover, role="operator", summary="Fail a persona over now")
     api.route("POST", "/v1/move", move, role="operator", summary="Planned move of a persona to a server")
     api.route("POST", "/v1/failback", failback, role="operator", summary="Planned return of a persona to its home")

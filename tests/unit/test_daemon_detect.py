@@ -105,7 +105,7 @@ def test_a_persona_whose_operation_waits_is_still_watched_and_status_tells(
     assert st["detector"] == "dead", st
     assert "BMC reports off" in st["detector_reason"] or "dead" in st["detector_reason"]
     assert st["operation"] == op and st["operation_state"] == "needs-operator"
-    assert st["waiting_reason"] == "choose: no standby: r720-3 quarantined"
+    assert st["waiting"] == {"state": "needs-operator", "reason": "choose: no standby: r720-3 quarantined"}
     # Its death is alerted, but never queued behind the waiting operation: its operator decides.
     ctrl._storm_brake()
     assert "exchange2" not in ctrl._pending
