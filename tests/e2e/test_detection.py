@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from lab.controller_proc import ControllerProcess
-from lab.fixtures import LabHandle, lab  # noqa: F401 - the session lab fixture
-from tests.e2e.test_failover import op_of, overlay_for, wait_op, world  # noqa: F401 - shared story fixture
+from lab.fixtures import LabHandle
+from tests.e2e.stories import overlay_for, wait_op
 
 pytestmark = pytest.mark.lab
 
@@ -42,7 +42,7 @@ def hold_without_operation(ctrl: ControllerProcess, seconds: float) -> None:
         time.sleep(0.2)
 
 
-def test_slow_bmc_and_partition_at_start_is_never_presumed_dead(lab: LabHandle, tmp_path: Path) -> None:  # noqa: F811
+def test_slow_bmc_and_partition_at_start_is_never_presumed_dead(lab: LabHandle, tmp_path: Path) -> None:
     """Hole 11a: a controller started while r720-2 is partitioned and its BMC takes 4 s per request
     (~13 s to the first answer, grace 5 s here): unknown is not silent, so exchange2 is found
     unreachable, never presumed dead, and its live body is never powered off."""
@@ -71,7 +71,7 @@ def test_slow_bmc_and_partition_at_start_is_never_presumed_dead(lab: LabHandle, 
 
 
 def test_a_death_queued_while_paused_is_dropped_when_the_persona_recovers(
-    world: tuple[LabHandle, ControllerProcess],  # noqa: F811
+    world: tuple[LabHandle, ControllerProcess],
 ) -> None:
     """Hole 11b: exchange2 partitioned and exchange1 powered off: both of the pool in trouble, the
     storm brake pauses and queues exchange1's death. exchange1 comes back; the partition heals;
@@ -101,7 +101,7 @@ def test_a_death_queued_while_paused_is_dropped_when_the_persona_recovers(
     assert "queue.drop" in log and "storm.resume" in log
 
 
-def test_controller_stalls_with_and_without_a_death(world: tuple[LabHandle, ControllerProcess]) -> None:  # noqa: F811
+def test_controller_stalls_with_and_without_a_death(world: tuple[LabHandle, ControllerProcess]) -> None:
     """Hole 12: the controller itself stops (SIGSTOP) for five heartbeat intervals. Without a death:
     no failover. With a power button pressed inside the stall: exactly one failover, of the right
     persona, to its end."""
@@ -134,7 +134,7 @@ def test_controller_stalls_with_and_without_a_death(world: tuple[LabHandle, Cont
     assert personas(ctrl)["exchange2"]["detector"] == "alive"
 
 
-def test_bmc_alert_trap_is_a_death_signal(world: tuple[LabHandle, ControllerProcess]) -> None:  # noqa: F811
+def test_bmc_alert_trap_is_a_death_signal(world: tuple[LabHandle, ControllerProcess]) -> None:
     """Hole 13: the host's OS crashes under a live BMC -- no heartbeats, power reads On (so far a
     partition) -- and the BMC sends its alert trap: that is the second source, and it fails over."""
     lab, ctrl = world
