@@ -68,7 +68,7 @@ evidence = st.builds(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(evidence)
 def test_alive_needs_fresh_heartbeats_or_a_bmc_on_without_death_signal(e: Evidence) -> None:
     why = alive_evidence(e)
