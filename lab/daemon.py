@@ -91,11 +91,16 @@ class Lab:
             write_secret(self.secret_dir / f"{name}.chap", self.chap[name])
         redfish = [s for s, v in d.servers.items() if v.bmc.kind == "redfish"]
         ipmi = [s for s, v in d.servers.items() if v.bmc.kind == "ipmi"]
-        self.redfish = RedfishLab([RedfishSystemSpec(s, power_on=False, boot_nic=d.servers[s].boot_nic)
+        self.redfish = RedfishLab([RedfishSystemSpec(s, power_on=False, boot_nic=d.servers[s].boot_nic,
+                                                     model=d.servers[s].model, cores=d.servers[s].cores,
+                                                     memory_gb=d.servers[s].memory_gb,
+                                                     macs=list(d.servers[s].nic_macs) or None)
                                    for s in redfish], self.state / "redfish", {LAB_USER: self.passwords["bmc"]},
                                   power_delay_s=self.power_delay_s)
         self.redfish_port = self.redfish.start() if redfish else 0
-        self.ipmi = IpmiLab([IpmiSystemSpec(s, power_on=False) for s in ipmi], {LAB_USER: self.passwords["bmc"]},
+        self.ipmi = IpmiLab([IpmiSystemSpec(s, power_on=False, model=d.servers[s].model, cores=d.servers[s].cores,
+                                            memory_gb=d.servers[s].memory_gb) for s in ipmi],
+                            {LAB_USER: self.passwords["bmc"]},
                             power_delay_s=self.power_delay_s)
         self.ipmi_ports = self.ipmi.start() if ipmi else {}
         ports: dict[str, list[str]] = {}
