@@ -16,6 +16,7 @@ from typing import Any
 
 from aimctl.detect.alerts import FanOut, LoggingAlerts, WebhookAlerts
 from aimctl.detect.bmcpoll import BmcPoller
+from aimctl.detect.channels import EmailAlerts, SnmpTrapAlerts
 from aimctl.detect.detector import (
     Detector,
     Event,
@@ -27,6 +28,7 @@ from aimctl.detect.detector import (
     PersonaUnhealthy,
     PersonaUnreachable,
 )
+from aimctl.detect.healthpoll import LinkFlaps
 from aimctl.detect.heartbeat import HeartbeatReceiver
 from aimctl.detect.observe import Observer
 from aimctl.detect.traps import TrapReceiver
@@ -35,13 +37,14 @@ from aimctl.drivers.registry import Drivers, make_power
 from aimctl.errors import OperatorError
 from aimctl.failover.chap import ChapStore
 from aimctl.failover.context import Ctx, Settings
-from aimctl.failover.planner import capacity
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
 from aimctl.journal import TERMINAL, Journal, Operation, persona_lease, server_lease
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
+from aimctl.oversight import Oversight
+from aimctl.reconcile.repair import repair_steps
 from aimctl.records.audit import Audit
 from aimctl.records.changes import ChangeRecords
 from aimctl.records.metrics import Metrics
@@ -99,13 +102,25 @@ class Controller:
             for ch, cable in srv.channels.items():
                 links[(cable.switch, cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))] = (s, ch)
         # One community for all switches; the receiver tells switches apart by sysName / address.
-        self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None}, links=links)
+        # Every linkDown is also counted per body: link flaps make a body suspect.
+        self.flaps = LinkFlaps()
+        self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None}, links=links,
+                                  on_link_change=self.flaps.on_link_change)
         alert_sinks: list[Any] = [LoggingAlerts(log)]
         if listen.alert_webhook and listen.alert_webhook_secret:
             alert_sinks.append(WebhookAlerts(listen.alert_webhook, listen.alert_webhook_secret))
+        if listen.alert_smtp:
+            alert_sinks.append(EmailAlerts(listen.alert_smtp, listen.alert_mail_from, listen.alert_mail_to,
+                                           starttls=listen.alert_smtp_starttls, username=listen.alert_smtp_user,
+                                           password_ref=listen.alert_smtp_password))
+        if listen.alert_snmp:
+            alert_sinks.append(SnmpTrapAlerts(listen.alert_snmp, listen.alert_snmp_community,
+                                              listen.alert_snmp_enterprise))
+        self._alert_sinks = alert_sinks
         self.alerts = FanOut(alert_sinks)
         # Storm brake: deaths wait here while their pool is at its concurrency limit or paused.
         self._pending: dict[str, tuple[str, str]] = {}
+        self.queued_why: dict[str, str] = {}  # persona -> why its queued failover has not started
         self._starting: set[str] = set()
         self._starter = ThreadPoolExecutor(4, thread_name_prefix="start")
         self.paused: dict[str, str] = {}
@@ -114,8 +129,9 @@ class Controller:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self.oversight = Oversight(self)
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
-                       hook_runner(defs, self._hook_note), self.bmc_unhealthy,
+                       hook_runner(defs, self._hook_note), self.unavailable_bodies,
                        change_approved=self.changes.is_approved, stop_persona=self.stop_persona,
                        settings=self.settings)
 
@@ -148,6 +164,10 @@ class Controller:
                 out[s] = f"BMC {answer}"
         return out
 
+    def unavailable_bodies(self) -> dict[str, str]:
+        """What the planner must skip: BMC unhealthy, suspect, hardware not as declared."""
+        return {**self.oversight.unavailable(), **self.bmc_unhealthy()}
+
     def snapshot(self, now: float) -> list[Observation]:
         """Watch every assigned persona that no operation holds (its current body, its SCN channels),
         then read heartbeats, BMC answers and link state for it, all from memory."""
@@ -176,6 +196,7 @@ class Controller:
         self.alerts.emit(event)
         if isinstance(event, TRIGGERS):
             self._pending[event.persona] = (event.kind, event.reason)
+            self.oversight.on_death(event.persona, time.monotonic())
 
     def _storm_brake(self) -> None:
         """Pause automatic failover in a pool where too many personas are in trouble at once (a switch
@@ -187,6 +208,9 @@ class Controller:
             if not personas:
                 continue
             troubled = [p for p in personas if states.get(p) and states[p].state != "alive"]
+            # Personas whose automatic failover already started died in this storm too: the detector
+            # forgot them when their operation took over, the brake must not.
+            troubled += sorted(self._failing_over(name) - set(troubled))
             share = 100 * len(troubled) / len(personas)
             if share > pool.storm.pause_above_percent and len(troubled) > 1:
                 if name not in self.paused:
@@ -213,8 +237,8 @@ class Controller:
         try:
             self.start_failover(persona, trigger=trigger, evidence=evidence)
             self._pending.pop(persona, None)
-        except StormBrake:
-            pass  # stays queued until a running failover of its pool ends
+        except StormBrake as exc:
+            self.queued_why[persona] = str(exc)  # stays queued until a running failover of its pool ends
         except OperatorError as exc:
             log.error("failover of %s not started: %s", persona, exc)
             self._pending.pop(persona, None)
@@ -224,10 +248,16 @@ class Controller:
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
 
+    def _failing_over(self, pool: str) -> set[str]:
+        return {o.persona for o in self.journal.unfinished_operations()
+                if o.kind == "failover" and o.facts.get("actor") == "controller"
+                and o.persona in self.defs.personas and self.defs.personas[o.persona].pool == pool}
+
     # ------------------------------------------------------------------ act
 
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
-                       to: str | None = None, actor: str = "controller", change: str | None = None) -> str:
+                       to: str | None = None, actor: str = "controller", change: str | None = None,
+                       facts: dict[str, Any] | None = None) -> str:
         with self._lock:
             if persona not in self.defs.personas:
                 raise OperatorError(f"unknown persona {persona!r}")
@@ -239,13 +269,26 @@ class Controller:
             if kind == "failover" and len(running) >= self.defs.pools[pool].storm.max_concurrent:
                 raise StormBrake(f"storm brake: {len(running)} operations already running in pool {pool}")
             old = self.journal.assignment().get(persona)
-            facts: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor}
+            automatic = kind == "failover" and actor == "controller"
+            if automatic:
+                ok, why = self.oversight.rack_allows(persona, old)
+                if not ok:
+                    raise StormBrake(why)
+            verdict = self.oversight.escalation(persona) if automatic else None
+            opened: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor, **(facts or {})}
             if to:
-                facts["requested_to"] = to
+                opened["requested_to"] = to
             if change:
-                facts["change"] = change
+                opened["change"] = change
+            if verdict is not None and not verdict.allowed:
+                opened["escalation"] = [p.__dict__ for p in verdict.history]
             leases = [persona_lease(persona)] + ([server_lease(old)] if old else [])
-            op_id = self.journal.open_operation(kind, persona, facts, from_server=old, leases=leases)
+            op_id = self.journal.open_operation(kind, persona, opened, from_server=old, leases=leases)
+        if verdict is not None and not verdict.allowed:
+            # Beyond the escalation limit: journaled, stopped for a human, never run.
+            self.detector.forget(persona)
+            self.oversight.stop_escalated(op_id, verdict)
+            return op_id
         # Outside the lock: twenty deaths at once must not queue behind each other's fsyncs.
         self.detector.forget(persona)
         self._spawn(op_id)
@@ -260,11 +303,15 @@ class Controller:
     def _run_op(self, op_id: str) -> None:
         op = self.journal.operation(op_id)
         # Opening is idempotent: a resumed operation finds the change record it opened before.
-        self.changes.open(op, description=f"{op.kind} of {op.persona} from {op.from_server}: "
-                                          f"{op.facts.get('evidence', '')}")
+        rec = self.changes.open(op, description=f"{op.kind} of {op.persona or op.facts.get('subject')} from "
+                                                f"{op.from_server}: {op.facts.get('evidence', '')}",
+                                require_approval=False if op.kind == "repair" else None)
+        if op.facts.get("change_required") and not op.facts.get("change"):
+            # A planned move the pool gates on change approval waits for its own change record.
+            self.journal.add_facts(op_id, {"change": rec["number"]})
+        steps = repair_steps() if op.kind == "repair" else failover_steps()
         try:
-            res = run_steps(self.journal, op_id, failover_steps(), self.ctx, listener=self._on_step,
-                            max_retargets=4)
+            res = run_steps(self.journal, op_id, steps, self.ctx, listener=self._on_step, max_retargets=4)
         except Exception:
             log.exception("operation %s crashed", op_id)
             return
@@ -273,9 +320,12 @@ class Controller:
             op = self.journal.operation(op_id)
             if op.facts.get("recovery_failed"):
                 self.alerts.emit(RecoveryFailed(op.persona, f"{op_id}: {res.result}; see its recovery step"))
-            self.metrics.failover_finished(res.state)
+            if op.kind != "repair":
+                self.metrics.failover_finished(res.state)
             self.changes.close(op_id, f"{res.state}: {res.result}")
             self.journal.release_leases(op_id)
+            if op.kind == "repair":
+                self.oversight.repair_finished(self.journal.operation(op_id))
             self._refresh_capacity()
         elif res.state == "needs-operator":
             self.alerts.emit(NeedsOperatorAlert(self.journal.operation(op_id).persona,
@@ -309,10 +359,8 @@ class Controller:
         return self.journal.operation(op_id)
 
     def _refresh_capacity(self) -> None:
-        assignment = {p: s for p, s in self.journal.assignment().items() if s}
-        q = set(self.journal.quarantined())
-        for pool in self.defs.pools:
-            self.metrics.set_spare_capacity(pool, capacity(self.defs, pool, assignment, q)[0])
+        """N+k per pool from live state (the spare accounting sets the metric and alerts on k = 0)."""
+        self.oversight.refresh_spares()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -321,7 +369,7 @@ class Controller:
         self.receiver.start()
         self.poller.start()
         self.traps.start()
-        self._refresh_capacity()
+        self.oversight.start()
 
     def resume(self) -> None:
         for op in self.journal.unfinished_operations():
@@ -336,9 +384,12 @@ class Controller:
             self.detector.tick(now, self.snapshot)
             self._storm_brake()
             self._approval_timeouts()
+            self.oversight.tick(now)
 
     def _approval_timeouts(self) -> None:
         for op in self.journal.unfinished_operations():
+            if op.persona not in self.defs.personas:
+                continue  # a repair of a quarantined body has no persona
             spec = self.defs.personas[op.persona].spec
             if op.state == "waiting-approval" and time.time() - op.created > spec.confirm_timeout \
                     and not (op.id in self._threads and self._threads[op.id].is_alive()):
@@ -346,9 +397,16 @@ class Controller:
 
     def stop(self) -> None:
         self._stop.set()
-        for part in (self.traps, self.poller, self.receiver):
+        for part in (self.oversight, self.traps, self.poller, self.receiver):
             try:
                 part.stop()
             except Exception:
                 log.exception("stopping %s", type(part).__name__)
         self.changes.shutdown()
+        for sink in self._alert_sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing alert sink %s", type(sink).__name__)

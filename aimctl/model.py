@@ -350,10 +350,11 @@ class Preempt(Strict):
 
 
 class Drift(Strict):
-    """Which drift the controller may repair by itself (journaled, read back, recorded). Storage ACL
-    and CHAP drift is never on this list: a second initiator may be an attack, a human looks."""
+    """Which drift the controller may repair by itself (journaled, read back, recorded): ``ports`` of a
+    running persona, a ``quarantine``d body's ports and power, the ``bootcfg`` of a running persona's
+    body. Storage ACL and CHAP drift is never on this list: a second initiator may be an attack."""
 
-    repair: list[Literal["ports", "quarantine"]] = []
+    repair: list[Literal["ports", "quarantine", "bootcfg"]] = []
 
 
 class PoolFile(InventoryFile):

@@ -68,6 +68,10 @@ class _Server(ThreadingHTTPServer):
             return ops.fault(self.lab, body["kind"], body["target"], bool(body.get("clear")))
         if action == "reset":
             return ops.reset(self.lab)
+        if action == "mail":
+            return self.lab.mailbox.read()
+        if action == "alert-traps":
+            return self.lab.trap_inbox.read()
         raise OperatorError(f"unknown lab action {action!r}")
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -210,6 +211,11 @@ class Detector:
         self._sink = sink
         self._params = params
         self._states: dict[str, DetectorState] = {}
+        # persona -> (reason of its last state change, wall time): what status says "since" and "why".
+        self._why: dict[str, tuple[str, float]] = {}
+
+    def why(self, persona: str) -> tuple[str, float] | None:
+        return self._why.get(persona)
 
     def state(self, persona: str) -> DetectorState:
         return self._states.get(persona, DetectorState())
@@ -220,6 +226,7 @@ class Detector:
     def forget(self, persona: str) -> None:
         """Drop a persona's state (e.g. when the workflow takes over or it is removed)."""
         self._states.pop(persona, None)
+        self._why.pop(persona, None)
 
     def tick(self, now: float, snapshot_provider: SnapshotProvider) -> list[Event]:
         events: list[Event] = []
@@ -229,6 +236,7 @@ class Detector:
             self._states[obs.persona] = d.state
             if d.state.state != prev.state:
                 log.info("%s: %s -> %s (%s)", obs.persona, prev.state, d.state.state, d.reason)
+                self._why[obs.persona] = (d.reason, time.time())
             if d.event is not None:
                 ev = dataclasses.replace(d.event, at=now)
                 log.warning("%s: %s: %s", ev.kind, ev.persona, ev.reason)

@@ -18,14 +18,22 @@ from aimctl.secrets import mask
 
 
 class FindingLike(Protocol):
-    key: str
-    kind: str
-    persona: str | None
-    server: str | None
-    device: str
-    what: str
-    expected: str
-    observed: str
+    @property
+    def key(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def persona(self) -> str | None: ...
+    @property
+    def server(self) -> str | None: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def what(self) -> str: ...
+    @property
+    def expected(self) -> str: ...
+    @property
+    def observed(self) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,10 @@ class HardwareState:
             self._bodies[name].entries.append(entry)
             return dict(entry)
 
+    def clear_log(self, name: str) -> None:
+        with self._lock:
+            self._bodies[name].entries.clear()
+
     def lose_memory(self, name: str, gb: int = 16) -> None:
         """A DIMM drops out: the body reports less memory than declared."""
         with self._lock:

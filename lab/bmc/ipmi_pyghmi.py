@@ -162,7 +162,7 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         if request["netfn"] == NETFN_STORAGE and request["command"] in _STORAGE:
             try:
                 code, data = _STORAGE[request["command"]](self, bytes(request.get("data") or b""))
-            except Exception:  # a malformed request gets "invalid data field", as from a real BMC
+            except (IndexError, ValueError):  # a malformed request: "invalid data field", as a real BMC says
                 code, data = 0xCC, b""
             session.send_ipmi_response(data=list(data), code=code)
             return

@@ -6,7 +6,6 @@ IPMI: pyghmi BMCs answering FRU and SEL storage commands, read over pyghmi.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
