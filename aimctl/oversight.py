@@ -67,13 +67,14 @@ class Oversight:
         self.reconciler = Reconciler(self.defs, self.journal, self.drivers, listen.drift_interval,
                                      listen.drift_jitter, on_pass=self._on_pass)
         self.health = HealthPoller({s: self.drivers.hardware(s) for s in self.defs.servers}, listen.health_interval)
-        self.flaps = LinkFlaps()
+        self.flaps: LinkFlaps = c.flaps  # fed by the controller's trap receiver
         self._lock = threading.RLock()
         self._deaths: list[Death] = []
         self._paged: dict[str, float] = {}
         self._suspects: dict[str, SuspectVerdict] = {}
         self._alerted_events: set[str] = set()
         self._decisions: dict[str, PreemptDecision] = {}
+        self._moves: dict[str, str] = {}  # suspect body -> the planned move started for it (one per occurrence)
         self._spares: dict[str, Spares] = {}
         self._short: set[str] = set()  # pools at k=0 and personas without a qualified standby, alerted
         self._last_eval = float("-inf")
@@ -173,8 +174,20 @@ class Oversight:
                 out.setdefault(s, f"marked failed: {st.reason}")
         for s, why in self.unavailable().items():
             out.setdefault(s, why)
-        for s, why in self.c.bmc_unhealthy().items():
+        for s, why in self._bmc_down().items():
             out.setdefault(s, why)
+        return out
+
+    def _bmc_down(self) -> dict[str, str]:
+        """BMCs that failed, or have not answered for a while: a poller that has not yet had its first
+        answer (a controller just started) is no reason to page about spares."""
+        grace = max(5.0, 3 * self.c.listen.bmc_poll_interval)
+        now = self._clock()
+        out = {}
+        for s in self.defs.servers:
+            answer, since = self.c.poller.answer(s)
+            if answer == "failed" or (answer == "no-answer" and now - since >= grace):
+                out[s] = f"BMC {answer} for {now - since:.0f}s"
         return out
 
     # ------------------------------------------------------------------ spares
@@ -234,27 +247,33 @@ class Oversight:
             h = self.health.health(server)
             sig = Signals(server, h.health if h else "unknown", h.entries if h else (), self.flaps.downs(server))
             v = suspect_verdict(sig, pool.preempt, self.table, now)
+            d: PreemptDecision | None = None
+            persona = on.get(server)
+            if v.suspect:
+                has_standby = persona is not None and self._has_standby(persona, assignment, quarantined)
+                d = preempt_decision(persona, server, v, pool.preempt, persona in busy, has_standby,
+                                     datetime.now(UTC))
+                if d.action == "move" and server in self._moves:
+                    # One planned move per occurrence: if it did not get the persona off, a human looks.
+                    d = PreemptDecision("alert", f"{v.sentence}; planned move {self._moves[server]} already tried")
             with self._lock:
                 before = self._suspects.get(server)
                 self._suspects[server] = v
+                if d is None:
+                    self._decisions.pop(server, None)
+                    self._moves.pop(server, None)
+                else:
+                    self._decisions[server] = d
             new_events = [e for e in v.events if f"{server}/{e}" not in self._alerted_events]
-            if v.suspect and (before is None or not before.suspect or new_events):
+            if d is not None and (before is None or not before.suspect or new_events):
                 self._alerted_events.update(f"{server}/{e}" for e in v.events)
                 self.c.metrics.suspect.labels(server=server).set(1)
-                self._emit(SuspectBody(server, v.sentence))
+                self._emit(SuspectBody(server, d.sentence))
                 self.c.audit.record("controller", "body.suspect", server, {"reasons": list(v.reasons)})
-            elif not v.suspect and before is not None and before.suspect:
+            elif d is None and before is not None and before.suspect:
                 self.c.metrics.suspect.labels(server=server).set(0)
                 self._emit(SuspectCleared(server, f"{server} no longer shows signs of failing"))
-            if not v.suspect:
-                self._decisions.pop(server, None)
-                continue
-            persona = on.get(server)
-            has_standby = persona is not None and self._has_standby(persona, assignment, quarantined)
-            d = preempt_decision(persona, server, v, pool.preempt, persona in busy, has_standby,
-                                 datetime.now(UTC))
-            self._decisions[server] = d
-            if d.action == "move" and persona is not None:
+            if d is not None and d.action == "move" and persona is not None:
                 self._planned_move(persona, server, d, pool.preempt.change_approval)
 
     def _has_standby(self, persona: str, assignment: dict[str, str], quarantined: set[str]) -> bool:
@@ -268,6 +287,7 @@ class Oversight:
         except OperatorError as exc:
             log.info("planned move of %s not started: %s", persona, exc)
             return
+        self._moves[server] = op_id
         log.warning("planned move %s of %s off suspect %s", op_id, persona, server)
 
     def suspects(self) -> dict[str, dict[str, Any]]:
