@@ -74,10 +74,13 @@ class HealthPoller:
 
 
 class LinkFlaps:
-    """linkDown traps per body (any channel), the last ``keep`` of each; fed by the trap receiver."""
+    """linkDown traps per body and channel, the last ``keep`` of each; fed by the trap receiver.
+
+    Per channel, because a body that loses power sends one linkDown on every port at once: that is
+    a power event, not a flapping link."""
 
     def __init__(self, keep: int = 100, clock: Callable[[], float] = time.monotonic) -> None:
-        self._downs: dict[str, deque[float]] = {}
+        self._downs: dict[tuple[str, int], deque[float]] = {}
         self._keep = keep
         self._clock = clock
         self._lock = threading.Lock()
@@ -86,12 +89,8 @@ class LinkFlaps:
         if state != "down":
             return
         with self._lock:
-            self._downs.setdefault(server, deque(maxlen=self._keep)).append(self._clock())
+            self._downs.setdefault((server, channel), deque(maxlen=self._keep)).append(self._clock())
 
-    def downs(self, server: str) -> tuple[float, ...]:
+    def downs(self, server: str) -> dict[int, tuple[float, ...]]:
         with self._lock:
-            return tuple(self._downs.get(server, ()))
-
-    def forget(self, server: str) -> None:
-        with self._lock:
-            self._downs.pop(server, None)
+            return {ch: tuple(d) for (s, ch), d in self._downs.items() if s == server}

@@ -6,7 +6,8 @@ All pure. Three signals, each enough on its own:
 - an event-log entry that matches a row of the predictive-event table (data, in
   ``predictive_events.yaml``: correctable-ECC limit, PSU redundancy lost, fan failure, predictive
   disk failure);
-- link flaps: ``preempt.link_flaps`` linkDown traps on the body's ports within ``flap_window``.
+- link flaps: ``preempt.link_flaps`` linkDown traps on one of the body's ports within
+  ``flap_window`` (per port: a body losing power sends one linkDown on every port at once).
 
 A suspect body leads to an alert, or (``preempt.action: move``) to a planned move of its persona,
 through an approved change record when the pool asks for one and only inside its change window.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -90,7 +91,7 @@ class Signals:
     server: str
     health: str = "unknown"  # ok | warning | critical | unknown
     entries: tuple[LogEntry, ...] = ()
-    link_downs: tuple[float, ...] = ()  # monotonic times of linkDown traps on its ports
+    link_downs: Mapping[int, tuple[float, ...]] = field(default_factory=dict)  # channel -> linkDown times
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,11 @@ def suspect_verdict(sig: Signals, policy: Preempt, table: Mapping[str, Predictiv
         if ev is not None:
             matched.append(e.id)
             reasons.append(f"event log: {ev.what} ({e.message.rstrip('.')})")
-    n = flaps(sig.link_downs, now, policy.flap_window)
-    if n >= policy.link_flaps:
-        reasons.append(f"{n} linkDown traps in {policy.flap_window:.0f}s (limit {policy.link_flaps})")
+    counts = {ch: flaps(times, now, policy.flap_window) for ch, times in sig.link_downs.items()}
+    worst = max(counts, key=lambda ch: (counts[ch], -ch), default=None)
+    if worst is not None and counts[worst] >= policy.link_flaps:
+        reasons.append(f"{counts[worst]} linkDown traps on channel {worst} in {policy.flap_window:.0f}s "
+                       f"(limit {policy.link_flaps})")
     if not reasons:
         return SuspectVerdict(False, (), f"{sig.server} shows no sign of failing")
     return SuspectVerdict(True, tuple(reasons), f"{sig.server} is suspect: " + "; ".join(reasons), tuple(matched))

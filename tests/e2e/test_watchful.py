@@ -223,7 +223,7 @@ def test_link_flaps_move_within_the_change_window(story: Callable[..., Story]) -
     done = ctrl.wait(lambda: next((o for o in ops(ctrl, "web2", "move") if o["state"] not in ("running",)), None),
                      60, "the planned move of web2")
     assert done["state"] == "done", done
-    assert "4 linkDown traps" in done["facts"]["evidence"]
+    assert "4 linkDown traps on channel 4" in done["facts"]["evidence"]
     assert ctrl.api.get("/v1/status")["personas"]["web2"]["server"] == done["facts"]["to"]
     sus = ctrl.api.get("/v1/status")["suspects"]
     assert sus["r720-1"]["action"] == "wait-window"

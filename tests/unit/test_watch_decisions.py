@@ -153,10 +153,14 @@ SUSPECT = [
     ("an event the pool does not watch", Signals("s1", "ok", (rf("Fan 1 RPM is below the lower critical threshold."),)),
      Preempt(events=["correctable-ecc-limit"]), False, "no sign"),
     ("noise in the log", Signals("s1", "ok", (rf("The chassis is closed."),)), Preempt(), False, "no sign"),
-    ("three flaps in the window", Signals("s1", "ok", link_downs=(95.0, 97.0, 99.0)), Preempt(), True,
-     "3 linkDown traps in 300s"),
-    ("two flaps are not enough", Signals("s1", "ok", link_downs=(97.0, 99.0)), Preempt(), False, "no sign"),
-    ("old flaps fall out", Signals("s1", "ok", link_downs=(-500.0, -400.0, 99.0)), Preempt(), False, "no sign"),
+    ("three flaps in the window", Signals("s1", "ok", link_downs={3: (95.0, 97.0, 99.0)}), Preempt(), True,
+     "3 linkDown traps on channel 3 in 300s"),
+    ("two flaps are not enough", Signals("s1", "ok", link_downs={3: (97.0, 99.0)}), Preempt(), False, "no sign"),
+    ("old flaps fall out", Signals("s1", "ok", link_downs={3: (-500.0, -400.0, 99.0)}), Preempt(), False, "no sign"),
+    ("power off: one linkDown on every port is no flap",
+     Signals("s1", "ok", link_downs={1: (99.0,), 2: (99.0,), 3: (99.0,), 4: (99.0,)}), Preempt(), False, "no sign"),
+    ("the worst port counts", Signals("s1", "ok", link_downs={1: (99.0,), 4: (90.0, 95.0, 99.0)}), Preempt(), True,
+     "on channel 4"),
 ]
 
 
