@@ -35,6 +35,7 @@ from aimctl.detect.events import (
 from aimctl.detect.healthpoll import HealthPoller, LinkFlaps
 from aimctl.detect.racks import Death, rack_allows, rack_events
 from aimctl.detect.suspect import PreemptDecision, Signals, SuspectVerdict, load_table, preempt_decision, suspect_verdict
+from aimctl.drivers.protocols import PowerState
 from aimctl.drivers.registry import Drivers
 from aimctl.errors import OperatorError
 from aimctl.failover.planner import choose
@@ -65,7 +66,7 @@ class Oversight:
         # an operation's calls in one client (switch sessions are still one at a time per switch).
         self.drivers = Drivers(self.defs, c.state / "boot")
         self.reconciler = Reconciler(self.defs, self.journal, self.drivers, listen.drift_interval,
-                                     listen.drift_jitter, on_pass=self._on_pass)
+                                     listen.drift_jitter, on_pass=self._on_pass, power=self._polled_power)
         self.health = HealthPoller({s: self.drivers.hardware(s) for s in self.defs.servers}, listen.health_interval)
         self.flaps: LinkFlaps = c.flaps  # fed by the controller's trap receiver
         self._lock = threading.RLock()
@@ -94,6 +95,11 @@ class Oversight:
         self.c.alerts.emit(event)
 
     # ------------------------------------------------------------------ drift
+
+    def _polled_power(self, server: str) -> PowerState | None:
+        """The BMC poller's answer if it is fresh (it reads every body every interval); else None."""
+        answer, _ = self.c.poller.answer(server)
+        return {"on": PowerState.ON, "off": PowerState.OFF}.get(answer)
 
     def _on_pass(self, res: PassResult) -> None:
         fresh = [f for f in self.journal.findings() if not f.alerted]

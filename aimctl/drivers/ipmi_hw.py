@@ -59,7 +59,7 @@ class IpmiHardware:
         self.power = power
         self.device = power.device
 
-    def facts(self) -> HardwareFacts:
+    def facts(self, macs: bool = True) -> HardwareFacts:
         info = self.power._call("read FRU", lambda c: ipmi_fru.FRU(ipmicmd=c).info, self.power.timeout_s) or {}
         model = str(info.get("Product name") or info.get("Board product name") or "").strip() or None
         return HardwareFacts(model=model)

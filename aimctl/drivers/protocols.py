@@ -189,7 +189,9 @@ class BodyHealth:
 class Hardware(Protocol):
     """A body's inventory and health as its BMC reports them (reads only)."""
 
-    def facts(self) -> HardwareFacts: ...
+    def facts(self, macs: bool = True) -> HardwareFacts:
+        """Inventory; ``macs=False`` skips the NIC listing (a few requests on Redfish) when no MAC
+        is declared to compare with."""
 
     def health(self) -> BodyHealth:
         """Summary health and the event log's entries (newest last; bounded by the driver)."""

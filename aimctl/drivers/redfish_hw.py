@@ -61,7 +61,7 @@ class RedfishHardware:
             out.append(m if len(m) > 1 else self._get(what, str(m.get("@odata.id"))))
         return out
 
-    def facts(self) -> HardwareFacts:
+    def facts(self, macs: bool = True) -> HardwareFacts:
         system = self._get("read inventory", self.client.system_path)
         model = str(system.get("Model") or "").strip() or None
         summary = system.get("ProcessorSummary") or {}
@@ -72,11 +72,11 @@ class RedfishHardware:
             cores = sum(counted) if counted else None
         mem = (system.get("MemorySummary") or {}).get("TotalSystemMemoryGiB")
         memory_gb = int(round(float(mem))) if isinstance(mem, (int, float)) else None
-        macs = None
-        if isinstance(system.get("EthernetInterfaces"), dict):
+        found = None
+        if macs and isinstance(system.get("EthernetInterfaces"), dict):
             nics = self._members("read NICs", system["EthernetInterfaces"])
-            macs = tuple(sorted({m for n in nics if (m := _mac(n.get("MACAddress") or n.get("PermanentMACAddress")))}))
-        return HardwareFacts(model, cores, memory_gb, macs)
+            found = tuple(sorted({m for n in nics if (m := _mac(n.get("MACAddress") or n.get("PermanentMACAddress")))}))
+        return HardwareFacts(model, cores, memory_gb, found)
 
     def health(self) -> BodyHealth:
         system = self._get("read health", self.client.system_path)

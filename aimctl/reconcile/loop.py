@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from aimctl.journal import Journal, StoredFinding
 from aimctl.loader import Definitions
 from aimctl.reconcile.expect import expected
-from aimctl.reconcile.read import read_world
+from aimctl.reconcile.read import PowerSource, read_world
 from aimctl.reconcile.verdict import REPAIRABLE, Finding, findings
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,15 @@ def repair_requests(defs: Definitions, found: list[Finding], busy: set[str]) -> 
 
 class Reconciler:
     def __init__(self, defs: Definitions, journal: Journal, drivers: object, interval_s: float = 300.0,
-                 jitter: float = 0.1, on_pass: Callable[[PassResult], None] | None = None, workers: int = 8) -> None:
+                 jitter: float = 0.1, on_pass: Callable[[PassResult], None] | None = None, workers: int = 8,
+                 power: PowerSource | None = None) -> None:
         self.defs = defs
         self.journal = journal
         self.drivers = drivers
         self.interval_s = interval_s
         self.jitter = jitter
         self.on_pass = on_pass
+        self.power = power
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="drift")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -123,7 +125,7 @@ class Reconciler:
             assignment = self.journal.assignment()
             ex = expected(self.defs, assignment, set(self.journal.quarantined()), skip_p, skip_s)
             before = self._sessions()
-            ob = read_world(self.drivers, ex, self._pool)  # type: ignore[arg-type]
+            ob = read_world(self.drivers, ex, self._pool, power=self.power)  # type: ignore[arg-type]
             after = self._sessions()
             found, checked = findings(ex, ob)
             # A lease taken while we read means the world changed on purpose under us: drop what

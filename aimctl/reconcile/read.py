@@ -13,14 +13,23 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from aimctl.drivers.protocols import PowerState
+
 from aimctl.drivers.registry import Drivers
 from aimctl.reconcile.expect import Expectation
 from aimctl.reconcile.verdict import Observed
 from aimctl.secrets import mask
 
 
-def read_world(drivers: Drivers, ex: Expectation, pool: ThreadPoolExecutor, facts: bool = True) -> Observed:
+PowerSource = Callable[[str], PowerState | None]
+
+
+def read_world(drivers: Drivers, ex: Expectation, pool: ThreadPoolExecutor, facts: bool = True,
+               power: PowerSource | None = None) -> Observed:
+    """``power``: a fresher source of power state than a read (the controller's BMC poller reads
+    every body every second); None for a body means "read it here"."""
     ob = Observed()
+    macs = {f.server for f in ex.facts if f.macs}
     ports: dict[str, list[str]] = {}
     for p in ex.ports:
         if p.port not in ports.setdefault(p.switch, []):
@@ -54,11 +63,12 @@ def read_world(drivers: Drivers, ex: Expectation, pool: ThreadPoolExecutor, fact
         def run() -> None:
             # One BMC, one thing at a time; each read that answers counts even if a later one fails.
             if "power" in what:
-                ob.power[server] = drivers.power(server).state()
+                known = power(server) if power is not None else None
+                ob.power[server] = known if known is not None else drivers.power(server).state()
             if "boot" in what:
                 ob.boot[server] = drivers.bootcfg(server).read()
             if "facts" in what:
-                ob.facts[server] = drivers.hardware(server).facts()
+                ob.facts[server] = drivers.hardware(server).facts(macs=server in macs)
         return run
 
     jobs: dict[str, Callable[[], None]] = {}

@@ -37,9 +37,9 @@ def choice_sentence(persona: str, server: str | None, why: Sequence[str], reject
     return head + (": " + ", ".join(reasons) if reasons else "") + (f"; {nots}" if nots else "")
 
 
-def _n(items: Any, word: str) -> str:
+def _n(items: Any, word: str, plural: str | None = None) -> str:
     n = len(items) if items is not None else 0
-    return f"{n} {word}" + ("" if n == 1 else "s")
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 def step_sentence(step: str, status: str | None, detail: Mapping[str, Any], op: Mapping[str, Any]) -> str:
@@ -82,7 +82,7 @@ def step_sentence(step: str, status: str | None, detail: Mapping[str, Any], op: 
         targets = detail.get("targets") or {}
         users = sorted({str(v.get("chap_user")) for v in targets.values() if isinstance(v, dict)})
         acls = sorted({a for v in targets.values() if isinstance(v, dict) for a in v.get("acl") or []})
-        return (f"storage: {_n(targets, 'target')} let in only {', '.join(acls) or 'nobody'} with CHAP account "
+        return (f"{_n(targets, 'target')} let in only {', '.join(acls) or 'nobody'} with CHAP account "
                 f"{', '.join(users) or '-'} (read back)")
     if step == "bootcfg":
         return (f"boot config of {detail.get('server')} set to {detail.get('target')} LUN {detail.get('lun')} as "
@@ -90,7 +90,7 @@ def step_sentence(step: str, status: str | None, detail: Mapping[str, Any], op: 
     if step == "switch":
         ports = detail.get("ports") or {}
         n = sum(len(v) for v in ports.values() if isinstance(v, list))
-        return f"switch: {n} port(s) on {_n(ports, 'switch')} set in one session each and read back"
+        return f"{n} port(s) on {_n(ports, 'switch', 'switches')} set in one session each and read back"
     if step == "power_on":
         return f"{detail.get('server')} powered {detail.get('power', 'on')}"
     if step == "heartbeat":
@@ -100,7 +100,7 @@ def step_sentence(step: str, status: str | None, detail: Mapping[str, Any], op: 
         if not hooks:
             return "no recovery hooks defined"
         bad = [h.get("hook", "?") for h in hooks if not h.get("ok")]
-        return f"recovery: {_n(hooks, 'hook')} ran" + (f", failed: {', '.join(map(str, bad))}" if bad else ", all ok")
+        return f"{_n(hooks, 'hook')} ran" + (f", failed: {', '.join(map(str, bad))}" if bad else ", all ok")
     if step == "done":
         return str(detail.get("summary") or "done")
     if step == "repair":
