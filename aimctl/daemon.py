@@ -71,6 +71,10 @@ class StormBrake(OperatorError):
     """The pool already runs as many failovers as its storm brake allows."""
 
 
+class WaitForRepair(StormBrake):
+    """A drift repair holds the persona for a moment: its failover stays queued, it is never dropped."""
+
+
 class Controller:
     def __init__(self, defs: Definitions, listen: Listen, state: Path, settings: Settings | None = None) -> None:
         self.defs = defs
@@ -171,7 +175,8 @@ class Controller:
     def snapshot(self, now: float) -> list[Observation]:
         """Watch every assigned persona that no operation holds (its current body, its SCN channels),
         then read heartbeats, BMC answers and link state for it, all from memory."""
-        busy = self.busy_personas()
+        # A drift repair does not take a persona out of the detector's sight (it only puts ports back).
+        busy = {op.persona for op in self.journal.unfinished_operations() if op.kind != "repair"}
         want = {p: s for p, s in self.journal.assignment().items()
                 if s and p not in busy and p in self.defs.personas}
         current = self.observer.watches()
@@ -237,6 +242,7 @@ class Controller:
         try:
             self.start_failover(persona, trigger=trigger, evidence=evidence)
             self._pending.pop(persona, None)
+            self.queued_why.pop(persona, None)
         except StormBrake as exc:
             self.queued_why[persona] = str(exc)  # stays queued until a running failover of its pool ends
         except OperatorError as exc:
@@ -261,7 +267,10 @@ class Controller:
         with self._lock:
             if persona not in self.defs.personas:
                 raise OperatorError(f"unknown persona {persona!r}")
-            if persona in self.busy_personas():
+            holding = next((o for o in self.journal.unfinished_operations() if o.persona == persona), None)
+            if holding is not None and holding.kind == "repair" and kind == "failover":
+                raise WaitForRepair(f"{persona}: waiting for drift repair {holding.id} to end")
+            if holding is not None:
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool
             running = [o for o in self.journal.unfinished_operations()

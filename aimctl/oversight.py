@@ -26,6 +26,7 @@ from aimctl.detect.events import (
     DriftRepaired,
     DriftResolved,
     EscalationStop,
+    RepairFailed,
     RackEventAlert,
     SparesExhausted,
     SparesRestored,
@@ -116,8 +117,21 @@ class Oversight:
         self.c.metrics.set_drift(by_kind, res.duration_s, len(res.unchecked))
         busy = self.c.busy_personas() | {lease.name.split(":", 1)[1] for lease in self.journal.leases()}
         for req in repair_requests(self.defs, res.found, busy):
+            tried = self._failed_repair(req.keys)
+            if tried:
+                log.info("not repairing %s again: %s failed (a new occurrence will be tried)", req.server, tried)
+                continue
             self.start_repair(req)
         self.refresh_spares()
+
+    def _failed_repair(self, keys: tuple[str, ...]) -> str | None:
+        """The failed repair of any of these findings (this occurrence), if there was one."""
+        stored = {f.key: f for f in self.journal.findings()}
+        for key in keys:
+            op_id = stored[key].repair_op if key in stored else None
+            if op_id and self.journal.operation(op_id).state in ("failed", "aborted", "needs-operator"):
+                return op_id
+        return None
 
     def start_repair(self, req: RepairRequest) -> str | None:
         subject = req.persona or req.server
@@ -141,6 +155,8 @@ class Oversight:
         subject = str(op.facts.get("subject") or op.persona)
         if op.state == "done":
             self._emit(DriftRepaired(subject, f"{op.id}: {op.result or 'repaired and read back'}"))
+        else:
+            self._emit(RepairFailed(subject, f"{op.id}: drift repair {op.state}: {op.result}; the finding stays open"))
 
     def drift(self) -> dict[str, Any]:
         last = self.reconciler.last

@@ -10,7 +10,8 @@ from aimctl.errors import OperatorError
 from lab.network.traps import cable_ifindex
 
 FAULTS = ("power-button", "bmc-down", "bmc-slow", "bmc-lies", "switch-hang", "storage-error", "scn-partition",
-          "boot-fail", "link-down", "health-degrade", "event-log", "link-flap", "vlan-change", "acl-add", "hw-mismatch")
+          "boot-fail", "link-down", "health-degrade", "event-log", "link-flap", "vlan-change", "acl-add", "hw-mismatch",
+          "switch-reject")
 INTRUDER = "iqn.2026-01.lab.intruder:{persona}"
 FLAPS = 4  # linkDown/linkUp pairs a link-flap sends
 
@@ -75,6 +76,10 @@ def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
         if target not in d.switches:
             raise OperatorError(f"unknown switch {target!r}")
         lab.switches.set_fault(target, "hang", on)
+    elif kind == "switch-reject":
+        if target not in d.switches:
+            raise OperatorError(f"unknown switch {target!r}")
+        lab.switches.set_fault(target, "reject", on)  # the first config command of each session is refused
     elif kind == "storage-error":
         lab.tgt.set_fault("storage-error", on)
     elif kind == "scn-partition":

@@ -29,6 +29,11 @@ class DriftRepaired(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class RepairFailed(Event):
+    """A drift repair could not be applied or read back; the finding stays open."""
+
+
+@dataclass(frozen=True, slots=True)
 class SuspectBody(Event):
     """A body shows signs of failing (``persona``: the body's server name)."""
 

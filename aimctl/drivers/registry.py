@@ -108,6 +108,11 @@ class Drivers:
                 self._cache[(kind, name)] = make()
             return self._cache[(kind, name)]
 
+    def instances(self, kind: str) -> dict[str, Any]:
+        """The drivers of one kind built so far (``switch``, ``power``...), by device name."""
+        with self._lock:
+            return {name: drv for (k, name), drv in self._cache.items() if k == kind}
+
     def power(self, server: str) -> Power:
         return self._get("power", server, lambda: make_power(server, self.defs.servers[server]))  # type: ignore[no-any-return]
 

@@ -112,9 +112,8 @@ class Reconciler:
                 log.exception("drift pass failed")
 
     def _sessions(self) -> dict[str, int]:
-        get = getattr(self.drivers, "_cache", {})
-        return {name: int(getattr(drv, "sessions_opened", 0)) for (kind, name), drv in list(get.items())
-                if kind == "switch"}
+        built = self.drivers.instances("switch") if hasattr(self.drivers, "instances") else {}
+        return {name: int(getattr(drv, "sessions_opened", 0)) for name, drv in built.items()}
 
     def run_pass(self) -> PassResult:
         with self._lock:

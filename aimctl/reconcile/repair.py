@@ -13,6 +13,10 @@ on the same drivers and switch batching. Steps:
 
 Only what the pool's ``drift.repair`` allow-list names is ever repaired; storage ACL and CHAP drift
 never is (a second initiator may be an attack).
+
+A repair that cannot finish *fails* (``StepFailed``: terminal, its leases released) rather than
+waiting for an operator: the switch driver has already put the ports back as it found them, the
+finding stays open and is alerted, and a repair must never keep a persona's lease from a failover.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from aimctl.drivers.switch_os import matches
 from aimctl.failover.context import Ctx
 from aimctl.failover.fence import apply_switches, power_off
 from aimctl.failover.planner import port_intents, quarantine_intents
-from aimctl.failover.runner import NeedsOperator, Step, StepCall, StepOutcome
+from aimctl.failover.runner import NeedsOperator, Step, StepCall, StepFailed, StepOutcome
 from aimctl.failover.steps import boot_identity
 from aimctl.journal import Operation
 from aimctl.reconcile.verdict import port_text
@@ -74,9 +78,12 @@ def _needs_power_off(ctx: Ctx, op: Operation) -> bool:
 
 
 def s_confirm(ctx: Ctx, call: StepCall) -> StepOutcome:
-    wrong, seen = _differing(ctx, intents_for(ctx, call.op))
-    power = _needs_power_off(ctx, call.op)
-    boot = _boot_differs(ctx, call.op)
+    try:
+        wrong, seen = _differing(ctx, intents_for(ctx, call.op))
+        power = _needs_power_off(ctx, call.op)
+        boot = _boot_differs(ctx, call.op)
+    except Exception as exc:  # noqa: BLE001 - nothing was changed: a failed repair, not a stuck one
+        raise StepFailed(f"could not read back before repairing: {exc}") from None
     if not wrong and not power and not boot:
         return StepOutcome("ok", {"observed": seen, "reason": "already as defined: nothing to repair"},
                            facts={"nothing_to_do": True})
@@ -93,18 +100,19 @@ def s_repair(ctx: Ctx, call: StepCall) -> StepOutcome:
     per = {sw: [i for i in intents if (sw, i.port) in fix] for sw, intents in intents_for(ctx, op).items()}
     per = {sw: intents for sw, intents in per.items() if intents}
     detail: dict[str, Any] = {}
-    if per:
-        detail["ports"] = apply_switches(ctx, per)  # one session per switch; restores and raises on mismatch
-    if op.facts.get("power_needed"):
-        try:
+    try:
+        if per:
+            detail["ports"] = apply_switches(ctx, per)  # one session per switch; restores and raises on mismatch
+        if op.facts.get("power_needed"):
             detail["power"] = power_off(ctx, str(op.facts["server"]))
-        except Exception as exc:  # noqa: BLE001 - a quarantined body that will not go off needs a human
-            raise NeedsOperator(f"quarantined body {op.facts['server']} reads On and did not power off: {exc}") \
-                from None
-    if op.facts.get("boot_needed"):
-        server = str(op.facts["server"])
-        ctx.drivers.bootcfg(server).write(boot_identity(ctx, op.persona))  # reads back, raises on mismatch
-        detail["bootcfg"] = f"{server}: {op.persona}'s identity written and read back"
+        if op.facts.get("boot_needed"):
+            server = str(op.facts["server"])
+            ctx.drivers.bootcfg(server).write(boot_identity(ctx, op.persona))  # reads back, raises on mismatch
+            detail["bootcfg"] = f"{server}: {op.persona}'s identity written and read back"
+    except NeedsOperator as exc:
+        raise StepFailed(f"repair not applied: {exc.reason}") from None
+    except Exception as exc:  # noqa: BLE001 - see the module docstring: fail, alert, keep the finding
+        raise StepFailed(f"repair not applied: {exc}") from None
     n = sum(len(v) for v in per.values())
     what = [f"{n} port(s) set back" if n else "", "powered off (read back)" if "power" in detail else "",
             "boot config rewritten (read back)" if "bootcfg" in detail else ""]
@@ -116,14 +124,18 @@ def s_verify(ctx: Ctx, call: StepCall) -> StepOutcome:
     op = call.op
     if op.facts.get("nothing_to_do"):
         return StepOutcome.skipped("nothing was repaired")
-    wrong, seen = _differing(ctx, intents_for(ctx, op))
+    try:
+        wrong, seen = _differing(ctx, intents_for(ctx, op))
+        power, boot = _needs_power_off(ctx, op), _boot_differs(ctx, op)
+    except Exception as exc:  # noqa: BLE001
+        raise StepFailed(f"could not read back after the repair: {exc}") from None
     if wrong:
         bad = ", ".join(f"{sw} {i.port}" for sw, intents in wrong.items() for i in intents)
-        raise NeedsOperator(f"ports {bad} still differ after the repair (read {seen}); check the switch by hand")
-    if _needs_power_off(ctx, op):
-        raise NeedsOperator(f"quarantined body {op.facts['server']} reads On again after the power-off")
-    if _boot_differs(ctx, op):
-        raise NeedsOperator(f"boot config of {op.facts['server']} still differs after the repair")
+        raise StepFailed(f"ports {bad} still differ after the repair (read {seen}); check the switch by hand")
+    if power:
+        raise StepFailed(f"quarantined body {op.facts['server']} reads On again after the power-off")
+    if boot:
+        raise StepFailed(f"boot config of {op.facts['server']} still differs after the repair")
     return StepOutcome.ok(observed=seen)
 
 

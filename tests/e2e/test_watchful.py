@@ -118,6 +118,21 @@ def test_drift_found_repaired_attack_reported_unqualified_standby(story: Callabl
     assert port(lab, "r720-2", 3) == ("trunk", [100, 200])
     ctrl.wait(lambda: finding(ctrl, "ports:sw1:1/g4") is None, 2 * DRIFT_S + 5, "the finding resolved")
 
+    # A repair the switch refuses fails (its ports left as found), is alerted, and is not retried
+    # every pass; it never waits for an operator holding the persona's lease.
+    lab.fault("switch-reject", "sw2")
+    lab.fault("vlan-change", "r720-2:4")
+    bad = ctrl.wait(lambda: next((o for o in ops(ctrl, "exchange2", "repair") if o["state"] not in ("running", "done")),
+                                 None), 20, "the refused repair")
+    assert bad["state"] == "failed" and "refused" in bad["result"], bad
+    assert ctrl.wait(lambda: mails(lab, "RepairFailed"), 10, "the repair-failed mail")[0]["severity"] == "alert"
+    left = finding(ctrl, "ports:sw2:1/g4")
+    assert left is not None and left["repair_op"] == bad["id"]
+    passes = ctrl.api.get("/v1/drift")["passes"]
+    ctrl.wait(lambda: ctrl.api.get("/v1/drift")["passes"] >= passes + 2, 4 * DRIFT_S + 5, "two more passes")
+    assert len(ops(ctrl, "exchange2", "repair")) == 2  # the good one and the refused one, no retry loop
+    lab.fault("switch-reject", "sw2", clear=True)
+
     # The intruder stays: reported, alerted, never repaired.
     acl = finding(ctrl, f"storage:array1:{X1_BOOT}")
     assert acl is not None and "iqn.2026-01.lab.intruder:exchange1" in acl["observed"]
