@@ -159,12 +159,12 @@ def failovers(state: StateOpt, as_json: JsonOpt = False) -> None:
 def print_timeline(op: dict[str, Any]) -> None:
     t = Table(title=f"{op['id']}: {op['kind']} of {op['persona']} {op['from_server']} -> {op['facts'].get('to')}"
                     f" [{op['state']}]")
-    for col in ("step", "start", "end", "duration", "result"):
+    for col in ("step", "start", "end", "duration", "status", "why"):
         t.add_column(col)
     for s in op["timeline"]:
         dur = "-" if s["duration_s"] is None else f"{s['duration_s']:.3f}s"
         why = s.get("sentence") or s["detail"].get("reason") or s["detail"].get("summary") or ""
-        t.add_row(s["step"], _t(s["started"]), _t(s["ended"]), dur, f"{s['status']}: {why}".strip())
+        t.add_row(s["step"], _t(s["started"]), _t(s["ended"]), dur, s["status"], why)
     out.print(t)
     out.print(op.get("sentence") or f"result: {op['state']}: {op['result']}", highlight=False, markup=False)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from aimctl.journal.state import JournalParts
 from aimctl.secrets import mask
 
 
@@ -58,17 +58,8 @@ def _row(r: sqlite3.Row) -> StoredFinding:
                          r["observed"], r["since"], r["seen"], bool(r["alerted"]), r["resolved"], r["repair_op"])
 
 
-class FindingsMixin:
-    """Needs ``transaction``, ``query`` and ``now`` from the Journal."""
-
-    def transaction(self, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        raise NotImplementedError
-
-    def now(self) -> float:
-        raise NotImplementedError
+class FindingsMixin(JournalParts):
+    """Drift findings."""
 
     def sync_findings(self, found: Sequence[FindingLike], checked: Collection[str]
                       ) -> tuple[list[StoredFinding], list[StoredFinding]]:
