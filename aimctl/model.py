@@ -302,7 +302,13 @@ class Escalation(Strict):
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+def _check_clock(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", value):
+        raise ValueError(f"not a time of day: {value!r} (write HH:MM, 00:00 to 23:59)")
+    return value
+
+
+ClockTime = Annotated[str, AfterValidator(_check_clock)]
 
 
 def _check_zone(value: str) -> str:
