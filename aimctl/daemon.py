@@ -6,6 +6,7 @@ Observe -> decide -> act once -> say what happened, as a short loop; everything 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -49,6 +50,7 @@ from aimctl.records.audit import Audit
 from aimctl.records.changes import ChangeRecords
 from aimctl.records.metrics import Metrics
 from aimctl.records.sinks import JsonlSink, WebhookSink
+from aimctl.records.sentences import operation_sentence
 from aimctl.recovery.runner import hook_runner
 from aimctl.secrets import resolve_bytes
 
@@ -337,8 +339,8 @@ class Controller:
                 self.oversight.repair_finished(self.journal.operation(op_id))
             self._refresh_capacity()
         elif res.state == "needs-operator":
-            self.alerts.emit(NeedsOperatorAlert(self.journal.operation(op_id).persona,
-                                                f"{op_id} needs an operator: {res.result}"))
+            stopped = self.journal.operation(op_id)
+            self.alerts.emit(NeedsOperatorAlert(stopped.persona, operation_sentence(dataclasses.asdict(stopped))))
 
     def _on_step(self, ev: StepEvent) -> None:
         self.metrics.observe_step(ev)
