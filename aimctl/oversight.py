@@ -17,7 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from aimctl.detect.detector import Event
 from aimctl.detect.escalation import EscalationVerdict, PastFailover, escalation
@@ -40,12 +41,13 @@ from aimctl.drivers.protocols import PowerState
 from aimctl.drivers.registry import Drivers
 from aimctl.errors import OperatorError
 from aimctl.failover.planner import choose
-from aimctl.journal import LeaseHeld, Operation, persona_lease, server_lease
+from aimctl.journal import Journal, LeaseHeld, Operation, persona_lease, server_lease
+from aimctl.loader import Definitions
+from aimctl.overlay import Listen
 from aimctl.reconcile.loop import PassResult, Reconciler, RepairRequest, repair_requests
 from aimctl.reconcile.spares import Spares, spares
-
-if TYPE_CHECKING:
-    from aimctl.daemon import Controller
+from aimctl.records.audit import Audit
+from aimctl.records.metrics import Metrics
 
 log = logging.getLogger("aimctl.oversight")
 
@@ -54,8 +56,32 @@ NOT_SPARE = ("hardware", "standby-ports", "bootcfg")
 NOT_CHOSEN = ("hardware",)
 
 
+class Host(Protocol):
+    """What the oversight needs of the controller that wires it (``aimctl.daemon.Controller``)."""
+
+    defs: Definitions
+    journal: Journal
+    listen: Listen
+    state: Path
+    alerts: Any  # an EventSink
+    metrics: Metrics
+    audit: Audit
+    flaps: LinkFlaps
+    poller: Any  # answer(server) -> (word, since), as detect.bmcpoll.BmcPoller
+
+    def busy_personas(self) -> set[str]: ...
+
+    def bmc_unhealthy(self) -> dict[str, str]: ...
+
+    def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
+                       to: str | None = None, actor: str = "controller", change: str | None = None,
+                       facts: dict[str, Any] | None = None) -> str: ...
+
+    def _spawn(self, op_id: str) -> bool: ...
+
+
 class Oversight:
-    def __init__(self, c: Controller, eval_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, c: Host, eval_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         self.c = c
         self.defs = c.defs
         self.journal = c.journal

@@ -8,8 +8,12 @@ prose, and an old journal reads in today's words. Golden tests pin the main path
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
+
+from aimctl.failover.planner import choice_sentence
+
+__all__ = ["choice_sentence", "clock", "detector_sentence", "operation_sentence", "step_sentence"]
 
 TRIGGERS = {
     "PersonaDead": "dead",
@@ -24,17 +28,6 @@ TRIGGERS = {
 
 def clock(t: float | None) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(t)) + " UTC" if t else "an unknown time"
-
-
-def choice_sentence(persona: str, server: str | None, why: Sequence[str], rejected: Mapping[str, str]) -> str:
-    """Why this standby, and why not each other one."""
-    nots = "; ".join(f"not {s}: {r}" for s, r in sorted(rejected.items()))
-    if server is None:
-        return f"no standby can take {persona}" + (f" ({nots})" if nots else "")
-    reasons = [w for w in why if not w.startswith("pool ")]
-    pool = next((w for w in why if w.startswith("pool ")), "")
-    head = f"{server} chosen for {persona}" + (f" in {pool}" if pool else "")
-    return head + (": " + ", ".join(reasons) if reasons else "") + (f"; {nots}" if nots else "")
 
 
 def _n(items: Any, word: str, plural: str | None = None) -> str:
