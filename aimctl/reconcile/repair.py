@@ -26,7 +26,8 @@ from typing import Any
 from aimctl.drivers.protocols import PortIntent, PowerState
 from aimctl.drivers.switch_os import matches
 from aimctl.failover.context import Ctx
-from aimctl.failover.fence import apply_switches, power_off
+from aimctl.failover.fence import power_off
+from aimctl.failover.ports import change_ports
 from aimctl.failover.planner import port_intents, quarantine_intents
 from aimctl.failover.runner import NeedsOperator, Step, StepCall, StepFailed, StepOutcome
 from aimctl.failover.steps import boot_identity
@@ -55,7 +56,7 @@ def _differing(ctx: Ctx, per: dict[str, list[PortIntent]]) -> tuple[dict[str, li
     wrong: dict[str, list[PortIntent]] = {}
     seen: dict[str, str] = {}
     for sw, intents in sorted(per.items()):
-        states = {s.port: s for s in ctx.drivers.switch(sw).read([i.port for i in intents])}
+        states = {s.port: s for s in ctx.switches.read(sw, [i.port for i in intents])}
         for i in intents:
             st = states[i.port]
             seen[f"{sw} {i.port}"] = port_text(st.mode, st.vlans)
@@ -102,7 +103,7 @@ def s_repair(ctx: Ctx, call: StepCall) -> StepOutcome:
     detail: dict[str, Any] = {}
     try:
         if per:
-            detail["ports"] = apply_switches(ctx, per)  # one session per switch; restores and raises on mismatch
+            detail["ports"] = change_ports(ctx, per, "drift repair")  # all switches or none, read back
         if op.facts.get("power_needed"):
             detail["power"] = power_off(ctx, str(op.facts["server"]))
         if op.facts.get("boot_needed"):

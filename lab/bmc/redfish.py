@@ -116,7 +116,7 @@ class RedfishLab:
         for name, spec in self._specs.items():
             macs = spec.macs or [n["mac"] for n in self._fake_system(spec)["nics"]]
             self.hardware.add(name, spec.model, spec.cores, spec.memory_gb, macs)
-        redfish_hw.register_routes(app, self.hardware, self._name_for)
+        redfish_hw.register_routes(app, self.hardware, self.name_for)
         basic = app.wsgi_app  # the emulator behind its Basic-auth layer (when users are set)
         inner = basic.app if self._users else basic
         app.wsgi_app = FaultMiddleware(SessionLayer(basic, inner, self._users), self)
