@@ -98,6 +98,12 @@ def step_sentence(step: str, status: str | None, detail: Mapping[str, Any], op: 
         return str(detail.get("summary") or "done")
     if step == "repair":
         return str(detail.get("sentence") or "repaired and read back")
+    if step == "resolve":  # an operator's exit: retry, mark-fenced, abandon
+        what = str(detail.get("action", "resolved"))
+        if detail.get("server"):
+            what += f" {detail['server']}"
+        note = f": {detail['note']}" if detail.get("note") else ""
+        return f"{what} by {detail.get('by', 'an operator')}{note}"
     return str(detail.get("reason") or detail.get("summary") or f"{step} {status}")
 
 

@@ -74,6 +74,8 @@ def lines() -> list[str]:
     out.append(step_sentence("fence", "failed", {"reason": stopped["result"].split(": ", 1)[1],
                                                  "stopped": "needs-operator"}, stopped))
     out.append(operation_sentence(stopped))
+    out.append(step_sentence("resolve", "ok", {"action": "mark-fenced", "server": "r720-1", "by": "ops(admin)",
+                                               "note": "pulled the power cords"}, stopped))
 
     out.append("# why dead, why not dead (detector)")
     out.append(detector_sentence("exchange1", "dead", "no heartbeat for 1.4s; BMC reports off", T))
