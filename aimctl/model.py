@@ -97,6 +97,16 @@ Channel = Annotated[int, Field(ge=1, le=64)]
 PsName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]  # Rust regex: $ is end of text
 
 
+def _check_abs_path(value: str) -> str:
+    if not re.fullmatch(r"/[A-Za-z0-9_.:+/-]{1,400}", value) or any(p in ("..", ".") for p in value.split("/")) \
+            or "//" in value:
+        raise ValueError(f"not an absolute path of [A-Za-z0-9_.:+/-] without '..': {value!r}")
+    return value
+
+
+AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
+
+
 class Strict(BaseModel):
     # extra="forbid" is what turns a typo ("boot_timmer") into an error instead of a silent default.
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
@@ -154,6 +164,9 @@ class Storage(Strict):
     credentials: Credentials | None = None
     # A tgtd listening on a non-default control socket (TGT_IPC_SOCKET); local management only.
     control_socket: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./-]{1,200}$")] | None = None
+    # Where snapshots, gold images and clones live on the storage host. On the LUNs' filesystem a
+    # snapshot shares their extents (xfs, btrfs: reflink) and the freeze lasts milliseconds.
+    snapshot_dir: AbsPath = "/var/lib/aimctl/snapshots"
 
 
 class InventoryFile(Strict):

@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError
 
 from aimctl.errors import DefinitionError, OperatorError
 from aimctl.loader import Definitions, PersonaDef, Source
-from aimctl.model import Credentials, Duration, Host, SecretRef, SshUrl, Strict
+from aimctl.model import AbsPath, Credentials, Duration, Host, SecretRef, SshUrl, Strict
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -42,6 +42,7 @@ class StoragePatch(Strict):
     port: Port | None = None
     management: str | None = None
     control_socket: str | None = None
+    snapshot_dir: AbsPath | None = None
 
 
 class HookPatch(Strict):
