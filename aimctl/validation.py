@@ -38,3 +38,17 @@ def valid_vlan(vlan: int) -> bool:
 def valid_port(os_name: str, port: str) -> bool:
     pat = PORT_RE.get(os_name)
     return bool(pat and pat.match(port))
+
+
+# A rehearsal boots a copy of a persona under this initiator name, so the persona's own LUNs and
+# CHAP account never let it in, and the booted OS can tell from its iSCSI boot facts (the iBFT
+# initiator name) that it is a rehearsal. No persona's own initiator may end with it.
+REHEARSAL_SUFFIX = "-rehearsal"
+
+
+def rehearsal_initiator(initiator: str) -> str:
+    return initiator + REHEARSAL_SUFFIX
+
+
+def is_rehearsal_initiator(initiator: str) -> bool:
+    return initiator.endswith(REHEARSAL_SUFFIX)

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from aimctl import secrets
+from aimctl.agent import bootfacts
 from aimctl.agent.checks import load_checks_file
 from aimctl.agent.run import run_agent
 from aimctl.errors import OperatorError
@@ -83,6 +84,8 @@ def run(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    ibft: Annotated[Path, typer.Option(help="The iBFT initiator name: a rehearsal boot is told by it.")] = (
+        bootfacts.IBFT_INITIATOR),
 ) -> None:
     """Send signed heartbeats for PERSONA and watch its services until stopped."""
     logging.basicConfig(
@@ -117,7 +120,8 @@ def run(
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
-        run_agent(persona, target, key, interval_s, specs, budget, stop_event=stop)
+        run_agent(persona, target, key, interval_s, specs, budget, stop_event=stop,
+                  rehearsal=bootfacts.is_rehearsal(bootfacts.boot_initiator(ibft)))
     except OSError as exc:  # e.g. the controller's host name does not resolve
         typer.echo(f"error: {persona}: cannot send heartbeats to {controller}: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -69,6 +69,29 @@ MIGRATIONS: list[list[str]] = [
             created REAL NOT NULL,
             updated REAL NOT NULL)""",
     ],
+    # Operation kinds of the persona lifecycle. SQLite cannot change a CHECK in place: the table is
+    # rebuilt (its documented 12-step procedure; ``migrate`` turns foreign keys off around it and
+    # checks them before committing).
+    [
+        """CREATE TABLE operations_v2 (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('failover', 'move', 'failback', 'archive', 'restore',
+                                               'rehearsal')),
+            persona TEXT NOT NULL,
+            from_server TEXT,
+            to_server TEXT,
+            state TEXT NOT NULL CHECK (state IN ('running', 'needs-operator', 'waiting-approval',
+                                                 'done', 'failed', 'aborted')),
+            result TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            facts TEXT NOT NULL DEFAULT '{}')""",
+        "INSERT INTO operations_v2 SELECT id, kind, persona, from_server, to_server, state, result, created,"
+        " updated, facts FROM operations",
+        "DROP TABLE operations",
+        "ALTER TABLE operations_v2 RENAME TO operations",
+        "CREATE INDEX operations_state ON operations(state)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -81,17 +104,28 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
             f"journal {path} has schema version {version}; this aimctl knows up to {SCHEMA_VERSION}"
             " (upgrade aimctl, or point --state at another directory)"
         )
-    for target in range(version, SCHEMA_VERSION):
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            # Another process may have migrated while we waited for the write lock.
-            if db.execute("PRAGMA user_version").fetchone()[0] > target:
-                db.execute("COMMIT")
-                continue
-            for statement in MIGRATIONS[target]:
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {target + 1}")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    fks = db.execute("PRAGMA foreign_keys").fetchone()[0]
+    # A table rebuild would trip the records' foreign key half-way; it is checked whole before COMMIT.
+    # (The pragma is a no-op inside a transaction, hence out here.)
+    db.execute("PRAGMA foreign_keys=OFF")
+    try:
+        for target in range(version, SCHEMA_VERSION):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have migrated while we waited for the write lock.
+                if db.execute("PRAGMA user_version").fetchone()[0] > target:
+                    db.execute("COMMIT")
+                    continue
+                for statement in MIGRATIONS[target]:
+                    db.execute(statement)
+                broken = db.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise OperatorError(f"journal {path}: migration to version {target + 1} broke "
+                                        f"{len(broken)} reference(s); nothing changed")
+                db.execute(f"PRAGMA user_version = {target + 1}")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+    finally:
+        db.execute(f"PRAGMA foreign_keys={'ON' if fks else 'OFF'}")

@@ -45,6 +45,7 @@ from aimctl.journal.state import (  # re-exported: one import for callers
 from aimctl.secrets import mask
 
 __all__ = [
+    "BACKGROUND_KINDS",
     "CRASH_EXIT_CODE",
     "KINDS",
     "STATES",
@@ -64,7 +65,10 @@ __all__ = [
     "server_lease",
 ]
 
-KINDS = {"failover": "fo", "move": "mv", "failback": "fb"}
+KINDS = {"failover": "fo", "move": "mv", "failback": "fb", "archive": "ar", "restore": "rs", "rehearsal": "rh"}
+# Kinds that leave the persona running where it is: the detector keeps watching it, and a failover
+# of the persona (or, for a rehearsal, of its pool) pre-empts them.
+BACKGROUND_KINDS = ("archive", "rehearsal")
 STATES = ("running", "needs-operator", "waiting-approval", "done", "failed", "aborted")
 UNFINISHED = ("running", "needs-operator", "waiting-approval")
 TERMINAL = ("done", "failed", "aborted")
