@@ -42,7 +42,8 @@ def test_rehearsal_heartbeats_never_count_as_the_persona() -> None:
             stop.set()
             t.join(2)
         # The persona's own heartbeat goes to its own table, and never to the rehearsal's.
-        before = rx.last_rehearsal("exchange1")
+        before = wait_for(lambda: (r := rx.last_rehearsal("exchange1")) and r[1].health == wire.Health.STOPPED and r,
+                          3, "the rehearsal's last heartbeat")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(wire.encode(KEY, wire.Heartbeat("exchange1", 99, 1, time.time())), ("127.0.0.1", rx.port))
         wait_for(lambda: rx.last_seen("exchange1"), 3, "the persona's heartbeat")
