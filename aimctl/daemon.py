@@ -38,7 +38,8 @@ from aimctl.failover.context import Ctx, Settings
 from aimctl.failover.planner import capacity
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
-from aimctl.journal import TERMINAL, Journal, Operation, persona_lease, server_lease
+from aimctl.journal import BACKGROUND_KINDS, TERMINAL, Journal, Operation, persona_lease, server_lease
+from aimctl.lifecycle.service import Lifecycle, Preempting
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
@@ -118,6 +119,8 @@ class Controller:
                        hook_runner(defs, self._hook_note), self.bmc_unhealthy,
                        change_approved=self.changes.is_approved, stop_persona=self.stop_persona,
                        settings=self.settings)
+        # Archives, restores, rehearsals and gold-image personas: operations of their own kinds.
+        self.lifecycle = Lifecycle(self)
 
     # ------------------------------------------------------------------ observe
 
@@ -213,8 +216,8 @@ class Controller:
         try:
             self.start_failover(persona, trigger=trigger, evidence=evidence)
             self._pending.pop(persona, None)
-        except StormBrake:
-            pass  # stays queued until a running failover of its pool ends
+        except (StormBrake, Preempting):
+            pass  # stays queued until a running failover of its pool ends, or what it pre-empts has stopped
         except OperatorError as exc:
             log.error("failover of %s not started: %s", persona, exc)
             self._pending.pop(persona, None)
@@ -222,20 +225,25 @@ class Controller:
             self._starting.discard(persona)
 
     def busy_personas(self) -> set[str]:
-        return {op.persona for op in self.journal.unfinished_operations()}
+        """Personas an operation has taken off their body (archives and rehearsals leave them running:
+        the detector keeps watching those)."""
+        return {op.persona for op in self.journal.unfinished_operations() if op.kind not in BACKGROUND_KINDS}
 
     # ------------------------------------------------------------------ act
 
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
                        to: str | None = None, actor: str = "controller", change: str | None = None) -> str:
+        if persona not in self.defs.personas:
+            raise OperatorError(f"unknown persona {persona!r}")
+        # An archive or rehearsal in the way stops first (a rehearsal tears down); queued deaths retry
+        # on the next tick meanwhile, an operator's request waits a little.
+        self.lifecycle.yield_to(persona, kind, wait_s=0.0 if actor == "controller" else 30.0)
         with self._lock:
-            if persona not in self.defs.personas:
-                raise OperatorError(f"unknown persona {persona!r}")
-            if persona in self.busy_personas():
+            if any(o.persona == persona for o in self.journal.unfinished_operations()):
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool
-            running = [o for o in self.journal.unfinished_operations()
-                       if self.defs.personas.get(o.persona) and self.defs.personas[o.persona].pool == pool]
+            running = [o for o in self.journal.unfinished_operations() if o.kind not in BACKGROUND_KINDS
+                       and self.defs.personas.get(o.persona) and self.defs.personas[o.persona].pool == pool]
             if kind == "failover" and len(running) >= self.defs.pools[pool].storm.max_concurrent:
                 raise StormBrake(f"storm brake: {len(running)} operations already running in pool {pool}")
             old = self.journal.assignment().get(persona)
@@ -259,6 +267,9 @@ class Controller:
 
     def _run_op(self, op_id: str) -> None:
         op = self.journal.operation(op_id)
+        if self.lifecycle.handles(op.kind):
+            self.lifecycle.run(op_id)
+            return
         # Opening is idempotent: a resumed operation finds the change record it opened before.
         self.changes.open(op, description=f"{op.kind} of {op.persona} from {op.from_server}: "
                                           f"{op.facts.get('evidence', '')}")
@@ -336,10 +347,14 @@ class Controller:
             self.detector.tick(now, self.snapshot)
             self._storm_brake()
             self._approval_timeouts()
+            self.lifecycle.tick()
 
     def _approval_timeouts(self) -> None:
         for op in self.journal.unfinished_operations():
-            spec = self.defs.personas[op.persona].spec
+            pd = self.defs.personas.get(op.persona)  # a persona being made from a gold image is not defined yet
+            if pd is None:
+                continue
+            spec = pd.spec
             if op.state == "waiting-approval" and time.time() - op.created > spec.confirm_timeout \
                     and not (op.id in self._threads and self._threads[op.id].is_alive()):
                 self._spawn(op.id)

@@ -226,7 +226,7 @@ class TgtSnapshots:
         want = self._sizes([src for _, _, src in sources])
         got = {s.id: s for s in self.snapshots(names[0].label)}
         out = []
-        for (n, _, src), size, method in zip(sources, want, methods):
+        for (n, _, _), size, method in zip(sources, want, methods):
             s = got.get(n.id)
             if s is None or s.size != size:
                 raise StateMismatch(self.device, f"snapshot {n.id} reads {s.size if s else 'missing'} bytes, "

@@ -76,7 +76,7 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE operations_v2 (
             id TEXT PRIMARY KEY,
             kind TEXT NOT NULL CHECK (kind IN ('failover', 'move', 'failback', 'archive', 'restore',
-                                               'rehearsal')),
+                                               'rehearsal', 'provision')),
             persona TEXT NOT NULL,
             from_server TEXT,
             to_server TEXT,

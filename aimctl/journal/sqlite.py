@@ -65,7 +65,8 @@ __all__ = [
     "server_lease",
 ]
 
-KINDS = {"failover": "fo", "move": "mv", "failback": "fb", "archive": "ar", "restore": "rs", "rehearsal": "rh"}
+KINDS = {"failover": "fo", "move": "mv", "failback": "fb", "archive": "ar", "restore": "rs", "rehearsal": "rh",
+         "provision": "pv"}
 # Kinds that leave the persona running where it is: the detector keeps watching it, and a failover
 # of the persona (or, for a rehearsal, of its pool) pre-empts them.
 BACKGROUND_KINDS = ("archive", "rehearsal")

@@ -36,7 +36,7 @@ def test_v1_journal_migrates_keeping_everything(tmp_path: Path) -> None:
     op = j.operation("fo-20260101-0001")
     assert (op.kind, op.state, op.facts) == ("failover", "done", {"to": "r720-3"})
     assert [r.step for r in j.records(op.id)] == ["confirm"]
-    for kind in ("archive", "restore", "rehearsal"):
+    for kind in ("archive", "restore", "rehearsal", "provision"):
         assert kind in KINDS
         j.set_state(j.open_operation(kind, "exchange1"), "done")
     # Still enforced after the rebuild: foreign keys, append-only records, the kind check.
