@@ -46,6 +46,8 @@ class StoragePatch(Strict):
 
 
 class HookPatch(Strict):
+    server: Host | None = None  # dns-update: the zone's primary
+    port: Port | None = None
     via: SshUrl | None = None
     credentials: SecretRef | None = None
     host_key: str | None = None

@@ -1,7 +1,8 @@
 """Application recovery hooks: per persona, ordered, run at fixed points of a failover.
 
-Kinds: ``exchange-dag`` (DAG recovery over SSH), ``ssh-command`` (one command over SSH) and
-``script`` (a local executable given the failover's facts as ``AIMCTL_*`` variables). Each hook
+Kinds: ``exchange-dag`` (DAG recovery over SSH), ``ssh-command`` (one command over SSH),
+``script`` (a local executable given the failover's facts as ``AIMCTL_*`` variables) and
+``dns-update`` (the persona's DNS records, RFC 2136 with TSIG, read back; ``recovery/dns.py``). Each hook
 has a timeout and a number of retries; its output (masked, clipped) and result are returned as a
 ``HookResult`` for the timeline and the change record. Passwords travel only inside the SSH
 protocol, never on a command line or in a script's environment.
@@ -23,6 +24,7 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attem
 
 from aimctl import secrets
 from aimctl.errors import OperatorError
+from aimctl.recovery import dns as dns_hook
 from aimctl.recovery.exchange_dag import Thresholds, UnsafeName, ps_name, run_exchange_dag
 from aimctl.recovery.sshshell import SshShell, check_host_key, parse_via
 
@@ -115,7 +117,31 @@ class ScriptHook(_Spec):
         return self.name or f"script {Path(self.path).name}"
 
 
-HookSpec = ExchangeDagHook | SshCommandHook | ScriptHook
+@dataclass(frozen=True, kw_only=True)
+class DnsUpdateHook(_Spec):
+    kind: ClassVar[str] = "dns-update"
+    server: str
+    zone: str
+    key_name: str
+    credentials: str  # the TSIG secret's reference
+    records: tuple[dns_hook.Record, ...]
+    port: int = 53
+    key_algorithm: str = "hmac-sha256"
+    addresses: tuple[tuple[str, str], ...] = ()  # the persona's (network, address), for {address:NET}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not secrets.is_reference(self.credentials):
+            raise HookSpecError(f"{self.label}: the TSIG secret must be a reference (env:NAME or file:PATH), never a value")
+        if not self.records or self.key_algorithm not in ("hmac-sha256", "hmac-sha384", "hmac-sha512"):
+            raise HookSpecError(f"{self.label}: needs records and an hmac-sha256/384/512 key")
+
+    @property
+    def label(self) -> str:
+        return self.name or f"dns-update {self.zone}"
+
+
+HookSpec = ExchangeDagHook | SshCommandHook | ScriptHook | DnsUpdateHook
 
 
 def _check_ssh(via: str, credentials: str, host_key: str) -> None:
@@ -242,6 +268,12 @@ def _attempt(spec: HookSpec, ctx: HookContext, emit: Emit) -> HookResult:
             ok, output, error = _run_script(spec, ctx)
         elif isinstance(spec, SshCommandHook):
             ok, output, error = _run_ssh_command(spec, ctx)
+        elif isinstance(spec, DnsUpdateHook):
+            ok, output, error, found = dns_hook.update(
+                spec.server, spec.port, spec.zone, spec.key_name, spec.key_algorithm, spec.credentials, spec.records,
+                {"persona": ctx.persona, "server": ctx.new_server or ctx.old_server}, dict(spec.addresses),
+                spec.timeout_s)
+            data.update(found)
         else:
             ok, output, error = _run_dag(spec, emit, data)
     except OperatorError as exc:
