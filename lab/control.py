@@ -68,6 +68,8 @@ class _Server(ThreadingHTTPServer):
             return ops.fault(self.lab, body["kind"], body["target"], bool(body.get("clear")))
         if action == "reset":
             return ops.reset(self.lab)
+        if action == "adopt":
+            return self.lab.adopt(body["persona"], body["initiator"], body["key_file"], body.get("data", []))
         raise OperatorError(f"unknown lab action {action!r}")
 
 

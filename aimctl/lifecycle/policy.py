@@ -18,12 +18,17 @@ from aimctl.drivers import snapnames
 from aimctl.drivers.protocols import PortIntent, PortMode, PortState, Snapshot
 from aimctl.errors import OperatorError
 from aimctl.failover.planner import Choice, choose
+from aimctl.journal import BACKGROUND_KINDS
 from aimctl.loader import Definitions
 from aimctl.model import ArchivePolicy, RehearsalPolicy
 from aimctl.validation import IQN_RE, NAME_RE, REHEARSAL_SUFFIX, rehearsal_initiator
 
 __all__ = ["ArchiveSet", "NoArchive", "archive_due", "archive_sets", "expired", "pick_archive", "rehearsal_due",
            "rehearsal_initiator", "rehearsal_stale"]
+
+
+OpView = tuple[str, str, str]  # (operation id, kind, persona)
+NEEDS_STANDBY = ("failover", "move", "failback")
 
 
 class NoArchive(OperatorError):
@@ -75,10 +80,12 @@ def iso(t: float) -> str:
 
 
 def pick_archive(sets: Sequence[ArchiveSet], persona: str, at: str) -> ArchiveSet:
-    """The archive ``at`` names: its id, or the newest complete one taken at or before a time."""
+    """The archive ``at`` names: its id, ``latest``, or the newest complete one taken at or before a time."""
     complete = [s for s in sets if s.complete]
     if not complete:
         raise NoArchive(f"persona {persona} has no archive yet")
+    if at.strip().lower() in ("latest", "now"):
+        return complete[-1]
     if snapnames.SET_RE.match(at):
         got = next((s for s in complete if s.id == at), None)
         if got is None:
@@ -117,6 +124,14 @@ def rehearsal_due(last_attempt: float | None, now: float, policy: RehearsalPolic
                                                                      now - last_attempt >= policy.every)
 
 
+def duration(seconds: float) -> str:
+    """``1209600`` -> ``14d``: the way durations are written in the definitions."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def stale_after(policy: RehearsalPolicy) -> float | None:
     if policy.stale_after is not None:
         return policy.stale_after
@@ -129,10 +144,25 @@ def rehearsal_stale(last_good: float | None, now: float, policy: RehearsalPolicy
     if limit is None:
         return None
     if last_good is None:
-        return f"never rehearsed successfully (the policy wants one every {limit:g}s at most)"
+        return f"never rehearsed successfully (the policy wants one every {duration(limit)} at most)"
     if now - last_good > limit:
-        return f"last good rehearsal {iso(last_good)} is older than {limit:g}s"
+        return f"last good rehearsal {iso(last_good)} is older than {duration(limit)}"
     return None
+
+
+def in_the_way(ops: Iterable[OpView], persona: str, kind: str, pool_of: Mapping[str, str]) -> list[str]:
+    """Which background operations an operation of ``kind`` on ``persona`` pre-empts: any archive or
+    rehearsal of the persona (they share its lease), and every rehearsal of its pool when it may need
+    a standby (a failover, move or failback: a rehearsal may hold the very standby it needs)."""
+    pool = pool_of.get(persona)
+    out = []
+    for op_id, op_kind, op_persona in ops:
+        if op_kind not in BACKGROUND_KINDS:
+            continue
+        if op_persona == persona or (op_kind == "rehearsal" and kind in NEEDS_STANDBY and pool is not None
+                                     and pool_of.get(op_persona) == pool):
+            out.append(op_id)
+    return out
 
 
 # ---------------------------------------------------------------------------- rehearsal

@@ -22,11 +22,13 @@ a teardown that left something behind quarantines it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aimctl.agent.wire import Health
 from aimctl.drivers.protocols import IscsiBoot, PortState
 from aimctl.errors import OperatorError, StateMismatch
+from aimctl.failover.context import parallel
 from aimctl.failover.fence import apply_switches, power_off
 from aimctl.failover.planner import quarantine_intents
 from aimctl.failover.runner import NeedsOperator, Step, StepCall, StepFailed, StepOutcome
@@ -110,12 +112,14 @@ def s_capture(lc: LCtx, call: StepCall) -> StepOutcome:
     per: dict[str, list[str]] = {}
     for cable in defs.servers[to].channels.values():
         per.setdefault(cable.switch, []).append(cable.port)
-    states: dict[str, list[PortState]] = {}
-    try:
-        for sw, ports in sorted(per.items()):
-            states[sw] = lc.ctx.drivers.switch(sw).read(sorted(ports))
-    except OperatorError as exc:
-        return _failed(f"ports of {to} not read: {exc}")
+    def read(sw: str, ports: list[str]) -> Callable[[], list[PortState]]:
+        return lambda: lc.ctx.drivers.switch(sw).read(sorted(ports))
+
+    got = parallel(lc.ctx, {sw: read(sw, ports) for sw, ports in per.items()})  # one session per switch, at once
+    bad = {sw: r for sw, r in got.items() if isinstance(r, Exception)}
+    if bad:
+        return _failed(f"ports of {to} not read: " + "; ".join(f"{sw}: {e}" for sw, e in sorted(bad.items())))
+    states: dict[str, list[PortState]] = dict(sorted(got.items()))
     return StepOutcome("ok", {"ports": captured(states)}, facts={"ports_before": captured(states)})
 
 

@@ -41,8 +41,7 @@ log = logging.getLogger("aimctl.lifecycle")
 
 KINDS: dict[str, Callable[[], list[Step[LCtx]]]] = {
     "archive": archive_steps, "restore": restore_steps, "rehearsal": rehearsal_steps, "provision": provision_steps}
-# Operations that may need a standby pre-empt every rehearsal of their pool.
-NEEDS_STANDBY = ("failover", "move", "failback")
+NEEDS_STANDBY = policy.NEEDS_STANDBY
 TICK_S = 1.0
 
 
@@ -152,22 +151,13 @@ class Lifecycle:
             c.journal.set_state(op.id, "aborted", f"pre-empted by {by} while {op.state}")
             c.journal.release_leases(op.id)
 
-    def in_the_way(self, persona: str, kind: str) -> list[Operation]:
-        pd = self.c.defs.personas.get(persona)
-        out = []
-        for op in self.c.journal.unfinished_operations():
-            if op.kind not in BACKGROUND_KINDS:
-                continue
-            other = self.c.defs.personas.get(op.persona)
-            if op.persona == persona or (op.kind == "rehearsal" and kind in NEEDS_STANDBY and pd is not None
-                                         and other is not None and other.pool == pd.pool):
-                out.append(op)
-        return out
-
     def yield_to(self, persona: str, kind: str, wait_s: float = 0.0) -> None:
         """Before an operation of ``kind`` on ``persona`` opens: pre-empt what stands in its way and wait
         up to ``wait_s`` for it to stop; ``Preempting`` while it has not (the caller tries again)."""
-        victims = self.in_the_way(persona, kind)
+        ops = {o.id: o for o in self.c.journal.unfinished_operations()}
+        pool_of = {n: pd.pool for n, pd in self.c.defs.personas.items()}
+        victims = [ops[i] for i in policy.in_the_way([(o.id, o.kind, o.persona) for o in ops.values()], persona,
+                                                     kind, pool_of)]
         for op in victims:
             self.preempt(op, f"{kind} of {persona}")
         deadline = time.monotonic() + wait_s
