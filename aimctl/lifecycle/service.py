@@ -357,9 +357,12 @@ class Lifecycle:
                 self.c.alerts.emit(RehearsalFailed(persona, f"scheduled rehearsal not started: {exc}"))
 
     def _load(self) -> None:
+        """What the schedule starts from: the newest archives (from the storage, only when some pool
+        schedules archives) and the rehearsals' outcomes (from the journal)."""
         c = self.c
         last: dict[str, float] = {}
-        for storage in sorted({pd.spec.storage for pd in c.defs.personas.values()}):
+        scheduled = {pd.spec.storage for pd in c.defs.personas.values() if c.defs.pools[pd.pool].archives.every}
+        for storage in sorted(scheduled):
             for s in c.drivers.snapshots(storage).snapshots():
                 last[s.label] = max(last.get(s.label, 0.0), s.created)
         for name in c.defs.personas:
