@@ -221,7 +221,7 @@ def test_lifecycle_definitions_are_refused_with_file_line_and_field(defs: Path, 
     edit(defs / "exchange.yaml", old, new)
     got = problems(defs)
     assert len(got) == 1, got
-    assert f"exchange.yaml:" in got[0] and f": {path}: " in got[0] and message in got[0], got[0]
+    assert "exchange.yaml:" in got[0] and f": {path}: " in got[0] and message in got[0], got[0]
 
 
 DNS = """      - {hook: dns-update, point: post-boot, server: ns1.example.com, zone: example.com, key_name: aimctl,
