@@ -239,13 +239,17 @@ def test_rehearsal_that_fails_to_boot(story: list[ControllerProcess], lab: LabHa
 
 def test_failover_arriving_mid_rehearsal_preempts_it(story: list[ControllerProcess], lab: LabHandle,  # noqa: F811
                                                      tmp_path: Path) -> None:
-    story.append(ctrl := start(lab, tmp_path))
+    # Checks that want 40 healthy heartbeats (20 s here): the failover surely arrives during them.
+    defs = definitions(lab, tmp_path, pool={"rehearsal": {"vlan": 3999, "healthy_beats": 40}})
+    story.append(ctrl := start(lab, tmp_path, defs))
     archived(ctrl)
     rid = ctrl.api.post("/v1/rehearse", {"persona": "exchange1"})["id"]
     ctrl.wait(lambda: lab.status()["servers"]["r720-3"]["rehearsal"] == "exchange1", 30, "rehearsal booted")
     lab.fault("power-button", "r720-2")  # exchange2 dies: its failover needs r720-3, the only standby
     rehearsal = finished(ctrl, rid, 60)
     assert rehearsal["state"] == "aborted" and "pre-empted by failover of exchange2" in rehearsal["result"], rehearsal
+    checks = next(s for s in rehearsal["timeline"] if s["step"] == "checks")
+    assert checks["detail"]["verdict"] == "pre-empted" and checks["duration_s"] < 15
     fo = ctrl.wait(lambda: next((o for o in ops(ctrl, "failover", "exchange2") if o["state"] in TERMINAL), None),
                    90, "the failover of exchange2")
     fo = ctrl.api.get(f"/v1/failovers/{fo['id']}")
