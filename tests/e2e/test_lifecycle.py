@@ -260,6 +260,30 @@ def test_failover_arriving_mid_rehearsal_preempts_it(story: list[ControllerProce
     assert ls["servers"]["r720-3"]["booted"] == "exchange2" and EX1_REHEARSAL not in ls["targets"]
 
 
+def test_controller_killed_mid_rehearsal_resumes_it(story: list[ControllerProcess], lab: LabHandle,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    """Killed right after the standby was powered on (step record 16: the archive's 6, then clone,
+    bootcfg, capture, switch, power_on): a new controller resumes from the journal, the rehearsal
+    finishes and everything it changed is put back."""
+    ov = overlay(lab, tmp_path)
+    crashing = ControllerProcess(lab.definitions, ov, tmp_path / "ctrl", env={"AIMCTL_CRASH_AFTER_STEP_RECORD": "16"})
+    story.append(crashing.start())
+    crashing.wait(crashing.all_alive, 20, "every persona heartbeating")
+    archived(crashing)
+    rid = crashing.api.post("/v1/rehearse", {"persona": "exchange1"})["id"]
+    crashing.wait(lambda: crashing.proc is not None and crashing.proc.poll() is not None, 30, "the crash")
+    assert crashing.proc is not None and crashing.proc.returncode == 97
+    assert lab.status()["servers"]["r720-3"]["power"] == "on", "the body boots on while no controller runs"
+    story.append(ctrl := start(lab, tmp_path, ov=ov, state=tmp_path / "ctrl"))
+    op = finished(ctrl, rid, 60)
+    assert op["state"] == "done", op
+    assert steps(op) == ["clone", "bootcfg", "capture", "switch", "power_on", "heartbeat", "checks", "teardown",
+                         "verdict"], "nothing done twice"
+    ls = lab.status()
+    assert ls["servers"]["r720-3"]["power"] == "off" and EX1_REHEARSAL not in ls["targets"]
+    assert carried(ls, "r720-3") == {("access", (1,))}
+
+
 # ---------------------------------------------------------------------------- DNS hook
 
 
