@@ -10,14 +10,14 @@ needs-operator with the persona down: half a restore must never run.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from aimctl.errors import OperatorError
-from aimctl.failover.context import Ctx, parallel
-from aimctl.failover.fence import apply_switches, power_off, storage_fence
-from aimctl.failover.planner import port_intents, quarantine_intents
+from aimctl.failover.context import Ctx
+from aimctl.failover.fence import apply_switches
+from aimctl.failover.planner import port_intents
 from aimctl.failover.runner import NeedsOperator, Retarget, Step, StepCall, StepFailed, StepOutcome
 from aimctl.failover.steps import s_approve, s_bootcfg, s_heartbeat, s_power_on, s_recovery, s_storage
+from aimctl.failover.steps import s_fence as fence_body
 from aimctl.lifecycle.context import LCtx
 from aimctl.lifecycle.policy import ArchiveSet, archive_sets, iso
 
@@ -39,34 +39,11 @@ def s_confirm(lc: LCtx, call: StepCall) -> StepOutcome:
 
 
 def s_fence(lc: LCtx, call: StepCall) -> StepOutcome:
-    ctx, op = lc.ctx, call.op
-    body = str(op.facts["to"])
-    stopped, hooks = False, []
-    if not call.resumed:
-        stopped = ctx.stop_persona(op.persona, 30.0)  # the application stops cleanly first
-        hooks = ctx.run_hooks(op, "pre-fence")
-    jobs: dict[str, Callable[[], Any]] = {"storage": lambda: storage_fence(ctx, op.persona, op.id),
-                                          "power": lambda: power_off(ctx, body)}
-    res = parallel(ctx, jobs)
-    if isinstance(res["storage"], Exception):
-        raise NeedsOperator(f"storage fence not proven: {res['storage']}")
-    power_ok = not isinstance(res["power"], Exception)
-    detail: dict[str, Any] = {"storage": res["storage"], "agent_stopped": stopped, "hooks": hooks,
-                              "power": res["power"] if power_ok else f"not confirmed: {res['power']}"}
-    try:
-        ctx.drivers.bootcfg(body).clear()
-        detail["bootcfg"] = f"cleared on {body}"
-    except OperatorError as exc:
-        detail["bootcfg"] = f"not cleared: {exc}"
-    facts: dict[str, Any] = {}
-    if not power_ok:
-        try:
-            detail["quarantine"] = apply_switches(ctx, quarantine_intents(ctx.defs, body))
-            facts["quarantined_in_fence"] = True
-        except NeedsOperator as exc:
-            raise NeedsOperator(f"fence not confirmed: power-off not read back ({res['power']}) and quarantine "
-                                f"failed ({exc.reason}); nothing restored") from None
-    return StepOutcome("ok", detail, facts=facts)
+    """The failover's own fence of the body (storage fence, power-off read back, boot config cleared,
+    ports quarantined when the power-off cannot be read back), after the agent stopped the persona."""
+    stopped = False if call.resumed else lc.ctx.stop_persona(call.op.persona, 30.0)
+    out = fence_body(lc.ctx, call)
+    return StepOutcome(out.status, {**out.detail, "graceful": True, "agent_stopped": stopped}, facts=out.facts)
 
 
 def s_restore(lc: LCtx, call: StepCall) -> StepOutcome:

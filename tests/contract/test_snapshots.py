@@ -19,13 +19,14 @@ import pytest
 
 from aimctl.drivers import snapnames
 from aimctl.drivers.protocols import Snapshots
-from aimctl.drivers.runner import LocalRunner, SshRunner, fingerprint
+from aimctl.drivers.runner import LocalRunner
 from aimctl.drivers.tgt import TgtStorage
 from aimctl.drivers.tgt_snap import TgtSnapshots, UnknownSnapshot
 from aimctl.errors import OperatorError, Rejected
 from lab.storage.iscsi_session import HeldSession, LoginFailed
 from lab.storage.tgt import LunSpec, TgtLab
-from tests.contract.test_storage import SSH_PASSWORD, SSH_USER, Counting, ShellServer
+# The same runners as the StorageAccess suite: local, and a real SSH server (``runner`` uses this module's ``tgt``).
+from tests.contract.test_storage import Counting, runner, sshd  # noqa: F401
 
 pytestmark = pytest.mark.lab
 
@@ -42,29 +43,6 @@ def tgt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TgtLab]:
         yield lab
     finally:
         lab.stop()
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[ShellServer]:
-    srv = ShellServer()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module", params=["local", "ssh"])
-def runner(request: pytest.FixtureRequest, tgt: TgtLab, sshd: ShellServer) -> Iterator[Counting]:
-    if request.param == "local":
-        inner: Any = LocalRunner(env=tgt.env)
-    else:
-        inner = SshRunner.from_url(f"ssh://{SSH_USER}@127.0.0.1:{sshd.port}", SSH_PASSWORD, env=tgt.env,
-                                   host_key=fingerprint(sshd.key))
-    r = Counting(inner)
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture
