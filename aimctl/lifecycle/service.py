@@ -43,6 +43,9 @@ KINDS: dict[str, Callable[[], list[Step[LCtx]]]] = {
     "archive": archive_steps, "restore": restore_steps, "rehearsal": rehearsal_steps, "provision": provision_steps}
 NEEDS_STANDBY = policy.NEEDS_STANDBY
 TICK_S = 1.0
+# A scheduled archive or rehearsal that could not start or did not succeed is tried again this soon,
+# not a whole period later.
+RETRY_S = 600.0
 
 
 class Preempting(OperatorError):
@@ -105,8 +108,10 @@ class Lifecycle:
         if op.kind == "archive":
             if op.state == "done" and self._last_archive is not None:
                 self._last_archive[op.persona] = op.created
-            elif op.state != "done" and not op.facts.get("preempted_by"):
-                c.alerts.emit(ArchiveFailed(op.persona, f"{op.id}: {op.result}"))
+            elif op.state != "done":
+                self._retry_soon(self._last_archive, op.persona, self._pool(op.persona).archives.every)
+                if not op.facts.get("preempted_by"):
+                    c.alerts.emit(ArchiveFailed(op.persona, f"{op.id}: {op.result}"))
         elif op.kind == "rehearsal":
             self._last_rehearsal[op.persona] = now
             if op.state == "done":
@@ -348,13 +353,24 @@ class Lifecycle:
         except OperatorError as exc:  # the storage does not answer: the schedule tries again next tick
             log.warning("lifecycle schedule: %s", exc)
 
+    def _pool(self, persona: str) -> Any:
+        return self.c.defs.pools[self.c.defs.personas[persona].pool]
+
+    @staticmethod
+    def _retry_soon(last: dict[str, float] | None, persona: str, every: float | None) -> None:
+        if last is not None and every:
+            last[persona] = time.time() - every + min(every, RETRY_S)
+
     def _scheduled(self, start: Callable[..., str], persona: str, trigger: str) -> None:
         try:
             start(persona, "controller(schedule)", trigger=trigger)
         except OperatorError as exc:
             log.warning("scheduled %s of %s not started: %s", start.__name__, persona, exc)
             if start == self.start_rehearsal:
+                self._retry_soon(self._last_rehearsal, persona, self._pool(persona).rehearsal.every)
                 self.c.alerts.emit(RehearsalFailed(persona, f"scheduled rehearsal not started: {exc}"))
+            else:
+                self._retry_soon(self._last_archive, persona, self._pool(persona).archives.every)
 
     def _load(self) -> None:
         """What the schedule starts from: the newest archives (from the storage, only when some pool
