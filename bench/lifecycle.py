@@ -63,6 +63,39 @@ def fill(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def one_lun(tgt: TgtLab, snaps: TgtSnapshots, tmp: Path, kind: str) -> dict[str, Any]:
+    target = f"iqn.2026-01.lab.storage:bench-{kind}"
+    tgt.add_lun(LunSpec(target, 1, 1024, "bench"))
+    src = Path(tgt.show_targets()[target].backing[1])
+    if kind == "filled":
+        fill(src)
+    dst = tmp / "cp.img"
+
+    def cp(sync: bool = False) -> None:
+        subprocess.run(["cp", "--", str(src), str(dst)], check=True)
+        if sync:
+            subprocess.run(["sync", "--", str(dst)], check=True)
+
+    cp_s, _ = timed(cp, lambda _: dst.unlink())
+    cp_sync_s, _ = timed(lambda: cp(True), lambda _: dst.unlink())
+    snap_s, made = timed(lambda: snaps.snapshot(snapnames.set_id("bench"), [(target, 1)])[0],
+                         lambda s: snaps.delete(s.id))
+    keep = snaps.snapshot(snapnames.set_id("bench"), [(target, 1)])[0]
+    clones = iter(range(100))
+
+    def clone() -> str:
+        name = f"{target}-clone{next(clones)}"
+        snaps.clone(keep.id, name, 1)
+        return name
+
+    clone_s, _ = timed(clone, snaps.delete_clone)
+    snaps.delete(keep.id)
+    subprocess.run(["rm", "-f", "--", str(src)], check=True)
+    return {"cp_s": cp_s, "cp_sync_s": cp_sync_s, "snapshot_s": snap_s, "clone_s": clone_s,
+            "frozen_s": round(statistics.median(s.frozen_s for s in made), 3), "method": made[0].method,
+            "snapshot_over_cp": round(snap_s / cp_s, 2), "clone_over_cp": round(clone_s / cp_s, 2)}
+
+
 def storage(tmp: Path) -> dict[str, Any]:
     tgt = TgtLab(tmp / "tgt")
     tgt.start()
@@ -70,36 +103,22 @@ def storage(tmp: Path) -> dict[str, Any]:
     try:
         snaps = TgtSnapshots(TgtStorage("127.0.0.1", tgt.port, LocalRunner(env=tgt.env)), str(tmp / "tgt" / "snaps"))
         for kind in ("sparse", "filled"):
-            target = f"iqn.2026-01.lab.storage:bench-{kind}"
-            tgt.add_lun(LunSpec(target, 1, 1024, "bench"))
-            src = Path(tgt.show_targets()[target].backing[1])
-            if kind == "filled":
-                fill(src)
-            dst = tmp / "cp.img"
-
-            def cp(sync: bool = False) -> None:
-                subprocess.run(["cp", "--", str(src), str(dst)], check=True)
-                if sync:
-                    subprocess.run(["sync", "--", str(dst)], check=True)
-
-            cp_s, _ = timed(cp, lambda _: dst.unlink())
-            cp_sync_s, _ = timed(lambda: cp(True), lambda _: dst.unlink())
-            snap_s, made = timed(lambda: snaps.snapshot(snapnames.set_id("bench"), [(target, 1)])[0],
-                                 lambda s: snaps.delete(s.id))
-            keep = snaps.snapshot(snapnames.set_id("bench"), [(target, 1)])[0]
-            n = iter(range(100))
-            clone_s, _ = timed(lambda: snaps.clone(keep.id, (c := f"{target}-clone{next(n)}"), 1) or c,
-                               snaps.delete_clone)
-            snaps.delete(keep.id)
-            out[kind] = {"cp_s": cp_s, "cp_sync_s": cp_sync_s, "snapshot_s": snap_s, "clone_s": clone_s,
-                         "frozen_s": round(statistics.median(s.frozen_s for s in made), 3),
-                         "method": made[0].method, "snapshot_over_cp": round(snap_s / cp_s, 2),
-                         "clone_over_cp": round(clone_s / cp_s, 2)}
+            out[kind] = one_lun(tgt, snaps, tmp, kind)
             print(kind, out[kind], flush=True)
-            subprocess.run(["rm", "-f", "--", str(src)], check=True)
     finally:
         tgt.stop()
     return out
+
+
+def one_rehearsal(ctrl: ControllerProcess) -> dict[str, Any]:
+    rid = ctrl.api.post("/v1/rehearse", {"persona": "exchange1"})["id"]
+    ctrl.wait(lambda: ctrl.api.get(f"/v1/failovers/{rid}")["state"] != "running", 120, "rehearsal", poll_s=0.2)
+    op = ctrl.api.get(f"/v1/failovers/{rid}")
+    assert op["state"] == "done", op
+    t = {s["step"]: s for s in op["timeline"]}
+    return {"total_s": t["verdict"]["ended"] - t["clone"]["started"],
+            "boot_s": t["heartbeat"]["ended"] - t["power_on"]["started"],
+            "steps": {k: round(v["duration_s"], 3) for k, v in t.items()}}
 
 
 def rehearsal(tmp: Path) -> dict[str, Any]:
@@ -115,16 +134,7 @@ def rehearsal(tmp: Path) -> dict[str, Any]:
         ctrl.wait(ctrl.all_alive, 30, "all alive")
         arch = ctrl.api.post("/v1/archives", {"persona": "exchange1"})["id"]
         ctrl.wait(lambda: ctrl.api.get(f"/v1/failovers/{arch}")["state"] == "done", 60, "archive")
-        for _ in range(RUNS):
-            rid = ctrl.api.post("/v1/rehearse", {"persona": "exchange1"})["id"]
-            ctrl.wait(lambda: ctrl.api.get(f"/v1/failovers/{rid}")["state"] != "running", 120, "rehearsal",
-                      poll_s=0.2)
-            op = ctrl.api.get(f"/v1/failovers/{rid}")
-            assert op["state"] == "done", op
-            t = {s["step"]: s for s in op["timeline"]}
-            runs.append({"total_s": t["verdict"]["ended"] - t["clone"]["started"],
-                         "boot_s": t["heartbeat"]["ended"] - t["power_on"]["started"],
-                         "steps": {k: round(v["duration_s"], 3) for k, v in t.items()}})
+        runs = [one_rehearsal(ctrl) for _ in range(RUNS)]
     finally:
         ctrl.stop()
         cli.stop(lab.state)
