@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aimctl.validation import is_rehearsal_initiator
+from aimctl.core.names import is_rehearsal_initiator
 
 IBFT_INITIATOR = Path("/sys/firmware/ibft/initiator/initiator-name")
 

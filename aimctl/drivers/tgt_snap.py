@@ -84,8 +84,8 @@ class TgtSnapshots:
 
     def _run(self, argv: Sequence[Arg], timeout_s: float = 10.0) -> CommandResult:
         r = self.runner.run(argv, timeout_s)
-        if r.rc != 0:
-            msg = mask((r.stderr.strip() or r.stdout.strip() or f"exit status {r.rc}").splitlines()[-1])
+        if r.exit_status != 0:
+            msg = mask((r.stderr.strip() or r.stdout.strip() or f"exit status {r.exit_status}").splitlines()[-1])
             raise Rejected(self.device, f"{display(argv)}: {msg}")
         return r
 
@@ -103,7 +103,7 @@ class TgtSnapshots:
         """One file, extents shared when the filesystem can (then the copy costs no time)."""
         if self._reflink is not False:
             r = self.runner.run(["cp", "--reflink=always", "--", src, dst], self.copy_timeout_s)
-            if r.rc == 0:
+            if r.exit_status == 0:
                 self._reflink = True
                 return "reflink"
             if self._reflink is None and not any(s in r.stderr for s in _NO_REFLINK):
@@ -117,9 +117,9 @@ class TgtSnapshots:
     def _same(self, a: str, b: str, head: int | None = None) -> bool:
         """Byte for byte (or the first ``head`` bytes: a clone's boot sectors, its boot proves the rest)."""
         r = self.runner.run(["cmp", "-s", *(["-n", str(head)] if head else []), "--", a, b], self.copy_timeout_s)
-        if r.rc > 1:
+        if r.exit_status > 1:
             raise Rejected(self.device, f"cmp {a} {b}: {mask(r.stderr.strip())[:300]}")
-        return r.rc == 0
+        return r.exit_status == 0
 
     def _path(self, n: snapnames.SnapshotName) -> str:
         return f"{self.dir}/{n.file}"
@@ -175,7 +175,7 @@ class TgtSnapshots:
     def snapshots(self, label: str | None = None) -> list[Snapshot]:
         r = self.runner.run(["find", self.dir, "-maxdepth", "1", "-type", "f", "-name", "*.img",
                              "-printf", "%f\\t%s\\n"], 30.0)
-        if r.rc != 0 and "No such file" not in r.stderr:
+        if r.exit_status != 0 and "No such file" not in r.stderr:
             raise Rejected(self.device, f"listing {self.dir}: {mask(r.stderr.strip())[:300]}")
         out = []
         for line in r.stdout.splitlines():
@@ -338,5 +338,5 @@ class TgtSnapshots:
         # The copies (also one left behind by an attempt that died before its target was made).
         r = self.runner.run(["find", f"{self.dir}/scratch", "-maxdepth", "1", "-name", f"{target}+*.img*",
                              "-delete"], 30.0)
-        if r.rc != 0 and "No such file" not in r.stderr:
+        if r.exit_status != 0 and "No such file" not in r.stderr:
             raise Rejected(self.device, f"removing the copies of {target}: {mask(r.stderr.strip())[:300]}")

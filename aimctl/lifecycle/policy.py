@@ -18,6 +18,7 @@ from aimctl.drivers import snapnames
 from aimctl.drivers.protocols import PortIntent, PortMode, PortState, Snapshot
 from aimctl.errors import OperatorError
 from aimctl.failover.planner import Choice, choose
+from aimctl.failover.ports import restore_intent
 from aimctl.journal import BACKGROUND_KINDS
 from aimctl.loader import Definitions
 from aimctl.model import ArchivePolicy, RehearsalPolicy
@@ -208,17 +209,15 @@ def captured(states: Mapping[str, Sequence[PortState]]) -> dict[str, list[list[o
 
 
 def put_back(facts: Mapping[str, Sequence[Sequence[object]]]) -> dict[str, list[PortIntent]]:
-    """The intents that restore what ``captured`` recorded (an unknown mode comes back as access VLAN 1)."""
+    """The intents that restore what ``captured`` recorded, as the switch step's own restore does (a
+    mode aimctl does not set comes back as an access port of VLAN 1, the lab's and a switch's default)."""
     out: dict[str, list[PortIntent]] = {}
     for sw, ports in facts.items():
         for port, mode, vlans, native in ports:
             vl = tuple(int(v) for v in vlans) if isinstance(vlans, list) else ()
-            if mode == PortMode.TRUNK.value and vl:
-                intent = PortIntent(str(port), PortMode.TRUNK, vl, int(native) if isinstance(native, int) else None,
-                                    description="")
-            else:
-                intent = PortIntent(str(port), PortMode.ACCESS, vl[:1] or (1,), description="")
-            out.setdefault(sw, []).append(intent)
+            state = PortState(str(port), PortMode(mode) if mode in ("access", "trunk") else None, vl,
+                              int(native) if isinstance(native, int) else None)
+            out.setdefault(sw, []).append(restore_intent(state) or PortIntent(str(port), PortMode.ACCESS, (1,)))
     return out
 
 

@@ -29,21 +29,16 @@ from aimctl.agent.wire import Health
 from aimctl.drivers.protocols import IscsiBoot, PortState
 from aimctl.errors import OperatorError, StateMismatch
 from aimctl.failover.context import parallel
-from aimctl.failover.fence import apply_switches, power_off
+from aimctl.failover.fence import power_off
 from aimctl.failover.planner import quarantine_intents
-from aimctl.failover.runner import NeedsOperator, Step, StepCall, StepFailed, StepOutcome
+from aimctl.failover.ports import change_ports
+from aimctl.failover.runner import Aborted, NeedsOperator, Step, StepCall, StepFailed, StepOutcome
 from aimctl.failover.steps import s_power_on
 from aimctl.journal import ServerMark
 from aimctl.lifecycle.context import LCtx
 from aimctl.lifecycle.policy import captured, put_back, rehearsal_intents
 
 STEPS = ("clone", "bootcfg", "capture", "switch", "power_on", "heartbeat", "checks", "teardown", "verdict")
-
-
-class Aborted(NeedsOperator):
-    """Ends the operation ``aborted`` (pre-empted): nothing was wrong with the rehearsal itself."""
-
-    state = "aborted"
 
 
 def chap_key(persona: str) -> str:
@@ -128,7 +123,8 @@ def s_switch(lc: LCtx, call: StepCall) -> StepOutcome:
         return skip
     f = call.op.facts
     try:
-        ports = apply_switches(lc.ctx, rehearsal_intents(lc.ctx.defs, str(f["to"]), int(f["vlan"])))
+        ports = change_ports(lc.ctx, rehearsal_intents(lc.ctx.defs, str(f["to"]), int(f["vlan"])),
+                             f"rehearsal VLAN on {f['to']}")
     except NeedsOperator as exc:
         return _failed(f"ports of {f['to']} not moved to the rehearsal VLAN {f['vlan']}: {exc.reason}")
     return StepOutcome.ok(vlan=f["vlan"], ports=ports)
@@ -222,10 +218,10 @@ def s_teardown(lc: LCtx, call: StepCall) -> StepOutcome:
     try:
         if not power_ok:
             # A body whose power-off cannot be read back is fenced by its ports, as any body given up on.
-            detail["ports"] = apply_switches(ctx, quarantine_intents(ctx.defs, to))
+            detail["ports"] = change_ports(ctx, quarantine_intents(ctx.defs, to), f"quarantine of {to}")
             detail["ports_to"] = "quarantine"
         elif f.get("ports_before"):
-            detail["ports"] = apply_switches(ctx, put_back(f["ports_before"]))
+            detail["ports"] = change_ports(ctx, put_back(f["ports_before"]), f"ports of {to} back")
     except NeedsOperator as exc:
         problems.append(f"ports of {to} not put back: {exc.reason}")
     (ctx.chap.dir / f"{chap_key(op.persona)}.{op.id}").unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from aimctl.errors import OperatorError
 from aimctl.failover.context import Ctx
-from aimctl.failover.fence import apply_switches
+from aimctl.failover.ports import change_ports
 from aimctl.failover.planner import port_intents
 from aimctl.failover.runner import NeedsOperator, Retarget, Step, StepCall, StepFailed, StepOutcome
 from aimctl.failover.steps import s_approve, s_bootcfg, s_heartbeat, s_power_on, s_recovery, s_storage
@@ -65,8 +65,9 @@ def s_restore(lc: LCtx, call: StepCall) -> StepOutcome:
 
 def s_switch(lc: LCtx, call: StepCall) -> StepOutcome:
     # The persona's VLANs on its body again (a fence without power read-back quarantined them), read back.
-    return StepOutcome.ok(ports=apply_switches(lc.ctx, port_intents(lc.ctx.defs, call.op.persona,
-                                                                    str(call.op.facts["to"]))))
+    to = str(call.op.facts["to"])
+    return StepOutcome.ok(ports=change_ports(lc.ctx, port_intents(lc.ctx.defs, call.op.persona, to),
+                                             f"{call.op.persona}'s ports on {to}"))
 
 
 def s_heartbeat_once(lc: LCtx, call: StepCall) -> StepOutcome:

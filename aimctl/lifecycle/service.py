@@ -15,27 +15,34 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
 
 import yaml
 
 from aimctl.detect.alerts import ArchiveFailed, RehearsalFailed, RehearsalStale
+from aimctl.detect.detector import EventSink
+from aimctl.detect.heartbeat import HeartbeatReceiver
+from aimctl.drivers.registry import Drivers
 from aimctl.drivers import snapnames
 from aimctl.errors import OperatorError
 from aimctl.failover.chap import write_private
 from aimctl.failover.planner import standbys
-from aimctl.failover.runner import Step, StepEvent, run_steps
-from aimctl.journal import BACKGROUND_KINDS, TERMINAL, Operation, persona_lease, server_lease
+from aimctl.failover.context import Ctx
+from aimctl.failover.runner import RunResult, Step, StepEvent, run_steps
+from aimctl.journal import BACKGROUND_KINDS, TERMINAL, Journal, Operation, persona_lease, server_lease
 from aimctl.lifecycle import policy
 from aimctl.lifecycle.archive import archive_steps
 from aimctl.lifecycle.context import LCtx
 from aimctl.lifecycle.provision import provision_steps
 from aimctl.lifecycle.rehearsal import rehearsal_steps
 from aimctl.lifecycle.restore import restore_steps
+from aimctl.loader import Definitions
+from aimctl.records.audit import Audit
+from aimctl.records.changes import ChangeRecords
+from aimctl.records.metrics import Metrics
 from aimctl.validation import rehearsal_initiator
-
-if TYPE_CHECKING:
-    from aimctl.daemon import Controller
 
 log = logging.getLogger("aimctl.lifecycle")
 
@@ -54,8 +61,38 @@ class Preempting(OperatorError):
     http_status = 409
 
 
+class Controls(Protocol):
+    """What the lifecycle uses of the controller that runs it (``aimctl.daemon.Controller``)."""
+
+    defs: Definitions
+    journal: Journal
+    ctx: Ctx
+    drivers: Drivers
+    receiver: HeartbeatReceiver
+    state: Path
+    interval: float
+    changes: ChangeRecords
+    metrics: Metrics
+    audit: Audit
+    paused: dict[str, str]
+    _pending: dict[str, tuple[str, str]]
+    _starter: ThreadPoolExecutor
+    _threads: dict[str, threading.Thread]
+
+    @property
+    def alerts(self) -> EventSink: ...
+
+    def _spawn(self, op_id: str) -> bool: ...
+
+    def _on_step(self, ev: StepEvent) -> None: ...
+
+    def _refresh_capacity(self) -> None: ...
+
+    def bmc_unhealthy(self) -> dict[str, str]: ...
+
+
 class Lifecycle:
-    def __init__(self, c: Controller) -> None:
+    def __init__(self, c: Controls) -> None:
         self.c = c
         self.lctx = LCtx(c.ctx, c.receiver.last_rehearsal, self.preempted, c.state, c.interval)
         self._preempted: dict[str, str] = {}
@@ -77,7 +114,8 @@ class Lifecycle:
     def preempted(self, op_id: str) -> str | None:
         return self._preempted.get(op_id)
 
-    def run(self, op_id: str) -> None:
+    def run(self, op_id: str) -> RunResult | None:
+        """Run (or resume) a lifecycle operation to where it stops; None if it crashed."""
         c = self.c
         op = c.journal.operation(op_id)
         if op.kind != "archive":  # an archive changes nothing: audited, no change record
@@ -88,7 +126,7 @@ class Lifecycle:
             res = run_steps(c.journal, op_id, KINDS[op.kind](), self.lctx, listener=listener, max_retargets=0)
         except Exception:
             log.exception("operation %s crashed", op_id)
-            return
+            return None
         log.warning("operation %s: %s %s", op_id, res.state, res.result)
         op = c.journal.operation(op_id)
         if res.state in TERMINAL:
@@ -98,10 +136,7 @@ class Lifecycle:
             self._preempted.pop(op_id, None)
             self._finished(op)
             c._refresh_capacity()
-        elif res.state == "needs-operator":
-            from aimctl.daemon import NeedsOperatorAlert
-
-            c.alerts.emit(NeedsOperatorAlert(op.persona, f"{op_id} needs an operator: {res.result}"))
+        return res
 
     def _finished(self, op: Operation) -> None:
         c, now = self.c, time.time()
