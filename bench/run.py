@@ -35,12 +35,13 @@ Notes:
   fences queue on one tgtd, all on two cores next to 40 simulated hosts: the switch step's median is
   about 5 s in the storm against 0.5 s alone.
 - `lifecycle.snapshot_over_cp` is a snapshot of a filled 1 GiB LUN (freeze, drain, copy, fsync,
-  rename, size read-back, thaw) against a plain `cp` of its file (no fsync); `_sparse` the same for a
-  sparse one, where both are a few tens of milliseconds and the tgtadm round trips dominate. This
-  machine's ext4 has no reflink: the copy is real, and `frozen_filled_s` is how long the persona's
-  target refused I/O for it (commands arriving meanwhile are retried by the initiator after its SCSI
-  timeout). On xfs or btrfs the copy shares extents and the freeze is milliseconds whatever the size.
-  Measured with the machine's load average at 7-8 on 2 cores: the figures move by 2x between runs.
+  rename, size read-back, thaw) against a plain `cp` of its file (no fsync; `cp` + `sync` is in the
+  JSON and slower than the snapshot). This machine's ext4 has no reflink: the copy is real, and
+  `frozen_filled_s` — how long the persona's target refused I/O — is the copy's own time (commands
+  arriving meanwhile are retried by the initiator after its SCSI timeout). On xfs or btrfs the copy
+  shares extents and the freeze is milliseconds whatever the size. `_sparse`: both take milliseconds
+  (cp skips the holes); the snapshot's ~30 ms are its dozen tgtadm and coreutils round trips.
+  Figures move by up to 2x between runs on this shared 2-core machine.
 - `lifecycle.rehearsal_over_boot` is a whole spare rehearsal (clone, boot config, ports to the
   rehearsal VLAN, power on, boot, 3 healthy rehearsal heartbeats, teardown) against the persona's
   boot in the lab (power-on read back to its first heartbeat: 1 s power delay, 5 s boot, 1 s

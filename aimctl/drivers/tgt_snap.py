@@ -108,9 +108,10 @@ class TgtSnapshots:
                 return "reflink"
             if self._reflink is None and not any(s in r.stderr for s in _NO_REFLINK):
                 raise Rejected(self.device, f"cp {src} {dst}: {mask(r.stderr.strip())[:300]}")
-        # cp's own sparse detection (SEEK_HOLE) keeps a thin LUN thin and copies data in the kernel
-        # (copy_file_range); --sparse=always would read every block to look for zeros, 3-4x slower.
-        self._run(["cp", "--reflink=never", "--", src, dst], self.copy_timeout_s)
+        # Plain cp from here: its sparse detection (SEEK_HOLE) keeps a thin LUN thin, and it copies in
+        # the kernel (copy_file_range), which --reflink=never turns off (a read/write loop, 3-4x
+        # slower) and --sparse=always too (it reads every block to look for zeros).
+        self._run(["cp", "--reflink=auto", "--", src, dst], self.copy_timeout_s)
         self._reflink = False
         return "copy"
 
