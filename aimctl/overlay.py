@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError
 
 from aimctl.errors import DefinitionError, OperatorError
 from aimctl.loader import Definitions, PersonaDef, Source
-from aimctl.model import Credentials, Host, HostKey, PositiveDuration, SecretRef, SshUrl, Strict
+from aimctl.model import AbsPath, Credentials, Host, HostKey, PositiveDuration, SecretRef, SshUrl, Strict
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -42,9 +42,12 @@ class StoragePatch(Strict):
     port: Port | None = None
     management: str | None = None
     control_socket: str | None = None
+    snapshot_dir: AbsPath | None = None
 
 
 class HookPatch(Strict):
+    server: Host | None = None  # dns-update: the zone's primary
+    port: Port | None = None
     via: SshUrl | None = None
     credentials: SecretRef | None = None
     host_key: HostKey | None = None
