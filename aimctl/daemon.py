@@ -84,7 +84,7 @@ class Controller:
         if listen.change_webhook and listen.change_webhook_secret:
             sinks.append(WebhookSink(listen.change_webhook, listen.change_webhook_secret))
         self.changes = ChangeRecords(self.journal, sinks)
-        self.chap = ChapStore(state)
+        self.chap = ChapStore(self.journal)
         self.drivers = Drivers(defs, state / "boot")
         self.settings = settings or Settings(power_deadline_s=listen.power_deadline,
                                              boot_timer_override_s=listen.boot_timer_override)

@@ -10,7 +10,7 @@ from typing import Any
 from aimctl.drivers.registry import Drivers
 from aimctl.drivers.switch_batch import SwitchBatcher
 from aimctl.failover.chap import ChapStore
-from aimctl.journal import Journal, Operation
+from aimctl.journal import JournalStore, Operation
 from aimctl.loader import Definitions
 
 
@@ -25,7 +25,7 @@ class Settings:
 @dataclass
 class Ctx:
     defs: Definitions
-    journal: Journal
+    journal: JournalStore
     drivers: Drivers
     chap: ChapStore
     # (persona, since_wall_time) -> True once a heartbeat arrived after that time

@@ -13,7 +13,8 @@ A step ends in one of four ways:
   its leases; calling ``run_steps`` again re-runs the same step;
 - it raises ``StepFailed`` -> the operation is failed (nothing left half-done that needs a human).
 Any other exception means the world is in an unknown state: the operation stops in
-needs-operator, never guesses.
+needs-operator, never guesses. ``JournalInterrupted`` (leadership or the journal's store lost)
+is not the step's failure: ``run_steps`` stops there like a crash and a later run resumes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from aimctl.journal import TERMINAL, Journal, Operation, Record, ServerMark
+from aimctl.journal import TERMINAL, JournalInterrupted, JournalStore, Operation, Record, ServerMark
 from aimctl.secrets import mask
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def replay(records: Sequence[Record], names: Sequence[str]) -> Progress:
 
 
 def run_steps(
-    journal: Journal,
+    journal: JournalStore,
     op_id: str,
     steps: Sequence[Step[C]],
     ctx: C,
@@ -201,6 +202,10 @@ def run_steps(
             return _fail(journal, op_id, step.name, n.state, n.reason, started, tell)
         except StepFailed as f:
             return _fail(journal, op_id, step.name, "failed", f.reason, started, tell)
+        except JournalInterrupted:
+            # Lost leadership or the journal's store: stop as a crash would, writing nothing (the
+            # world is as the step left it; whoever leads next resumes it from its intent).
+            raise
         except Exception as exc:
             log.exception("step %s of %s raised", step.name, op_id)
             reason = f"unexpected {type(exc).__name__}: {exc}"
@@ -212,7 +217,7 @@ def run_steps(
         tell(step.name, "result", outcome.status, outcome.detail, time.monotonic() - started)
 
 
-def _fail(journal: Journal, op_id: str, step: str, state: str, reason: str, started: float,
+def _fail(journal: JournalStore, op_id: str, step: str, state: str, reason: str, started: float,
           tell: Callable[[str, str, str | None, Mapping[str, Any], float | None], None]) -> RunResult:
     # Two commits: a crash between them leaves a failed result in a running operation, and a
     # resume runs the step again, which fails again the same way.
@@ -222,6 +227,6 @@ def _fail(journal: Journal, op_id: str, step: str, state: str, reason: str, star
     return _stop(journal, op_id, state, f"{step}: {reason}")
 
 
-def _stop(journal: Journal, op_id: str, state: str, reason: str) -> RunResult:
+def _stop(journal: JournalStore, op_id: str, state: str, reason: str) -> RunResult:
     journal.set_state(op_id, state, reason)
     return RunResult(op_id, state, mask(reason))
