@@ -2,6 +2,11 @@
 
 Observe -> decide -> act once -> say what happened, as a short loop; everything that can block
 (drivers, hooks) runs in an operation's own thread, never in the loop.
+
+Clustered (``--cluster``), every member watches (heartbeats, BMCs, traps, the detector stay
+warm) but only the leader acts: it alone starts operations, resumes them when elected, and calls
+devices. ``leads()`` is the one question; the drivers ask it before every call (``_guard``), and
+the etcd journal refuses a stale leader's writes whatever this process believes (rule 8).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aimctl.detect.alerts import FanOut, LoggingAlerts, WebhookAlerts
 from aimctl.detect.bmcpoll import BmcPoller
@@ -38,7 +43,17 @@ from aimctl.failover.context import Ctx, Settings
 from aimctl.failover.planner import capacity
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
-from aimctl.journal import TERMINAL, Journal, Operation, persona_lease, server_lease
+from aimctl.journal import (
+    TERMINAL,
+    Journal,
+    JournalInterrupted,
+    JournalStore,
+    JournalUnavailable,
+    LostLeadership,
+    Operation,
+    persona_lease,
+    server_lease,
+)
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
@@ -47,7 +62,12 @@ from aimctl.records.changes import ChangeRecords
 from aimctl.records.metrics import Metrics
 from aimctl.records.sinks import JsonlSink, WebhookSink
 from aimctl.recovery.runner import hook_runner
+from aimctl.sdnotify import notify
 from aimctl.secrets import resolve_bytes
+
+if TYPE_CHECKING:
+    from aimctl.cluster.config import ClusterConfig
+    from aimctl.cluster.member import ClusterMember
 
 log = logging.getLogger("aimctl.controller")
 
@@ -69,15 +89,33 @@ class StormBrake(OperatorError):
 
 
 class Controller:
-    def __init__(self, defs: Definitions, listen: Listen, state: Path, settings: Settings | None = None) -> None:
+    def __init__(self, defs: Definitions, listen: Listen, state: Path, settings: Settings | None = None,
+                 cluster: ClusterConfig | None = None) -> None:
         self.defs = defs
         self.listen = listen
         self.state = state
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         (state / "boot").mkdir(exist_ok=True)
-        self.journal = Journal(state / "journal.db")
-        if not any(self.journal.assignment().values()):
-            self.journal.seed_assignment(defs.homes())
+        self.cluster: ClusterMember | None = None
+        self.journal: JournalStore
+        self._leading = cluster is None  # embedded: always; clustered: once elected and resumed
+        self.journal_error = ""
+        self._view: tuple[dict[str, str], dict[str, str | None], set[str]] = ({}, {}, set())
+        self._seen_on: dict[str, str | None] = {}
+        self._unfinished: list[Operation] = []
+        self._view_at = 0.0
+        self._spawned_at: dict[str, float] = {}
+        if cluster is not None:
+            from aimctl.cluster.member import ClusterMember
+
+            self.cluster = ClusterMember(cluster, cluster.advertise_api or f"http://{listen.api}",
+                                         on_elected=self._elected, on_demoted=self._demoted,
+                                         may_campaign=self._may_campaign, on_refused=self._refused)
+            self.journal = self.cluster.journal
+        else:
+            self.journal = Journal(state / "journal.db")
+            if not any(self.journal.assignment().values()):
+                self.journal.seed_assignment(defs.homes())
         self.audit = Audit(state / "audit.log")
         self.metrics = Metrics()
         sinks: list[Any] = [JsonlSink(state / "changes.jsonl")]
@@ -85,7 +123,7 @@ class Controller:
             sinks.append(WebhookSink(listen.change_webhook, listen.change_webhook_secret))
         self.changes = ChangeRecords(self.journal, sinks)
         self.chap = ChapStore(self.journal)
-        self.drivers = Drivers(defs, state / "boot")
+        self.drivers = Drivers(defs, state / "boot", guard=self._guard)
         self.settings = settings or Settings(power_deadline_s=listen.power_deadline,
                                              boot_timer_override_s=listen.boot_timer_override)
         self.interval = listen.heartbeat_interval
@@ -122,6 +160,7 @@ class Controller:
     # ------------------------------------------------------------------ observe
 
     def heartbeat_since(self, persona: str, since_wall: float) -> bool:
+        self._guard()  # a step waiting for a boot stops waiting when this member stops leading
         seen = self.receiver.last_seen(persona)
         if seen is None:
             return False
@@ -132,6 +171,7 @@ class Controller:
         """Signed stop request to the agent, repeated until its last heartbeat says it stopped."""
         deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline:
+            self._guard()
             seen = self.receiver.last_seen(persona)
             if seen and seen[1].health.word == "stopped":
                 return True
@@ -151,8 +191,8 @@ class Controller:
     def snapshot(self, now: float) -> list[Observation]:
         """Watch every assigned persona that no operation holds (its current body, its SCN channels),
         then read heartbeats, BMC answers and link state for it, all from memory."""
-        busy = self.busy_personas()
-        want = {p: s for p, s in self.journal.assignment().items()
+        busy, assignment, _ = self.journal_view()
+        want = {p: s for p, s in assignment.items()
                 if s and p not in busy and p in self.defs.personas}
         current = self.observer.watches()
         for persona in current.keys() - want.keys():
@@ -176,6 +216,9 @@ class Controller:
         self.alerts.emit(event)
         if isinstance(event, TRIGGERS):
             self._pending[event.persona] = (event.kind, event.reason)
+            # Which body died: a queued death whose persona has moved since (another member of the
+            # cluster handled it while this one followed) is dropped, not failed over twice.
+            self._seen_on[event.persona] = self._view[1].get(event.persona)
 
     def _storm_brake(self) -> None:
         """Pause automatic failover in a pool where too many personas are in trouble at once (a switch
@@ -211,7 +254,8 @@ class Controller:
 
     def _start_queued(self, persona: str, trigger: str, evidence: str) -> None:
         try:
-            self.start_failover(persona, trigger=trigger, evidence=evidence)
+            self.start_failover(persona, trigger=trigger, evidence=evidence,
+                                expect_server=self._seen_on.get(persona))
             self._pending.pop(persona, None)
         except StormBrake:
             pass  # stays queued until a running failover of its pool ends
@@ -224,13 +268,37 @@ class Controller:
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
 
+    def journal_view(self) -> tuple[dict[str, str], dict[str, str | None], set[str]]:
+        """(persona -> its unfinished operation, assignment, quarantined servers), read now; while the
+        journal's store is down, the last view read, and ``journal_error`` says why."""
+        now = time.monotonic()
+        if self.cluster is not None and now - self._view_at < 0.3:
+            return self._view  # etcd: a few reads a second per member are plenty for the detector
+        try:
+            unfinished = self.journal.unfinished_operations()
+            busy = {op.persona: op.id for op in unfinished}
+            self._view = (busy, self.journal.assignment(), set(self.journal.quarantined()))
+            self._unfinished, self._view_at = unfinished, now
+            if self.journal_error:
+                log.warning("journal available again")
+                self.journal_error = ""
+        except JournalUnavailable as exc:
+            if not self.journal_error:
+                log.error("journal unavailable: %s (no operation starts until it is back)", exc)
+            self.journal_error = str(exc)
+        self.metrics.set_journal_available(not self.journal_error)
+        return self._view
+
     # ------------------------------------------------------------------ act
 
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
-                       to: str | None = None, actor: str = "controller", change: str | None = None) -> str:
+                       to: str | None = None, actor: str = "controller", change: str | None = None,
+                       expect_server: str | None = None) -> str:
         with self._lock:
             if persona not in self.defs.personas:
                 raise OperatorError(f"unknown persona {persona!r}")
+            if not self.leads():
+                raise OperatorError(f"this controller does not lead the cluster; {persona} is left to the leader")
             if persona in self.busy_personas():
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool
@@ -239,6 +307,8 @@ class Controller:
             if kind == "failover" and len(running) >= self.defs.pools[pool].storm.max_concurrent:
                 raise StormBrake(f"storm brake: {len(running)} operations already running in pool {pool}")
             old = self.journal.assignment().get(persona)
+            if expect_server is not None and old != expect_server:
+                raise OperatorError(f"{persona} is on {old} now, not on {expect_server} where it died: handled")
             facts: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor}
             if to:
                 facts["requested_to"] = to
@@ -253,18 +323,31 @@ class Controller:
         return op_id
 
     def _spawn(self, op_id: str) -> None:
-        t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
-        self._threads[op_id] = t
-        t.start()
+        with self._lock:
+            old = self._threads.get(op_id)
+            if old is not None and old.is_alive():
+                return  # one thread per operation in this process
+            t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
+            self._threads[op_id] = t
+            self._spawned_at[op_id] = time.monotonic()
+            t.start()
 
     def _run_op(self, op_id: str) -> None:
-        op = self.journal.operation(op_id)
-        # Opening is idempotent: a resumed operation finds the change record it opened before.
-        self.changes.open(op, description=f"{op.kind} of {op.persona} from {op.from_server}: "
-                                          f"{op.facts.get('evidence', '')}")
+        try:
+            op = self.journal.operation(op_id)
+            # Opening is idempotent: a resumed operation finds the change record it opened before.
+            self.changes.open(op, description=f"{op.kind} of {op.persona} from {op.from_server}: "
+                                              f"{op.facts.get('evidence', '')}")
+        except JournalInterrupted as exc:
+            log.error("operation %s not resumed: %s", op_id, exc)
+            return
         try:
             res = run_steps(self.journal, op_id, failover_steps(), self.ctx, listener=self._on_step,
                             max_retargets=4)
+        except JournalInterrupted as exc:
+            # Not a failure of the operation: it stays as the journal says, for whoever leads to resume.
+            log.error("operation %s stopped: %s", op_id, exc)
+            return
         except Exception:
             log.exception("operation %s crashed", op_id)
             return
@@ -321,9 +404,14 @@ class Controller:
         self.receiver.start()
         self.poller.start()
         self.traps.start()
-        self._refresh_capacity()
+        if self.cluster is not None:
+            self.cluster.leadership.start()  # elected -> _elected resumes; until then: a warm follower
+        else:
+            self._refresh_capacity()
 
     def resume(self) -> None:
+        if not self.leads():
+            return  # a follower resumes nothing; the leader does (and this one, once elected)
         for op in self.journal.unfinished_operations():
             if op.state in ("running", "waiting-approval"):
                 log.warning("resuming %s (%s) from the journal", op.id, op.state)
@@ -331,14 +419,119 @@ class Controller:
 
     def loop(self) -> None:
         tick = max(0.05, self.interval / 4)
+        notify("READY=1")
+        last_reconcile = 0.0
         while not self._stop.wait(tick):
             now = time.monotonic()
             self.detector.tick(now, self.snapshot)
-            self._storm_brake()
-            self._approval_timeouts()
+            leading = self.leads()
+            self.metrics.set_leader(leading)
+            if leading and not self.journal_error:
+                try:
+                    self._storm_brake()
+                    self._approval_timeouts()
+                    if now - last_reconcile > 1.0:
+                        last_reconcile = now
+                        self._reconcile()
+                except JournalInterrupted as exc:
+                    log.error("loop: %s", exc)
+            if self.cluster is None or self.cluster.leadership.healthy():
+                notify("WATCHDOG=1")  # a hung loop (or a stuck leadership thread) gets killed by systemd
+
+    # ------------------------------------------------------------------ cluster
+
+    def leads(self) -> bool:
+        """May this controller act now? Embedded: always. Clustered: elected, resumed, and renewed in time."""
+        if self.cluster is None:
+            return True
+        return self._leading and self.cluster.leadership.is_leader()
+
+    def _guard(self) -> None:
+        """Before every device call: a member that does not lead (any more) makes none."""
+        if self.cluster is not None and not self.leads():
+            raise LostLeadership(f"{self.cluster.member} does not lead the cluster: no device call")
+
+    def leader_url(self) -> str | None:
+        """The API of the member that leads (this one's when it does); None when nobody leads."""
+        if self.cluster is None:
+            return None
+        return self.cluster.leadership.leader.api
+
+    def write_redirect(self) -> str | None:
+        """None: take this write here. Else where to send it: the leader's API ("" when none leads)."""
+        if self.cluster is None or self.leads():
+            return None
+        return self.leader_url() or ""
+
+    def cluster_status(self) -> dict[str, Any] | None:
+        if self.cluster is None:
+            return None
+        st = self.cluster.status()
+        st["acting"] = self.leads()
+        st["journal_error"] = self.journal_error
+        st["why_not_acting"] = "" if self.leads() else (
+            f"journal unavailable: {self.journal_error}" if self.journal_error else
+            f"follower of {st['leader']['member']}" if st["leader"]["member"] else "no leader elected")
+        return st
+
+    def _ops_running_here(self) -> list[str]:
+        return [op_id for op_id, t in self._threads.items() if t.is_alive()]
+
+    def _may_campaign(self) -> bool:
+        # Threads of an earlier term stop at their next device call or journal write; a member stands
+        # again only once they are gone, so a new term never shares the world with an old one.
+        return not self._stop.is_set() and not self._ops_running_here()
+
+    def _elected(self, token: int) -> None:
+        threading.Thread(target=self._take_over, args=(token,), name="take-over", daemon=True).start()
+
+    def _take_over(self, token: int) -> None:
+        assert self.cluster is not None
+        try:
+            if not any(self.journal.assignment().values()):
+                self.journal.seed_assignment(self.defs.homes())
+            unfinished = [o.id for o in self.journal.unfinished_operations()]
+        except JournalInterrupted as exc:
+            log.error("elected, but cannot read the journal: %s", exc)
+            return
+        self.audit.record(self.cluster.member, "cluster.elected", self.cluster.member,
+                          {"token": token, "resuming": unfinished})
+        self.metrics.leadership_event("elected")
+        self._leading = True
+        self.resume()
+        self._refresh_capacity()
+
+    def _demoted(self, why: str) -> None:
+        assert self.cluster is not None
+        self._leading = False
+        self.metrics.leadership_event("demoted")
+        self.alerts.emit(PersonaUnreachable("controller", f"{self.cluster.member} stopped leading: {why}"))
+        try:
+            self.audit.record(self.cluster.member, "cluster.demoted", self.cluster.member, {"why": why})
+        except OSError:
+            log.exception("audit")
+
+    def _refused(self, why: str) -> None:
+        self.metrics.refused_write()
+        try:
+            self.audit.record(self.cluster.member if self.cluster else "controller", "cluster.write-refused",
+                              "journal", {"why": why})
+        except OSError:
+            log.exception("audit")
+
+    def _reconcile(self) -> None:
+        """The leader runs every running operation: one whose thread stopped (the journal's store was
+        down, leadership flickered) is resumed from its records, at most every few seconds."""
+        now = time.monotonic()
+        for op in self.journal.unfinished_operations():
+            t = self._threads.get(op.id)
+            if op.state == "running" and (t is None or not t.is_alive()) \
+                    and now - self._spawned_at.get(op.id, 0.0) > 5.0:
+                log.warning("resuming %s (no thread runs it)", op.id)
+                self._spawn(op.id)
 
     def _approval_timeouts(self) -> None:
-        for op in self.journal.unfinished_operations():
+        for op in self._unfinished:  # as read by this tick's snapshot
             spec = self.defs.personas[op.persona].spec
             if op.state == "waiting-approval" and time.time() - op.created > spec.confirm_timeout \
                     and not (op.id in self._threads and self._threads[op.id].is_alive()):
@@ -346,6 +539,9 @@ class Controller:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.cluster is not None:
+            self._leading = False
+            self.cluster.leadership.stop(resign=True)
         for part in (self.traps, self.poller, self.receiver):
             try:
                 part.stop()

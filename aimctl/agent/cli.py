@@ -72,7 +72,8 @@ def parse_controller(value: str) -> tuple[str, int]:
 @app.command()
 def run(
     persona: Annotated[str, typer.Option(help="Persona name, as in the definitions.")],
-    controller: Annotated[str, typer.Option(help="HOST:PORT of the controller's heartbeat receiver.")],
+    controller: Annotated[list[str], typer.Option(
+        help="HOST:PORT of a controller's heartbeat receiver; repeat it for every controller of a cluster.")],
     key_file: Annotated[Path, typer.Option(help="File holding the persona's heartbeat key (mode 0600).")],
     interval: Annotated[str, typer.Option(help="Heartbeat interval, e.g. 1s, 500ms.")] = "1s",
     checks: Annotated[Path | None, typer.Option(help="YAML file of service checks.")] = None,
@@ -93,7 +94,7 @@ def run(
     try:
         if not NAME_RE.match(persona):
             raise OperatorError(f"--persona: bad name {persona!r} (lower-case letters, digits, '-')")
-        target = parse_controller(controller)
+        targets = [parse_controller(c) for c in controller]
         try:
             interval_s = parse_duration(interval)
         except ValueError as exc:
@@ -117,9 +118,9 @@ def run(
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
-        run_agent(persona, target, key, interval_s, specs, budget, stop_event=stop)
+        run_agent(persona, targets, key, interval_s, specs, budget, stop_event=stop)
     except OSError as exc:  # e.g. the controller's host name does not resolve
-        typer.echo(f"error: {persona}: cannot send heartbeats to {controller}: {exc}", err=True)
+        typer.echo(f"error: {persona}: cannot send heartbeats to {', '.join(controller)}: {exc}", err=True)
         raise typer.Exit(2) from None
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aimctl.api.app import Api, ApiError, Request
 from aimctl.errors import OperatorError
+from aimctl.journal import JournalUnavailable
 from aimctl.overlay import api_hostport
 
 if TYPE_CHECKING:
@@ -25,9 +26,9 @@ def op_json(c: Controller, op_id: str) -> dict[str, Any]:
 def status(c: Controller) -> dict[str, Any]:
     now = time.monotonic()
     states = c.detector.states()
-    busy = {o.persona: o.id for o in c.journal.unfinished_operations()}
+    busy, assignment, quarantined_names = c.journal_view()  # the last one read while etcd is down
     personas = {}
-    for persona, server in sorted(c.journal.assignment().items()):
+    for persona, server in sorted(assignment.items()):
         seen = c.receiver.last_seen(persona)
         st = states.get(persona)
         personas[persona] = {
@@ -38,14 +39,23 @@ def status(c: Controller) -> dict[str, Any]:
             "operation": busy.get(persona),
             "bmc": c.poller.answer(server)[0] if server else None,
         }
-    quarantined = {s: dataclasses.asdict(v) for s, v in c.journal.quarantined().items()}
-    return {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters(),
-            "paused_pools": dict(c.paused), "queued": sorted(c._pending)}
+    try:
+        quarantined = {s: dataclasses.asdict(v) for s, v in c.journal.quarantined().items()}
+    except JournalUnavailable:
+        quarantined = {s: {"name": s, "reason": "(journal unavailable)", "by": "?"} for s in quarantined_names}
+    out = {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters(),
+           "paused_pools": dict(c.paused), "queued": sorted(c._pending), "journal_error": c.journal_error}
+    cluster = c.cluster_status()
+    if cluster is not None:
+        out["cluster"] = {k: cluster[k] for k in ("member", "role", "acting", "why_not_acting", "leader",
+                                                   "lease_left_s", "etcd_reachable")}
+    return out
 
 
 def build_api(c: Controller) -> Api:
     host, port = api_hostport(c.listen.api)
     api = Api(c.state, audit=c.audit, metrics=c.metrics, host=host, port=port)
+    api.write_redirect = c.write_redirect  # followers send writes to the leader
 
     def actor(req: Request) -> str:
         return f"{req.identity.name}({req.identity.role})" if req.identity else "anonymous"
@@ -94,6 +104,8 @@ def build_api(c: Controller) -> Api:
         c._refresh_capacity()
         return {"cleared": server}
 
+    api.route("GET", "/v1/cluster", lambda r: c.cluster_status() or {"member": None, "role": "embedded"},
+              summary="Cluster: members, leader, fencing token, lease time left, last renewals")
     api.route("POST", "/v1/failover", failover, role="operator", summary="Fail a persona over now")
     api.route("POST", "/v1/move", move, role="operator", summary="Planned move of a persona to a server")
     api.route("POST", "/v1/failback", failback, role="operator", summary="Planned return of a persona to its home")

@@ -108,9 +108,21 @@ class Etcd:
         self.endpoints = list(endpoints)
         self.timeout_s = timeout_s
         # The v3 gateway path is fixed for etcd >= 3.4: no discovery round trip (and no failure mode).
-        self._clients = [etcd3gw.client(host=h, port=p, api_path="/v3/", timeout=timeout_s) for h, p in endpoints]
+        self._local = threading.local()  # a requests session per thread: sessions are not thread-safe
+        self._all: list[Any] = []
         self._current = 0
         self._lock = threading.Lock()
+
+    @property
+    def _clients(self) -> list[Any]:
+        clients: list[Any] | None = getattr(self._local, "clients", None)
+        if clients is None:
+            clients = [etcd3gw.client(host=h, port=p, api_path="/v3/", timeout=self.timeout_s)
+                       for h, p in self.endpoints]
+            self._local.clients = clients
+            with self._lock:
+                self._all.extend(clients)
+        return clients
 
     @property
     def where(self) -> str:
@@ -122,9 +134,10 @@ class Etcd:
         with self._lock:
             start = self._current
         errors = []
-        for i in range(len(self._clients)):
-            idx = (start + i) % len(self._clients)
-            c = self._clients[idx]
+        clients = self._clients
+        for i in range(len(clients)):
+            idx = (start + i) % len(clients)
+            c = clients[idx]
             try:
                 resp = c.session.post(c.get_url(path), json=body, timeout=self.timeout_s)
             except (requests.exceptions.ConnectTimeout, requests.exceptions.ConnectionError) as exc:
@@ -219,7 +232,9 @@ class Etcd:
         return res
 
     def close(self) -> None:
-        for c in self._clients:
+        with self._lock:
+            clients, self._all = self._all, []
+        for c in clients:
             c.session.close()
 
 

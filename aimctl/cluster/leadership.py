@@ -142,6 +142,7 @@ class Leadership:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.reachable = False  # etcd answered the last cycle
+        self.last_cycle = clock()
 
     # -- what the rest of the controller asks ------------------------------------------------------
 
@@ -209,9 +210,14 @@ class Leadership:
             self._reclaim()
         return action
 
+    def healthy(self) -> bool:
+        """The leadership thread has completed a cycle lately (the watchdog asks before petting)."""
+        return self._clock() - self.last_cycle < 2 * self.timing.ttl_s
+
     def _run(self) -> None:
         t = self.timing
         while not self._stop.is_set():
+            self.last_cycle = self._clock()
             try:
                 self.run_once()
             except Exception:  # the loop must survive anything; the deadline still demotes

@@ -7,6 +7,7 @@ log line or error can carry them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +77,32 @@ def make_storage(name: str, st: Storage) -> StorageAccess:
     return TgtStorage(st.portal, st.port, runner)
 
 
+class Guarded:
+    """A driver whose every method first asks ``guard`` (which raises to refuse): a controller that
+    stopped leading makes no device call, even from a thread that was mid-step when it lost the lead."""
+
+    def __init__(self, driver: Any, guard: Callable[[], None]) -> None:
+        self._driver, self._guard = driver, guard
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._driver, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._guard()
+            return attr(*args, **kwargs)
+
+        return call
+
+
 class Drivers:
     """One driver per device, built on first use and kept (sessions are reused across steps)."""
 
-    def __init__(self, defs: Any, boot_dir: Path) -> None:
+    def __init__(self, defs: Any, boot_dir: Path, guard: Callable[[], None] | None = None) -> None:
         self.defs = defs
         self.boot_dir = boot_dir
+        self._guard = guard
         self._lock = threading.RLock()  # a boot driver may build its server's power driver
         self._cache: dict[tuple[str, str], Any] = {}
 
@@ -89,7 +110,8 @@ class Drivers:
         with self._lock:
             if (kind, name) not in self._cache:
                 self._cache[(kind, name)] = make()
-            return self._cache[(kind, name)]
+            driver = self._cache[(kind, name)]
+        return Guarded(driver, self._guard) if self._guard is not None else driver
 
     def power(self, server: str) -> Power:
         return self._get("power", server, lambda: make_power(server, self.defs.servers[server]))  # type: ignore[no-any-return]
