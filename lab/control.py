@@ -68,6 +68,10 @@ class _Server(ThreadingHTTPServer):
             return ops.fault(self.lab, body["kind"], body["target"], bool(body.get("clear")))
         if action == "reset":
             return ops.reset(self.lab)
+        if action == "cluster-up":
+            return ops.cluster_up(self.lab, body)
+        if action == "cluster-down":
+            return ops.cluster_down(self.lab)
         raise OperatorError(f"unknown lab action {action!r}")
 
 

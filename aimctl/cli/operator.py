@@ -51,10 +51,13 @@ def cluster_config(config: Path | None, cluster: str | None, member: str | None,
         if member or key:
             raise OperatorError("--member and --cluster-key need --cluster etcd://HOST:PORT[,...] (or a config file)")
         return None
-    base = cfg.model_dump(exclude_unset=True) if cfg else {}
-    base.update({k: v for k, v in (("etcd", cluster), ("member", member), ("key_file", key)) if v is not None})
+    flags = {k: v for k, v in (("etcd", cluster), ("member", member), ("key_file", key)) if v is not None}
     try:
-        return ClusterConfig.model_validate(base)
+        if cfg is None:
+            return ClusterConfig.model_validate(flags)
+        # Flags win over the file; each is checked as the file's value would be.
+        checked = ClusterConfig.model_validate({"etcd": cfg.etcd, **flags})
+        return cfg.model_copy(update={k: getattr(checked, k) for k in flags})
     except ValueError as exc:
         raise OperatorError(f"cluster settings: {exc}") from None
 

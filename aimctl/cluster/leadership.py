@@ -143,6 +143,7 @@ class Leadership:
         self._thread: threading.Thread | None = None
         self.reachable = False  # etcd answered the last cycle
         self.last_cycle = clock()
+        self._member_due = 0.0
 
     # -- what the rest of the controller asks ------------------------------------------------------
 
@@ -208,7 +209,22 @@ class Leadership:
             self._campaign()
         elif action == "reclaim":
             self._reclaim()
+        elif action == "follow" and self._clock() >= self._member_due:
+            self._follower_renew()
         return action
+
+    def _follower_renew(self) -> None:
+        """A follower keeps its own member key (and lease) fresh, for ``aimctl cluster status``."""
+        self._member_due = self._clock() + self.timing.renew_s
+        try:
+            lease = self._ensure_lease()
+            if self.etcd.keepalive(lease) <= 0:
+                self._lease = None
+                lease = self._ensure_lease()
+            self.etcd.txn([], [kv.put(self.prefix + f"members/{self.member}", self._member_doc("follower"), lease)])
+            self.stats.last_renew_wall = time.time()
+        except EtcdUnavailable as exc:
+            self._unreachable(exc)
 
     def healthy(self) -> bool:
         """The leadership thread has completed a cycle lately (the watchdog asks before petting)."""
