@@ -51,6 +51,7 @@ from aimctl.journal import (
     JournalUnavailable,
     LostLeadership,
     Operation,
+    ServerStatus,
     persona_lease,
     server_lease,
 )
@@ -100,10 +101,9 @@ class Controller:
         self.journal: JournalStore
         self._leading = cluster is None  # embedded: always; clustered: once elected and resumed
         self.journal_error = ""
-        self._view: tuple[dict[str, str], dict[str, str | None], set[str]] = ({}, {}, set())
+        self._view: tuple[dict[str, str], dict[str, str | None], dict[str, ServerStatus]] = ({}, {}, {})
         self._seen_on: dict[str, str | None] = {}
         self._unfinished: list[Operation] = []
-        self._view_at = 0.0
         self._spawned_at: dict[str, float] = {}
         if cluster is not None:
             from aimctl.cluster.member import ClusterMember
@@ -153,14 +153,15 @@ class Controller:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
-                       hook_runner(defs, self._hook_note), self.bmc_unhealthy,
+                       self._guarded_hooks(hook_runner(defs, self._hook_note)), self.bmc_unhealthy,
                        change_approved=self.changes.is_approved, stop_persona=self.stop_persona,
                        settings=self.settings)
 
     # ------------------------------------------------------------------ observe
 
     def heartbeat_since(self, persona: str, since_wall: float) -> bool:
-        self._guard()  # a step waiting for a boot stops waiting when this member stops leading
+        # No guard here: a demoted leader's wait ends as any wait does, and the result it then writes
+        # is refused by etcd (its token is stale) -- the step stops there, with no device call.
         seen = self.receiver.last_seen(persona)
         if seen is None:
             return False
@@ -268,17 +269,20 @@ class Controller:
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
 
-    def journal_view(self) -> tuple[dict[str, str], dict[str, str | None], set[str]]:
-        """(persona -> its unfinished operation, assignment, quarantined servers), read now; while the
-        journal's store is down, the last view read, and ``journal_error`` says why."""
-        now = time.monotonic()
-        if self.cluster is not None and now - self._view_at < 0.3:
-            return self._view  # etcd: a few reads a second per member are plenty for the detector
+    def journal_view(self) -> tuple[dict[str, str], dict[str, str | None], dict[str, ServerStatus]]:
+        """(persona -> its unfinished operation, assignment, quarantined servers). Embedded: read now.
+        Clustered: as last read by the ``journal-view`` thread, so neither the loop nor the API ever
+        waits on etcd; while etcd is unreachable it is the last view read and ``journal_error`` says why."""
+        if self.cluster is None:
+            self._refresh_view()
+        return self._view
+
+    def _refresh_view(self) -> None:
         try:
             unfinished = self.journal.unfinished_operations()
             busy = {op.persona: op.id for op in unfinished}
-            self._view = (busy, self.journal.assignment(), set(self.journal.quarantined()))
-            self._unfinished, self._view_at = unfinished, now
+            self._view = (busy, self.journal.assignment(), self.journal.quarantined())
+            self._unfinished = unfinished
             if self.journal_error:
                 log.warning("journal available again")
                 self.journal_error = ""
@@ -287,7 +291,10 @@ class Controller:
                 log.error("journal unavailable: %s (no operation starts until it is back)", exc)
             self.journal_error = str(exc)
         self.metrics.set_journal_available(not self.journal_error)
-        return self._view
+
+    def _watch_journal(self) -> None:
+        while not self._stop.wait(0.3):
+            self._refresh_view()
 
     # ------------------------------------------------------------------ act
 
@@ -368,6 +375,12 @@ class Controller:
         self.metrics.observe_step(ev)
         self.changes.on_step(ev)
 
+    def _guarded_hooks(self, run: Any) -> Any:
+        def guarded(op: Operation, point: str) -> Any:
+            self._guard()  # a hook acts on the application: only the leader starts one
+            return run(op, point)
+        return guarded
+
     def _hook_note(self, op: Operation, text: str) -> None:
         self.changes.note(op.id, "recovery", text)
 
@@ -405,6 +418,8 @@ class Controller:
         self.poller.start()
         self.traps.start()
         if self.cluster is not None:
+            self._refresh_view()
+            threading.Thread(target=self._watch_journal, name="journal-view", daemon=True).start()
             self.cluster.leadership.start()  # elected -> _elected resumes; until then: a warm follower
         else:
             self._refresh_capacity()
@@ -463,10 +478,10 @@ class Controller:
             return None
         return self.leader_url() or ""
 
-    def cluster_status(self) -> dict[str, Any] | None:
+    def cluster_status(self, probe: bool = True) -> dict[str, Any] | None:
         if self.cluster is None:
             return None
-        st = self.cluster.status()
+        st = self.cluster.status(probe)
         st["acting"] = self.leads()
         st["journal_error"] = self.journal_error
         st["why_not_acting"] = "" if self.leads() else (

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from aimctl.api.app import Api, ApiError, Request
 from aimctl.errors import OperatorError
-from aimctl.journal import JournalUnavailable
 from aimctl.overlay import api_hostport
 
 if TYPE_CHECKING:
@@ -26,7 +25,7 @@ def op_json(c: Controller, op_id: str) -> dict[str, Any]:
 def status(c: Controller) -> dict[str, Any]:
     now = time.monotonic()
     states = c.detector.states()
-    busy, assignment, quarantined_names = c.journal_view()  # the last one read while etcd is down
+    busy, assignment, marks = c.journal_view()  # clustered: as last read (never waits on etcd)
     personas = {}
     for persona, server in sorted(assignment.items()):
         seen = c.receiver.last_seen(persona)
@@ -39,13 +38,10 @@ def status(c: Controller) -> dict[str, Any]:
             "operation": busy.get(persona),
             "bmc": c.poller.answer(server)[0] if server else None,
         }
-    try:
-        quarantined = {s: dataclasses.asdict(v) for s, v in c.journal.quarantined().items()}
-    except JournalUnavailable:
-        quarantined = {s: {"name": s, "reason": "(journal unavailable)", "by": "?"} for s in quarantined_names}
+    quarantined = {s: dataclasses.asdict(v) for s, v in marks.items()}
     out = {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters(),
            "paused_pools": dict(c.paused), "queued": sorted(c._pending), "journal_error": c.journal_error}
-    cluster = c.cluster_status()
+    cluster = c.cluster_status(probe=False)
     if cluster is not None:
         out["cluster"] = {k: cluster[k] for k in ("member", "role", "acting", "why_not_acting", "leader",
                                                    "lease_left_s", "etcd_reachable")}

@@ -217,19 +217,24 @@ class Etcd:
         out = self._post("/cluster/member/list", {}, write=False)
         return list(out.get("members", []))
 
-    def endpoint_status(self) -> list[dict[str, Any]]:
-        """Each endpoint's own answer (version, raft leader, db size) or its error."""
-        res = []
-        for c in self._clients:
+    def endpoint_status(self, timeout_s: float | None = None) -> list[dict[str, Any]]:
+        """Each endpoint's own answer (version, raft leader) or its error, asked all at once."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(hp: tuple[str, int]) -> dict[str, Any]:
+            host, port = hp
             try:
-                r = c.session.post(c.get_url("/maintenance/status"), json={}, timeout=self.timeout_s)
+                r = requests.post(f"http://{host}:{port}/v3/maintenance/status", json={},
+                                  timeout=timeout_s or self.timeout_s)
                 r.raise_for_status()
                 d = r.json()
-                res.append({"endpoint": f"{c.host}:{c.port}", "ok": True, "version": d.get("version"),
-                            "leader": d.get("leader"), "member_id": d.get("header", {}).get("member_id")})
+                return {"endpoint": f"{host}:{port}", "ok": True, "version": d.get("version"),
+                        "leader": d.get("leader"), "member_id": d.get("header", {}).get("member_id")}
             except (requests.exceptions.RequestException, ValueError, etcd_exc.Etcd3Exception) as exc:
-                res.append({"endpoint": f"{c.host}:{c.port}", "ok": False, "error": _short(exc)})
-        return res
+                return {"endpoint": f"{host}:{port}", "ok": False, "error": _short(exc)}
+
+        with ThreadPoolExecutor(len(self.endpoints)) as pool:
+            return list(pool.map(one, self.endpoints))
 
     def close(self) -> None:
         with self._lock:

@@ -144,6 +144,8 @@ class Leadership:
         self.reachable = False  # etcd answered the last cycle
         self.last_cycle = clock()
         self._member_due = 0.0
+        self._members_due = 0.0
+        self.members_seen: list[dict[str, Any]] = []
 
     # -- what the rest of the controller asks ------------------------------------------------------
 
@@ -211,6 +213,9 @@ class Leadership:
             self._reclaim()
         elif action == "follow" and self._clock() >= self._member_due:
             self._follower_renew()
+        if read_ok and self._clock() >= self._members_due:
+            self._members_due = self._clock() + self.timing.renew_s
+            self._read_members()
         return action
 
     def _follower_renew(self) -> None:
@@ -281,7 +286,7 @@ class Leadership:
                            "last_renew": time.time()})
 
     def _campaign(self) -> None:
-        sent = self._clock()
+        sent, sent_wall = self._clock(), time.time()
         try:
             lease = self._ensure_lease()
             doc = json.dumps({"member": self.member, "api": self.api_url, "since": time.time(), "pid": os.getpid()})
@@ -300,7 +305,7 @@ class Leadership:
             self._leading, self._renewed_at, self._token = True, sent, token
             self.leader = LeaderInfo(self.member, self.api_url, token, time.time())
         self.stats.elections += 1
-        self.stats.last_renew_wall = time.time()
+        self.stats.last_renew_wall = sent_wall
         self._event("elected", f"token {token}")
         log.warning("%s leads the cluster (fencing token %d)", self.member, token)
         self._on_elected(token)
@@ -308,7 +313,7 @@ class Leadership:
     def _renew(self) -> None:
         t = self.timing
         for attempt in (1, 2):
-            sent = self._clock()
+            sent, sent_wall = self._clock(), time.time()
             if sent >= (self._renewed_at or 0) + t.renew_deadline_s:
                 break
             try:
@@ -324,7 +329,7 @@ class Leadership:
                 continue
             with self._lock:
                 self._renewed_at = sent
-            self.stats.last_renew_wall = time.time()
+            self.stats.last_renew_wall = sent_wall  # when it was sent: the lease runs at least TTL from then
             self.reachable = True
             return
 
@@ -372,12 +377,14 @@ class Leadership:
 
     # -- operator view ------------------------------------------------------------------------------
 
-    def members(self) -> list[dict[str, Any]]:
+    def _read_members(self) -> None:
+        """The members' keys, read by this thread once per renew interval (status never waits on etcd)."""
         try:
             kvs = self.etcd.range(self.prefix + "members/", prefix=True)
-        except EtcdUnavailable:
-            return []
-        return [json.loads(x.value) for x in kvs]
+        except EtcdUnavailable as exc:
+            self._unreachable(exc)
+            return
+        self.members_seen = [json.loads(x.value) for x in kvs]
 
     def status(self) -> dict[str, Any]:
         return {

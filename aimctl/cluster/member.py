@@ -41,9 +41,11 @@ class ClusterMember:
         self.leadership.note_refused(why)
         self._on_refused(why)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, probe: bool = True) -> dict[str, Any]:
+        """Leadership as this member sees it; with ``probe``, also the members' keys and each etcd
+        endpoint's answer (bounded: a cut member still answers its API within about a second)."""
         st = self.leadership.status()
-        st["members"] = self.leadership.members()
-        st["etcd"] = self.leadership.etcd.endpoint_status()
         st["prefix"] = self.cfg.prefix
+        st["members"] = self.leadership.members_seen
+        st["etcd"] = self.leadership.etcd.endpoint_status(timeout_s=0.5) if probe else []
         return st
