@@ -14,6 +14,7 @@ dir), ``controller-etcd-cut cN`` (its relays drop every byte; ``--clear`` lets t
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -77,6 +78,11 @@ class LabCluster:
         key = self.root / "cluster.key"
         if not key.exists():
             make_key_file(key)
+        token = self.root / "api-token"
+        if not token.exists():  # made once, before the controllers start in parallel and copy it
+            fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32) + "\n")
         for slot in self.slots:
             slot.relays = [TcpRelay(ep) for ep in self.etcd.endpoints]
             self.lab.relay.add_controller(("127.0.0.1", slot.heartbeat))
@@ -96,14 +102,7 @@ class LabCluster:
         config.write_text(yaml.safe_dump({"cluster": {"etcd": etcd, "name": self.name, "member": slot.name,
                                                       "key_file": str(self.root / "cluster.key"), **self.timing}}))
         # Members of a cluster share their tokens (the CLI follows a follower's redirect with it).
-        token = self.root / "api-token"
-        if not token.exists():
-            import secrets
-
-            fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(32) + "\n")
-        shutil.copy2(token, slot.state / "api-token")
+        shutil.copy2(self.root / "api-token", slot.state / "api-token")
         os.chmod(slot.state / "api-token", 0o600)
         return overlay, config
 
