@@ -91,6 +91,12 @@ class EtcdJournal(JournalStore):
         # One writer thread at a time in this process: keeps read-then-write cycles from racing
         # each other (another process is kept out by the token, not by this lock).
         self._lock = threading.RLock()
+        # Write-path caches of this process's own last writes (an operation at its mod revision, the
+        # next record number). Every write still compares the revision it assumes: a stale cache is a
+        # conflict, which clears it and reads again. Reads for callers always go to etcd.
+        self._ops_cache: dict[str, tuple[KV, dict[str, Any]]] = {}
+        self._next_seq: dict[str, int] = {}
+        self._change_of: dict[str, str] = {}  # op id -> change number (never changes once written)
 
     @property
     def where(self) -> str:
@@ -121,7 +127,7 @@ class EtcdJournal(JournalStore):
             raise JournalUnavailable(f"journal unavailable: {exc}") from None
 
     def _commit(self, reads: Mapping[str, KV | None], ops: list[dict[str, Any]],
-                extra: Sequence[dict[str, Any]] = ()) -> None:
+                extra: Sequence[dict[str, Any]] = ()) -> int:
         """One transaction: the fencing token, then every key as it was read, then the writes."""
         token = self._token()
         compare = [kv.created_at(self.leader_key, token)]
@@ -143,6 +149,7 @@ class EtcdJournal(JournalStore):
                 raise WriteRefused(why)
             raise _Conflict()
         after_commit(self._on_commit)
+        return res.revision
 
     def _retry(self, fn: Callable[[], Any]) -> Any:
         with self._lock:
@@ -150,7 +157,11 @@ class EtcdJournal(JournalStore):
                 try:
                     return fn()
                 except _Conflict:
+                    self._forget()
                     continue
+                except BaseException:
+                    self._forget()
+                    raise
         raise JournalUnavailable(f"journal: {CONFLICT_TRIES} conflicting writes in a row (another writer?)")
 
     # -- operations -----------------------------------------------------------------------------
@@ -172,10 +183,24 @@ class EtcdJournal(JournalStore):
             reads: dict[str, KV | None] = {self._k("ops", op_id): None}
             writes = [kv.put(self._k("ops", op_id), json.dumps(op)), kv.put(self._k("open", op_id), "")]
             self._lease_writes(leases, op_id, ttl_s, now, reads, writes)
-            self._commit(reads, writes)
+            self._wrote_op(self._k("ops", op_id), op, self._commit(reads, writes))
+            self._next_seq[op_id] = 1
             return op_id
 
         return str(self._retry(attempt))
+
+    def _forget(self) -> None:
+        self._ops_cache.clear()
+        self._next_seq.clear()
+
+    def _op_for_write(self, op_id: str) -> tuple[KV, dict[str, Any]]:
+        cached = self._ops_cache.get(op_id)
+        if cached is not None:
+            return cached[0], json.loads(json.dumps(cached[1]))  # a copy: the caller changes it
+        return self._get_op(op_id)
+
+    def _wrote_op(self, key: str, op: dict[str, Any], revision: int) -> None:
+        self._ops_cache[op["id"]] = (KV(key, b"", 0, revision, 0), op)
 
     def _get_op(self, op_id: str) -> tuple[KV, dict[str, Any]]:
         got = self._read(self._k("ops", op_id))
@@ -209,7 +234,7 @@ class EtcdJournal(JournalStore):
         check_state(state)
 
         def attempt() -> None:
-            got, op = self._get_op(op_id)
+            got, op = self._op_for_write(op_id)
             op.update(state=state, result=mask(result), updated=self._clock())
             reads: dict[str, KV | None] = {got.key: got}
             writes = [kv.put(got.key, json.dumps(op))]
@@ -219,7 +244,7 @@ class EtcdJournal(JournalStore):
                     if _j(lease.value)["holder"] == op_id:
                         reads[lease.key] = lease
                         writes.append(kv.delete(lease.key))
-            self._commit(reads, writes)
+            self._wrote_op(got.key, op, self._commit(reads, writes))
 
         self._retry(attempt)
 
@@ -229,9 +254,11 @@ class EtcdJournal(JournalStore):
                 facts: Mapping[str, Any] | None = None,
                 more: Callable[[dict[str, KV | None], list[dict[str, Any]], float], None] | None = None) -> None:
         def attempt() -> None:
-            got, op = self._get_op(op_id)
-            last = self._scan("rec", op_id + "/", keys_only=True, limit=1, descending=True)
-            seq = int(last[0].key.rsplit("/", 1)[1]) + 1 if last else 1
+            got, op = self._op_for_write(op_id)
+            seq = self._next_seq.get(op_id, 0)
+            if not seq:
+                last = self._scan("rec", op_id + "/", keys_only=True, limit=1, descending=True)
+                seq = int(last[0].key.rsplit("/", 1)[1]) + 1 if last else 1
             now = self._clock()
             rec = {"op_id": op_id, "seq": seq, "step": step, "phase": phase, "status": status,
                    "detail": json.loads(dumps(detail)), "time": now}
@@ -245,7 +272,8 @@ class EtcdJournal(JournalStore):
             writes = [kv.put(key, json.dumps(rec)), kv.put(got.key, json.dumps(op))]
             if more is not None:
                 more(reads, writes, now)
-            self._commit(reads, writes)
+            self._wrote_op(got.key, op, self._commit(reads, writes))
+            self._next_seq[op_id] = seq + 1
 
         self._retry(attempt)
 
@@ -271,11 +299,11 @@ class EtcdJournal(JournalStore):
 
     def add_facts(self, op_id: str, facts: Mapping[str, Any]) -> None:
         def attempt() -> None:
-            got, op = self._get_op(op_id)
+            got, op = self._op_for_write(op_id)
             merged = {**op["facts"], **json.loads(dumps(facts))}
             op.update(facts=merged, from_server=merged.get("from_server", op.get("from_server")),
                       to_server=merged.get("to_server", op.get("to_server")), updated=self._clock())
-            self._commit({got.key: got}, [kv.put(got.key, json.dumps(op))])
+            self._wrote_op(got.key, op, self._commit({got.key: got}, [kv.put(got.key, json.dumps(op))]))
 
         self._retry(attempt)
 
@@ -440,8 +468,13 @@ class EtcdJournal(JournalStore):
         return dict(_j(got.value)["record"]) if got else None
 
     def change_for_op(self, op_id: str) -> dict[str, Any] | None:
-        by_op = self._read(self._k("chg-op", op_id))
-        return self.change_get(by_op.value.decode()) if by_op else None
+        number = self._change_of.get(op_id)
+        if number is None:
+            by_op = self._read(self._k("chg-op", op_id))
+            if by_op is None:
+                return None
+            number = self._change_of[op_id] = by_op.value.decode()
+        return self.change_get(number)
 
     def change_list(self, limit: int = 50) -> list[dict[str, Any]]:
         docs = [_j(x.value) for x in self._scan("chg", "")]
