@@ -73,7 +73,8 @@ def parse_controller(value: str) -> tuple[str, int]:
 def run(
     persona: Annotated[str, typer.Option(help="Persona name, as in the definitions.")],
     controller: Annotated[list[str], typer.Option(
-        help="HOST:PORT of a controller's heartbeat receiver; repeat it for every controller of a cluster.")],
+        help="HOST:PORT of a controller's heartbeat receiver; for a cluster, every controller"
+             " (repeat the option, or HOST:PORT,HOST:PORT,...).")],
     key_file: Annotated[Path, typer.Option(help="File holding the persona's heartbeat key (mode 0600).")],
     interval: Annotated[str, typer.Option(help="Heartbeat interval, e.g. 1s, 500ms.")] = "1s",
     checks: Annotated[Path | None, typer.Option(help="YAML file of service checks.")] = None,
@@ -94,7 +95,7 @@ def run(
     try:
         if not NAME_RE.match(persona):
             raise OperatorError(f"--persona: bad name {persona!r} (lower-case letters, digits, '-')")
-        targets = [parse_controller(c) for c in controller]
+        targets = [parse_controller(x) for c in controller for x in c.split(",")]
         try:
             interval_s = parse_duration(interval)
         except ValueError as exc:
