@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,11 +136,18 @@ class Etcd:
             start = self._current
         errors = []
         clients = self._clients
+        # One deadline for the whole call, however many endpoints it tries (patroni's retry_timeout):
+        # a partitioned controller learns it within timeout_s, not once per endpoint.
+        deadline = time.monotonic() + self.timeout_s
         for i in range(len(clients)):
             idx = (start + i) % len(clients)
             c = clients[idx]
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                errors.append("deadline reached")
+                break
             try:
-                resp = c.session.post(c.get_url(path), json=body, timeout=self.timeout_s)
+                resp = c.session.post(c.get_url(path), json=body, timeout=left)
             except (requests.exceptions.ConnectTimeout, requests.exceptions.ConnectionError) as exc:
                 never_sent = isinstance(exc, requests.exceptions.ConnectTimeout) or _refused(exc)
                 errors.append(f"{c.host}:{c.port}: {_short(exc)}")

@@ -213,7 +213,7 @@ class Leadership:
             self._reclaim()
         elif action == "follow" and self._clock() >= self._member_due:
             self._follower_renew()
-        if read_ok and self._clock() >= self._members_due:
+        if read_ok and self.reachable and self._clock() >= self._members_due:
             self._members_due = self._clock() + self.timing.renew_s
             self._read_members()
         return action

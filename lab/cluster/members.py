@@ -137,12 +137,17 @@ class LabCluster:
         return self.status()
 
     def stop_controllers(self) -> None:
-        for slot in self.slots:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def stop(slot: Slot) -> None:
             if slot.proc is not None and slot.proc.proc is not None:
                 if slot.paused:
                     os.kill(slot.proc.proc.pid, signal.SIGCONT)
                     slot.paused = False
                 slot.proc.stop()
+
+        with ThreadPoolExecutor(len(self.slots)) as pool:
+            list(pool.map(stop, self.slots))
 
     def stop(self) -> None:
         self.stop_controllers()
