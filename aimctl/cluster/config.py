@@ -19,10 +19,10 @@ import re
 import socket
 from pathlib import Path
 
-from pydantic import ValidationError, field_validator
+from pydantic import field_validator
 
 from aimctl.cluster.leadership import Timing
-from aimctl.errors import DefinitionError, OperatorError
+from aimctl.errors import OperatorError
 from aimctl.model import Duration, Strict
 
 HOSTPORT_RE = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})\Z")
@@ -92,15 +92,6 @@ class ControllerConfig(Strict):
 
 
 def load_controller_config(path: Path) -> ControllerConfig:
-    from aimctl.loader import _parse, _pydantic_errors, _read
+    from aimctl.overlay import load_model
 
-    errors: list[str] = []
-    text = _read(path, str(path), errors)
-    parsed = _parse(text, str(path), errors) if text is not None else None
-    if parsed is None:
-        raise DefinitionError(errors)
-    data, src = parsed
-    try:
-        return ControllerConfig.model_validate(data or {})
-    except ValidationError as exc:
-        raise DefinitionError(_pydantic_errors(exc, data, src)) from None
+    return load_model(path, ControllerConfig)

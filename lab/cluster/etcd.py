@@ -23,8 +23,8 @@ from aimctl.errors import OperatorError
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

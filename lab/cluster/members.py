@@ -27,17 +27,12 @@ import yaml
 from aimctl.cluster.secretbox import make_key_file
 from aimctl.errors import OperatorError
 from lab.cluster.etcd import EtcdCluster
+from lab.cluster.etcd import free_port as _free
 from lab.cluster.tcprelay import TcpRelay
 from lab.controller_proc import ControllerProcess
 
 # Short enough for lab stories to take seconds, within the rule renew + 2 x retry <= ttl.
 LAB_TIMING = {"ttl": "3s", "renew": "500ms", "retry": "1s"}
-
-
-def _free(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

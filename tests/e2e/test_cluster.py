@@ -88,6 +88,11 @@ class Cluster:
 
         wait_for(alive, timeout_s, "every persona heartbeating on every member", poll_s=0.1)
 
+    def ready(self) -> tuple[set[str], str, str]:
+        """Before a story: every persona alive everywhere; (operations so far, exchange1's body, leader)."""
+        self.all_alive()
+        return {o["id"] for o in self.ops()}, self.where(), self.leader()
+
     def ops(self, persona: str = "exchange1") -> list[dict[str, Any]]:
         return [o for o in self.ask("/v1/failovers") if o["persona"] == persona]
 
@@ -190,10 +195,7 @@ def mirrored(world: dict[str, Any]) -> dict[str, Any]:
 def fail_exchange1(c: Cluster, kill_at: int | None = None) -> tuple[dict[str, Any], str | None]:
     """Pull the power of exchange1's body; with ``kill_at``, SIGKILL the leader once the operation has
     that many journal records. Returns (the finished operation, the killed member)."""
-    c.all_alive()
-    known = {o["id"] for o in c.ops()}
-    victim = c.where()
-    leader = c.leader()
+    known, victim, leader = c.ready()
     c.lab.fault("power-button", victim)
     op = c.new_op(known)
     killed = None
@@ -242,10 +244,7 @@ def test_leader_killed_at_random_moments_another_finishes_the_same(cluster: Clus
 
 def test_paused_leader_wakes_fenced_and_changes_nothing(cluster: Cluster) -> None:
     c = cluster
-    c.all_alive()
-    known = {o["id"] for o in c.ops()}
-    victim = c.where()
-    old = c.leader()
+    known, victim, old = c.ready()
     c.lab.fault("power-button", victim)
     op = c.new_op(known)
 
@@ -321,9 +320,7 @@ def test_one_etcd_member_down_interrupts_nothing(cluster: Cluster) -> None:
 
 def test_all_etcd_down_nothing_starts_and_work_resumes_when_back(cluster: Cluster) -> None:
     c = cluster
-    c.all_alive()
-    known = {o["id"] for o in c.ops()}
-    victim = c.where()
+    known, victim, _ = c.ready()
     for m in ("e1", "e2", "e3"):
         c.lab.fault("etcd-member-kill", m)
     try:
@@ -353,10 +350,7 @@ def test_all_etcd_down_nothing_starts_and_work_resumes_when_back(cluster: Cluste
 
 def test_a_death_during_a_leadership_change_is_handled_once(cluster: Cluster) -> None:
     c = cluster
-    c.all_alive()
-    known = {o["id"] for o in c.ops()}
-    victim = c.where()
-    leader = c.leader()
+    known, victim, leader = c.ready()
     c.lab.fault("controller-kill", leader)  # the leader dies...
     c.lab.fault("power-button", victim)  # ...and so does exchange1's body, at the same moment
     try:
