@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_PACKAGES := tgt libiscsi-bin libiscsi-dev etcd-server python3-venv python3-dev build-essential
 
-.PHONY: setup apt test test-unit demo bench lint clean
+.PHONY: setup apt test test-unit demo bench soak lint clean
 
 setup: apt $(STAMP)
 
@@ -40,6 +40,10 @@ demo: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# Longer than `make test` affords: the leader killed at 60 seeded random moments of the failover.
+soak: setup
+	AIMCTL_CLUSTER_TRIALS=60 $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_cluster.py -k random
 
 lint: setup
 	$(VENV)/bin/ruff check aimctl lab tests bench

@@ -263,6 +263,7 @@ class Controller:
         except OperatorError as exc:
             log.error("failover of %s not started: %s", persona, exc)
             self._pending.pop(persona, None)
+            self._seen_on.pop(persona, None)
         finally:
             self._starting.discard(persona)
 
