@@ -123,7 +123,7 @@ class Controller:
             sinks.append(WebhookSink(listen.change_webhook, listen.change_webhook_secret))
         self.changes = ChangeRecords(self.journal, sinks)
         self.chap = ChapStore(self.journal)
-        self.drivers = Drivers(defs, state / "boot", guard=self._guard)
+        self.drivers = Drivers(defs, state / "boot", guard=self._guard if cluster is not None else None)
         self.settings = settings or Settings(power_deadline_s=listen.power_deadline,
                                              boot_timer_override_s=listen.boot_timer_override)
         self.interval = listen.heartbeat_interval

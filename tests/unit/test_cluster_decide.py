@@ -105,3 +105,29 @@ def test_controller_run_refuses_bad_cluster_options_in_one_line(tmp_path: Path, 
                         "--state", str(tmp_path / "s"), *args], capture_output=True, text=True, timeout=60, cwd=repo)
     assert r.returncode == 2, r.stderr
     assert says in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_guarded_driver_asks_before_every_call() -> None:
+    from aimctl.drivers.registry import Guarded
+    from aimctl.journal import LostLeadership
+
+    calls: list[str] = []
+    leading = {"now": True}
+
+    class Power:
+        name = "r720-1"
+
+        def off(self, deadline_s: float) -> None:
+            calls.append("off")
+
+    def guard() -> None:
+        if not leading["now"]:
+            raise LostLeadership("not leading")
+
+    p = Guarded(Power(), guard)
+    p.off(1.0)
+    leading["now"] = False
+    assert p.name == "r720-1"  # reading an attribute is no device call
+    with pytest.raises(LostLeadership):
+        p.off(1.0)
+    assert calls == ["off"]
