@@ -362,3 +362,24 @@ def test_a_death_during_a_leadership_change_is_handled_once(cluster: Cluster) ->
         c.clear(victim)
     finally:
         c.lab.fault("controller-kill", leader, clear=True)
+
+
+def test_followers_serve_reads_and_send_writes_to_the_leader(cluster: Cluster) -> None:
+    import urllib.error
+    import urllib.request
+
+    c = cluster
+    leader = c.leader()
+    follower = next(m for m in c.running() if m != leader)
+    api = c.api(follower)
+    assert api.get("/v1/failovers") == c.api(leader).get("/v1/failovers")  # reads from etcd, on any member
+    req = urllib.request.Request(api.url + "/v1/servers/r720-2/clear", method="POST",
+                                 headers={"Authorization": f"Bearer {api._token}"})
+    opener = urllib.request.build_opener(type("NoRedirect", (urllib.request.HTTPRedirectHandler,),
+                                              {"redirect_request": lambda *a, **k: None}))
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        opener.open(req, timeout=5)
+    leader_api = c.api(leader).get("/v1/cluster")["leader"]["api"]
+    assert answer.value.code == 307 and answer.value.headers["Location"] == leader_api + "/v1/servers/r720-2/clear"
+    assert api.post("/v1/servers/r720-2/clear") == {"cleared": "r720-2"}  # the client follows it
+    assert "server.clear" in (c.state_dir(leader) / "audit.log").read_text()  # done (and audited) by the leader
