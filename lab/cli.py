@@ -84,9 +84,12 @@ def stop(state: Path, remove: bool = True, timeout_s: float = 20.0) -> None:
                 env = (p / "environ").read_bytes()
             except OSError:
                 continue
-            # tgtd, etcd members and cluster controllers are the lab's: none may survive it.
+            # tgtd, etcd members and cluster controllers are the lab's: none may survive it (and this
+            # process, `lab down --state` itself, is none of them).
             mine = str(state).encode() in env or any(str(state).encode() in c for c in cmd)
-            if cmd and (cmd[0].endswith(b"tgtd") or cmd[0].endswith(b"etcd") or b"aimctl.cli" in cmd) and mine:
+            controller = b"aimctl.cli" in cmd and b"controller" in cmd and b"run" in cmd
+            if int(p.name) != os.getpid() and cmd and mine and (
+                    cmd[0].endswith(b"tgtd") or cmd[0].endswith(b"etcd") or controller):
                 try:
                     os.kill(int(p.name), signal.SIGKILL)
                 except ProcessLookupError:
