@@ -198,15 +198,18 @@ def run_steps(
             journal.result(op_id, step.name, "retarget", detail, facts=r.facts, server_marks=r.server_marks)
             tell(step.name, "result", "retarget", detail, time.monotonic() - started)
             continue
-        except NeedsOperator as n:
-            return _fail(journal, op_id, step.name, n.state, n.reason, started, tell)
-        except StepFailed as f:
-            return _fail(journal, op_id, step.name, "failed", f.reason, started, tell)
         except JournalInterrupted:
             # Lost leadership or the journal's store: stop as a crash would, writing nothing (the
             # world is as the step left it; whoever leads next resumes it from its intent).
             raise
         except Exception as exc:
+            cause = _interrupted(exc)
+            if cause is not None:  # e.g. a NeedsOperator raised while handling a refused device call
+                raise cause from exc
+            if isinstance(exc, NeedsOperator):
+                return _fail(journal, op_id, step.name, exc.state, exc.reason, started, tell)
+            if isinstance(exc, StepFailed):
+                return _fail(journal, op_id, step.name, "failed", exc.reason, started, tell)
             log.exception("step %s of %s raised", step.name, op_id)
             reason = f"unexpected {type(exc).__name__}: {exc}"
             return _fail(journal, op_id, step.name, "needs-operator", reason, started, tell)
@@ -215,6 +218,18 @@ def run_steps(
         journal.result(op_id, step.name, outcome.status, outcome.detail, facts=outcome.facts,
                        assignment_change=outcome.assignment, server_marks=outcome.server_marks)
         tell(step.name, "result", outcome.status, outcome.detail, time.monotonic() - started)
+
+
+def _interrupted(exc: BaseException) -> JournalInterrupted | None:
+    """The lost leadership (or journal) behind ``exc``, if it was raised while handling one."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, JournalInterrupted):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _fail(journal: JournalStore, op_id: str, step: str, state: str, reason: str, started: float,

@@ -32,7 +32,7 @@ from lab.cluster.tcprelay import TcpRelay
 from lab.controller_proc import ControllerProcess
 
 # Short enough for lab stories to take seconds, within the rule renew + 2 x retry <= ttl.
-LAB_TIMING = {"ttl": "3s", "renew": "500ms", "retry": "1s"}
+LAB_TIMING = {"ttl": "4s", "renew": "500ms", "retry": "1500ms"}
 
 
 @dataclass

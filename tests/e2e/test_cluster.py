@@ -1,7 +1,7 @@
 """Cluster stories: three controllers on a three-member etcd, on the session lab.
 
 Each story ends with the access observer clean. The cluster runs with the lab's short timing (TTL
-3 s, renew 0.5 s, retry 1 s); stories run back to back on one cluster, moving exchange1 between
+4 s, renew 0.5 s, retry 1.5 s); stories run back to back on one cluster, moving exchange1 between
 its home r720-1 and the standby r720-3 (the body a failover leaves is cleared to be the next
 standby), so no story waits for a lab reset or a fresh controller.
 """
@@ -26,8 +26,9 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
-TIMING = {"ttl": "3s", "renew": "500ms", "retry": "1s"}
-TTL_S = 3.0
+# Lab timing within the rule (0.5 + 2 x 1.5 <= 4): short stories, with room for a loaded CI machine.
+TIMING = {"ttl": "4s", "renew": "500ms", "retry": "1500ms"}
+TTL_S = 4.0
 CONTROLLER = {"power_deadline": 4.0, "boot_timer_override": 8.0}
 BODIES = ("r720-1", "r720-3")  # exchange1's home and the pool's standby: it moves between them
 
@@ -256,7 +257,7 @@ def test_paused_leader_wakes_fenced_and_changes_nothing(cluster: Cluster) -> Non
     wait_for(waiting_for_boot, 30, "the failover waiting for the persona's heartbeat", poll_s=0.02)
     c.lab.fault("controller-pause", old)
     paused = time.monotonic()
-    new = c.leader(timeout_s=15, not_=old)
+    c.leader(timeout_s=15, not_=old)  # another member takes over
     c.wait_done(op["id"])
     assert time.monotonic() - paused > TTL_S  # paused longer than its lease
     before = c.world()
@@ -267,7 +268,7 @@ def test_paused_leader_wakes_fenced_and_changes_nothing(cluster: Cluster) -> Non
     assert c.world() == before  # no device changed after it woke
     assert "no device call" not in c.log(old)  # it did not even try one: the refused write stopped it
     view = c.api(old).get("/v1/cluster")
-    assert view["refused_writes"] >= 1 and view["leader"]["member"] == new
+    assert view["refused_writes"] >= 1 and view["leader"]["member"] not in (None, old)
     metrics = c.api(old).get("/metrics")
     assert "aimctl_cluster_refused_writes_total 1.0" in metrics or "aimctl_cluster_refused_writes_total" in metrics
     c.clean()

@@ -131,3 +131,25 @@ def test_guarded_driver_asks_before_every_call() -> None:
     with pytest.raises(LostLeadership):
         p.off(1.0)
     assert calls == ["off"]
+
+
+def test_a_refused_device_call_is_never_an_operations_failure(tmp_path: Path) -> None:
+    """A step that turns a lost leadership into NeedsOperator (as the fence does with a failed job)
+    stops the run like a crash: no failed result, no needs-operator, the intent left to resume."""
+    from aimctl.failover.runner import NeedsOperator, Step, StepCall, StepOutcome, run_steps
+    from aimctl.journal import Journal, LostLeadership
+
+    j = Journal(tmp_path / "journal.db")
+    op = j.open_operation("failover", "ex1")
+
+    def fence(ctx: None, call: StepCall) -> StepOutcome:
+        try:
+            raise LostLeadership("c1 does not lead the cluster now; no device call")
+        except LostLeadership as exc:
+            raise NeedsOperator(f"storage fence not proven: {exc}")  # noqa: B904 - its context is the point
+
+    with pytest.raises(LostLeadership):
+        run_steps(j, op, [Step("fence", fence)], None)
+    assert j.operation(op).state == "running"
+    assert [(r.step, r.phase) for r in j.records(op)] == [("fence", "intent")]
+    j.close()
