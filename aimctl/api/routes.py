@@ -25,8 +25,8 @@ def op_json(c: Controller, op_id: str) -> dict[str, Any]:
 def status(c: Controller) -> dict[str, Any]:
     now = time.monotonic()
     states = c.detector.states()
-    busy, assignment, marks = c.journal_view()  # clustered: as last read (never waits on etcd)
-    personas = {}
+    waiting, assignment, marks = c.journal_view()  # clustered: as last read (never waits on etcd)
+    personas: dict[str, dict[str, Any]] = {}
     for persona, server in sorted(assignment.items()):
         seen = c.receiver.last_seen(persona)
         st = states.get(persona)
@@ -35,12 +35,17 @@ def status(c: Controller) -> dict[str, Any]:
             "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
             "health": seen[1].health.word if seen else None,
             "detector": st.state if st else "alive",
-            "operation": busy.get(persona),
+            "operation": waiting[persona].id if persona in waiting else None,
             "bmc": c.poller.answer(server)[0] if server else None,
         }
+        op = waiting.get(persona)
+        if op is not None and op.state != "running":
+            # What the operation waits for, and the operator's ways out (rule 7).
+            personas[persona]["waiting"] = {"state": op.state, "reason": op.result, "exits": exits(op)}
     quarantined = {s: dataclasses.asdict(v) for s, v in marks.items()}
     out = {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters(),
-           "paused_pools": dict(c.paused), "queued": sorted(c._pending), "journal_error": c.journal_error}
+           "paused_pools": dict(c.paused), "queued": sorted(c._pending), "journal_error": c.journal_error,
+           "bmcs": {s: c.poller.answer(s)[0] for s in sorted(c.defs.servers)}}
     cluster = c.cluster_status(probe=False)
     if cluster is not None:
         out["cluster"] = {k: cluster[k] for k in ("member", "role", "acting", "why_not_acting", "leader",
@@ -72,6 +77,8 @@ def build_api(c: Controller) -> Api:
     def failover(r: Request) -> Any:
         persona = need(r.body, "persona")
         to = r.body.get("to") if isinstance(r.body, dict) else None
+        if to is not None and not isinstance(to, str):
+            raise ApiError(400, "'to' must be a server name")
         return {"id": c.start_failover(persona, "operator", f"requested by {actor(r)}", to=to, actor=actor(r))}
 
     def move(r: Request) -> Any:
@@ -102,6 +109,25 @@ def build_api(c: Controller) -> Api:
 
     api.route("GET", "/v1/cluster", lambda r: c.cluster_status() or {"member": None, "role": "embedded"},
               summary="Cluster: members, leader, fencing token, lease time left, last renewals")
+    def text(body: Any, key: str) -> str:
+        value = body.get(key) if isinstance(body, dict) else None
+        if value is None:
+            return ""
+        if not isinstance(value, str) or len(value) > 500:
+            raise ApiError(400, f"{key!r} must be a string of at most 500 characters")
+        return value
+
+    api.route("POST", "/v1/failovers/{id}/retry",
+              lambda r: dataclasses.asdict(c.retry(r.params["id"], actor(r), text(r.body, "note"))),
+              role="operator", summary="Run a needs-operator operation again from the step that stopped it")
+    api.route("POST", "/v1/failovers/{id}/mark-fenced",
+              lambda r: dataclasses.asdict(c.mark_fenced(r.params["id"], need(r.body, "server"), actor(r),
+                                                         text(r.body, "note"))),
+              role="operator", summary="Record that a body is out (pulled, power cut); the fence may proceed")
+    api.route("POST", "/v1/failovers/{id}/abandon",
+              lambda r: dataclasses.asdict(c.abandon(r.params["id"], actor(r), text(r.body, "persona_on") or "keep",
+                                                     text(r.body, "note"))),
+              role="operator", summary="End a waiting operation; the persona stays where the operator says")
     api.route("POST", "/v1/failover", failover, role="operator", summary="Fail a persona over now")
     api.route("POST", "/v1/move", move, role="operator", summary="Planned move of a persona to a server")
     api.route("POST", "/v1/failback", failback, role="operator", summary="Planned return of a persona to its home")

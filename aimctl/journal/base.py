@@ -150,6 +150,11 @@ def check_status(status: str) -> None:
         raise ValueError(f"unknown step status {status!r} (want one of {', '.join(STATUSES)})")
 
 
+def check_end(end: tuple[str, str] | None) -> None:
+    if end is not None and end[0] not in TERMINAL:
+        raise ValueError(f"a result can only end an operation in a terminal state, not {end[0]!r}")
+
+
 def result_detail(detail: Mapping[str, Any] | None, assignment_change: Mapping[str, str | None] | None,
                   server_marks: Mapping[str, ServerMark] | None) -> dict[str, Any]:
     """What a result record says: its detail plus the state it changed (same in every backend)."""
@@ -249,8 +254,10 @@ class JournalStore(ABC):
     def result(self, op_id: str, step: str, status: str, detail: Mapping[str, Any] | None = None, *,
                facts: Mapping[str, Any] | None = None,
                assignment_change: Mapping[str, str | None] | None = None,
-               server_marks: Mapping[str, ServerMark] | None = None) -> None:
-        """Append a step's result; facts, assignment and server marks change in the same write."""
+               server_marks: Mapping[str, ServerMark] | None = None,
+               end: tuple[str, str] | None = None) -> None:
+        """Append a step's result; facts, assignment and server marks change in the same write.
+        ``end=(terminal state, result)`` also ends the operation (and releases its leases) there."""
 
     @abstractmethod
     def add_facts(self, op_id: str, facts: Mapping[str, Any]) -> None: ...
@@ -359,7 +366,7 @@ def next_change_number(last: int | None) -> str:
 __all__ = [
     "CRASH_EXIT_CODE", "KINDS", "STATES", "STATUSES", "TERMINAL", "UNFINISHED", "ChangeFn",
     "JournalInterrupted", "JournalStore", "JournalUnavailable", "LostLeadership", "Operation", "Record",
-    "UnknownOperation", "WriteRefused", "after_commit", "after_record", "check_kind", "check_state",
+    "UnknownOperation", "WriteRefused", "after_commit", "after_record", "check_end", "check_kind", "check_state",
     "check_status", "commits", "dumps", "lease_conflict", "masked", "merge_mark", "next_change_number",
     "result_detail", "timeline",
 ]

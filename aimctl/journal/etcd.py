@@ -42,6 +42,7 @@ from aimctl.journal.base import (
     WriteRefused,
     after_commit,
     after_record,
+    check_end,
     check_kind,
     check_state,
     check_status,
@@ -239,20 +240,25 @@ class EtcdJournal(JournalStore):
             reads: dict[str, KV | None] = {got.key: got}
             writes = [kv.put(got.key, json.dumps(op))]
             if state in TERMINAL:
-                writes.append(kv.delete(self._k("open", op_id)))
-                for lease in self._scan("leases", ""):
-                    if _j(lease.value)["holder"] == op_id:
-                        reads[lease.key] = lease
-                        writes.append(kv.delete(lease.key))
+                self._end_writes(op_id, reads, writes)
             self._wrote_op(got.key, op, self._commit(reads, writes))
 
         self._retry(attempt)
+
+    def _end_writes(self, op_id: str, reads: dict[str, KV | None], writes: list[dict[str, Any]]) -> None:
+        """An operation ends: out of the unfinished index, and its leases released, in the same write."""
+        writes.append(kv.delete(self._k("open", op_id)))
+        for lease in self._scan("leases", ""):
+            if _j(lease.value)["holder"] == op_id:
+                reads[lease.key] = lease
+                writes.append(kv.delete(lease.key))
 
     # -- records --------------------------------------------------------------------------------
 
     def _append(self, op_id: str, step: str, phase: str, status: str | None, detail: Mapping[str, Any] | None,
                 facts: Mapping[str, Any] | None = None,
-                more: Callable[[dict[str, KV | None], list[dict[str, Any]], float], None] | None = None) -> None:
+                more: Callable[[dict[str, KV | None], list[dict[str, Any]], float], None] | None = None,
+                end: tuple[str, str] | None = None) -> None:
         def attempt() -> None:
             got, op = self._op_for_write(op_id)
             seq = self._next_seq.get(op_id, 0)
@@ -263,6 +269,8 @@ class EtcdJournal(JournalStore):
             rec = {"op_id": op_id, "seq": seq, "step": step, "phase": phase, "status": status,
                    "detail": json.loads(dumps(detail)), "time": now}
             op["updated"] = now
+            if end is not None:
+                op.update(state=end[0], result=mask(end[1]))
             if facts:
                 merged = {**op["facts"], **json.loads(dumps(facts))}
                 op.update(facts=merged, from_server=merged.get("from_server", op.get("from_server")),
@@ -284,8 +292,10 @@ class EtcdJournal(JournalStore):
     def result(self, op_id: str, step: str, status: str, detail: Mapping[str, Any] | None = None, *,
                facts: Mapping[str, Any] | None = None,
                assignment_change: Mapping[str, str | None] | None = None,
-               server_marks: Mapping[str, ServerMark] | None = None) -> None:
+               server_marks: Mapping[str, ServerMark] | None = None,
+               end: tuple[str, str] | None = None) -> None:
         check_status(status)
+        check_end(end)
         full = result_detail(detail, assignment_change, server_marks)
 
         def more(reads: dict[str, KV | None], writes: list[dict[str, Any]], now: float) -> None:
@@ -293,8 +303,10 @@ class EtcdJournal(JournalStore):
                 writes.append(self._assign_put(persona, server, op_id, now))
             for server, m in (server_marks or {}).items():
                 self._mark_write(server, m, op_id, now, reads, writes)
+            if end is not None:
+                self._end_writes(op_id, reads, writes)
 
-        self._append(op_id, step, "result", status, full, facts, more)
+        self._append(op_id, step, "result", status, full, facts, more, end)
         after_record()
 
     def add_facts(self, op_id: str, facts: Mapping[str, Any]) -> None:

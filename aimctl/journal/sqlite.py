@@ -48,6 +48,7 @@ from aimctl.journal.base import (  # re-exported: one import for callers
     after_commit,
     after_record,
     check_kind,
+    check_end,
     check_state,
     check_status,
     commits,
@@ -230,9 +231,15 @@ class Journal(StateMixin, JournalStore):
         facts: Mapping[str, Any] | None = None,
         assignment_change: Mapping[str, str | None] | None = None,
         server_marks: Mapping[str, ServerMark] | None = None,
+        end: tuple[str, str] | None = None,
     ) -> None:
-        """Append a step's result; facts, assignment and server marks change in the same transaction."""
+        """Append a step's result; facts, assignment and server marks change in the same transaction.
+
+        ``end=(state, result)`` also ends the operation there (a terminal state; its leases are
+        released): how an operator's abandon is recorded, so no crash can leave an abandoned
+        operation holding its persona."""
         check_status(status)
+        check_end(end)
         full = result_detail(detail, assignment_change, server_marks)
         now = self._clock()
         with self.transaction() as db:
@@ -243,6 +250,10 @@ class Journal(StateMixin, JournalStore):
                 self._assign(db, persona, server, op_id, now)
             for server, m in (server_marks or {}).items():
                 self._mark(db, server, m, op_id, now)
+            if end is not None:
+                db.execute("UPDATE operations SET state = ?, result = ?, updated = ? WHERE id = ?",
+                           (end[0], mask(end[1]), now, op_id))
+                db.execute("DELETE FROM leases WHERE holder = ?", (op_id,))
         _after_record()
 
     def add_facts(self, op_id: str, facts: Mapping[str, Any]) -> None:
