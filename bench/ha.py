@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aimctl.api.client import ApiClient
-from aimctl.cluster.etcdkv import Etcd
+from aimctl.journal.etcdkv import Etcd
 from aimctl.cluster.leadership import Leadership, Timing
 from aimctl.journal import Journal, JournalStore, etcd_journal
 from bench.common import ROOT, write_result

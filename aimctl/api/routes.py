@@ -53,6 +53,12 @@ def status(c: Controller) -> dict[str, Any]:
     return out
 
 
+def exits(op: Any) -> list[str]:
+    if op.state == "waiting-approval":
+        return [f"aimctl approve {op.id}", f"aimctl abandon {op.id}"]
+    return [f"aimctl retry {op.id}", f"aimctl mark-fenced {op.id} SERVER", f"aimctl abandon {op.id}"]
+
+
 def build_api(c: Controller) -> Api:
     host, port = api_hostport(c.listen.api)
     api = Api(c.state, audit=c.audit, metrics=c.metrics, host=host, port=port)

@@ -328,7 +328,7 @@ def cluster_status(state: StateOpt, as_json: JsonOpt = False) -> None:
 @cluster_app.command("keygen")
 def cluster_keygen(path: Annotated[Path, typer.Argument(help="Where to write the key (0600; never overwritten).")]) -> None:
     """Make the AES-256 key that seals secrets (CHAP) in etcd; copy it to every member."""
-    from aimctl.cluster.secretbox import make_key_file
+    from aimctl.journal.secretbox import make_key_file
 
     try:
         make_key_file(path)

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aimctl.cluster import etcdkv as kv
-from aimctl.cluster.etcdkv import Etcd, EtcdUnavailable
+from aimctl.journal import etcdkv as kv
+from aimctl.journal.etcdkv import Etcd, EtcdUnavailable
 from aimctl.journal.base import LostLeadership
 
 log = logging.getLogger("aimctl.cluster")

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from aimctl.cluster.config import ClusterConfig
-from aimctl.cluster.etcdkv import Etcd
+from aimctl.journal.etcdkv import Etcd
 from aimctl.cluster.leadership import Leadership
-from aimctl.cluster.secretbox import SecretBox
+from aimctl.journal.secretbox import SecretBox
 from aimctl.errors import OperatorError
 from aimctl.journal import JournalStore, etcd_journal
 

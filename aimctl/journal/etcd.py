@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from aimctl.cluster import etcdkv as kv
-from aimctl.cluster.etcdkv import KV, Etcd, EtcdUnavailable
-from aimctl.cluster.secretbox import SecretBox
+from aimctl.journal import etcdkv as kv
+from aimctl.journal.etcdkv import KV, Etcd, EtcdUnavailable
+from aimctl.journal.secretbox import SecretBox
 from aimctl.journal.base import (
     TERMINAL,
     UNFINISHED,

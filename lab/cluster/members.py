@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from aimctl.cluster.secretbox import make_key_file
+from aimctl.journal.secretbox import make_key_file
 from aimctl.errors import OperatorError
 from lab.cluster.etcd import EtcdCluster
 from lab.cluster.etcd import free_port as _free

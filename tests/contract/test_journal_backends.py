@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from aimctl.cluster.etcdkv import Etcd
+from aimctl.journal.etcdkv import Etcd
 from aimctl.cluster.leadership import NO_TOKEN, Leadership, Timing
-from aimctl.cluster.secretbox import SecretBox
+from aimctl.journal.secretbox import SecretBox
 from aimctl.failover.runner import (
     AwaitingApproval,
     NeedsOperator,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from aimctl.cluster.config import ClusterConfig, parse_cluster_url
 from aimctl.cluster.leadership import Timing, View, decide
-from aimctl.cluster.secretbox import SecretBox, load_key, make_key_file
+from aimctl.journal.secretbox import SecretBox, load_key, make_key_file
 from aimctl.errors import OperatorError
 
 T = Timing(ttl_s=6, renew_s=2, retry_s=1.5)

@@ -95,7 +95,7 @@ def open_journal(state: Path) -> JournalStore:
     where = os.environ.get("AIMCTL_TOY_ETCD")
     if not where:
         return Journal(state / "journal.db")
-    from aimctl.cluster.etcdkv import Etcd
+    from aimctl.journal.etcdkv import Etcd
     from aimctl.cluster.leadership import Leadership, Timing
     from aimctl.journal import etcd_journal
 
