@@ -34,10 +34,13 @@ class LabHandle:
     def status(self) -> Any:
         return self.call("status")
 
-    def fault(self, kind: str, target: str, clear: bool = False, after: int | None = None) -> Any:
+    def fault(self, kind: str, target: str, clear: bool = False, after: int | None = None,
+              delay_s: float | None = None) -> Any:
         body: dict[str, Any] = {"kind": kind, "target": target, "clear": clear}
         if after is not None:
             body["after"] = after
+        if delay_s is not None:
+            body["delay_s"] = delay_s
         return self.call("fault", body)
 
     def reset(self) -> Any:

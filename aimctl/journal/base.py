@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aimctl.errors import OperatorError
-from aimctl.journal.state import Lease, LeaseHeld, ServerMark, ServerStatus
+from aimctl.journal.state import HeartbeatMark, Lease, LeaseHeld, ServerMark, ServerStatus
 from aimctl.secrets import mask
 
 KINDS = {"failover": "fo", "move": "mv", "failback": "fb"}
@@ -345,6 +345,15 @@ class JournalStore(ABC):
     @abstractmethod
     def change_update(self, number: str, change: ChangeFn) -> dict[str, Any] | None:
         """Read, ``change(record)`` in place, write back atomically; None if there is no such record."""
+
+    # -- the heartbeat receiver's replay memory -------------------------------------------------
+
+    @abstractmethod
+    def heartbeat_marks(self) -> dict[str, HeartbeatMark]: ...
+
+    @abstractmethod
+    def save_heartbeat_marks(self, marks: Mapping[str, HeartbeatMark]) -> None:
+        """Not durable and not fenced: a lost or lowered mark only widens the replay guard's window."""
 
     # -- secret state (CHAP secrets; encrypted at rest where the store is shared) ----------------
 

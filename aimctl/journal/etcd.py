@@ -52,7 +52,7 @@ from aimctl.journal.base import (
     next_change_number,
     result_detail,
 )
-from aimctl.journal.state import Lease, LeaseHeld, ServerMark, ServerStatus
+from aimctl.journal.state import HeartbeatMark, Lease, LeaseHeld, ServerMark, ServerStatus
 from aimctl.secrets import mask
 
 log = logging.getLogger(__name__)
@@ -506,6 +506,30 @@ class EtcdJournal(JournalStore):
 
         result: dict[str, Any] | None = self._retry(attempt)
         return result
+
+    # -- the heartbeat receiver's replay memory -------------------------------------------------
+
+    def heartbeat_marks(self) -> dict[str, HeartbeatMark]:
+        out: dict[str, HeartbeatMark] = {}
+        for x in self._scan("hb", ""):
+            d = _j(x.value)
+            out[x.key.rsplit("/", 1)[1]] = (int(d["boot"]), int(d["seq"]), tuple(int(b) for b in d["old"]))
+        return out
+
+    def save_heartbeat_marks(self, marks: Mapping[str, HeartbeatMark]) -> None:
+        """Every member's receiver saves what it accepted, leader or not: these writes carry no
+        fencing token (they change no device and no operation). Members see the same packets, so
+        their marks agree; the last writer wins, and a mark lowered by a slower member only widens
+        the replay guard's window by what that member had not seen yet."""
+        if not marks:
+            return
+        now = self._clock()
+        puts = [kv.put(self._k("hb", p), json.dumps({"boot": str(b), "seq": str(q), "old": [str(o) for o in old],
+                                                     "updated": now})) for p, (b, q, old) in marks.items()]
+        try:
+            self.etcd.txn([], puts)
+        except EtcdUnavailable as exc:
+            raise JournalUnavailable(f"journal unavailable: {exc}") from None
 
     # -- secret state ---------------------------------------------------------------------------
 

@@ -130,8 +130,12 @@ class IpmiLab:
     def set_power(self, name: str, on: bool) -> None:
         self._set_now(name, on)
 
-    def set_fault(self, name: str, kind: str, on: bool) -> None:
-        self._faults.set(name, kind, on)
+    def set_fault(self, name: str, kind: str, on: bool, delay_s: float | None = None) -> None:
+        """``delay_s``: for "slow", seconds added to every request (default ``slow_s``)."""
+        self._faults.set(name, kind, on, delay_s)
+
+    def slow_for(self, name: str) -> float:
+        return self._faults.delay_for(name, self.slow_s)
 
     def faulted(self, name: str, kind: str) -> bool:
         return self._faults.has(name, kind)

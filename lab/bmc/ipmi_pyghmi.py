@@ -96,7 +96,7 @@ class _LabServerSession(serversession.ServerSession):  # type: ignore[misc]
             return
         if self.bmc.lab_faulted("slow"):
             # Answer later from a timer so a slow BMC does not stall the shared pyghmi loop.
-            t = threading.Timer(self.bmc.lab.slow_s, super().handle_client_request, args=(request,))
+            t = threading.Timer(self.bmc.lab.slow_for(self.bmc.name), super().handle_client_request, args=(request,))
             t.daemon = True
             t.start()
             return

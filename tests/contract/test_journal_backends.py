@@ -168,6 +168,14 @@ def test_change_records_are_numbered_once_per_operation(journal: JournalStore) -
     assert [r["number"] for r in journal.change_list()] == ["CHG1000002", "CHG1000001"]
 
 
+def test_heartbeat_marks_round_trip(journal: JournalStore) -> None:
+    assert journal.heartbeat_marks() == {}
+    big = 2**64 - 1  # boot ids are unsigned 64-bit
+    journal.save_heartbeat_marks({"ex1": (big, 41, (7, 8)), "ex2": (3, 1, ())})
+    journal.save_heartbeat_marks({"ex1": (big, 42, (7, 8))})
+    assert journal.heartbeat_marks() == {"ex1": (big, 42, (7, 8)), "ex2": (3, 1, ())}
+
+
 def test_secret_state_round_trips_and_is_never_plain(journal: JournalStore, backend: Backend) -> None:
     assert journal.secret_get("chap/ex1.current") is None
     journal.secret_put("chap/ex1.current", "Zq8-secret-ex1-value")
