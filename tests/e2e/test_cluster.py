@@ -99,8 +99,12 @@ class Cluster:
         return [o for o in self.ask("/v1/failovers?limit=500") if o["persona"] == persona]
 
     def new_op(self, known: set[str], timeout_s: float = 20.0) -> dict[str, Any]:
-        return wait_for(lambda: next((o for o in self.ops() if o["id"] not in known), None), timeout_s,
-                        "a new exchange1 operation", poll_s=0.05)
+        def new() -> dict[str, Any] | None:
+            try:
+                return next((o for o in self.ops() if o["id"] not in known), None)
+            except AssertionError:
+                return None  # no member answers yet (etcd coming back)
+        return wait_for(new, timeout_s, "a new exchange1 operation", poll_s=0.05)
 
     def records(self, op_id: str) -> int:
         tl = self.ask(f"/v1/failovers/{op_id}")["timeline"]
@@ -115,7 +119,8 @@ class Cluster:
             return op if op["state"] in ("done", "failed", "needs-operator") else None
 
         op = wait_for(done, timeout_s, f"{op_id} to finish", poll_s=0.1)
-        assert op["state"] == "done", op
+        assert op["state"] == "done", (op["state"], op["result"], [(s["step"], s["status"]) for s in op["timeline"]],
+                                       self.errors())
         return op  # type: ignore[no-any-return]
 
     def world(self) -> dict[str, Any]:
@@ -139,6 +144,15 @@ class Cluster:
     def clear(self, server: str) -> None:
         # Any member takes it: a follower answers 307 with the leader's address, the client follows.
         self.api(self.running()[0]).post(f"/v1/servers/{server}/clear")
+
+    def errors(self) -> list[str]:
+        """The members' error lines, for a failure's message."""
+        out = []
+        for c in self.st["controllers"]:
+            path = Path(c["state"]) / "controller.log"
+            if path.exists():
+                out += [f"{c['name']}: {line[:300]}" for line in path.read_text().splitlines() if " ERROR " in line]
+        return out[-30:]
 
     def log(self, member: str) -> str:
         return (self.state_dir(member) / "controller.log").read_text()
@@ -373,6 +387,7 @@ def test_followers_serve_reads_and_send_writes_to_the_leader(cluster: Cluster) -
     leader = c.leader()
     follower = next(m for m in c.running() if m != leader)
     api = c.api(follower)
+    wait_for(lambda: api.get("/v1/cluster")["leader"]["member"] == leader, 5, f"{follower} knowing the leader")
     assert api.get("/v1/failovers") == c.api(leader).get("/v1/failovers")  # reads from etcd, on any member
     req = urllib.request.Request(api.url + "/v1/servers/r720-2/clear", method="POST",
                                  headers={"Authorization": f"Bearer {api._token}"})
