@@ -21,7 +21,7 @@ import pytest
 
 from aimctl.api.client import ApiClient
 from aimctl.errors import OperatorError
-from lab.fixtures import LabHandle, lab  # noqa: F401 - the session lab fixture
+from lab.fixtures import LabHandle
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
@@ -34,7 +34,7 @@ BODIES = ("r720-1", "r720-3")  # exchange1's home and the pool's standby: it mov
 
 
 class Cluster:
-    def __init__(self, lab: LabHandle) -> None:  # noqa: F811
+    def __init__(self, lab: LabHandle) -> None:
         self.lab = lab
         self.st: dict[str, Any] = {}
 
@@ -163,7 +163,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(lab: LabHandle) -> Iterator[Cluster]:  # noqa: F811
+def cluster(lab: LabHandle) -> Iterator[Cluster]:
     lab.reset()
     c = Cluster(lab)
     c.up()
