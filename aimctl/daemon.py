@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aimctl.detect.alerts import FanOut, LoggingAlerts, WebhookAlerts
 from aimctl.detect.bmcpoll import BmcPoller
+from aimctl.detect.channels import EmailAlerts, SnmpTrapAlerts
 from aimctl.detect.detector import (
     Detector,
     Event,
@@ -36,6 +37,7 @@ from aimctl.detect.detector import (
     PersonaUnhealthy,
     PersonaUnreachable,
 )
+from aimctl.detect.healthpoll import LinkFlaps
 from aimctl.detect.heartbeat import HeartbeatReceiver, MarkStore
 from aimctl.detect.observe import Observer
 from aimctl.detect.recheck import DEATHS, UNHEALTHY, alive_evidence
@@ -46,7 +48,7 @@ from aimctl.drivers.registry import Drivers, make_power
 from aimctl.errors import OperatorError
 from aimctl.failover.chap import ChapStore
 from aimctl.failover.context import Ctx, Settings
-from aimctl.failover.planner import capacity, check_request
+from aimctl.failover.planner import check_request
 from aimctl.failover.resolve import KEEP, abandon_plan, mark_fenced_refusal, retry_refusal
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
@@ -66,10 +68,13 @@ from aimctl.journal import (
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
+from aimctl.oversight import Oversight
+from aimctl.reconcile.repair import repair_steps
 from aimctl.records.audit import Audit
 from aimctl.records.changes import ChangeRecords
 from aimctl.records.metrics import Metrics
 from aimctl.records.sinks import JsonlSink, WebhookSink
+from aimctl.records.sentences import operation_sentence
 from aimctl.recovery.runner import hook_runner
 from aimctl.sdnotify import notify
 from aimctl.secrets import resolve_bytes
@@ -122,6 +127,8 @@ def heartbeat_receiver(listen: Listen, keys: dict[str, bytes], store: MarkStore)
     flush_s = min(1.0, listen.heartbeat_interval)
     guard = math.ceil(flush_s / listen.heartbeat_interval) + 2
     return HeartbeatReceiver(*_hostport(listen.heartbeat), keys, store=store, flush_s=flush_s, replay_guard=guard)
+class WaitForRepair(StormBrake):
+    """A drift repair holds the persona for a moment: its failover stays queued, it is never dropped."""
 
 
 class Controller:
@@ -139,6 +146,7 @@ class Controller:
         self._view: tuple[dict[str, Operation], dict[str, str | None], dict[str, ServerStatus]] = ({}, {}, {})
         self._unfinished: list[Operation] = []
         self._acting: set[str] = set()
+        self._covered: set[str] = set()
         self._spawned_at: dict[str, float] = {}
         if cluster is not None:
             from aimctl.cluster.member import ClusterMember
@@ -178,17 +186,28 @@ class Controller:
                 links[(cable.switch, cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))] = (s, ch)
         # One community for all switches and BMCs; the receiver tells devices apart by address / sysName.
         # BMC alerts are a death signal (observe.py): the receiver must know which BMC is whose.
+        # Every linkDown is also counted per body: link flaps make a body suspect.
         addresses, bmcs = bmc_identities({s: v.bmc.address for s, v in defs.servers.items()},
                                          [sw.address for sw in defs.switches.values()])
+        self.flaps = LinkFlaps()
         try:
             self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None},
-                                      links=links, addresses=addresses, bmcs=bmcs)
+                                      links=links, addresses=addresses, bmcs=bmcs,
+                                      on_link_change=self.flaps.on_link_change)
         except OperatorError:
             self.receiver.stop()
             raise
         alert_sinks: list[Any] = [LoggingAlerts(log)]
         if listen.alert_webhook and listen.alert_webhook_secret:
             alert_sinks.append(WebhookAlerts(listen.alert_webhook, listen.alert_webhook_secret))
+        if listen.alert_smtp:
+            alert_sinks.append(EmailAlerts(listen.alert_smtp, listen.alert_mail_from, listen.alert_mail_to,
+                                           starttls=listen.alert_smtp_starttls, username=listen.alert_smtp_user,
+                                           password_ref=listen.alert_smtp_password))
+        if listen.alert_snmp:
+            alert_sinks.append(SnmpTrapAlerts(listen.alert_snmp, listen.alert_snmp_community,
+                                              listen.alert_snmp_enterprise))
+        self._alert_sinks = alert_sinks
         self.alerts = FanOut(alert_sinks)
         # Storm brake: deaths wait here while their pool is at its concurrency limit or paused.
         self._pending: dict[str, Queued] = {}
@@ -203,8 +222,9 @@ class Controller:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self.oversight = Oversight(self)
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
-                       self._guarded_hooks(hook_runner(defs, self._hook_note)), self.bmc_unhealthy,
+                       self._guarded_hooks(hook_runner(defs, self._hook_note)), self.unavailable_bodies,
                        change_approved=self.changes.is_approved, stop_persona=self.stop_persona,
                        alive_evidence=self.alive_evidence, settings=self.settings)
 
@@ -240,11 +260,17 @@ class Controller:
                 out[s] = f"BMC {answer}"
         return out
 
+    def unavailable_bodies(self) -> dict[str, str]:
+        """What the planner must skip: BMC unhealthy, suspect, hardware not as declared."""
+        return {**self.oversight.unavailable(), **self.bmc_unhealthy()}
+
     def snapshot(self, now: float) -> list[Observation]:
         """Watch every assigned persona that no running operation holds (its current body, its SCN
         channels), then read heartbeats, BMC answers and link state for it, all from memory. A persona
         whose operation waits for an operator or an approval is still watched, so status shows the
-        truth about it (rule 7); its deaths are not queued, the waiting operation already covers it."""
+        truth about it (rule 7); its deaths are not queued, the waiting operation already covers it.
+        A drift repair does not take a persona out of sight either (it only puts ports back).
+        Clustered, busy and assignment come from the journal view (never waiting on etcd)."""
         _, assignment, _ = self.journal_view()
         busy = self._acting
         want = {p: s for p, s in assignment.items()
@@ -294,14 +320,15 @@ class Controller:
     def emit(self, event: Event) -> None:
         """Detector events: deaths queue for failover (the storm brake drains them); all are alerted."""
         self.alerts.emit(event)
-        # Busy and assignment as this tick's snapshot read them (clustered: never waiting on etcd).
-        if isinstance(event, TRIGGERS) and event.persona not in self._view[0]:
+        # Covered personas and assignment as this tick's snapshot read them (clustered: never waiting on etcd).
+        if isinstance(event, TRIGGERS) and event.persona not in self._covered:
             w = self.observer.watches().get(event.persona)
             # The body it died on: taken up later (perhaps by another member after a leadership
             # change), a death whose persona has moved since is dropped, not failed over twice.
             server = w.server if w is not None else self._view[1].get(event.persona)
             self._pending[event.persona] = Queued(event.persona, self.defs.personas[event.persona].pool,
                                                   event.kind, event.reason, server)
+            self.oversight.on_death(event.persona, time.monotonic())
 
     def _storm_brake(self) -> None:
         """Apply the storm brake's decision (``detect/storm.py``): pause or resume pools, drop queued
@@ -316,28 +343,35 @@ class Controller:
             personas = tuple(p.name for p in self.defs.pool_personas(name))
             running = sum(1 for o in ops if pool_of.get(o.persona) == name) + \
                 sum(1 for p in starting if pool_of.get(p) == name and p not in busy)
-            pools[name] = PoolLoad(personas, tuple(p for p in personas if states.get(p, "alive") != "alive"),
-                                   running, pool.storm.max_concurrent, pool.storm.pause_above_percent)
-        # A copy first: starter threads pop from the queue while this loop reads it.
+            troubled = {p for p in personas if states.get(p, "alive") != "alive"}
+            # Personas whose automatic failover already started died in this storm too: the detector
+            # forgot them when their operation took over, the brake must not.
+            troubled |= self._failing_over(name)
+            pools[name] = PoolLoad(personas, tuple(sorted(troubled)), running, pool.storm.max_concurrent,
+                                   pool.storm.pause_above_percent)
+        # A copy first: starter threads pop from the queue while this loop reads it. A death held by a
+        # drift repair is not "covered": it stays queued (start_failover raises WaitForRepair).
         queued = [q for p, q in list(self._pending.items()) if p not in starting]
-        plan = plan_storm(pools, queued, states, self.journal.assignment(), busy, set(self.paused),
-                          set(self.operator_paused))
+        plan = plan_storm(pools, queued, states, self.journal.assignment(), self.covered_personas(),
+                          set(self.paused), set(self.operator_paused))
         for name, why in plan.pause.items():
             self.paused[name] = why
-            troubled = sorted(pools[name].troubled)
-            self.alerts.emit(PersonaUnreachable(",".join(troubled), f"PAGE: {why}"))
-            self.audit.record("controller", "storm.pause", name, {"troubled": troubled})
+            troubled_now = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaUnreachable(",".join(troubled_now), f"PAGE: {why}"))
+            self.audit.record("controller", "storm.pause", name, {"troubled": troubled_now})
         for name, why in plan.resume.items():
             self.paused.pop(name, None)
-            troubled = sorted(pools[name].troubled)
-            self.alerts.emit(PersonaRecovered(",".join(troubled) or name, why))
-            self.audit.record("controller", "storm.resume", name, {"troubled": troubled})
+            troubled_now = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaRecovered(",".join(troubled_now) or name, why))
+            self.audit.record("controller", "storm.resume", name, {"troubled": troubled_now})
         for q, why in plan.drop:
             if self._pending.get(q.persona) is q:
                 del self._pending[q.persona]
             log.warning("queued %s of %s dropped: %s", q.trigger, q.persona, why)
             self.audit.record("controller", "queue.drop", q.persona, {"trigger": q.trigger, "why": why})
-        self._held = dict(plan.hold)
+        # Why each held death waits: the plan's reasons, and a start refused since (repair, limit).
+        self._held = {**{p: w for p, w in self._held.items() if p in self._pending and p not in plan.hold
+                         and p not in {q.persona for q, _ in plan.start}}, **plan.hold}
         for q, _why in plan.start:
             # Opening an operation writes the journal, the change record and the audit log (fsyncs):
             # done off the detector loop, so twenty deaths at once don't hold back the next tick.
@@ -356,8 +390,9 @@ class Controller:
                 return
             self.start_failover(q.persona, trigger=q.trigger, evidence=q.evidence, expect_server=q.server)
             self._pending.pop(q.persona, None)
-        except StormBrake:
-            pass  # stays queued until a running failover of its pool ends
+            self._held.pop(q.persona, None)
+        except StormBrake as exc:
+            self._held[q.persona] = str(exc)  # stays queued until a running failover of its pool ends
         except OperatorError as exc:
             log.error("failover of %s not started: %s", q.persona, exc)
             self._pending.pop(q.persona, None)
@@ -413,11 +448,25 @@ class Controller:
                                                       "lease_left_s", "etcd_reachable")}
         return doc
 
+    def held_why(self, persona: str) -> str | None:
+        """Why a queued death has not become a failover yet (None when it is not held)."""
+        return self._held.get(persona) if persona in self._pending else None
+
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
 
     def acting_personas(self) -> set[str]:
-        return {op.persona for op in self.journal.unfinished_operations() if op.state == "running"}
+        return {op.persona for op in self.journal.unfinished_operations()
+                if op.state == "running" and op.kind != "repair"}
+
+    def covered_personas(self) -> set[str]:
+        """Personas whose death an operation already covers (a drift repair covers none)."""
+        return {op.persona for op in self.journal.unfinished_operations() if op.kind != "repair"}
+
+    def _failing_over(self, pool: str) -> set[str]:
+        return {o.persona for o in self.journal.unfinished_operations()
+                if o.kind == "failover" and o.facts.get("actor") == "controller"
+                and o.persona in self.defs.personas and self.defs.personas[o.persona].pool == pool}
 
     def journal_view(self) -> tuple[dict[str, Operation], dict[str, str | None], dict[str, ServerStatus]]:
         """(persona -> its unfinished operation, assignment, quarantined servers). Embedded: read now.
@@ -433,7 +482,8 @@ class Controller:
             busy = {op.persona: op for op in unfinished}
             self._view = (busy, self.journal.assignment(), self.journal.quarantined())
             self._unfinished = unfinished
-            self._acting = {op.persona for op in unfinished if op.state == "running"}
+            self._acting = {op.persona for op in unfinished if op.state == "running" and op.kind != "repair"}
+            self._covered = {op.persona for op in unfinished if op.kind != "repair"}
             if self.journal_error:
                 log.warning("journal available again")
                 self.journal_error = ""
@@ -451,7 +501,7 @@ class Controller:
 
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
                        to: str | None = None, actor: str = "controller", change: str | None = None,
-                       expect_server: str | None = None) -> str:
+                       facts: dict[str, Any] | None = None, expect_server: str | None = None) -> str:
         with self._lock:
             if not self.leads():
                 raise OperatorError(f"this controller does not lead the cluster; {persona} is left to the leader")
@@ -461,7 +511,10 @@ class Controller:
                       if lease.name.startswith("server:")}
             check_request(self.defs, persona, to, {p: s for p, s in self.journal.assignment().items() if s},
                           set(self.journal.quarantined()), in_use)
-            if persona in self.busy_personas():
+            holding = next((o for o in self.journal.unfinished_operations() if o.persona == persona), None)
+            if holding is not None and holding.kind == "repair" and kind == "failover":
+                raise WaitForRepair(f"{persona}: waiting for drift repair {holding.id} to end")
+            if holding is not None:
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool
             running = [o for o in self.journal.unfinished_operations()
@@ -471,13 +524,26 @@ class Controller:
             old = self.journal.assignment().get(persona)
             if expect_server is not None and old != expect_server:
                 raise OperatorError(f"{persona} is on {old} now, not on {expect_server} where it died: handled")
-            facts: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor}
+            automatic = kind == "failover" and actor == "controller"
+            if automatic:
+                ok, why = self.oversight.rack_allows(persona, old)
+                if not ok:
+                    raise StormBrake(why)
+            verdict = self.oversight.escalation(persona) if automatic else None
+            opened: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor, **(facts or {})}
             if to:
-                facts["requested_to"] = to
+                opened["requested_to"] = to
             if change:
-                facts["change"] = change
+                opened["change"] = change
+            if verdict is not None and not verdict.allowed:
+                opened["escalation"] = [p.__dict__ for p in verdict.history]
             leases = [persona_lease(persona)] + ([server_lease(old)] if old else [])
-            op_id = self.journal.open_operation(kind, persona, facts, from_server=old, leases=leases)
+            op_id = self.journal.open_operation(kind, persona, opened, from_server=old, leases=leases)
+        if verdict is not None and not verdict.allowed:
+            # Beyond the escalation limit: journaled, stopped for a human, never run.
+            self.detector.forget(persona)
+            self.oversight.stop_escalated(op_id, verdict)
+            return op_id
         # Outside the lock: twenty deaths at once must not queue behind each other's fsyncs.
         self._spawn(op_id)
         self.audit.record(actor, f"{kind}.start", persona, {"op": op_id, "trigger": trigger, "evidence": evidence})
@@ -492,7 +558,10 @@ class Controller:
             if running is not None and running.is_alive():
                 return False
             # The workflow holds the persona from here: the detector starts afresh when it is handed back.
-            self.detector.forget(self.journal.operation(op_id).persona)
+            # (A drift repair holds only ports: the detector keeps its state and keeps watching.)
+            op = self.journal.operation(op_id)
+            if op.kind != "repair":
+                self.detector.forget(op.persona)
             t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
             self._threads[op_id] = t
             self._spawned_at[op_id] = time.monotonic()
@@ -503,14 +572,18 @@ class Controller:
         try:
             op = self.journal.operation(op_id)
             # Opening is idempotent: a resumed operation finds the change record it opened before.
-            self.changes.open(op, description=f"{op.kind} of {op.persona} from {op.from_server}: "
-                                              f"{op.facts.get('evidence', '')}")
+            rec = self.changes.open(op, description=f"{op.kind} of {op.persona or op.facts.get('subject')} from "
+                                                    f"{op.from_server}: {op.facts.get('evidence', '')}",
+                                    require_approval=False if op.kind == "repair" else None)
+            if op.facts.get("change_required") and not op.facts.get("change"):
+                # A planned move the pool gates on change approval waits for its own change record.
+                self.journal.add_facts(op_id, {"change": rec["number"]})
         except JournalInterrupted as exc:
             log.error("operation %s not resumed: %s", op_id, exc)
             return
+        steps = repair_steps() if op.kind == "repair" else failover_steps()
         try:
-            res = run_steps(self.journal, op_id, failover_steps(), self.ctx, listener=self._on_step,
-                            max_retargets=4)
+            res = run_steps(self.journal, op_id, steps, self.ctx, listener=self._on_step, max_retargets=4)
         except JournalInterrupted as exc:
             # Not a failure of the operation: it stays as the journal says, for whoever leads to resume.
             log.error("operation %s stopped: %s", op_id, exc)
@@ -526,14 +599,17 @@ class Controller:
                 self.audit.record("controller", "failover.not-dead", op.persona, {"op": op_id, "result": res.result})
             if op.facts.get("recovery_failed"):
                 self.alerts.emit(RecoveryFailed(op.persona, f"{op_id}: {res.result}; see its recovery step"))
-            self.metrics.failover_finished(res.state)
+            if op.kind != "repair":
+                self.metrics.failover_finished(res.state)
             self.changes.close(op_id, f"{res.state}: {res.result}")
             self.journal.release_leases(op_id)
+            if op.kind == "repair":
+                self.oversight.repair_finished(self.journal.operation(op_id))
             self._refresh_capacity()
         elif res.state == "needs-operator":
-            self.alerts.emit(NeedsOperatorAlert(self.journal.operation(op_id).persona,
-                                                f"{op_id} needs an operator: {res.result}; exits: "
-                                                f"aimctl retry|abandon|mark-fenced {op_id}"))
+            stopped = self.journal.operation(op_id)
+            self.alerts.emit(NeedsOperatorAlert(stopped.persona, f"{operation_sentence(dataclasses.asdict(stopped))}; "
+                                                                 f"exits: aimctl retry|abandon|mark-fenced {op_id}"))
 
     def _on_step(self, ev: StepEvent) -> None:
         self.metrics.observe_step(ev)
@@ -649,10 +725,8 @@ class Controller:
         return self.journal.operation(op_id)
 
     def _refresh_capacity(self) -> None:
-        assignment = {p: s for p, s in self.journal.assignment().items() if s}
-        q = set(self.journal.quarantined())
-        for pool in self.defs.pools:
-            self.metrics.set_spare_capacity(pool, capacity(self.defs, pool, assignment, q)[0])
+        """N+k per pool from live state (the spare accounting sets the metric and alerts on k = 0)."""
+        self.oversight.refresh_spares()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -667,6 +741,7 @@ class Controller:
             self.cluster.leadership.start()  # elected -> _elected resumes; until then: a warm follower
         else:
             self._refresh_capacity()
+        self.oversight.start()
 
     def resume(self) -> None:
         if not self.leads():
@@ -689,6 +764,7 @@ class Controller:
                 try:
                     self._storm_brake()
                     self._approval_timeouts()
+                    self.oversight.tick(now)  # drift, spares, escalation: the leader's alone
                     if now - last_reconcile > 1.0:
                         last_reconcile = now
                         self._reconcile()
@@ -791,6 +867,8 @@ class Controller:
 
     def _approval_timeouts(self) -> None:
         for op in self._unfinished:  # as read by this tick's snapshot
+            if op.persona not in self.defs.personas:
+                continue  # a repair of a quarantined body has no persona
             spec = self.defs.personas[op.persona].spec
             if op.state == "waiting-approval" and time.time() - op.created > spec.confirm_timeout \
                     and not (op.id in self._threads and self._threads[op.id].is_alive()):
@@ -801,9 +879,16 @@ class Controller:
         if self.cluster is not None:
             self._leading = False
             self.cluster.leadership.stop(resign=True)
-        for part in (self.traps, self.poller, self.receiver):
+        for part in (self.oversight, self.traps, self.poller, self.receiver):
             try:
                 part.stop()
             except Exception:
                 log.exception("stopping %s", type(part).__name__)
         self.changes.shutdown()
+        for sink in self._alert_sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing alert sink %s", type(sink).__name__)

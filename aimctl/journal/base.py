@@ -19,15 +19,16 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aimctl.errors import OperatorError
+from aimctl.journal.findings import FindingLike, StoredFinding
 from aimctl.journal.state import HeartbeatMark, Lease, LeaseHeld, ServerMark, ServerStatus
 from aimctl.secrets import mask
 
-KINDS = {"failover": "fo", "move": "mv", "failback": "fb"}
+KINDS = {"failover": "fo", "move": "mv", "failback": "fb", "repair": "rp"}
 STATES = ("running", "needs-operator", "waiting-approval", "done", "failed", "aborted")
 UNFINISHED = ("running", "needs-operator", "waiting-approval")
 TERMINAL = ("done", "failed", "aborted")
@@ -345,6 +346,23 @@ class JournalStore(ABC):
     @abstractmethod
     def change_update(self, number: str, change: ChangeFn) -> dict[str, Any] | None:
         """Read, ``change(record)`` in place, write back atomically; None if there is no such record."""
+
+    # -- drift findings (aimctl.reconcile) -----------------------------------------------------
+
+    @abstractmethod
+    def sync_findings(self, found: Sequence[FindingLike], checked: Collection[str]
+                      ) -> tuple[list[StoredFinding], list[StoredFinding]]:
+        """Store one pass's findings; return (new occurrences, resolved ones)."""
+
+    @abstractmethod
+    def mark_alerted(self, keys: Collection[str]) -> None: ...
+
+    @abstractmethod
+    def set_repair_op(self, key: str, op_id: str) -> None: ...
+
+    @abstractmethod
+    def findings(self, include_resolved: bool = False, limit: int = 1000) -> list[StoredFinding]:
+        """Oldest first."""
 
     # -- the heartbeat receiver's replay memory -------------------------------------------------
 

@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from aimctl.journal import etcdkv as kv
@@ -52,6 +52,7 @@ from aimctl.journal.base import (
     next_change_number,
     result_detail,
 )
+from aimctl.journal.findings import FindingLike, StoredFinding
 from aimctl.journal.state import HeartbeatMark, Lease, LeaseHeld, ServerMark, ServerStatus
 from aimctl.secrets import mask
 
@@ -506,6 +507,71 @@ class EtcdJournal(JournalStore):
 
         result: dict[str, Any] | None = self._retry(attempt)
         return result
+
+    # -- drift findings -----------------------------------------------------------------------
+    # One key per check (j/find/<key, base64>), as the SQLite table: resolved ones stay, and a finding
+    # that comes back is a new occurrence. Fenced like every write: only the leader's reconcile writes.
+
+    def _finding_docs(self) -> dict[str, tuple[KV, dict[str, Any]]]:
+        return {_j(x.value)["key"]: (x, _j(x.value)) for x in self._scan("find", "")}
+
+    def _fkey(self, key: str) -> str:
+        return self._k("find", kv.b64(key).replace("/", "_"))  # check keys hold ':' and '/'
+
+    def sync_findings(self, found: Sequence[FindingLike], checked: Collection[str]
+                      ) -> tuple[list[StoredFinding], list[StoredFinding]]:
+        def attempt() -> tuple[list[StoredFinding], list[StoredFinding]]:
+            now = self._clock()
+            docs = self._finding_docs()
+            reads: dict[str, KV | None] = {}
+            writes: list[dict[str, Any]] = []
+            new: list[dict[str, Any]] = []
+            resolved: list[dict[str, Any]] = []
+            keys = {f.key for f in found}
+            for f in found:
+                got = docs.get(f.key)
+                values = {"key": f.key, "kind": f.kind, "persona": f.persona, "server": f.server, "device": f.device,
+                          "what": mask(f.what), "expected": mask(f.expected), "observed": mask(f.observed)}
+                if got is not None and got[1]["resolved"] is None:
+                    doc = {**got[1], **values, "seen": now}
+                else:
+                    doc = {**values, "since": now, "seen": now, "alerted": False, "resolved": None, "repair_op": None}
+                    new.append(doc)
+                reads[self._fkey(f.key)] = got[0] if got else None
+                writes.append(kv.put(self._fkey(f.key), json.dumps(doc)))
+            for key in sorted(set(checked) - keys):
+                old = docs.get(key)
+                if old is not None and old[1]["resolved"] is None:
+                    doc = {**old[1], "resolved": now}
+                    resolved.append(doc)
+                    reads[self._fkey(key)] = old[0]
+                    writes.append(kv.put(self._fkey(key), json.dumps(doc)))
+            if writes:
+                self._commit(reads, writes)
+            return [StoredFinding(**d) for d in new], [StoredFinding(**d) for d in resolved]
+
+        result: tuple[list[StoredFinding], list[StoredFinding]] = self._retry(attempt)
+        return result
+
+    def _update_findings(self, keys: Collection[str], change: dict[str, Any]) -> None:
+        def attempt() -> None:
+            docs = self._finding_docs()
+            hit = [docs[k] for k in keys if k in docs]
+            if hit:
+                self._commit({x.key: x for x, _ in hit}, [kv.put(x.key, json.dumps({**d, **change})) for x, d in hit])
+
+        self._retry(attempt)
+
+    def mark_alerted(self, keys: Collection[str]) -> None:
+        self._update_findings(keys, {"alerted": True})
+
+    def set_repair_op(self, key: str, op_id: str) -> None:
+        self._update_findings([key], {"repair_op": op_id})
+
+    def findings(self, include_resolved: bool = False, limit: int = 1000) -> list[StoredFinding]:
+        docs = [d for _, d in self._finding_docs().values() if include_resolved or d["resolved"] is None]
+        docs.sort(key=lambda d: (d["since"], d["key"]))
+        return [StoredFinding(**d) for d in docs[:limit]]
 
     # -- the heartbeat receiver's replay memory -------------------------------------------------
 

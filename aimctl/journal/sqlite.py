@@ -56,6 +56,7 @@ from aimctl.journal.base import (  # re-exported: one import for callers
     next_change_number,
     result_detail,
 )
+from aimctl.journal.findings import FindingsMixin, StoredFinding
 from aimctl.journal.state import (  # re-exported: one import for callers
     Lease,
     LeaseHeld,
@@ -81,6 +82,7 @@ __all__ = [
     "Record",
     "ServerMark",
     "ServerStatus",
+    "StoredFinding",
     "UnknownOperation",
     "commits",
     "persona_lease",
@@ -91,7 +93,7 @@ SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,200
 _after_commit, _after_record, _dumps = after_commit, after_record, dumps
 
 
-class Journal(StateMixin, JournalStore):
+class Journal(StateMixin, FindingsMixin, JournalStore):
     def __init__(
         self,
         path: Path | str,

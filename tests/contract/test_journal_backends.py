@@ -168,6 +168,25 @@ def test_change_records_are_numbered_once_per_operation(journal: JournalStore) -
     assert [r["number"] for r in journal.change_list()] == ["CHG1000002", "CHG1000001"]
 
 
+def test_drift_findings_open_resolve_and_come_back(journal: JournalStore, clock: Clock) -> None:
+    found = types.SimpleNamespace(key="ports:sw1:1/g3", kind="ports", persona="ex1", server="s1", device="sw1",
+                                  what="1/g3 carries VLAN 7", expected="trunk 100", observed="trunk 100,7")
+    other = types.SimpleNamespace(**{**found.__dict__, "key": "acl:t1", "device": "array1", "what": "extra ACL"})
+    new, gone = journal.sync_findings([found, other], checked={"ports:sw1:1/g3", "acl:t1"})
+    assert [f.key for f in new] == ["ports:sw1:1/g3", "acl:t1"] and gone == []
+    journal.mark_alerted(["acl:t1"])
+    journal.set_repair_op("ports:sw1:1/g3", "rp-20261123-0001")
+    clock.t += 10
+    new, gone = journal.sync_findings([other], checked={"ports:sw1:1/g3"})  # acl:t1 not read: stays open
+    assert new == [] and [f.key for f in gone] == ["ports:sw1:1/g3"]
+    assert [(f.key, f.alerted) for f in journal.findings()] == [("acl:t1", True)]
+    stored = {f.key: f for f in journal.findings(include_resolved=True)}
+    assert stored["ports:sw1:1/g3"].repair_op == "rp-20261123-0001" and stored["ports:sw1:1/g3"].resolved == clock.t
+    clock.t += 10
+    new, _ = journal.sync_findings([found], checked={"ports:sw1:1/g3"})  # back again: a new occurrence
+    assert [(f.key, f.since, f.alerted, f.repair_op) for f in new] == [("ports:sw1:1/g3", clock.t, False, None)]
+
+
 def test_heartbeat_marks_round_trip(journal: JournalStore) -> None:
     assert journal.heartbeat_marks() == {}
     big = 2**64 - 1  # boot ids are unsigned 64-bit
