@@ -223,6 +223,7 @@ class Controller:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.oversight = Oversight(self)
+        self.oversight.reconciler.active = self.leads
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
                        self._guarded_hooks(hook_runner(defs, self._hook_note)), self.unavailable_bodies,
                        change_approved=self.changes.is_approved, stop_persona=self.stop_persona,

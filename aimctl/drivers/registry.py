@@ -131,7 +131,9 @@ class Drivers:
             if (kind, name) not in self._cache:
                 self._cache[(kind, name)] = make()
             driver = self._cache[(kind, name)]
-        return Guarded(driver, self._guard) if self._guard is not None else driver
+        # Hardware health is only ever read (every member's poller keeps it warm); the rest can change
+        # the world and asks the guard first.
+        return Guarded(driver, self._guard) if self._guard is not None and kind != "hardware" else driver
 
     def instances(self, kind: str) -> dict[str, Any]:
         """The drivers of one kind built so far (``switch``, ``power``...), by device name."""
