@@ -189,7 +189,7 @@ def cluster_up(lab: Any, body: dict[str, Any]) -> dict[str, Any]:
         if lab.cluster is None:
             lab.cluster = LabCluster(lab, lab.state / "cluster", int(body.get("etcd", 3)),
                                      int(body.get("controllers", 3)), str(body.get("name", "lab")),
-                                     body.get("controller"), body.get("timing"))
+                                     body.get("controller"), body.get("timing"), body.get("definitions"))
             try:
                 return dict(lab.cluster.start())
             except BaseException:

@@ -53,12 +53,16 @@ class Slot:
 
 class LabCluster:
     def __init__(self, lab: Any, root: Path, etcd_members: int = 3, controllers: int = 3, name: str = "lab",
-                 controller: dict[str, Any] | None = None, timing: dict[str, Any] | None = None) -> None:
+                 controller: dict[str, Any] | None = None, timing: dict[str, Any] | None = None,
+                 definitions: str | None = None) -> None:
         if not 1 <= etcd_members <= 5 or not 1 <= controllers <= 5:
             raise OperatorError("a lab cluster has 1-5 etcd members and 1-5 controllers")
         self.lab = lab
         self.root = root
         self.name = name
+        # The controllers' definitions: the lab's, or a copy that differs only in policy (a test that
+        # fails one persona over and over raises its pool's escalation limit, say).
+        self.definitions = Path(definitions) if definitions else Path(lab.defs.root)
         self.overrides = dict(controller or {})
         self.timing = {**LAB_TIMING, **(timing or {})}
         self.etcd = EtcdCluster(root / "etcd", etcd_members)
@@ -103,7 +107,7 @@ class LabCluster:
 
     def start_controller(self, slot: Slot) -> None:
         overlay, config = self._write_files(slot)
-        slot.proc = ControllerProcess(self.lab.defs.root, overlay, slot.state, args=["--config", str(config)],
+        slot.proc = ControllerProcess(self.definitions, overlay, slot.state, args=["--config", str(config)],
                                       env={"AIMCTL_LOG": "INFO"})
         slot.paused = False
         slot.proc.start(timeout_s=60)
