@@ -127,6 +127,24 @@ def heartbeat_receiver(listen: Listen, keys: dict[str, bytes], store: MarkStore)
     flush_s = min(1.0, listen.heartbeat_interval)
     guard = math.ceil(flush_s / listen.heartbeat_interval) + 2
     return HeartbeatReceiver(*_hostport(listen.heartbeat), keys, store=store, flush_s=flush_s, replay_guard=guard)
+class _TolerantMarks:
+    """Clustered, the replay memory is in etcd: a member starting while etcd does not answer starts
+    with none (its replay guard still refuses old sequences of every boot it then hears)."""
+
+    def __init__(self, journal: JournalStore) -> None:
+        self.journal = journal
+
+    def heartbeat_marks(self) -> dict[str, Any]:
+        try:
+            return self.journal.heartbeat_marks()
+        except JournalUnavailable as exc:
+            log.error("heartbeat replay memory not read (%s): starting without it", exc)
+            return {}
+
+    def save_heartbeat_marks(self, marks: Any) -> None:
+        self.journal.save_heartbeat_marks(marks)
+
+
 class WaitForRepair(StormBrake):
     """A drift repair holds the persona for a moment: its failover stays queued, it is never dropped."""
 
@@ -176,7 +194,8 @@ class Controller:
                                              switch_deadline_s=listen.switch_deadline)
         self.interval = listen.heartbeat_interval
         keys = {n: resolve_bytes(p.spec.heartbeat_key) for n, p in defs.personas.items()}
-        self.receiver = heartbeat_receiver(listen, keys, self.journal)
+        self.receiver = heartbeat_receiver(listen, keys, self.journal if self.cluster is None
+                                           else _TolerantMarks(self.journal))
         # The poller gets its own BMC sessions: a slow poll must never queue behind a fence.
         self.poller = BmcPoller({s: make_power(s, v) for s, v in defs.servers.items()},
                                 interval_s=listen.bmc_poll_interval)

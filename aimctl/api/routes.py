@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from aimctl.api.app import Api, ApiError, Request
@@ -48,7 +49,8 @@ def status(c: Controller) -> dict[str, Any]:
         v["why"] = persona_why(c, persona, v["detector"] if v["detector"] != "-" else "alive",
                                dataclasses.asdict(held) if held is not None else None)
         if v.get("waiting"):
-            v["waiting"]["exits"] = exits(c.journal.operation(v["operation"]))
+            # From the status itself: status never waits on the journal's store (etcd may be down).
+            v["waiting"]["exits"] = exits(SimpleNamespace(id=v["operation"], state=v["operation_state"]))
     watch = c.oversight.status()
     doc.update(pools=watch["pools"], suspects=watch["suspects"], drift_open=watch["drift_open"])
     return doc
