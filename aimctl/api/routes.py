@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aimctl.api.app import Api, ApiError, Request
 from aimctl.errors import OperatorError
+from aimctl.journal import JournalUnavailable
 from aimctl.overlay import api_hostport
 from aimctl.records.sentences import detector_sentence, operation_sentence, step_sentence
 
@@ -43,7 +44,7 @@ def persona_why(c: Controller, persona: str, state: str, op: dict[str, Any] | No
 
 def status(c: Controller) -> dict[str, Any]:
     doc = c.status()
-    waiting = {o.persona: o for o in c.journal.unfinished_operations()}
+    waiting = c.journal_view()[0]  # clustered: as last read, so status answers while etcd is down
     for persona, v in doc["personas"].items():
         held = waiting.get(persona)
         v["why"] = persona_why(c, persona, v["detector"] if v["detector"] != "-" else "alive",
@@ -51,8 +52,11 @@ def status(c: Controller) -> dict[str, Any]:
         if v.get("waiting"):
             # From the status itself: status never waits on the journal's store (etcd may be down).
             v["waiting"]["exits"] = exits(SimpleNamespace(id=v["operation"], state=v["operation_state"]))
-    watch = c.oversight.status()
-    doc.update(pools=watch["pools"], suspects=watch["suspects"], drift_open=watch["drift_open"])
+    try:
+        watch = c.oversight.status()
+        doc.update(pools=watch["pools"], suspects=watch["suspects"], drift_open=watch["drift_open"])
+    except JournalUnavailable as exc:
+        doc.update(pools=None, suspects=None, drift_open=None, oversight_error=str(exc))
     return doc
 
 
