@@ -53,6 +53,8 @@ def status(c: Controller) -> dict[str, Any]:
             # From the status itself: status never waits on the journal's store (etcd may be down).
             v["waiting"]["exits"] = exits(SimpleNamespace(id=v["operation"], state=v["operation_state"]))
     try:
+        if c.journal_error:
+            raise JournalUnavailable(c.journal_error)  # known down: do not wait on it again
         watch = c.oversight.status()
         doc.update(pools=watch["pools"], suspects=watch["suspects"], drift_open=watch["drift_open"])
     except JournalUnavailable as exc:
@@ -129,8 +131,10 @@ def build_api(c: Controller) -> Api:
         c._refresh_capacity()
         return {"cleared": server}
 
-    api.route("GET", "/v1/cluster", lambda r: c.cluster_status() or {"member": None, "role": "embedded"},
-              summary="Cluster: members, leader, fencing token, lease time left, last renewals")
+    api.route("GET", "/v1/cluster",
+              lambda r: c.cluster_status(probe=r.query.get("probe") != "0") or {"member": None, "role": "embedded"},
+              summary="Cluster: members, leader, fencing token, lease time left, last renewals"
+                      " (?probe=0: from memory, without asking each etcd endpoint)")
     def text(body: Any, key: str) -> str:
         value = body.get(key) if isinstance(body, dict) else None
         if value is None:
