@@ -14,6 +14,7 @@ import secrets
 from aimctl.errors import OperatorError
 from aimctl.journal import JournalStore
 from aimctl.secrets import register, resolve
+from aimctl.secrets import write_private as write_private  # re-exported: other parts' 0600 files
 
 # RFC 3720 allows 96..128-bit secrets; Microsoft's initiator wants 12..16 characters.
 SECRET_LEN = 16

@@ -66,7 +66,7 @@ from aimctl.journal.state import (  # re-exported: one import for callers
     persona_lease,
     server_lease,
 )
-from aimctl.secrets import mask
+from aimctl.secrets import mask, write_private
 
 __all__ = [
     "CRASH_EXIT_CODE",
@@ -327,15 +327,7 @@ class Journal(StateMixin, FindingsMixin, JournalStore):
         return path.read_text() if path.exists() else None
 
     def secret_put(self, name: str, value: str) -> None:
-        path = self._secret_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(value)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+        write_private(self._secret_path(name), value)
 
     def secret_delete(self, name: str) -> None:
         self._secret_path(name).unlink(missing_ok=True)
