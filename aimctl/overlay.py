@@ -8,7 +8,7 @@ or cabling — so a test lab cannot drift from the operator's definitions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, ValidationError
 
@@ -113,7 +113,11 @@ def _patch(obj: Any, patch: Strict) -> Any:
     return obj.model_copy(update=upd)
 
 
-def load_overlay(path: Path) -> Overlay:
+M = TypeVar("M", bound=Strict)
+
+
+def load_model(path: Path, model: type[M]) -> M:
+    """A YAML file as ``model``; every problem reported as FILE:LINE:COL: field: message."""
     from aimctl.loader import _parse, _pydantic_errors, _read
 
     errors: list[str] = []
@@ -123,9 +127,13 @@ def load_overlay(path: Path) -> Overlay:
         raise DefinitionError(errors)
     data, src = parsed
     try:
-        return Overlay.model_validate(data or {})
+        return model.model_validate(data or {})
     except ValidationError as exc:
         raise DefinitionError(_pydantic_errors(exc, data, src)) from None
+
+
+def load_overlay(path: Path) -> Overlay:
+    return load_model(path, Overlay)
 
 
 def apply(defs: Definitions, ov: Overlay, where: str = "overlay") -> Definitions:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ["plan", "power", "switch", "heartbeat", "lab", "failover", "drift", "lifecycle"]
+BENCHES = ["plan", "power", "switch", "heartbeat", "lab", "failover", "drift", "lifecycle", "ha"]
 
 ROWS = [  # (file, key, goal text)
     ("plan", "validate_cold_s", "<= 10 s"), ("plan", "plan_warm_s", "<= 1 s"), ("plan", "peak_rss_mb", "<= 500 MB"),
@@ -25,9 +25,17 @@ ROWS = [  # (file, key, goal text)
     ("lifecycle", "snapshot_over_cp", ""), ("lifecycle", "snapshot_over_cp_sparse", ""),
     ("lifecycle", "frozen_filled_s", ""), ("lifecycle", "clone_over_cp", ""), ("lifecycle", "rehearsal_s", ""),
     ("lifecycle", "rehearsal_over_boot", ""),
+    ("ha", "ttl_s", ""), ("ha", "takeover_s", ""), ("ha", "takeover_over_ttl", "<= 1.2"),
+    ("ha", "killed_in_switch_extra_s", "<= TTL + 1 s (7 s)"),
+    ("ha", "write_p50_ms_etcd", ""), ("ha", "write_p99_ms_etcd", ""),
+    ("ha", "write_p50_ms_sqlite", ""), ("ha", "write_p99_ms_sqlite", ""),
 ]
 NOTES = """
 Notes:
+- `ha` runs three controllers on a three-member etcd with the default timing (TTL 6 s, renew 2 s,
+  retry 1.5 s). `takeover_s` is from the leader's SIGKILL to the new leader's first journal write
+  (median of a kill in the switch step and one in the heartbeat step); the etcd write latency is
+  one intent record, one transaction compared against the fencing token, on three members.
 - `heartbeat.verified_per_s_one_core` is per second of the receiver thread's CPU time (the wall-clock
   figure, `verified_per_s_wall`, depends on what else the 2 cores run; both are in the JSON). Each
   datagram is read with its kernel arrival stamp (`SO_TIMESTAMPNS`). `_with_marks` saves the replay

@@ -27,7 +27,7 @@ from aimctl.detect.heartbeat import HeartbeatReceiver
 from aimctl.drivers.registry import Drivers
 from aimctl.drivers import snapnames
 from aimctl.errors import OperatorError
-from aimctl.failover.chap import write_private
+from aimctl.secrets import write_private
 from aimctl.failover.planner import standbys
 from aimctl.failover.context import Ctx
 from aimctl.failover.runner import RunResult, Step, StepEvent, run_steps
