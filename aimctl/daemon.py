@@ -33,12 +33,14 @@ from aimctl.detect.traps import TrapReceiver
 from aimctl.drivers.ifindex import ifindex
 from aimctl.drivers.registry import Drivers, make_power
 from aimctl.errors import OperatorError
+from aimctl.failover import bootwindow
 from aimctl.failover.chap import ChapStore
 from aimctl.failover.context import Ctx, Settings
+from aimctl.failover.dryrun import plan_failover
 from aimctl.failover.planner import capacity
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
-from aimctl.journal import TERMINAL, Journal, Operation, persona_lease, server_lease
+from aimctl.journal import TERMINAL, Journal, Operation, PoolPause, persona_lease, server_lease
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
@@ -47,7 +49,7 @@ from aimctl.records.changes import ChangeRecords
 from aimctl.records.metrics import Metrics
 from aimctl.records.sinks import JsonlSink, WebhookSink
 from aimctl.recovery.runner import hook_runner
-from aimctl.secrets import resolve_bytes
+from aimctl.secrets import private_dir, resolve_bytes
 
 log = logging.getLogger("aimctl.controller")
 
@@ -68,13 +70,23 @@ class StormBrake(OperatorError):
     """The pool already runs as many failovers as its storm brake allows."""
 
 
+class NotFound(OperatorError):
+    http_status = 404
+
+
+class BootScriptRefused(OperatorError):
+    """A boot script asked for by someone other than its body, or outside its boot window."""
+
+    http_status = 403
+
+
 class Controller:
     def __init__(self, defs: Definitions, listen: Listen, state: Path, settings: Settings | None = None) -> None:
         self.defs = defs
         self.listen = listen
         self.state = state
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (state / "boot").mkdir(exist_ok=True)
+        private_dir(state)
+        private_dir(state / "boot")
         self.journal = Journal(state / "journal.db")
         if not any(self.journal.assignment().values()):
             self.journal.seed_assignment(defs.homes())
@@ -113,6 +125,7 @@ class Controller:
         self.observer = Observer(self.receiver, self.poller, self.traps)
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()
+        self._revision = 0  # bumped on every step record and operator action: live views poll it
         self._stop = threading.Event()
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
                        hook_runner(defs, self._hook_note), self.bmc_unhealthy,
@@ -201,8 +214,9 @@ class Controller:
                 self.alerts.emit(PersonaRecovered(",".join(sorted(troubled)) or name,
                                                   f"storm over in pool {name}: automatic failover resumes"))
                 self.audit.record("controller", "storm.resume", name, {"troubled": sorted(troubled)})
+        held = self.held_pools()
         for persona, (trigger, evidence) in list(self._pending.items()):
-            if self.defs.personas[persona].pool in self.paused or persona in self._starting:
+            if self.defs.personas[persona].pool in held or persona in self._starting:
                 continue
             # Opening an operation writes the journal, the change record and the audit log (fsyncs):
             # done off the detector loop, so twenty deaths at once don't hold back the next tick.
@@ -269,6 +283,7 @@ class Controller:
             log.exception("operation %s crashed", op_id)
             return
         log.warning("operation %s: %s %s", op_id, res.state, res.result)
+        self._revision += 1
         if res.state in TERMINAL:
             op = self.journal.operation(op_id)
             if op.facts.get("recovery_failed"):
@@ -282,6 +297,7 @@ class Controller:
                                                 f"{op_id} needs an operator: {res.result}"))
 
     def _on_step(self, ev: StepEvent) -> None:
+        self._revision += 1
         self.metrics.observe_step(ev)
         self.changes.on_step(ev)
 
@@ -304,9 +320,147 @@ class Controller:
         if op.state != "waiting-approval":
             raise OperatorError(f"{op_id} is {op.state}, not waiting for approval")
         self.journal.add_facts(op_id, {"approved_by": actor})
+        self._revision += 1
         self.audit.record(actor, "failover.approve", op.persona, {"op": op_id})
         self._spawn(op_id)
         return self.journal.operation(op_id)
+
+    # ------------------------------------------------------------------ operator actions and views
+    # The API and the console call these; they hold no logic of their own.
+
+    def pool_of_persona(self, persona: str) -> str | None:
+        pd = self.defs.personas.get(persona)
+        return pd.pool if pd else None
+
+    def pool_of_server(self, server: str) -> str | None:
+        return self.defs.server_pool.get(server)
+
+    def pool_of_operation(self, op_id: str) -> str | None:
+        if op_id.startswith("CHG"):  # a change record: the pool of the operation it gates
+            ops = [o for o in self.journal.unfinished_operations() if o.facts.get("change") == op_id]
+            return self.pool_of_persona(ops[0].persona) if ops else None
+        try:
+            return self.pool_of_persona(self.journal.operation(op_id).persona)
+        except OperatorError:
+            return None
+
+    def revision(self) -> tuple[int, float, int]:
+        """Changes when anything a live view shows may have changed (steps, states, marks, pauses)."""
+        row = self.journal.query("SELECT COALESCE(MAX(updated), 0), COUNT(*) FROM operations")[0]
+        states = hash(tuple(sorted((p, s.state) for p, s in self.detector.states().items())))
+        return self._revision, float(row[0]), int(row[1]) ^ states
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        states = self.detector.states()
+        busy = {o.persona: o.id for o in self.journal.unfinished_operations()}
+        personas = {}
+        for persona, server in sorted(self.journal.assignment().items()):
+            if persona not in self.defs.personas:
+                continue
+            seen = self.receiver.last_seen(persona)
+            st = states.get(persona)
+            personas[persona] = {
+                "pool": self.defs.personas[persona].pool,
+                "server": server,
+                "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
+                "health": seen[1].health.word if seen else None,
+                "detector": st.state if st else "alive",
+                "operation": busy.get(persona),
+                "bmc": self.poller.answer(server)[0] if server in self.defs.servers else None,
+            }
+        quarantined = {s: v.__dict__ for s, v in self.journal.quarantined().items()}
+        return {"personas": personas, "quarantined": quarantined, "receiver": self.receiver.counters(),
+                "paused_pools": dict(self.paused),
+                "operator_paused": {p: {"paused": True, **v.__dict__} for p, v in self.operator_paused().items()},
+                "queued": sorted(self._pending)}
+
+    def operation_view(self, op_id: str) -> dict[str, Any]:
+        op = self.journal.operation(op_id)
+        d = dict(op.__dict__)
+        d["timeline"] = self.journal.steps(op_id)
+        d["change"] = self.changes.for_operation(op_id)
+        return d
+
+    def plan(self, persona: str, to: str | None = None, kind: str = "failover") -> dict[str, Any]:
+        """The dry run ``aimctl plan`` prints, from the journal's assignment, with the exact switch lines."""
+        from aimctl.drivers.registry import render_switch_lines
+
+        if persona not in self.defs.personas:
+            raise NotFound(f"unknown persona {persona!r}")
+        if to is not None and to not in self.defs.servers:
+            raise NotFound(f"unknown server {to!r}")
+        assignment = {p: s for p, s in self.journal.assignment().items() if s}
+        return plan_failover(self.defs, persona, assignment, set(self.journal.quarantined()), to=to,
+                             render=lambda sw, intents: render_switch_lines(self.defs.switches[sw].os, intents),
+                             kind=kind)
+
+    def failback(self, persona: str, actor: str, change: str | None = None) -> str:
+        if persona not in self.defs.personas:
+            raise NotFound(f"unknown persona {persona!r}")
+        home = self.defs.personas[persona].spec.home
+        if self.journal.assignment().get(persona) == home:
+            raise OperatorError(f"{persona} is already on its home server {home}")
+        if home in self.journal.quarantined():
+            raise OperatorError(f"home server {home} is quarantined: `aimctl clear {home}` first")
+        return self.start_failover(persona, "planned", f"failback by {actor}", kind="failback", to=home,
+                                   actor=actor, change=change)
+
+    def clear_server(self, server: str, actor: str) -> None:
+        if server not in self.defs.servers:
+            raise NotFound(f"unknown server {server!r}")
+        self.journal.clear(server, by=actor)
+        self.audit.record(actor, "server.clear", server, {})
+        self._revision += 1
+        self._refresh_capacity()
+
+    def operator_paused(self) -> dict[str, PoolPause]:
+        return self.journal.pool_pauses()
+
+    def held_pools(self) -> set[str]:
+        """Pools where queued automatic failovers wait: paused by the storm brake or by an operator."""
+        return set(self.paused) | set(self.operator_paused())
+
+    def pause_pool(self, pool: str, actor: str, reason: str = "") -> PoolPause:
+        """An operator holds automatic failover in ``pool`` (deaths queue; operator commands still act)."""
+        if pool not in self.defs.pools:
+            raise NotFound(f"unknown pool {pool!r}")
+        if self.journal.pause_pool(pool, actor, reason):
+            self.audit.record(actor, "pool.pause", pool, {"reason": reason})
+            self._revision += 1
+        return self.operator_paused()[pool]
+
+    def resume_pool(self, pool: str, actor: str) -> None:
+        if pool not in self.defs.pools:
+            raise NotFound(f"unknown pool {pool!r}")
+        if self.journal.resume_pool(pool):
+            self.audit.record(actor, "pool.resume", pool, {})
+            self._revision += 1
+
+    def boot_script(self, server: str, client: str) -> bytes:
+        """The iPXE script of ``server``, only to its boot address and only while an operation powers it on;
+        every refusal is audited."""
+        srv = self.defs.servers.get(server)
+        path = self.state / "boot" / f"{server}.ipxe"
+        if srv is None or srv.bmc.kind != "ipmi":
+            raise NotFound(f"no boot script for {server}")
+        window = None
+        for op in self.journal.unfinished_operations():
+            if op.state == "running" and op.facts.get("to") == server and \
+                    bootwindow.powering_on(self.journal.records(op.id), server):
+                window = op.id
+        declared = str(srv.boot_address) if srv.boot_address is not None else None
+        why = bootwindow.refusal(server, client, declared, window)
+        if why is None and not path.is_file():
+            why = f"{window} is powering {server} on but its script is missing"
+        if why is not None:
+            self.audit.record("anonymous", "boot.refused", server, {"client": client, "why": why},
+                              source=f"api {client}")
+            log.warning("boot script of %s refused to %s: %s", server, client, why)
+            raise BootScriptRefused(f"boot script of {server} refused: {why}")
+        self.audit.record("anonymous", "boot.served", server, {"client": client, "op": window},
+                          source=f"api {client}")
+        return path.read_bytes()
 
     def _refresh_capacity(self) -> None:
         assignment = {p: s for p, s in self.journal.assignment().items() if s}

@@ -39,6 +39,22 @@ def mask(text: str) -> str:
     return text
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) as a directory only its owner can enter (0700); an
+    existing one that others can read is tightened, with a warning. Problems are one clear line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            logging.getLogger(__name__).warning("%s was open to others (mode %o); tightened to 0700", path, mode)
+            os.chmod(path, 0o700)
+        if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            raise SecretError(f"state directory {path}: not readable and writable by this user")
+    except OSError as exc:
+        raise SecretError(f"state directory {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def resolve(ref: str, base: Path | None = None) -> str:
     """Resolve a reference to its value; relative ``file:`` paths are taken from ``base``."""
     if ref.startswith("env:"):

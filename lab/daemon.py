@@ -302,6 +302,8 @@ class Lab:
                                       "credentials": bmc_cred}}
             else:
                 servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.ipmi_ports[s], "credentials": bmc_cred}}
+            if v.boot_address is not None:
+                servers[s]["boot_address"] = "127.0.0.1"  # the lab's bodies fetch their iPXE script from here
         personas: dict[str, Any] = {}
         for n, p in d.personas.items():
             entry: dict[str, Any] = {"heartbeat_key": f"file:{self.secret_dir / (n + '.hbkey')}",

@@ -1,101 +1,121 @@
-"""The controller's HTTP API routes (the CLI is a client of these)."""
+"""The controller's /v1 routes: one declarative line each over a ``Controller`` method.
+
+Adding a route: ``api.route(METHOD, PATH, handler, role=..., summary=..., body=Model,
+response=Model, scope=...)``; the handler only unpacks the call and asks the Controller. ``scope``
+names the pool the call acts on, so a token scoped to pool ``web`` can act there and only there.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from typing import TYPE_CHECKING, Any
 
-from aimctl.api.app import Api, ApiError, Request
-from aimctl.errors import OperatorError
+from aimctl.api import models as m
+from aimctl.api.app import Api, Call, Reply
+from aimctl.api.server import TlsFiles
 from aimctl.overlay import api_hostport
 
 if TYPE_CHECKING:
     from aimctl.daemon import Controller
 
 
-def op_json(c: Controller, op_id: str) -> dict[str, Any]:
-    op = c.journal.operation(op_id)
-    d = dataclasses.asdict(op)
-    d["timeline"] = c.journal.steps(op_id)
-    d["change"] = c.changes.for_operation(op_id)
-    return d
+def persona_in(field: str, c: Controller) -> Any:
+    """Scope: the pool of the persona named by the body's ``field``."""
+    return lambda call: c.pool_of_persona(getattr(call.body, field))
 
 
-def status(c: Controller) -> dict[str, Any]:
-    now = time.monotonic()
-    states = c.detector.states()
-    busy = {o.persona: o.id for o in c.journal.unfinished_operations()}
-    personas = {}
-    for persona, server in sorted(c.journal.assignment().items()):
-        seen = c.receiver.last_seen(persona)
-        st = states.get(persona)
-        personas[persona] = {
-            "server": server,
-            "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
-            "health": seen[1].health.word if seen else None,
-            "detector": st.state if st else "alive",
-            "operation": busy.get(persona),
-            "bmc": c.poller.answer(server)[0] if server else None,
-        }
-    quarantined = {s: dataclasses.asdict(v) for s, v in c.journal.quarantined().items()}
-    return {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters(),
-            "paused_pools": dict(c.paused), "queued": sorted(c._pending)}
+def visible(call: Call, pool: str | None) -> bool:
+    return call.identity is None or call.identity.sees(pool)
 
 
 def build_api(c: Controller) -> Api:
     host, port = api_hostport(c.listen.api)
-    api = Api(c.state, audit=c.audit, metrics=c.metrics, host=host, port=port)
+    tls = TlsFiles(c.listen.api_tls_cert, c.listen.api_tls_key) \
+        if c.listen.api_tls_cert and c.listen.api_tls_key else None
+    api = Api(c.state, audit=c.audit, metrics=c.metrics, host=host, port=port, tls=tls)
 
-    def actor(req: Request) -> str:
-        return f"{req.identity.name}({req.identity.role})" if req.identity else "anonymous"
+    def status(call: Call) -> Any:
+        st = c.status()
+        st["personas"] = {p: v for p, v in st["personas"].items() if visible(call, v["pool"])}
+        st["quarantined"] = {s: v for s, v in st["quarantined"].items() if visible(call, c.pool_of_server(s))}
+        return st
 
-    def need(body: Any, key: str) -> str:
-        if not isinstance(body, dict) or not isinstance(body.get(key), str):
-            raise ApiError(400, f"body needs a string field {key!r}")
-        return str(body[key])
+    def operations(call: Call) -> Any:
+        ops = c.journal.operations(call.query.limit)
+        return [o.__dict__ for o in ops if visible(call, c.pool_of_persona(o.persona))]
 
-    api.route("GET", "/v1/status", lambda r: status(c), summary="Personas: server, heartbeat age, detector state")
-    api.route("GET", "/v1/failovers", lambda r: [dataclasses.asdict(o) for o in c.journal.operations(
-        int(r.query.get("limit", "50")))], summary="Recent operations")
-    api.route("GET", "/v1/failovers/{id}", lambda r: op_json(c, r.params["id"]), summary="One operation with its timeline")
+    def operation(call: Call) -> Any:
+        op_id = call.params["id"]
+        view = c.operation_view(op_id)
+        if not visible(call, c.pool_of_persona(view["persona"])):
+            return Reply(404, {"error": f"no operation {op_id}"})
+        return view
+
+    def failover(call: Call) -> Any:
+        b = call.body
+        return {"id": c.start_failover(b.persona, "operator", f"requested by {call.actor}", to=b.to, actor=call.actor)}
+
+    def move(call: Call) -> Any:
+        b = call.body
+        return {"id": c.start_failover(b.persona, "planned", f"planned move by {call.actor}", kind="move", to=b.to,
+                                       actor=call.actor, change=b.change)}
+
+    def failback(call: Call) -> Any:
+        return {"id": c.failback(call.body.persona, call.actor, call.body.change)}
+
+    def clear(call: Call) -> Any:
+        c.clear_server(call.params["server"], call.actor)
+        return {"cleared": call.params["server"]}
+
+    def pause(call: Call) -> Any:
+        p = c.pause_pool(call.params["pool"], call.actor, call.body.reason if call.body else "")
+        return {"paused": True, **p.__dict__}
+
+    def resume(call: Call) -> Any:
+        c.resume_pool(call.params["pool"], call.actor)
+        return {"pool": call.params["pool"], "paused": False}
+
+    def plan(call: Call) -> Any:
+        q = call.query
+        if not visible(call, c.pool_of_persona(q.persona)):
+            return Reply(404, {"error": f"unknown persona {q.persona!r}"})
+        return c.plan(q.persona, q.to)
+
+    def audit(call: Call) -> Any:
+        return c.audit.entries(call.query.limit)
+
+    def boot(call: Call) -> Reply:
+        client = call.client.rsplit(":", 1)[0]
+        return Reply(200, c.boot_script(call.params["server"], client), "text/plain; charset=utf-8")
+
+    server_pool = c.pool_of_server
+    api.route("GET", "/v1/status", status, summary="Personas: server, heartbeat age, detector state",
+              response=m.Status)
+    api.route("GET", "/v1/failovers", operations, summary="Recent operations", query=m.ListQuery,
+              response=list[m.Operation])
+    api.route("GET", "/v1/failovers/{id}", operation, summary="One operation with its timeline",
+              response=m.OperationDetail)
     api.route("POST", "/v1/failovers/{id}/approve",
-              lambda r: dataclasses.asdict(c.approve(r.params["id"], actor(r))), role="operator",
-              summary="Approve a failover waiting for approval (manual policy)")
-
-    def failover(r: Request) -> Any:
-        persona = need(r.body, "persona")
-        to = r.body.get("to") if isinstance(r.body, dict) else None
-        return {"id": c.start_failover(persona, "operator", f"requested by {actor(r)}", to=to, actor=actor(r))}
-
-    def move(r: Request) -> Any:
-        persona, to = need(r.body, "persona"), need(r.body, "to")
-        return {"id": c.start_failover(persona, "planned", f"planned move by {actor(r)}", kind="move", to=to,
-                                       actor=actor(r), change=r.body.get("change"))}
-
-    def failback(r: Request) -> Any:
-        persona = need(r.body, "persona")
-        if persona not in c.defs.personas:
-            raise OperatorError(f"unknown persona {persona!r}")
-        home = c.defs.personas[persona].spec.home
-        if c.journal.assignment().get(persona) == home:
-            raise OperatorError(f"{persona} is already on its home server {home}")
-        if home in c.journal.quarantined():
-            raise OperatorError(f"home server {home} is quarantined: `aimctl clear {home}` first")
-        return {"id": c.start_failover(persona, "planned", f"failback by {actor(r)}", kind="failback", to=home,
-                                       actor=actor(r), change=r.body.get("change"))}
-
-    def clear(r: Request) -> Any:
-        server = r.params["server"]
-        if server not in c.defs.servers:
-            raise OperatorError(f"unknown server {server!r}")
-        c.journal.clear(server, by=actor(r))
-        c.audit.record(actor(r), "server.clear", server, {})
-        c._refresh_capacity()
-        return {"cleared": server}
-
-    api.route("POST", "/v1/failover", failover, role="operator", summary="Fail a persona over now")
-    api.route("POST", "/v1/move", move, role="operator", summary="Planned move of a persona to a server")
-    api.route("POST", "/v1/failback", failback, role="operator", summary="Planned return of a persona to its home")
-    api.route("POST", "/v1/servers/{server}/clear", clear, role="admin", summary="Clear a quarantined server")
+              lambda call: c.approve(call.params["id"], call.actor).__dict__, role="operator",
+              summary="Approve a failover waiting for approval (manual policy), or a change record (CHG...)",
+              response=m.Operation, scope=lambda call: c.pool_of_operation(call.params["id"]))
+    api.route("POST", "/v1/failover", failover, role="operator", summary="Fail a persona over now",
+              body=m.FailoverRequest, response=m.Started, scope=persona_in("persona", c))
+    api.route("POST", "/v1/move", move, role="operator", summary="Planned move of a persona to a server",
+              body=m.MoveRequest, response=m.Started, scope=persona_in("persona", c))
+    api.route("POST", "/v1/failback", failback, role="operator", summary="Planned return of a persona to its home",
+              body=m.FailbackRequest, response=m.Started, scope=persona_in("persona", c))
+    api.route("POST", "/v1/servers/{server}/clear", clear, role="admin", summary="Clear a quarantined server",
+              response=m.Cleared, scope=lambda call: server_pool(call.params["server"]))
+    api.route("POST", "/v1/pools/{pool}/pause", pause, role="operator",
+              summary="Hold automatic failover in a pool (an operator's pause, apart from the storm brake)",
+              body=m.PauseRequest, response=m.PoolPause, scope=lambda call: call.params["pool"])
+    api.route("POST", "/v1/pools/{pool}/resume", resume, role="operator", summary="Resume automatic failover",
+              response=m.PoolPause, scope=lambda call: call.params["pool"])
+    api.route("GET", "/v1/plan", plan, summary="Dry run of a failover or move: steps and exact switch lines",
+              query=m.PlanQuery, response=m.Plan)
+    api.route("GET", "/v1/audit", audit, role="admin", summary="The newest audit log entries",
+              query=m.AuditQuery, response=list[m.AuditEntry])
+    api.route("GET", "/boot/{server}.ipxe", boot, role=None,
+              summary="iPXE boot script of a server: only to its boot address, only while it is being powered on",
+              content_type="text/plain")
     return api

@@ -44,38 +44,45 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
         state: StateOpt,
         overlay: Annotated[Path | None, typer.Option("--overlay", help="Endpoints overlay (lab).")] = None) -> None:
     """Run the controller: detector, workflow and the local API, until SIGTERM."""
+    from aimctl.api.console import mount_console
     from aimctl.api.routes import build_api
     from aimctl.daemon import Controller
     from aimctl.loader import load
     from aimctl.overlay import Overlay, apply, load_overlay
 
+    from aimctl.secrets import MaskingFilter, private_dir
+
     defs = load(definitions)
     ov = load_overlay(overlay) if overlay else Overlay()
     if overlay:
         defs = apply(defs, ov, str(overlay))
-    state.mkdir(parents=True, exist_ok=True)
+    private_dir(state)  # 0700 before anything is written into it
     logging.getLogger().setLevel(os.environ.get("AIMCTL_LOG", "INFO"))
     handler = logging.FileHandler(state / "controller.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    from aimctl.secrets import MaskingFilter
-
     handler.addFilter(MaskingFilter())
     logging.getLogger().addHandler(handler)
-    # The composition: the daemon wires the parts; the API is built on it here, where it is started,
-    # so the daemon never imports the API.
+    # The composition: the daemon wires the parts; the API (and console) is built on it here, where
+    # it is started, so the daemon never imports the API.
     c = Controller(defs, ov.controller, state)
     api = build_api(c)
+    mount_console(api, c)
     c.start()
-    api.start()
+    try:
+        api.start()
+    except BaseException:
+        c.stop()
+        raise
     c.resume()
     stop = threading.Event()
+
     def on_signal(*_: object) -> None:
         c._stop.set()
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    out.print(f"controller running; API {api.url}; state {state}")
+    out.print(f"controller running; API and console {api.url}; state {state}")
     try:
         c.loop()
     finally:

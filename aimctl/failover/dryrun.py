@@ -19,7 +19,7 @@ def _intent_text(i: PortIntent) -> str:
 
 
 def plan_failover(defs: Definitions, persona: str, assignment: dict[str, str], quarantined: set[str],
-                  to: str | None = None, render: Renderer | None = None) -> dict[str, Any]:
+                  to: str | None = None, render: Renderer | None = None, kind: str = "failover") -> dict[str, Any]:
     pd = defs.personas.get(persona)
     if pd is None:
         raise OperatorError(f"unknown persona {persona!r} (known: {', '.join(sorted(defs.personas))})")
@@ -41,9 +41,12 @@ def plan_failover(defs: Definitions, persona: str, assignment: dict[str, str], q
     def step(name: str, *actions: str) -> None:
         steps.append({"name": name, "actions": list(actions)})
 
-    step("confirm", f"{persona} on {old}: missing heartbeats confirmed by a second source "
-                    f"(BMC {old_srv.bmc.kind} reports off/failed, or SNMP linkDown on SCN channels)")
-    if spec.policy == "manual":
+    if kind == "failover":
+        step("confirm", f"{persona} on {old}: missing heartbeats confirmed by a second source "
+                        f"(BMC {old_srv.bmc.kind} reports off/failed, or SNMP linkDown on SCN channels)")
+    else:
+        step("confirm", f"planned {kind}: {persona}'s agent on {old} is asked to stop it cleanly first")
+    if spec.policy == "manual" and kind == "failover":
         step("approve", f"wait for `aimctl approve` (confirm timeout {int(spec.confirm_timeout)}s, "
                         f"then {spec.on_confirm_timeout})")
     step("choose", f"{new}: " + "; ".join(choice.why),

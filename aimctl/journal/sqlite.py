@@ -36,6 +36,7 @@ from aimctl.journal import schema
 from aimctl.journal.state import (  # re-exported: one import for callers
     Lease,
     LeaseHeld,
+    PoolPause,
     ServerMark,
     ServerStatus,
     StateMixin,
@@ -55,6 +56,7 @@ __all__ = [
     "Lease",
     "LeaseHeld",
     "Operation",
+    "PoolPause",
     "Record",
     "ServerMark",
     "ServerStatus",
