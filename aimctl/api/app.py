@@ -272,7 +272,7 @@ class Api:
             log.exception("API handler for %s %s failed", route.method, call.path)
             reply = Reply(500, {"error": "internal error (see the controller log)"})
         if route.method != "GET":
-            self.audit_call(call, reply.status)
+            self.audit_call(call, reply.status, sent=body)
         return reply
 
     def _shape(self, route: Route, result: Any) -> Any:
@@ -285,10 +285,14 @@ class Api:
             adapter = self._adapters[key] = TypeAdapter(route.response)
         return adapter.dump_python(adapter.validate_python(_dump(result)), mode="json", by_alias=True)
 
-    def audit_call(self, call: Call, status: int, action: str | None = None) -> None:
+    def audit_call(self, call: Call, status: int, action: str | None = None, sent: Any = None) -> None:
+        """One audit entry for a call: who (name, role in the call's pool), what, the outcome and the body
+        as sent, every known token and secret-looking field masked."""
         if self.audit is None:
             return
-        body = call.body.model_dump(mode="json") if isinstance(call.body, BaseModel) else call.body
+        body = sent if sent is not None else call.body
+        if isinstance(body, BaseModel):
+            body = body.model_dump(mode="json")
         try:
             self.audit.record(
                 call.identity.name if call.identity else "anonymous",

@@ -72,6 +72,7 @@ class ApiServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
+        self._bound: tuple[str, int] | None = None
         self.stopping = threading.Event()  # long-lived responses (server-sent events) end when set
 
     @property
@@ -80,9 +81,9 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        if self._sock is None:
+        if self._bound is None:
             raise RuntimeError("API server is not started")
-        host, port = self._sock.getsockname()[:2]
+        host, port = self._bound
         shown = f"[{host}]" if ":" in str(host) else str(host)
         return f"{self.scheme}://{shown}:{port}"
 
@@ -105,6 +106,7 @@ class ApiServer:
         )
         server = uvicorn.Server(config)
         self._server, self._sock = server, sock
+        self._bound = (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
         self.stopping.clear()
         self._thread = threading.Thread(target=self._run, args=(server, sock), name="aimctl-api", daemon=True)
         self._thread.start()
@@ -114,7 +116,7 @@ class ApiServer:
         if not server.started:
             self.stop()
             raise OperatorError("the API server did not start (see the controller log)")
-        host, port = sock.getsockname()[:2]
+        host, port = self._bound
         info: dict[str, Any] = {"url": self.url, "host": str(host), "port": port, "pid": os.getpid(),
                                 "started": time.time()}
         if self.tls:
@@ -142,10 +144,11 @@ class ApiServer:
         server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
-        port = self._sock.getsockname()[1] if self._sock else None
+        port = self._bound[1] if self._bound else None
         if self._sock is not None:
-            self._sock.close()
+            self._sock.close()  # uvicorn closed it already; closing twice is harmless
             self._sock = None
+        self._bound = None
         try:
             info = json.loads(self.info_path.read_text())
             if info.get("pid") == os.getpid() and info.get("port") == port:
