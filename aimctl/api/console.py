@@ -123,7 +123,7 @@ class Console:
         return s
 
     def headers(self) -> dict[str, str]:
-        return {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+        return {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
     def render(self, name: str, status: int = 200, session: Session | None = None, **ctx: Any) -> HTMLResponse:
