@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_PACKAGES := tgt libiscsi-bin libiscsi-dev python3-venv python3-dev build-essential chromium
 
-.PHONY: setup apt test test-unit demo bench lint clean
+.PHONY: setup apt test test-unit demo bench lint clean screenshots
 
 setup: apt $(STAMP)
 
@@ -40,6 +40,11 @@ demo: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# The console pictures the README shows, taken by the browser stories from their lab.
+screenshots: setup
+	rm -f docs/console/*.png
+	AIMCTL_SCREENSHOTS=docs/console $(PY) -m pytest -q -p no:cacheprovider tests/browser
 
 lint: setup
 	$(VENV)/bin/ruff check aimctl lab tests bench

@@ -244,7 +244,9 @@ class Controller:
                        to: str | None = None, actor: str = "controller", change: str | None = None) -> str:
         with self._lock:
             if persona not in self.defs.personas:
-                raise OperatorError(f"unknown persona {persona!r}")
+                raise NotFound(f"unknown persona {persona!r}")
+            if to is not None and to not in self.defs.servers:
+                raise NotFound(f"unknown server {to!r}: nothing was started")
             if persona in self.busy_personas():
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool

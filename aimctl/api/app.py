@@ -89,6 +89,15 @@ Handler = Callable[[Call], Any]
 Scope = Callable[[Call], "str | None"]
 
 
+def somewhere(call: Call) -> str | None:
+    """Scope of a read across pools: the role is needed in at least one pool, and the handler shows
+    only the pools the caller sees."""
+    return SOMEWHERE
+
+
+SOMEWHERE = "\x00somewhere"  # never a pool name (pool names are checked against a pattern)
+
+
 @dataclass(frozen=True)
 class Reply:
     """A handler's answer when it is not a plain 200 with JSON."""
@@ -253,7 +262,14 @@ class Api:
                 pool = route.scope(call) if route.scope else None
                 call = Call(call.method, call.path, call.params, call.query, call.body, identity, client,
                             call.headers, via, pool)
-                if not identity.allows(route.role, pool):
+                if pool == SOMEWHERE:
+                    pool = None
+                    call = Call(call.method, call.path, call.params, call.query, call.body, identity, client,
+                                call.headers, via, None)
+                    allowed = identity.allows_somewhere(route.role)
+                else:
+                    allowed = identity.allows(route.role, pool)
+                if not allowed:
                     where = f" in pool {pool}" if pool else ""
                     raise ApiError(403, f"{route.method} {route.path} needs role {route.role}{where};"
                                         f" token {identity.name} has role {identity.role_in(pool) or 'none'}{where}")

@@ -71,12 +71,37 @@ def _evidence(detail: Any) -> str:
     return mask(json.dumps(detail, indent=1, sort_keys=True, default=str)) if detail else ""
 
 
+def _words(v: Any) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_words(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return "; ".join(_words(x) for x in v)
+    return str(v)
+
+
+def plan_items(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """A plan's steps for display: each action as text, and each switch's CLI lines as one block."""
+    out = []
+    for step in plan.get("steps", []):
+        items: list[dict[str, Any]] = []
+        for a in step["actions"]:
+            if a.startswith("  ") and "> " in a:
+                sw = a.strip().split(">", 1)[0]
+                if items and items[-1].get("switch") == sw:
+                    items[-1]["lines"].append(a.strip())
+                else:
+                    items.append({"switch": sw, "lines": [a.strip()]})
+            else:
+                items.append({"text": a.strip()})
+        out.append({"name": step["name"], "items": items})
+    return out
+
+
 def _summary(step: dict[str, Any]) -> str:
     d = step.get("detail") or {}
     for key in ("summary", "reason", "why", "power", "recovery"):
         if d.get(key):
-            v = d[key]
-            return str(v if not isinstance(v, list) else "; ".join(map(str, v)))
+            return _words(d[key])
     if d.get("server"):
         return f"server {d['server']}"
     return ""
@@ -298,12 +323,14 @@ class Console:
                 out["fields"] = {"persona": persona}
             else:
                 out["plan"] = c.plan(persona, to, kind=action)
+                out["items"] = plan_items(out["plan"])
                 out["fields"] = {"persona": persona, **({"to": to} if to and action != "failback" else {})}
         elif action == "approve":
             op = c.journal.operation(q.get("op", ""))
             out["pool"] = c.pool_of_persona(op.persona)
             out["op"] = op
             out["plan"] = c.plan(op.persona, op.facts.get("requested_to"))
+            out["items"] = plan_items(out["plan"])
             out["fields"] = {"op": op.id}
         elif action == "clear":
             server = q.get("server", "")

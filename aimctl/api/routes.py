@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aimctl.api import models as m
-from aimctl.api.app import Api, Call, Reply
+from aimctl.api.app import Api, Call, Reply, somewhere
 from aimctl.api.server import TlsFiles
 from aimctl.overlay import api_hostport
 
@@ -89,11 +89,11 @@ def build_api(c: Controller) -> Api:
 
     server_pool = c.pool_of_server
     api.route("GET", "/v1/status", status, summary="Personas: server, heartbeat age, detector state",
-              response=m.Status)
+              response=m.Status, scope=somewhere)
     api.route("GET", "/v1/failovers", operations, summary="Recent operations", query=m.ListQuery,
-              response=list[m.Operation])
+              response=list[m.Operation], scope=somewhere)
     api.route("GET", "/v1/failovers/{id}", operation, summary="One operation with its timeline",
-              response=m.OperationDetail)
+              response=m.OperationDetail, scope=somewhere)
     api.route("POST", "/v1/failovers/{id}/approve",
               lambda call: c.approve(call.params["id"], call.actor).__dict__, role="operator",
               summary="Approve a failover waiting for approval (manual policy), or a change record (CHG...)",
@@ -112,7 +112,7 @@ def build_api(c: Controller) -> Api:
     api.route("POST", "/v1/pools/{pool}/resume", resume, role="operator", summary="Resume automatic failover",
               response=m.PoolPause, scope=lambda call: call.params["pool"])
     api.route("GET", "/v1/plan", plan, summary="Dry run of a failover or move: steps and exact switch lines",
-              query=m.PlanQuery, response=m.Plan)
+              query=m.PlanQuery, response=m.Plan, scope=somewhere)
     api.route("GET", "/v1/audit", audit, role="admin", summary="The newest audit log entries",
               query=m.AuditQuery, response=list[m.AuditEntry])
     api.route("GET", "/boot/{server}.ipxe", boot, role=None,
