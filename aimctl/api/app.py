@@ -375,6 +375,8 @@ class Api:
         async def http_error(request: HttpRequest, exc: Exception) -> Response:
             assert isinstance(exc, HTTPException)
             headers = dict(exc.headers or {})
+            if "Allow" in headers:
+                headers["Allow"] = ", ".join(sorted(x.strip() for x in headers["Allow"].split(",")))
             msg = {404: f"no route for {request.url.path}", 405: f"{request.method} not allowed on {request.url.path}"}
             return JSONResponse({"error": msg.get(exc.status_code, str(exc.detail))}, exc.status_code,
                                 headers=_secure_headers(headers))
