@@ -37,7 +37,7 @@ from aimctl.failover import bootwindow
 from aimctl.failover.chap import ChapStore
 from aimctl.failover.context import Ctx, Settings
 from aimctl.failover.dryrun import plan_failover
-from aimctl.failover.planner import capacity
+from aimctl.failover.planner import capacity, standbys
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
 from aimctl.journal import TERMINAL, Journal, Operation, PoolPause, persona_lease, server_lease
@@ -126,6 +126,7 @@ class Controller:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()
         self._revision = 0  # bumped on every step record and operator action: live views poll it
+        self._capacity: dict[str, tuple[int, list[str]]] | None = None
         self._stop = threading.Event()
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
                        hook_runner(defs, self._hook_note), self.bmc_unhealthy,
@@ -352,12 +353,30 @@ class Controller:
         states = hash(tuple(sorted((p, s.state) for p, s in self.detector.states().items())))
         return self._revision, float(row[0]), int(row[1]) ^ states
 
-    def status(self) -> dict[str, Any]:
+    def persona_states(self) -> dict[str, tuple[str, str | None, str, str | None, bool]]:
+        """Per persona, cheaply (the dashboard counts 10,000 of these): (pool, server, detector state,
+        operation holding it, heartbeat ever seen)."""
+        states = self.detector.states()
+        busy = {o.persona: o.id for o in self.journal.unfinished_operations()}
+        out: dict[str, tuple[str, str | None, str, str | None, bool]] = {}
+        for persona, server in self.journal.assignment().items():
+            pd = self.defs.personas.get(persona)
+            if pd is None:
+                continue
+            st = states.get(persona)
+            out[persona] = (pd.pool, server, st.state if st else "alive", busy.get(persona),
+                            self.receiver.beats(persona) > 0)
+        return out
+
+    def status(self, only: set[str] | None = None, assignment: dict[str, str | None] | None = None) -> dict[str, Any]:
+        """What ``aimctl status`` shows; ``only`` limits the persona rows (and their cost) to those named."""
         now = time.monotonic()
         states = self.detector.states()
         busy = {o.persona: o.id for o in self.journal.unfinished_operations()}
         personas = {}
-        for persona, server in sorted(self.journal.assignment().items()):
+        assigned = self.journal.assignment() if assignment is None else assignment
+        for persona in sorted(assigned if only is None else only & assigned.keys()):
+            server = assigned[persona]
             if persona not in self.defs.personas:
                 continue
             seen = self.receiver.last_seen(persona)
@@ -464,11 +483,29 @@ class Controller:
                           source=f"api {client}")
         return path.read_bytes()
 
+    def pool_capacity(self) -> dict[str, tuple[int, list[str]]]:
+        """Per pool: N+k and the standbys in preference order, as of the last change of assignment or
+        marks (computed then, not on every page view: at 10,000 personas it takes seconds)."""
+        if self._capacity is None:
+            self._refresh_capacity()
+        assert self._capacity is not None
+        return self._capacity
+
     def _refresh_capacity(self) -> None:
         assignment = {p: s for p, s in self.journal.assignment().items() if s}
         q = set(self.journal.quarantined())
+        by_pool: dict[str, dict[str, str]] = {}
+        for p, s in assignment.items():
+            pool = self.pool_of_persona(p)
+            if pool is not None:
+                by_pool.setdefault(pool, {})[p] = s
+        out = {}
         for pool in self.defs.pools:
-            self.metrics.set_spare_capacity(pool, capacity(self.defs, pool, assignment, q)[0])
+            mine = by_pool.get(pool, {})
+            k = capacity(self.defs, pool, mine, q)[0]
+            out[pool] = (k, standbys(self.defs, pool, mine, q))
+            self.metrics.set_spare_capacity(pool, k)
+        self._capacity = out
 
     # ------------------------------------------------------------------ lifecycle
 

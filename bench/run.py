@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ["plan", "power", "switch", "heartbeat", "lab", "failover"]
+BENCHES = ["plan", "power", "switch", "heartbeat", "lab", "failover", "console"]
 
 ROWS = [  # (file, key, goal text)
     ("plan", "validate_cold_s", "<= 10 s"), ("plan", "plan_warm_s", "<= 1 s"), ("plan", "peak_rss_mb", "<= 500 MB"),
@@ -18,6 +18,8 @@ ROWS = [  # (file, key, goal text)
     ("heartbeat", "detect_intervals", "<= 3"), ("lab", "up_s", "<= 20 s"), ("lab", "reset_s", "<= 3 s"),
     ("failover", "total_s", ""), ("failover", "irreducible_s", ""), ("failover", "overhead_ratio", "<= 1.25"),
     ("failover", "mass_ratio", "<= 2.0"),
+    ("console", "dashboard_p50_ms", ""), ("console", "dashboard_p99_ms", "<= 300 ms"),
+    ("console", "dashboard_kb", "<= 150 kB"), ("console", "live_update_ms", "<= 500 ms"),
 ]
 NOTES = """
 Notes:

@@ -11,7 +11,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from aimctl.api.auth import Identity
-from aimctl.failover.planner import capacity, standbys
+from aimctl.failover.planner import standbys
 
 if TYPE_CHECKING:
     from aimctl.daemon import Controller
@@ -60,35 +60,54 @@ def pool_actions(identity: Identity, pool: str, operator_paused: bool) -> list[s
     return ["resume"] if operator_paused else ["pause"]
 
 
+def word_of(detector: str, operation: str | None, seen: bool) -> str:
+    """``state_word`` from the cheap per-persona facts of ``Controller.persona_states``."""
+    if operation:
+        return "moving"
+    if detector != "alive":
+        return detector
+    return "alive" if seen else "no-heartbeat"
+
+
 def dashboard(c: Controller, who: Identity) -> dict[str, Any]:
-    st = c.status()
-    assignment = {p: s for p, s in c.journal.assignment().items() if s}
-    quarantined = set(st["quarantined"])
+    """Pools with N+k and their personas counted by state; persona rows for the troubled ones first,
+    at most DASHBOARD_ROWS (the full status is read only for the rows shown)."""
+    facts = c.persona_states()
+    cap = c.pool_capacity()
+    by_pool: dict[str, list[tuple[str, str]]] = {}
+    for p, (pool, _server, det, op, seen) in facts.items():
+        by_pool.setdefault(pool, []).append((word_of(det, op, seen), p))
+    pauses = c.operator_paused()
     pools = []
-    rows: list[dict[str, Any]] = []
-    more = 0
+    shown: list[tuple[str, str]] = []
     counts: Counter[str] = Counter()
     for name in sorted(c.defs.pools):
         if not who.sees(name):
             continue
-        members = [(p, v) for p, v in st["personas"].items() if v["pool"] == name]
-        words = Counter(state_word(v) for _, v in members)
-        counts.update(words)
-        k, _ = capacity(c.defs, name, assignment, quarantined)
-        paused = st["operator_paused"].get(name)
+        members = by_pool.get(name, [])
+        tally = Counter(w for w, _ in members)
+        counts.update(tally)
+        k, spare = cap.get(name, (0, []))
+        paused = pauses.get(name)
         pools.append({
             "name": name, "personas": len(members), "servers": len(c.defs.pools[name].members),
-            "nk": k, "standbys": standbys(c.defs, name, assignment, quarantined),
-            "states": dict(sorted(words.items())), "storm": st["paused_pools"].get(name),
-            "paused": paused, "actions": pool_actions(who, name, paused is not None),
+            "nk": k, "standbys": spare, "states": dict(sorted(tally.items())),
+            "storm": c.paused.get(name), "paused": paused.__dict__ if paused else None,
+            "actions": pool_actions(who, name, paused is not None),
         })
-        # Troubled personas first, then the rest while there is room.
-        ordered = sorted(members, key=lambda pv: (state_word(pv[1]) == "alive", pv[0]))
-        for p, v in ordered:
-            if len(rows) < DASHBOARD_ROWS:
-                rows.append({"name": p, "state": state_word(v), **v})
-            else:
-                more += 1
+        for w, p in members:
+            if w != "alive":
+                shown.append((w, p))
+    troubled = len(shown)
+    for name in sorted(c.defs.pools):
+        if who.sees(name) and len(shown) < DASHBOARD_ROWS:
+            shown.extend((w, p) for w, p in sorted(by_pool.get(name, [])) if w == "alive")
+    shown = sorted(shown[:troubled], key=lambda x: x[1]) + shown[troubled:]
+    more = max(0, sum(counts.values()) - DASHBOARD_ROWS)
+    rows_for = [p for _, p in shown[:DASHBOARD_ROWS]]
+    st = c.status(only=set(rows_for), assignment={p: facts[p][1] for p in rows_for})
+    rows = [{"name": p, "state": state_word(st["personas"][p]), **st["personas"][p]} for p in rows_for
+            if p in st["personas"]]
     ops = [o for o in c.journal.unfinished_operations() if who.sees(c.pool_of_persona(o.persona))]
     recent = [o for o in c.journal.operations(10) if who.sees(c.pool_of_persona(o.persona))]
     return {

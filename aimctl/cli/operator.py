@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -67,6 +68,9 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     c = Controller(defs, ov.controller, state)
     api = build_api(c)
     mount_console(api, c)
+    # The definitions and drivers live as long as the process: keep them out of the collector's full
+    # passes, which otherwise walk every persona's objects (hundreds of ms at 10,000 personas).
+    gc.freeze()
     c.start()
     try:
         api.start()
