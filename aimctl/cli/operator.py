@@ -224,3 +224,17 @@ def clear(server: str, state: StateOpt) -> None:
     """Clear a quarantined server so it can be a standby again (admin)."""
     client(state).post(f"/v1/servers/{server}/clear")
     out.print(f"cleared {server}")
+
+
+@app.command()
+def pause(pool: str, state: StateOpt, reason: Annotated[str, typer.Option("--reason")] = "") -> None:
+    """Hold automatic failover in POOL (deaths are queued; operator commands still act)."""
+    p = client(state).post(f"/v1/pools/{pool}/pause", {"reason": reason})
+    out.print(f"paused {pool} (by {p['by']})")
+
+
+@app.command()
+def resume(pool: str, state: StateOpt) -> None:
+    """Resume automatic failover in POOL (queued deaths are acted on)."""
+    client(state).post(f"/v1/pools/{pool}/resume")
+    out.print(f"resumed {pool}")

@@ -7,6 +7,8 @@ import hashlib
 import http.client
 import json
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,14 @@ def test_operator_pause_holds_a_pool_and_scoped_tokens_act_only_in_their_pool(co
     assert controller.api.get("/v1/status")["operator_paused"] == {}
     entries = [e for e in controller.api.get("/v1/audit?limit=20") if e["action"].startswith("pool.")]
     assert [e["action"] for e in entries[-2:]] == ["pool.pause", "pool.resume"]
+    # The same from the CLI, which the audit log names as the console's equivalent.
+    for cmd in (["pause", "exchange", "--reason", "maintenance"], ["resume", "exchange"]):
+        r = subprocess.run([sys.executable, "-m", "aimctl.cli", *cmd, "--state", str(controller.state)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        if cmd[0] == "pause":
+            assert controller.api.get("/v1/status")["operator_paused"]["exchange"]["by"] == "admin(admin)"
+    assert controller.api.get("/v1/status")["operator_paused"] == {}
     log = (controller.state / "controller.log").read_text()
     assert WEBOPS not in log and WEBOPS not in (controller.state / "audit.log").read_text()
 
@@ -139,3 +149,21 @@ def test_the_openapi_document_lists_the_real_routes(controller: ControllerProces
             "/v1/pools/{pool}/resume", "/v1/plan", "/v1/audit", "/boot/{server}.ipxe", "/metrics",
             "/openapi.json"} == set(doc["paths"])
     assert Path(controller.state / "api.json").exists()
+
+
+def test_an_operator_pause_holds_a_real_death_until_resumed(controller: ControllerProcess, lab: LabHandle) -> None:  # noqa: F811
+    """Last in this module: it fails exchange1 over."""
+    c = controller.api
+    c.post("/v1/pools/exchange/pause", {"reason": "held for the test"})
+    lab.fault("power-button", "r720-1")
+    controller.wait(lambda: "exchange1" in c.get("/v1/status")["queued"], 30, "exchange1's death queued")
+    assert [o for o in c.get("/v1/failovers") if o["persona"] == "exchange1"] == []  # held, not acted on
+    c.post("/v1/pools/exchange/resume")
+
+    def done() -> Any:
+        ops = [o for o in c.get("/v1/failovers") if o["persona"] == "exchange1"]
+        return ops[0] if ops and ops[0]["state"] in ("done", "failed", "needs-operator") else None
+
+    op = controller.wait(done, 60, "the held failover to finish")
+    assert op["state"] == "done", op
+    assert c.get("/v1/status")["personas"]["exchange1"]["server"] == "r720-3"
