@@ -98,6 +98,10 @@ class Controller:
         self.changes = ChangeRecords(self.journal, sinks)
         self.chap = ChapStore(state)
         self.drivers = Drivers(defs, state / "boot")
+        for name, srv in defs.servers.items():
+            if srv.bmc.kind == "ipmi" and srv.boot_address is None:
+                log.warning("server %s boots by iPXE and declares no boot_address: its boot script (with a CHAP"
+                            " secret) is served to any address while it is being powered on", name)
         self.settings = settings or Settings(power_deadline_s=listen.power_deadline,
                                              boot_timer_override_s=listen.boot_timer_override)
         self.interval = listen.heartbeat_interval

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -237,35 +237,29 @@ class Console:
             raise KeyError("not found")
 
     async def pool(self, request: Request) -> Response:
-        name = request.path_params["pool"]
         page = request.query_params.get("page", "0")
-
-        def build(s: Session) -> Response:
-            if name not in self.c.defs.pools:
-                raise KeyError(f"no pool {name}")
-            self._visible(s, name)
-            n = int(page) if page.isdigit() and len(page) < 6 else 0
-            return self.render("pool.html", session=s, d=views.pool_page(self.c, s.identity, name, n))
-        return await self.page(request, build)
+        n = int(page) if page.isdigit() and len(page) < 6 else 0
+        return await self._named(request, "pool", self.c.defs.pools, lambda name: name,
+                                 lambda who, name: views.pool_page(self.c, who, name, n))
 
     async def persona(self, request: Request) -> Response:
-        name = request.path_params["name"]
-
-        def build(s: Session) -> Response:
-            if name not in self.c.defs.personas:
-                raise KeyError(f"no persona {name}")
-            self._visible(s, self.c.pool_of_persona(name))
-            return self.render("persona.html", session=s, d=views.persona_page(self.c, s.identity, name))
-        return await self.page(request, build)
+        return await self._named(request, "persona", self.c.defs.personas, self.c.pool_of_persona,
+                                 lambda who, name: views.persona_page(self.c, who, name))
 
     async def server(self, request: Request) -> Response:
-        name = request.path_params["name"]
+        return await self._named(request, "server", self.c.defs.servers, self.c.pool_of_server,
+                                 lambda who, name: views.server_page(self.c, who, name))
+
+    async def _named(self, request: Request, kind: str, known: Mapping[str, Any], pool_of: Callable[[str], str | None],
+                     view: Callable[[Identity, str], dict[str, Any]]) -> Response:
+        """The page of one pool, persona or server: 404 for a name that is not known or not visible."""
+        name = request.path_params["pool" if kind == "pool" else "name"]
 
         def build(s: Session) -> Response:
-            if name not in self.c.defs.servers:
-                raise KeyError(f"no server {name}")
-            self._visible(s, self.c.pool_of_server(name))
-            return self.render("server.html", session=s, d=views.server_page(self.c, s.identity, name))
+            if name not in known:
+                raise KeyError(f"no {kind} {name}")
+            self._visible(s, pool_of(name))
+            return self.render(f"{kind}.html", session=s, d=view(s.identity, name))
         return await self.page(request, build)
 
     def _operation(self, s: Session, op_id: str) -> dict[str, Any]:

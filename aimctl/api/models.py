@@ -6,9 +6,11 @@ schemas (``aimctl.api.openapi``): the document cannot drift from the handlers.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+from aimctl import journal
 
 # The shapes of names the API accepts; what does not fit is refused (400) before any handler runs.
 NameStr = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
@@ -84,15 +86,6 @@ class PersonaStatus(Out):
     bmc: str | None
 
 
-class ServerMarkOut(Out):
-    name: str
-    quarantined: bool
-    reason: str
-    by: str
-    since: float | None
-    failed: bool
-
-
 class PoolPause(Out):
     pool: str
     paused: bool
@@ -103,24 +96,11 @@ class PoolPause(Out):
 
 class Status(Out):
     personas: dict[str, PersonaStatus]
-    quarantined: dict[str, ServerMarkOut]
+    quarantined: dict[str, journal.ServerStatus]
     receiver: dict[str, Any]
     paused_pools: dict[str, str] = Field(description="Pools the storm brake paused, with why")
     operator_paused: dict[str, PoolPause] = Field(description="Pools an operator paused")
     queued: list[str]
-
-
-class Operation(Out):
-    id: str
-    kind: str
-    persona: str
-    from_server: str | None
-    to_server: str | None
-    state: str
-    result: str
-    created: float
-    updated: float
-    facts: dict[str, Any]
 
 
 class Step(Out):
@@ -134,9 +114,16 @@ class Step(Out):
     detail: dict[str, Any]
 
 
-class OperationDetail(Operation):
-    timeline: list[Step]
-    change: dict[str, Any] | None
+# The journal's own dataclasses are the API's shapes for an operation and a server's marks (pydantic
+# validates and documents stdlib dataclasses): one definition, no copy to drift.
+Operation = journal.Operation
+ServerMarkOut = journal.ServerStatus
+
+OperationDetail = create_model(
+    "OperationDetail", __config__=ConfigDict(extra="forbid"),
+    **{name: (tp, ...) for name, tp in get_type_hints(journal.Operation).items()},  # type: ignore[call-overload]
+    timeline=(list[Step], ...), change=(dict[str, Any] | None, ...),
+)
 
 
 class PlanStep(Out):

@@ -26,6 +26,8 @@ def test_viewer_sees_the_fleet_and_no_action_and_a_forged_post_is_403(world: Wor
     page.wait_for_selector("h1")
     assert "iqn.1991-05.com.microsoft:exchange1" in page.content()
     assert page.locator(".actions a").count() == 0
+    resp = page.goto(world.url + "/personas/nosuch")
+    assert resp is not None and resp.status == 404 and "no persona nosuch" in page.inner_text("#problem")
     # The review page itself refuses a viewer, and so does a forged POST carrying the viewer's own
     # valid CSRF token: the same role check as the API, in the same place.
     page.goto(world.url + "/review/failover?persona=exchange1")
