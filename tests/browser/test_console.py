@@ -57,11 +57,11 @@ def test_a_request_without_the_csrf_token_is_refused(world: World, browser_page:
 def test_operator_watches_the_power_button_failover_live(world: World, browser_page: Any) -> None:
     page = browser_page
     sign_in(page, world, "operator")
-    shot(page, "dashboard")
     page.evaluate("window.__not_reloaded = true")
     world.lab.fault("power-button", "r720-1")
     # The operation appears on the open dashboard by itself (server-sent events, no reload).
     page.wait_for_selector("#running a[href^='/operations/']", timeout=30_000)
+    shot(page, "dashboard")
     assert page.evaluate("window.__not_reloaded") is True
     page.click("#running a[href^='/operations/']")
     page.wait_for_selector("#timeline")
@@ -127,7 +127,7 @@ def test_planned_move_goes_through_its_review_page(world: World, browser_page: A
     lines = page.locator("#plan .switch-line").all_inner_texts()
     assert any("switchport" in line for line in lines), lines
     assert any(line.startswith("sw1> ") for line in lines) and any(line.startswith("sw2> ") for line in lines)
-    shot(page, "review")
+    shot(page, "review", full_page=False)
     page.click("#confirm")
     page.wait_for_selector("#timeline")  # the confirmed move's own timeline
     expect(page.locator("#result")).to_contain_text("exchange2 on r720-3", timeout=60_000)
