@@ -389,3 +389,42 @@ def test_tls_serves_https_and_the_cli_trusts_the_controller_certificate(tmp_path
     bad = TlsFiles(tmp_path / "api.crt", tmp_path / "missing.key")
     with pytest.raises(OperatorError, match="API TLS: cannot use certificate"):
         build(tmp_path / "s2", Audit(tmp_path / "a2.log"), Metrics(), bad).start()
+
+
+def test_console_sign_in_sets_a_strict_secure_session_under_tls(tmp_path: Path) -> None:
+    """Sign-in needs only the token store and the audit log, so it is tested here without a controller."""
+    import re
+    from typing import cast
+
+    import httpx
+
+    from aimctl.api.console import mount_console
+    from aimctl.daemon import Controller
+
+    state = tmp_path / "ctrl"
+    state.mkdir()
+    tls = _self_signed(tmp_path)
+    audit = Audit(state / "audit.log")
+    api = build(state, audit, Metrics(), tls)
+    mount_console(api, cast(Controller, None))
+    url = api.start()
+    admin = (state / "api-token").read_text().strip()
+    try:
+        with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=str(tls.cert))) as http:
+            form = http.get("/signin")
+            assert "script-src 'self'" in form.headers["content-security-policy"]
+            assert "unsafe-inline" not in form.headers["content-security-policy"]
+            pre = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+            wrong = http.post("/signin", data={"csrf": pre, "token": "x" * 20, "next": "/"})
+            assert wrong.status_code == 401 and "not known" in wrong.text
+            no_csrf = http.post("/signin", data={"token": admin, "next": "/"})
+            assert no_csrf.status_code == 403
+            ok = http.post("/signin", data={"csrf": pre, "token": admin, "next": "//evil.example/"})
+            assert ok.status_code == 303 and ok.headers["location"] == "/"  # never off-site after sign-in
+            cookie = next(v for k, v in ok.headers.multi_items() if k == "set-cookie" and "aimctl_session=" in v)
+            assert {"HttpOnly", "Secure", "SameSite=strict"} <= {p.strip() for p in cookie.split(";")}
+    finally:
+        api.stop()
+    signins = [(e["actor"], e["detail"]["status"]) for e in audit.entries() if e["action"] == "console.signin"]
+    assert signins == [("anonymous", 401), ("admin", 303)]
+    assert admin not in (state / "audit.log").read_text()
