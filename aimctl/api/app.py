@@ -352,6 +352,7 @@ class Api:
             client = f"{request.client.host}:{request.client.port}" if request.client else "-"
             headers = dict(request.headers)
             params = {k: str(v) for k, v in request.path_params.items()}
+            identity: Identity | None = None
             try:
                 identity = self.authenticate(headers)
                 raw = await read_body(request)
@@ -359,7 +360,7 @@ class Api:
             except ApiError as e:
                 reply = Reply(e.status, {"error": e.message}, JSON, e.headers)
                 if route.method != "GET":
-                    self.audit_call(Call(route.method, route.path, params, {}, None, None, client, {}), e.status)
+                    self.audit_call(Call(route.method, route.path, params, {}, None, identity, client, {}), e.status)
                 return to_response(reply)
             reply = await run_in_threadpool(self.execute, route, identity, params, dict(request.query_params),
                                             body, client, headers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from aimctl.secrets import mask
 if TYPE_CHECKING:
     from aimctl.daemon import Controller
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -171,6 +173,9 @@ class Console:
         except (KeyError, OperatorError) as exc:
             status = int(getattr(exc, "http_status", 404 if isinstance(exc, KeyError) else 400))
             return self.error(status, str(exc).strip("'") if isinstance(exc, KeyError) else str(exc), s)
+        except Exception:
+            log.exception("console page %s failed", request.url.path)
+            return self.error(500, "internal error (see the controller log)", s)
 
     # -- sign-in --------------------------------------------------------------------------------
 

@@ -62,7 +62,6 @@ def bind(host: str, port: int) -> socket.socket:
             raise OperatorError(f"API address {host}:{port}: permission denied (ports below 1024 need root)") from None
         raise OperatorError(f"API address {host}:{port}: {exc.strerror}") from None
     sock.listen(128)
-    sock.set_inheritable(True)
     return sock
 
 
