@@ -6,7 +6,11 @@ Observe -> decide -> act once -> say what happened, as a short loop; everything 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import os
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +31,11 @@ from aimctl.detect.detector import (
     PersonaUnhealthy,
     PersonaUnreachable,
 )
-from aimctl.detect.heartbeat import HeartbeatReceiver
+from aimctl.detect.heartbeat import HeartbeatReceiver, MarkStore
 from aimctl.detect.observe import Observer
-from aimctl.detect.traps import TrapReceiver
+from aimctl.detect.recheck import DEATHS, UNHEALTHY, alive_evidence
+from aimctl.detect.storm import PoolLoad, Queued, plan_storm
+from aimctl.detect.traps import TrapReceiver, bmc_identities
 from aimctl.drivers.ifindex import ifindex
 from aimctl.drivers.registry import Drivers, make_power
 from aimctl.errors import OperatorError
@@ -37,10 +43,11 @@ from aimctl.failover import bootwindow
 from aimctl.failover.chap import ChapStore
 from aimctl.failover.context import Ctx, Settings
 from aimctl.failover.dryrun import plan_failover
-from aimctl.failover.planner import capacity, standbys
+from aimctl.failover.planner import capacity, check_request, standbys
+from aimctl.failover.resolve import KEEP, abandon_plan, mark_fenced_refusal, retry_refusal
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
-from aimctl.journal import TERMINAL, Journal, Operation, PoolPause, persona_lease, server_lease
+from aimctl.journal import TERMINAL, Journal, Operation, PoolPause, ServerMark, persona_lease, server_lease
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
@@ -49,7 +56,7 @@ from aimctl.records.changes import ChangeRecords
 from aimctl.records.metrics import Metrics
 from aimctl.records.sinks import JsonlSink, WebhookSink
 from aimctl.recovery.runner import hook_runner
-from aimctl.secrets import private_dir, resolve_bytes
+from aimctl.secrets import resolve_bytes
 
 log = logging.getLogger("aimctl.controller")
 
@@ -66,6 +73,11 @@ class NeedsOperatorAlert(Event):
     """An operation stopped and waits for a human."""
 
 
+@dataclass(frozen=True, slots=True)
+class NotDeadAlert(Event):
+    """A failover was not started, or stopped before touching anything: a second source says the body lives."""
+
+
 class StormBrake(OperatorError):
     """The pool already runs as many failovers as its storm brake allows."""
 
@@ -80,16 +92,45 @@ class BootScriptRefused(OperatorError):
     http_status = 403
 
 
+def check_state_dir(state: Path) -> None:
+    """The controller's state dir exists (made 0700 if not), is a directory and can be read and written;
+    otherwise one line saying so (exit 2), never a traceback from deep inside the journal."""
+    if state.exists() and not state.is_dir():
+        raise OperatorError(f"state dir {state}: not a directory")
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = state.stat().st_mode & 0o777
+        if mode & 0o077:  # made by someone else (or an older aimctl) open to others: it holds secrets
+            log.warning("state dir %s was open to others (mode %o); tightened to 0700", state, mode)
+            os.chmod(state, 0o700)
+    except OSError as exc:
+        raise OperatorError(f"state dir {state}: cannot create it: {exc.strerror or exc}") from None
+    if not os.access(state, os.R_OK | os.W_OK | os.X_OK):
+        raise OperatorError(f"state dir {state}: not readable and writable by this user (uid {os.getuid()})")
+
+
+def heartbeat_receiver(listen: Listen, keys: dict[str, bytes], store: MarkStore) -> HeartbeatReceiver:
+    """The receiver with its replay memory in ``store`` (the journal): saved every flush, at most once
+    an interval, and after a restart the sequences a flush may have missed are refused too (one
+    interval's worth per flush, and two more for the burst an agent sends after a stall of its own)."""
+    flush_s = min(1.0, listen.heartbeat_interval)
+    guard = math.ceil(flush_s / listen.heartbeat_interval) + 2
+    return HeartbeatReceiver(*_hostport(listen.heartbeat), keys, store=store, flush_s=flush_s, replay_guard=guard)
+
+
 class Controller:
     def __init__(self, defs: Definitions, listen: Listen, state: Path, settings: Settings | None = None) -> None:
         self.defs = defs
         self.listen = listen
         self.state = state
-        private_dir(state)
-        private_dir(state / "boot")
-        self.journal = Journal(state / "journal.db")
-        if not any(self.journal.assignment().values()):
-            self.journal.seed_assignment(defs.homes())
+        check_state_dir(state)
+        try:
+            (state / "boot").mkdir(exist_ok=True, mode=0o700)
+            self.journal = Journal(state / "journal.db")
+            if not any(self.journal.assignment().values()):
+                self.journal.seed_assignment(defs.homes())
+        except (OSError, sqlite3.Error) as exc:
+            raise OperatorError(f"state dir {state}: cannot open the journal: {exc}") from None
         self.audit = Audit(state / "audit.log")
         self.metrics = Metrics()
         sinks: list[Any] = [JsonlSink(state / "changes.jsonl")]
@@ -97,16 +138,17 @@ class Controller:
             sinks.append(WebhookSink(listen.change_webhook, listen.change_webhook_secret))
         self.changes = ChangeRecords(self.journal, sinks)
         self.chap = ChapStore(state)
-        self.drivers = Drivers(defs, state / "boot")
+        self.drivers = Drivers(defs, state / "boot", switch_timeout_s=listen.switch_timeout)
         for name, srv in defs.servers.items():
             if srv.bmc.kind == "ipmi" and srv.boot_address is None:
                 log.warning("server %s boots by iPXE and declares no boot_address: its boot script (with a CHAP"
                             " secret) is served to any address while it is being powered on", name)
         self.settings = settings or Settings(power_deadline_s=listen.power_deadline,
-                                             boot_timer_override_s=listen.boot_timer_override)
+                                             boot_timer_override_s=listen.boot_timer_override,
+                                             switch_deadline_s=listen.switch_deadline)
         self.interval = listen.heartbeat_interval
         keys = {n: resolve_bytes(p.spec.heartbeat_key) for n, p in defs.personas.items()}
-        self.receiver = HeartbeatReceiver(*_hostport(listen.heartbeat), keys)
+        self.receiver = heartbeat_receiver(listen, keys, self.journal)
         # The poller gets its own BMC sessions: a slow poll must never queue behind a fence.
         self.poller = BmcPoller({s: make_power(s, v) for s, v in defs.servers.items()},
                                 interval_s=listen.bmc_poll_interval)
@@ -114,18 +156,28 @@ class Controller:
         for s, srv in defs.servers.items():
             for ch, cable in srv.channels.items():
                 links[(cable.switch, cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))] = (s, ch)
-        # One community for all switches; the receiver tells switches apart by sysName / address.
-        self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None}, links=links)
+        # One community for all switches and BMCs; the receiver tells devices apart by address / sysName.
+        # BMC alerts are a death signal (observe.py): the receiver must know which BMC is whose.
+        addresses, bmcs = bmc_identities({s: v.bmc.address for s, v in defs.servers.items()},
+                                         [sw.address for sw in defs.switches.values()])
+        try:
+            self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None},
+                                      links=links, addresses=addresses, bmcs=bmcs)
+        except OperatorError:
+            self.receiver.stop()
+            raise
         alert_sinks: list[Any] = [LoggingAlerts(log)]
         if listen.alert_webhook and listen.alert_webhook_secret:
             alert_sinks.append(WebhookAlerts(listen.alert_webhook, listen.alert_webhook_secret))
         self.alerts = FanOut(alert_sinks)
         # Storm brake: deaths wait here while their pool is at its concurrency limit or paused.
-        self._pending: dict[str, tuple[str, str]] = {}
+        self._pending: dict[str, Queued] = {}
+        self._held: dict[str, str] = {}  # queued persona -> why it waits
         self._starting: set[str] = set()
         self._starter = ThreadPoolExecutor(4, thread_name_prefix="start")
-        self.paused: dict[str, str] = {}
-        self.detector = Detector(self, Params(miss_intervals=2.5))
+        self.paused: dict[str, str] = {}  # pools the storm brake paused, and why
+        self.params = Params(miss_intervals=2.5)
+        self.detector = Detector(self, self.params)
         self.observer = Observer(self.receiver, self.poller, self.traps)
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()
@@ -135,7 +187,7 @@ class Controller:
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
                        hook_runner(defs, self._hook_note), self.bmc_unhealthy,
                        change_approved=self.changes.is_approved, stop_persona=self.stop_persona,
-                       settings=self.settings)
+                       alive_evidence=self.alive_evidence, settings=self.settings)
 
     # ------------------------------------------------------------------ observe
 
@@ -167,91 +219,191 @@ class Controller:
         return out
 
     def snapshot(self, now: float) -> list[Observation]:
-        """Watch every assigned persona that no operation holds (its current body, its SCN channels),
-        then read heartbeats, BMC answers and link state for it, all from memory."""
-        busy = self.busy_personas()
+        """Watch every assigned persona that no running operation holds (its current body, its SCN
+        channels), then read heartbeats, BMC answers and link state for it, all from memory. A persona
+        whose operation waits for an operator or an approval is still watched, so status shows the
+        truth about it (rule 7); its deaths are not queued, the waiting operation already covers it."""
+        busy = self.acting_personas()
         want = {p: s for p, s in self.journal.assignment().items()
                 if s and p not in busy and p in self.defs.personas}
         current = self.observer.watches()
         for persona in current.keys() - want.keys():
             self.observer.unwatch(persona)
+            self.detector.forget(persona)
         for persona, server in want.items():
             w = current.get(persona)
             if w is None or w.server != server:
-                pool = self.defs.pools[self.defs.personas[persona].pool]
-                scn = pool.networks[pool.scn]
-                chans = [c for c in (scn.primary, scn.secondary) if c is not None]
-                self.observer.watch(persona, server, chans, self.interval, grace_s=max(10 * self.interval, 5.0))
+                self.observer.watch(persona, server, self._scn_channels(persona), self.interval,
+                                    grace_s=max(10 * self.interval, 5.0))
         obs = self.observer(now)
         for o in obs:
             self.metrics.set_heartbeat_age(o.persona, o.hb_age)
         return obs
+
+    def _scn_channels(self, persona: str) -> list[int]:
+        pool = self.defs.pools[self.defs.personas[persona].pool]
+        scn = pool.networks[pool.scn]
+        return [c for c in (scn.primary, scn.secondary) if c is not None]
+
+    def recheck(self, persona: str, server: str, trigger: str, verdict_body: bool = True) -> str | None:
+        """A sentence when a second source now says ``server`` (running ``persona``) is alive after all."""
+        ev = self.observer.evidence(persona, server, self._scn_channels(persona), self.interval, trigger,
+                                    verdict_body)
+        return alive_evidence(ev, self.params)
+
+    def alive_evidence(self, persona: str, server: str) -> str | None:
+        """``Ctx.alive_evidence``: asked at confirm and by the fence before any power-off. Only an
+        operation the detector opened is second-guessed; a planned move or an operator's failover is
+        the operator's decision."""
+        op = next((o for o in self.journal.unfinished_operations() if o.persona == persona), None)
+        if op is None or op.kind != "failover":
+            return None
+        trigger = str(op.facts.get("trigger", ""))
+        if trigger not in (*DEATHS, UNHEALTHY):
+            return None
+        why = self.recheck(persona, server, trigger, verdict_body=server == op.from_server)
+        if why:
+            log.warning("%s: %s on %s is not dead after all: %s", op.id, persona, server, why)
+        return why
 
     # ------------------------------------------------------------------ decide
 
     def emit(self, event: Event) -> None:
         """Detector events: deaths queue for failover (the storm brake drains them); all are alerted."""
         self.alerts.emit(event)
-        if isinstance(event, TRIGGERS):
-            self._pending[event.persona] = (event.kind, event.reason)
+        if isinstance(event, TRIGGERS) and event.persona not in self.busy_personas():
+            w = self.observer.watches().get(event.persona)
+            server = w.server if w is not None else self.journal.assignment().get(event.persona)
+            self._pending[event.persona] = Queued(event.persona, self.defs.personas[event.persona].pool,
+                                                  event.kind, event.reason, server)
 
     def _storm_brake(self) -> None:
-        """Pause automatic failover in a pool where too many personas are in trouble at once (a switch
-        or power event, not N independent deaths), page the operators once, and start queued failovers
-        only while the pool runs fewer than its limit."""
-        states = self.detector.states()
+        """Apply the storm brake's decision (``detect/storm.py``): pause or resume pools, drop queued
+        triggers that went stale, start the others (each re-checked before it opens an operation)."""
+        states = {p: st.state for p, st in self.detector.states().items()}
+        ops = self.journal.unfinished_operations()
+        busy = {o.persona for o in ops}
+        starting = set(self._starting)
+        pool_of = {p: d.pool for p, d in self.defs.personas.items()}
+        pools = {}
         for name, pool in self.defs.pools.items():
-            personas = [p.name for p in self.defs.pool_personas(name)]
-            if not personas:
-                continue
-            troubled = [p for p in personas if states.get(p) and states[p].state != "alive"]
-            share = 100 * len(troubled) / len(personas)
-            if share > pool.storm.pause_above_percent and len(troubled) > 1:
-                if name not in self.paused:
-                    why = (f"{len(troubled)} of {len(personas)} personas of pool {name} in trouble at once "
-                           f"({', '.join(sorted(troubled))}): automatic failover paused; an operator decides")
-                    self.paused[name] = why
-                    self.alerts.emit(PersonaUnreachable(",".join(sorted(troubled)), f"PAGE: {why}"))
-                    self.audit.record("controller", "storm.pause", name, {"troubled": sorted(troubled)})
-            elif name in self.paused:
-                # The storm subsided (what is left is within the pool's share): queued failovers go on.
-                del self.paused[name]
-                self.alerts.emit(PersonaRecovered(",".join(sorted(troubled)) or name,
-                                                  f"storm over in pool {name}: automatic failover resumes"))
-                self.audit.record("controller", "storm.resume", name, {"troubled": sorted(troubled)})
-        held = self.held_pools()
-        for persona, (trigger, evidence) in list(self._pending.items()):
-            if self.defs.personas[persona].pool in held or persona in self._starting:
-                continue
+            personas = tuple(p.name for p in self.defs.pool_personas(name))
+            running = sum(1 for o in ops if pool_of.get(o.persona) == name) + \
+                sum(1 for p in starting if pool_of.get(p) == name and p not in busy)
+            pools[name] = PoolLoad(personas, tuple(p for p in personas if states.get(p, "alive") != "alive"),
+                                   running, pool.storm.max_concurrent, pool.storm.pause_above_percent)
+        # A copy first: starter threads pop from the queue while this loop reads it.
+        queued = [q for p, q in list(self._pending.items()) if p not in starting]
+        plan = plan_storm(pools, queued, states, self.journal.assignment(), busy, set(self.paused),
+                          set(self.operator_paused))
+        for name, why in plan.pause.items():
+            self.paused[name] = why
+            troubled = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaUnreachable(",".join(troubled), f"PAGE: {why}"))
+            self.audit.record("controller", "storm.pause", name, {"troubled": troubled})
+        for name, why in plan.resume.items():
+            self.paused.pop(name, None)
+            troubled = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaRecovered(",".join(troubled) or name, why))
+            self.audit.record("controller", "storm.resume", name, {"troubled": troubled})
+        for q, why in plan.drop:
+            if self._pending.get(q.persona) is q:
+                del self._pending[q.persona]
+            log.warning("queued %s of %s dropped: %s", q.trigger, q.persona, why)
+            self.audit.record("controller", "queue.drop", q.persona, {"trigger": q.trigger, "why": why})
+        self._held = dict(plan.hold)
+        for q, _why in plan.start:
             # Opening an operation writes the journal, the change record and the audit log (fsyncs):
             # done off the detector loop, so twenty deaths at once don't hold back the next tick.
-            self._starting.add(persona)
-            self._starter.submit(self._start_queued, persona, trigger, evidence)
+            self._starting.add(q.persona)
+            self._starter.submit(self._start_queued, q)
 
-    def _start_queued(self, persona: str, trigger: str, evidence: str) -> None:
+    def _start_queued(self, q: Queued) -> None:
         try:
-            self.start_failover(persona, trigger=trigger, evidence=evidence)
-            self._pending.pop(persona, None)
+            # Taken up now, perhaps long after the verdict: ask the sources again first.
+            alive = self.recheck(q.persona, q.server, q.trigger) if q.server else None
+            if alive:
+                self._pending.pop(q.persona, None)
+                self.alerts.emit(NotDeadAlert(q.persona, f"{q.trigger} not acted on: not dead after all: {alive}"))
+                self.audit.record("controller", "failover.not-dead", q.persona,
+                                  {"trigger": q.trigger, "evidence": q.evidence, "alive": alive})
+                return
+            self.start_failover(q.persona, trigger=q.trigger, evidence=q.evidence)
+            self._pending.pop(q.persona, None)
         except StormBrake:
             pass  # stays queued until a running failover of its pool ends
         except OperatorError as exc:
-            log.error("failover of %s not started: %s", persona, exc)
-            self._pending.pop(persona, None)
+            log.error("failover of %s not started: %s", q.persona, exc)
+            self._pending.pop(q.persona, None)
+        except Exception:  # a start that crashed must not leave the persona marked as starting forever
+            log.exception("failover of %s not started", q.persona)
         finally:
-            self._starting.discard(persona)
+            self._starting.discard(q.persona)
+
+    # ------------------------------------------------------------------ tell
+
+    def status(self, only: set[str] | None = None, assignment: dict[str, str | None] | None = None) -> dict[str, Any]:
+        """The status document (``/v1/status``, ``aimctl status``): per persona its pool, body, heartbeat age
+        (by arrival), health, the detector's state and reason (also while an operation waits), the
+        BMC's reading, the operation holding it with its state and, when it waits, why; every BMC's
+        reading; the storm brake's pauses and queue; how often the detector caught itself stalled.
+        ``only`` limits the persona rows (and their cost) to those named."""
+        now = time.monotonic()
+        states = self.detector.states()
+        watched = self.observer.watches()
+        ops = {o.persona: o for o in self.journal.unfinished_operations()}
+        personas: dict[str, dict[str, Any]] = {}
+        assigned = self.journal.assignment() if assignment is None else assignment
+        for persona in sorted(assigned if only is None else only & assigned.keys()):
+            server = assigned[persona]
+            if persona not in self.defs.personas:
+                continue
+            seen = self.receiver.last_seen(persona)
+            st = states.get(persona)
+            op = ops.get(persona)
+            if persona not in watched:
+                detector, reason = "-", "not watched while its operation acts" if op else "not watched"
+            else:
+                detector, reason = (st.state if st else "alive"), self.detector.reason(persona)
+            personas[persona] = {
+                "pool": self.defs.personas[persona].pool,
+                "server": server,
+                "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
+                "health": seen[1].health.word if seen else None,
+                "detector": detector,
+                "detector_reason": reason,
+                "bmc": self.poller.answer(server)[0] if server and server in self.defs.servers else None,
+                "operation": op.id if op else None,
+                "operation_state": op.state if op else None,
+                "queued": self._held.get(persona, "queued") if persona in self._pending else None,
+            }
+            if op is not None and op.state != "running":
+                # What the operation waits for (the API adds the operator's ways out, rule 7).
+                personas[persona]["waiting"] = {"state": op.state, "reason": op.result}
+        quarantined = {s: dataclasses.asdict(v) for s, v in self.journal.quarantined().items()}
+        return {"personas": personas, "quarantined": quarantined, "receiver": self.receiver.counters(),
+                "paused_pools": dict(self.paused), "operator_paused_pools": dict(self.operator_paused),
+                "operator_paused": {p: {"paused": True, **v.__dict__} for p, v in self.pool_pauses().items()},
+                "queued": sorted(self._pending), "detector_stalls": self.detector.stalls,
+                "bmcs": {s: self.poller.answer(s)[0] for s in sorted(self.defs.servers)} if only is None else {}}
 
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
+
+    def acting_personas(self) -> set[str]:
+        return {op.persona for op in self.journal.unfinished_operations() if op.state == "running"}
 
     # ------------------------------------------------------------------ act
 
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
                        to: str | None = None, actor: str = "controller", change: str | None = None) -> str:
         with self._lock:
-            if persona not in self.defs.personas:
-                raise NotFound(f"unknown persona {persona!r}")
-            if to is not None and to not in self.defs.servers:
-                raise NotFound(f"unknown server {to!r}: nothing was started")
+            # Names and targets are checked before anything is opened: a request that can never run
+            # must not leave an operation holding the persona.
+            in_use = {lease.name[7:]: f"in use by {lease.holder}" for lease in self.journal.leases()
+                      if lease.name.startswith("server:")}
+            check_request(self.defs, persona, to, {p: s for p, s in self.journal.assignment().items() if s},
+                          set(self.journal.quarantined()), in_use)
             if persona in self.busy_personas():
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool
@@ -268,15 +420,24 @@ class Controller:
             leases = [persona_lease(persona)] + ([server_lease(old)] if old else [])
             op_id = self.journal.open_operation(kind, persona, facts, from_server=old, leases=leases)
         # Outside the lock: twenty deaths at once must not queue behind each other's fsyncs.
-        self.detector.forget(persona)
         self._spawn(op_id)
         self.audit.record(actor, f"{kind}.start", persona, {"op": op_id, "trigger": trigger, "evidence": evidence})
         return op_id
 
-    def _spawn(self, op_id: str) -> None:
-        t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
-        self._threads[op_id] = t
-        t.start()
+    def _spawn(self, op_id: str) -> bool:
+        """Run (or resume) an operation in its own thread; never two threads for one operation."""
+        if self.journal.operation(op_id).state != "running":
+            self._settle(op_id)
+        with self._lock:
+            running = self._threads.get(op_id)
+            if running is not None and running.is_alive():
+                return False
+            # The workflow holds the persona from here: the detector starts afresh when it is handed back.
+            self.detector.forget(self.journal.operation(op_id).persona)
+            t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
+            self._threads[op_id] = t
+            t.start()
+            return True
 
     def _run_op(self, op_id: str) -> None:
         op = self.journal.operation(op_id)
@@ -293,6 +454,9 @@ class Controller:
         self._revision += 1
         if res.state in TERMINAL:
             op = self.journal.operation(op_id)
+            if res.state == "aborted" and "not dead after all" in res.result:
+                self.alerts.emit(NotDeadAlert(op.persona, f"{op_id} stopped before touching anything: {res.result}"))
+                self.audit.record("controller", "failover.not-dead", op.persona, {"op": op_id, "result": res.result})
             if op.facts.get("recovery_failed"):
                 self.alerts.emit(RecoveryFailed(op.persona, f"{op_id}: {res.result}; see its recovery step"))
             self.metrics.failover_finished(res.state)
@@ -301,7 +465,8 @@ class Controller:
             self._refresh_capacity()
         elif res.state == "needs-operator":
             self.alerts.emit(NeedsOperatorAlert(self.journal.operation(op_id).persona,
-                                                f"{op_id} needs an operator: {res.result}"))
+                                                f"{op_id} needs an operator: {res.result}; exits: "
+                                                f"aimctl retry|abandon|mark-fenced {op_id}"))
 
     def _on_step(self, ev: StepEvent) -> None:
         self._revision += 1
@@ -330,6 +495,86 @@ class Controller:
         self._revision += 1
         self.audit.record(actor, "failover.approve", op.persona, {"op": op_id})
         self._spawn(op_id)
+        return self.journal.operation(op_id)
+
+    # ------------------------------------------------------------------ operator exits (rule 7)
+
+    def _settle(self, op_id: str) -> None:
+        """Let a thread that just stopped the operation finish its notes (alert, change record)."""
+        t = self._threads.get(op_id)
+        if t is not None and t.is_alive():
+            t.join(5.0)
+
+    def _waiting(self, op_id: str) -> Operation:
+        op = self.journal.operation(op_id)
+        t = self._threads.get(op_id)
+        if op.state == "running" or (t is not None and t.is_alive()):
+            raise OperatorError(f"{op_id} is {op.state} and its workflow is still acting; try again when it stops")
+        return op
+
+    def _resolved(self, op: Operation, actor: str, action: str, detail: dict[str, Any]) -> None:
+        """The operator's choice, in the audit log and the operation's change record."""
+        self.audit.record(actor, f"operation.{action}", op.persona, {"op": op.id, **detail})
+        words = ", ".join(f"{k} {v}" for k, v in detail.items() if v)
+        self.changes.note(op.id, "resolve", f"{action} by {actor}" + (f": {words}" if words else ""))
+
+    def retry(self, op_id: str, actor: str, note: str = "") -> Operation:
+        """Run a needs-operator operation again from the step that stopped it."""
+        self._settle(op_id)
+        with self._lock:
+            op = self._waiting(op_id)
+            refusal = retry_refusal(op)
+            if refusal:
+                raise OperatorError(refusal)
+            n = int(op.facts.get("retries", 0)) + 1
+            self.journal.result(op_id, "resolve", "ok", {"action": "retry", "by": actor, "note": note},
+                                facts={"retries": n})
+        self._resolved(op, actor, "retry", {"note": note})
+        self._spawn(op_id)
+        return self.journal.operation(op_id)
+
+    def mark_fenced(self, op_id: str, server: str, actor: str, note: str = "") -> Operation:
+        """Record an operator's word that ``server`` is out (rule 1's human decision), then retry."""
+        self._settle(op_id)
+        with self._lock:
+            op = self._waiting(op_id)
+            refusal = mark_fenced_refusal(op, self.journal.records(op_id), server)
+            if refusal:
+                raise OperatorError(refusal)
+            marks = dict(op.facts.get("operator_fenced") or {})
+            marks[server] = {"by": actor, "at": time.time(), "note": note}
+            n = int(op.facts.get("retries", 0)) + 1
+            self.journal.result(op_id, "resolve", "ok",
+                                {"action": "mark-fenced", "server": server, "by": actor, "note": note},
+                                facts={"operator_fenced": marks, "retries": n})
+        self._resolved(op, actor, "mark-fenced", {"server": server, "note": note})
+        self._spawn(op_id)
+        return self.journal.operation(op_id)
+
+    def abandon(self, op_id: str, actor: str, persona_on: str = KEEP, note: str = "") -> Operation:
+        """End a waiting operation without touching any device; see ``failover/resolve.py``."""
+        self._settle(op_id)
+        with self._lock:
+            op = self._waiting(op_id)
+            current = self.journal.assignment().get(op.persona)
+            plan = abandon_plan(op, self.journal.records(op_id), current, persona_on)
+            if plan.refusal:
+                raise OperatorError(plan.refusal)
+            where = plan.assign or "no server (unassigned)"
+            result = f"abandoned by {actor}: {op.persona} stays on {where}" + (f"; {note}" if note else "")
+            self.journal.result(
+                op_id, "resolve", "ok", {"action": "abandon", "by": actor, "note": note, "persona_on": plan.assign},
+                assignment_change={op.persona: plan.assign} if plan.change_assignment else None,
+                server_marks={s: ServerMark(why, quarantine=True) for s, why in plan.quarantine.items()},
+                end=("aborted", result))
+            self._pending.pop(op.persona, None)
+        self._resolved(op, actor, "abandon", {"persona_on": where, "quarantined": ", ".join(plan.quarantine),
+                                              "note": note})
+        self.changes.close(op_id, f"aborted: {result}")
+        self.metrics.failover_finished("aborted")
+        # The persona is watched again from a clean slate: a body that is dead fails over anew.
+        self.detector.forget(op.persona)
+        self._refresh_capacity()
         return self.journal.operation(op_id)
 
     # ------------------------------------------------------------------ operator actions and views
@@ -372,34 +617,6 @@ class Controller:
                             self.receiver.beats(persona) > 0)
         return out
 
-    def status(self, only: set[str] | None = None, assignment: dict[str, str | None] | None = None) -> dict[str, Any]:
-        """What ``aimctl status`` shows; ``only`` limits the persona rows (and their cost) to those named."""
-        now = time.monotonic()
-        states = self.detector.states()
-        busy = {o.persona: o.id for o in self.journal.unfinished_operations()}
-        personas = {}
-        assigned = self.journal.assignment() if assignment is None else assignment
-        for persona in sorted(assigned if only is None else only & assigned.keys()):
-            server = assigned[persona]
-            if persona not in self.defs.personas:
-                continue
-            seen = self.receiver.last_seen(persona)
-            st = states.get(persona)
-            personas[persona] = {
-                "pool": self.defs.personas[persona].pool,
-                "server": server,
-                "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
-                "health": seen[1].health.word if seen else None,
-                "detector": st.state if st else "alive",
-                "operation": busy.get(persona),
-                "bmc": self.poller.answer(server)[0] if server in self.defs.servers else None,
-            }
-        quarantined = {s: v.__dict__ for s, v in self.journal.quarantined().items()}
-        return {"personas": personas, "quarantined": quarantined, "receiver": self.receiver.counters(),
-                "paused_pools": dict(self.paused),
-                "operator_paused": {p: {"paused": True, **v.__dict__} for p, v in self.operator_paused().items()},
-                "queued": sorted(self._pending)}
-
     def operation_view(self, op_id: str) -> dict[str, Any]:
         op = self.journal.operation(op_id)
         d = dict(op.__dict__)
@@ -416,9 +633,18 @@ class Controller:
         if to is not None and to not in self.defs.servers:
             raise NotFound(f"unknown server {to!r}")
         assignment = {p: s for p, s in self.journal.assignment().items() if s}
-        return plan_failover(self.defs, persona, assignment, set(self.journal.quarantined()), to=to,
-                             render=lambda sw, intents: render_switch_lines(self.defs.switches[sw].os, intents),
-                             kind=kind)
+        plan = plan_failover(self.defs, persona, assignment, set(self.journal.quarantined()), to=to,
+                             render=lambda sw, intents: render_switch_lines(self.defs.switches[sw].os, intents))
+        if kind != "failover":
+            # A planned operation has no death to confirm and no approval by policy: its agent is asked
+            # to stop the persona cleanly first.
+            old = plan.get("from")
+            steps = [s for s in plan["steps"] if s["name"] != "approve"]
+            for s in steps:
+                if s["name"] == "confirm":
+                    s["actions"] = [f"planned {kind}: {persona}'s agent on {old} is asked to stop it cleanly first"]
+            plan["steps"] = steps
+        return plan
 
     def failback(self, persona: str, actor: str, change: str | None = None) -> str:
         if persona not in self.defs.personas:
@@ -439,12 +665,14 @@ class Controller:
         self._revision += 1
         self._refresh_capacity()
 
-    def operator_paused(self) -> dict[str, PoolPause]:
+    def pool_pauses(self) -> dict[str, PoolPause]:
+        """Pools an operator paused, kept in the journal (a restart keeps them paused)."""
         return self.journal.pool_pauses()
 
-    def held_pools(self) -> set[str]:
-        """Pools where queued automatic failovers wait: paused by the storm brake or by an operator."""
-        return set(self.paused) | set(self.operator_paused())
+    @property
+    def operator_paused(self) -> dict[str, str]:
+        """Pools an operator paused, and why: an input of the storm brake, which never resumes them."""
+        return {p: f"paused by {v.by}" + (f": {v.reason}" if v.reason else "") for p, v in self.pool_pauses().items()}
 
     def pause_pool(self, pool: str, actor: str, reason: str = "") -> PoolPause:
         """An operator holds automatic failover in ``pool`` (deaths queue; operator commands still act)."""
@@ -453,7 +681,7 @@ class Controller:
         if self.journal.pause_pool(pool, actor, reason):
             self.audit.record(actor, "pool.pause", pool, {"reason": reason})
             self._revision += 1
-        return self.operator_paused()[pool]
+        return self.pool_pauses()[pool]
 
     def resume_pool(self, pool: str, actor: str) -> None:
         if pool not in self.defs.pools:

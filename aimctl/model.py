@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -22,24 +22,22 @@ from pydantic import (
     model_validator,
 )
 
-from aimctl.validation import HOSTNAME_RE, IQN_RE, NAME_RE, valid_vlan
+from aimctl.core.durations import parse_duration
+from aimctl.validation import (
+    HOST_KEY_RE,
+    HOSTNAME_RE,
+    IQN_RE,
+    NAME_RE,
+    SSH_URL_RE,
+    check_host_key,
+    ssh_url_parts,
+    valid_vlan,
+)
 
 # ---------------------------------------------------------------------------- scalar types
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: object) -> float:
-    """``"20m"`` → 1200.0. Bare numbers are refused: a unit-less timer is a classic 3 a.m. mistake."""
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if m:
-            return float(m.group(1)) * _UNIT_S[m.group(2)]
-    raise ValueError(f"not a duration: {value!r} (write e.g. 90s, 20m, 1h)")
-
-
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
 def _check_secret_ref(value: str) -> str:
@@ -95,6 +93,25 @@ def _check_vlan(value: int) -> int:
 Vlan = Annotated[int, AfterValidator(_check_vlan)]
 Channel = Annotated[int, Field(ge=1, le=64)]
 PsName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]  # Rust regex: $ is end of text
+
+
+def _check_ssh_url(value: str) -> str:
+    ssh_url_parts(value)
+    return value
+
+
+def _editor_pattern(rx: re.Pattern[str]) -> Any:
+    """The same pattern in JSON Schema's dialect (ECMA), so `aimctl schema` shows editors the rule."""
+    return Field(json_schema_extra={"pattern": rx.pattern.replace(r"\Z", "$").replace("(?P<", "(?<")})
+
+
+# ssh://user@host[:port] and known-hosts | SHA256:<fingerprint> | auto-add: validation's patterns.
+SshUrl = Annotated[str, AfterValidator(_check_ssh_url), _editor_pattern(SSH_URL_RE)]
+HostKey = Annotated[str, AfterValidator(check_host_key), _editor_pattern(HOST_KEY_RE)]
+
+
+def _check_management(value: str) -> str:
+    return value if value == "local" else _check_ssh_url(value)
 
 
 class Strict(BaseModel):
@@ -153,8 +170,9 @@ class Storage(Strict):
     portal: Host
     port: Annotated[int, Field(ge=1, le=65535)] = 3260
     # How the controller reaches the target's management: "local" runs tgtadm here, an ssh:// URL runs it there.
-    management: Annotated[str, StringConstraints(pattern=r"^(local|ssh://[A-Za-z0-9_.-]+@[A-Za-z0-9.-]+(:\d+)?)$")] = "local"
+    management: Annotated[str, AfterValidator(_check_management)] = "local"
     credentials: Credentials | None = None
+    host_key: HostKey = "known-hosts"  # of the ssh:// management host
     # A tgtd listening on a non-default control socket (TGT_IPC_SOCKET); local management only.
     control_socket: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./-]{1,200}$")] | None = None
 
@@ -201,13 +219,21 @@ class Qualification(Strict):
 
 
 HookPoint = Literal["pre-fence", "post-boot", "post-recovery", "pre-failback"]
-SshUrl = Annotated[str, StringConstraints(pattern=r"^ssh://[A-Za-z0-9_.-]+@[A-Za-z0-9.-]+(:\d{1,5})?$")]
+
+
+def _check_hook_command(value: str) -> str:
+    if not value.strip() or "\x00" in value:
+        raise ValueError("a hook command must be non-blank and without NUL")
+    return value
 
 
 class _Hook(Strict):
+    """What every hook has. ``aimctl.recovery.hooks`` runs these classes as they are."""
+
     point: HookPoint = "post-boot"
-    timeout: Duration = 600.0
+    timeout: PositiveDuration = 600.0
     retries: Annotated[int, Field(ge=0, le=10)] = 0
+    retry_wait: Duration = 10.0  # between attempts
 
 
 class ExchangeDagHook(_Hook):
@@ -216,17 +242,25 @@ class ExchangeDagHook(_Hook):
     server: PsName  # the Exchange server name of this persona (e.g. EXCH1), not the persona name
     via: SshUrl
     credentials: SecretRef
-    poll: Duration = 2.0  # how often copy status is read while waiting for healthy copies
-    # "known-hosts" (the controller's ~/.ssh/known_hosts), a pinned "SHA256:..." fingerprint, or "auto" (lab only).
-    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/]{43}=?)$")] = "known-hosts"
+    # How often copy status is read while waiting for healthy copies. 15 s: each read is a
+    # Get-MailboxDatabaseCopyStatus over the whole DAG through remote PowerShell on the management
+    # host, which takes seconds and loads the very servers that are resynchronizing; copies take
+    # minutes to catch up and the databases are already served by the other members, so a longer
+    # interval costs at most one interval of rebalancing. (The model said 2 s and the hook runner
+    # 15 s; 2 s was the one in force. Labs, whose copies resync in seconds, set it in their overlay.)
+    poll: PositiveDuration = 15.0
+    host_key: HostKey = "known-hosts"
 
 
 class SshCommandHook(_Hook):
     hook: Literal["ssh-command"]
     via: SshUrl
     credentials: SecretRef
-    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/]{43}=?)$")] = "known-hosts"
-    command: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    host_key: HostKey = "known-hosts"
+    # 1024 characters: the limit definitions have always been held to (the hook runner's own 4096
+    # could never be reached). A hook command is one call on the far side, filled with short
+    # placeholders; anything longer is a script that belongs in a file there.
+    command: Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_check_hook_command)]
 
 
 class ScriptHook(_Hook):

@@ -1,113 +1,19 @@
-"""Secret references: ``env:NAME`` or ``file:PATH``; never inline values.
-
-Resolved values are registered with the process-wide masker so that any log line or error that
-would carry them prints ``***`` instead.
-"""
+"""Secret references (``env:NAME``, ``file:PATH``) and the masker, under the name the controller's
+modules import. The one implementation is ``aimctl.core.secrets``, shared with the persona agent."""
 
 from __future__ import annotations
 
-import logging
-import os
-import re
-import threading
-from pathlib import Path
+from aimctl.core.secrets import (
+    REF_RE,
+    MaskingFilter,
+    install_log_masking,
+    is_reference,
+    mask,
+    mask_fields,
+    register,
+    resolve,
+    resolve_bytes,
+)
 
-from aimctl.errors import SecretError
-
-REF_RE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:[^\x00\n]{1,4096})$")
-
-_lock = threading.Lock()
-_known: set[str] = set()
-
-
-def is_reference(value: str) -> bool:
-    return bool(REF_RE.match(value))
-
-
-def register(secret: str) -> None:
-    """Remember a secret so ``mask`` hides it (secrets shorter than 4 chars would mask noise)."""
-    if len(secret) >= 4:
-        with _lock:
-            _known.add(secret)
-
-
-def mask(text: str) -> str:
-    with _lock:
-        known = sorted(_known, key=len, reverse=True)
-    for s in known:
-        text = text.replace(s, "***")
-    return text
-
-
-def private_dir(path: Path) -> Path:
-    """Create ``path`` (and missing parents) as a directory only its owner can enter (0700); an
-    existing one that others can read is tightened, with a warning. Problems are one clear line."""
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            logging.getLogger(__name__).warning("%s was open to others (mode %o); tightened to 0700", path, mode)
-            os.chmod(path, 0o700)
-        if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-            raise SecretError(f"state directory {path}: not readable and writable by this user")
-    except OSError as exc:
-        raise SecretError(f"state directory {path}: {exc.strerror or exc}") from None
-    return path
-
-
-def resolve(ref: str, base: Path | None = None) -> str:
-    """Resolve a reference to its value; relative ``file:`` paths are taken from ``base``."""
-    if ref.startswith("env:"):
-        name = ref[4:]
-        value = os.environ.get(name)
-        if value is None:
-            raise SecretError(f"secret reference {ref}: environment variable {name} is not set")
-    elif ref.startswith("file:"):
-        path = Path(ref[5:])
-        if not path.is_absolute() and base is not None:
-            path = base / path
-        try:
-            value = path.read_text().strip()
-        except OSError as exc:
-            raise SecretError(f"secret reference {ref}: cannot read {path}: {exc.strerror}") from None
-    else:
-        raise SecretError(f"not a secret reference (want env:NAME or file:PATH): {ref[:8]}...")
-    register(value)
-    return value
-
-
-def resolve_bytes(ref: str, base: Path | None = None) -> bytes:
-    return resolve(ref, base).encode()
-
-
-# ``password=abc``, ``"token": "abc"``, ``Authorization: Bearer abc``: the value after a secret-looking name.
-FIELD_RE = re.compile(
-    r"""(?i)\b([\w-]*(?:secret|passw|token|api[_-]?key|authorization|cookie|csrf)[\w-]*)(["']?\s*[:=]\s*["']?)"""
-    r"""(?:bearer\s+|basic\s+)?([^\s"',;&]+)""")
-
-
-def mask_fields(text: str) -> str:
-    """Mask the value of every secret-looking ``name=value`` or ``"name": "value"`` in a line of text."""
-    return FIELD_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
-
-
-class MaskingFilter(logging.Filter):
-    """Logging filter that masks every registered secret, and every value given under a secret-looking
-    name, in the rendered message."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        masked = mask_fields(mask(msg))
-        if masked != msg:
-            record.msg, record.args = masked, None
-        return True
-
-
-def install_log_masking() -> None:
-    root = logging.getLogger()
-    for f in root.filters:
-        if isinstance(f, MaskingFilter):
-            return
-    root.addFilter(MaskingFilter())
-    for h in root.handlers:
-        h.addFilter(MaskingFilter())
+__all__ = ["REF_RE", "MaskingFilter", "install_log_masking", "is_reference", "mask", "mask_fields", "register",
+           "resolve", "resolve_bytes"]

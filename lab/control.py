@@ -65,7 +65,10 @@ class _Server(ThreadingHTTPServer):
         if action == "status":
             return ops.status(self.lab)
         if action == "fault":
-            return ops.fault(self.lab, body["kind"], body["target"], bool(body.get("clear")))
+            after, delay = body.get("after"), body.get("delay_s")
+            return ops.fault(self.lab, body["kind"], body["target"], bool(body.get("clear")),
+                             after=int(after) if after is not None else None,
+                             delay_s=float(delay) if delay is not None else None)
         if action == "reset":
             return ops.reset(self.lab)
         raise OperatorError(f"unknown lab action {action!r}")

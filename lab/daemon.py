@@ -93,7 +93,7 @@ class Lab:
         ipmi = [s for s, v in d.servers.items() if v.bmc.kind == "ipmi"]
         self.redfish = RedfishLab([RedfishSystemSpec(s, power_on=False, boot_nic=d.servers[s].boot_nic)
                                    for s in redfish], self.state / "redfish", {LAB_USER: self.passwords["bmc"]},
-                                  power_delay_s=self.power_delay_s)
+                                  power_delay_s=self.power_delay_s, per_system_ports=True)
         self.redfish_port = self.redfish.start() if redfish else 0
         self.ipmi = IpmiLab([IpmiSystemSpec(s, power_on=False) for s in ipmi], {LAB_USER: self.passwords["bmc"]},
                             power_delay_s=self.power_delay_s)
@@ -294,10 +294,10 @@ class Lab:
         d = self.defs
         bmc_cred = {"username": LAB_USER, "password": self.refs["bmc"]}
         sw_cred = {"username": LAB_USER, "password": self.refs["switch"], "enable": self.refs["enable"]}
-        servers = {}
+        servers: dict[str, dict[str, Any]] = {}
         for s, v in d.servers.items():
             if v.bmc.kind == "redfish":
-                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish_port, "tls": False,
+                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish.port_of(s), "tls": False,
                                       "system_id": self.redfish.system_path(s).rsplit("/", 1)[-1],
                                       "credentials": bmc_cred}}
             else:
@@ -312,7 +312,7 @@ class Lab:
             for i, h in enumerate(p.spec.recovery):
                 if h.hook == "exchange-dag" and self.dag:
                     rec[i] = {"via": f"ssh://{LAB_USER}@127.0.0.1:{self.dag_port}", "credentials": self.refs["dag"],
-                              "host_key": "auto",
+                              "host_key": "auto-add",
                               # the lab's copies resynchronize in seconds: look often
                               "poll": f"{max(0.1, min(2.0, self.resync_s / 5)):.2f}s"}
             if rec:

@@ -10,7 +10,7 @@ from aimctl.errors import OperatorError
 from lab.network.traps import cable_ifindex
 
 FAULTS = ("power-button", "bmc-down", "bmc-slow", "bmc-lies", "switch-hang", "storage-error", "scn-partition",
-          "boot-fail", "link-down")
+          "boot-fail", "link-down", "bmc-alert")
 
 
 def _server_bmc(lab: Any, server: str) -> Any:
@@ -47,9 +47,18 @@ def status(lab: Any) -> dict[str, Any]:
             "faults": [{"kind": k, "target": t} for (t, k), on in lab.faults.items() if on]}
 
 
-def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
+def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = None,
+          delay_s: float | None = None) -> dict[str, Any]:
+    """``after``: for ``switch-hang``, how many config lines of each session still pass before the
+    switch stops answering (a hang in the middle of a change); 0 by default (the first line).
+    ``delay_s``: for bmc-slow, seconds added to every request of that BMC (default 0.5; past the
+    drivers' 5 s timeout every request fails)."""
     if kind not in FAULTS:
         raise OperatorError(f"unknown fault {kind!r} (one of: {', '.join(FAULTS)})")
+    if after is not None and (kind != "switch-hang" or not 0 <= after <= 10000):
+        raise OperatorError("--after N (0..10000) applies to switch-hang only")
+    if delay_s is not None and (kind != "bmc-slow" or not 0 < delay_s <= 120):
+        raise OperatorError("--delay S (0..120 seconds) applies to bmc-slow only")
     on = not clear
     d = lab.defs
     if kind == "power-button" and "," in target:
@@ -67,11 +76,17 @@ def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
         else:
             _server_bmc(lab, target).press_power_button(target)
     elif kind in ("bmc-down", "bmc-slow", "bmc-lies"):
-        _server_bmc(lab, target).set_fault(target, kind.split("-", 1)[1], on)
+        _server_bmc(lab, target).set_fault(target, kind.split("-", 1)[1], on, delay_s)
+    elif kind == "bmc-alert":
+        # The host crashed under a live BMC: the BMC sends its alert trap, naming itself by its server.
+        _server_bmc(lab, target)
+        if not clear:
+            lab.traps.bmc_alert(target)
+        return {"ok": True, "kind": kind, "target": target, "active": False}
     elif kind == "switch-hang":
         if target not in d.switches:
             raise OperatorError(f"unknown switch {target!r}")
-        lab.switches.set_fault(target, "hang", on)
+        lab.switches.set_fault(target, "hang", on, after=after or 0)
     elif kind == "storage-error":
         lab.tgt.set_fault("storage-error", on)
     elif kind == "scn-partition":

@@ -52,6 +52,23 @@ class PauseRequest(In):
     reason: Reason = ""
 
 
+Note = Annotated[str, StringConstraints(max_length=500)]
+
+
+class RetryRequest(In):
+    note: Note = ""
+
+
+class MarkFencedRequest(In):
+    server: NameStr
+    note: Note = ""
+
+
+class AbandonRequest(In):
+    persona_on: Annotated[str, StringConstraints(pattern=r"^(keep|none|[a-z][a-z0-9-]{0,62})$")] = "keep"
+    note: Note = ""
+
+
 class ListQuery(In):
     limit: Annotated[int, Field(ge=1, le=1000)] = 50
 
@@ -76,14 +93,24 @@ class Cleared(Out):
     cleared: str
 
 
+class Waiting(Out):
+    state: str
+    reason: str
+    exits: list[str] = Field(default_factory=list, description="The operator's ways out (rule 7), as CLI commands")
+
+
 class PersonaStatus(Out):
     pool: str
     server: str | None
     heartbeat_age_s: float | None
     health: str | None
     detector: str
-    operation: str | None
+    detector_reason: str | None = None
     bmc: str | None
+    operation: str | None
+    operation_state: str | None = None
+    queued: str | None = None
+    waiting: Waiting | None = None
 
 
 class PoolPause(Out):
@@ -99,8 +126,11 @@ class Status(Out):
     quarantined: dict[str, journal.ServerStatus]
     receiver: dict[str, Any]
     paused_pools: dict[str, str] = Field(description="Pools the storm brake paused, with why")
-    operator_paused: dict[str, PoolPause] = Field(description="Pools an operator paused")
+    operator_paused_pools: dict[str, str] = Field(description="Pools an operator paused, with why")
+    operator_paused: dict[str, PoolPause] = Field(description="Pools an operator paused: who, why, since when")
     queued: list[str]
+    detector_stalls: int
+    bmcs: dict[str, str]
 
 
 class Step(Out):

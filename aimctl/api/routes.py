@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aimctl.api import models as m
+from aimctl.api.views import exits
 from aimctl.api.app import Api, Call, Reply, somewhere
 from aimctl.api.server import TlsFiles
 from aimctl.overlay import api_hostport
@@ -36,6 +37,10 @@ def build_api(c: Controller) -> Api:
     def status(call: Call) -> Any:
         st = c.status()
         st["personas"] = {p: v for p, v in st["personas"].items() if visible(call, v["pool"])}
+        for v in st["personas"].values():
+            if v.get("waiting"):
+                v["waiting"]["exits"] = exits(c.journal.operation(v["operation"]))
+        st["bmcs"] = {s: v for s, v in st["bmcs"].items() if visible(call, c.pool_of_server(s))}
         st["quarantined"] = {s: v for s, v in st["quarantined"].items() if visible(call, c.pool_of_server(s))}
         return st
 
@@ -88,6 +93,11 @@ def build_api(c: Controller) -> Api:
         return Reply(200, c.boot_script(call.params["server"], client), "text/plain; charset=utf-8")
 
     server_pool = c.pool_of_server
+
+    def op_pool(call: Call) -> str | None:
+        """Scope of /v1/failovers/{id}/...: the pool of the operation's persona."""
+        return c.pool_of_operation(call.params["id"])
+
     api.route("GET", "/v1/status", status, summary="Personas: server, heartbeat age, detector state",
               response=m.Status, scope=somewhere)
     api.route("GET", "/v1/failovers", operations, summary="Recent operations", query=m.ListQuery,
@@ -97,7 +107,19 @@ def build_api(c: Controller) -> Api:
     api.route("POST", "/v1/failovers/{id}/approve",
               lambda call: c.approve(call.params["id"], call.actor).__dict__, role="operator",
               summary="Approve a failover waiting for approval (manual policy), or a change record (CHG...)",
-              response=m.Operation, scope=lambda call: c.pool_of_operation(call.params["id"]))
+              response=m.Operation, scope=op_pool)
+    api.route("POST", "/v1/failovers/{id}/retry",
+              lambda call: c.retry(call.params["id"], call.actor, call.body.note).__dict__, role="operator",
+              summary="Run a needs-operator operation again from the step that stopped it",
+              body=m.RetryRequest, response=m.Operation, scope=op_pool)
+    api.route("POST", "/v1/failovers/{id}/mark-fenced",
+              lambda call: c.mark_fenced(call.params["id"], call.body.server, call.actor, call.body.note).__dict__,
+              role="operator", summary="Record that a body is out (pulled, power cut); the fence may proceed",
+              body=m.MarkFencedRequest, response=m.Operation, scope=op_pool)
+    api.route("POST", "/v1/failovers/{id}/abandon",
+              lambda call: c.abandon(call.params["id"], call.actor, call.body.persona_on, call.body.note).__dict__,
+              role="operator", summary="End a waiting operation; the persona stays where the operator says",
+              body=m.AbandonRequest, response=m.Operation, scope=op_pool)
     api.route("POST", "/v1/failover", failover, role="operator", summary="Fail a persona over now",
               body=m.FailoverRequest, response=m.Started, scope=persona_in("persona", c))
     api.route("POST", "/v1/move", move, role="operator", summary="Planned move of a persona to a server",

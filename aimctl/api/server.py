@@ -9,7 +9,6 @@ it also names the certificate, which the CLI then trusts for this address.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from aimctl.errors import OperatorError
+from aimctl.errors import ListenError, OperatorError
 
 if TYPE_CHECKING:
     from aimctl.api.app import Api
@@ -53,14 +52,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise OperatorError(f"API address {host}:{port} is already in use (another controller, or another"
-                                " program): stop it or choose another address under controller.api") from None
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise OperatorError(f"API address {host}:{port}: {host} is not an address of this machine") from None
-        if exc.errno == errno.EACCES:
-            raise OperatorError(f"API address {host}:{port}: permission denied (ports below 1024 need root)") from None
-        raise OperatorError(f"API address {host}:{port}: {exc.strerror}") from None
+        raise ListenError.from_oserror("the API", "TCP", host, port, exc) from None
     sock.listen(128)
     return sock
 

@@ -22,6 +22,13 @@ POOL_PAGE_ROWS = 200
 TROUBLE = ("dead", "presumed-dead", "unhealthy", "unreachable", "suspect")
 
 
+def exits(op: Any) -> list[str]:
+    """The operator's ways out of a waiting operation, as the commands to type (rule 7)."""
+    if op.state == "waiting-approval":
+        return [f"aimctl approve {op.id}", f"aimctl abandon {op.id}"]
+    return [f"aimctl retry {op.id}", f"aimctl mark-fenced {op.id} SERVER", f"aimctl abandon {op.id}"]
+
+
 def state_word(p: dict[str, Any]) -> str:
     """One word for a persona's state, as the colour on the dashboard shows it."""
     if p.get("operation"):
@@ -77,7 +84,7 @@ def dashboard(c: Controller, who: Identity) -> dict[str, Any]:
     by_pool: dict[str, list[tuple[str, str]]] = {}
     for p, (pool, _server, det, op, seen) in facts.items():
         by_pool.setdefault(pool, []).append((word_of(det, op, seen), p))
-    pauses = c.operator_paused()
+    pauses = c.pool_pauses()
     pools = []
     shown: list[tuple[str, str]] = []
     counts: Counter[str] = Counter()
@@ -113,7 +120,7 @@ def dashboard(c: Controller, who: Identity) -> dict[str, Any]:
     return {
         "pools": pools, "personas": rows, "more": more, "counts": dict(sorted(counts.items())),
         "running": [o for o in ops if o.state != "needs-operator"],
-        "waiting": [o for o in ops if o.state == "needs-operator"],
+        "waiting": [(o, exits(o)) for o in ops if o.state == "needs-operator"],
         "recent": recent,
         "quarantined": {s: v for s, v in st["quarantined"].items() if who.sees(c.pool_of_server(s))},
         "queued": [p for p in st["queued"] if who.sees(c.pool_of_persona(p))],

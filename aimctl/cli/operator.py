@@ -47,36 +47,41 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     """Run the controller: detector, workflow and the local API, until SIGTERM."""
     from aimctl.api.console import mount_console
     from aimctl.api.routes import build_api
-    from aimctl.daemon import Controller
+    from aimctl.daemon import Controller, check_state_dir
+    from aimctl.errors import ListenError
     from aimctl.loader import load
-    from aimctl.overlay import Overlay, apply, load_overlay
+    from aimctl.overlay import Overlay, api_hostport, apply, load_overlay
 
-    from aimctl.secrets import MaskingFilter, private_dir
-
+    check_state_dir(state)  # the environment first: a wrong --state is said before anything is loaded
     defs = load(definitions)
     ov = load_overlay(overlay) if overlay else Overlay()
     if overlay:
         defs = apply(defs, ov, str(overlay))
-    private_dir(state)  # 0700 before anything is written into it
     logging.getLogger().setLevel(os.environ.get("AIMCTL_LOG", "INFO"))
     handler = logging.FileHandler(state / "controller.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from aimctl.secrets import MaskingFilter
+
     handler.addFilter(MaskingFilter())
     logging.getLogger().addHandler(handler)
     # The composition: the daemon wires the parts; the API (and console) is built on it here, where
     # it is started, so the daemon never imports the API.
-    c = Controller(defs, ov.controller, state)
+    c = Controller(defs, ov.controller, state)  # binds the heartbeat and SNMP ports (ListenError)
     api = build_api(c)
     mount_console(api, c)
     # The definitions and drivers live as long as the process: keep them out of the collector's full
     # passes, which otherwise walk every persona's objects (hundreds of ms at 10,000 personas).
     gc.freeze()
-    c.start()
     try:
-        api.start()
+        api.start()  # the last port to bind, before anything starts polling or acting
+    except OSError as exc:
+        c.stop()
+        host, port = api_hostport(ov.controller.api)
+        raise ListenError.from_oserror("the API", "TCP", host, port, exc) from None
     except BaseException:
         c.stop()
         raise
+    c.start()
     c.resume()
     stop = threading.Event()
 
@@ -106,8 +111,22 @@ def status(state: StateOpt, as_json: JsonOpt = False) -> None:
         t.add_column(col)
     for p, v in st["personas"].items():
         age = "-" if v["heartbeat_age_s"] is None else f"{v['heartbeat_age_s']:.1f}s"
-        t.add_row(p, v["server"] or "-", age, v["health"] or "-", v["detector"], v["bmc"] or "-", v["operation"] or "-")
+        op = v["operation"] or "-"
+        if v.get("operation_state"):
+            op = f"{op} ({v['operation_state']})"
+        t.add_row(p, v["server"] or "-", age, v["health"] or "-", v["detector"], v["bmc"] or "-", op)
     out.print(t)
+    for p, v in st["personas"].items():
+        if v.get("detector") not in (None, "alive", "-") and v.get("detector_reason"):
+            out.print(f"{p}: {v['detector']}: {v['detector_reason']}", highlight=False, markup=False)
+        if v.get("waiting"):
+            w = v["waiting"]
+            out.print(f"{p}: {v['operation']} {w['state']}: {w['reason']}", highlight=False, markup=False)
+            out.print(f"  exits: {' | '.join(w['exits'])}", highlight=False, markup=False)
+        if v.get("queued"):
+            out.print(f"{p}: failover queued: {v['queued']}", highlight=False, markup=False)
+    for pool, why in {**st.get("paused_pools", {}), **st.get("operator_paused_pools", {})}.items():
+        out.print(f"pool {pool} paused: {why}", highlight=False, markup=False)
     for s, q in st["quarantined"].items():
         out.print(f"quarantined: {s} ({q['reason']}, by {q['by']})")
 
@@ -217,6 +236,46 @@ def move(persona: str, state: StateOpt, to: Annotated[str, typer.Option("--to")]
 def failback(persona: str, state: StateOpt, wait: WaitOpt = True, change: ChangeOpt = None) -> None:
     """Return PERSONA to its home server (its agent is stopped first, then it is fenced and moved)."""
     _started(state, client(state).post("/v1/failback", {"persona": persona, "change": change}), wait)
+
+
+NoteOpt = Annotated[str, typer.Option("--note", help="Why (kept in the audit log and the change record).")]
+
+
+@app.command()
+def retry(op_id: str, state: StateOpt, note: NoteOpt = "", wait: WaitOpt = True) -> None:
+    """Run a stopped (needs-operator) operation again from the step that stopped it, once you have
+    fixed what its reason names (a switch, a BMC, the storage, a standby you cleared)."""
+    client(state).post(f"/v1/failovers/{op_id}/retry", {"note": note})
+    out.print(f"retrying {op_id}")
+    if wait:
+        print_timeline(watch(state, op_id))
+
+
+@app.command("mark-fenced")
+def mark_fenced(op_id: str, server: str, state: StateOpt, note: NoteOpt = "", wait: WaitOpt = True) -> None:
+    """Record that SERVER is out (pulled from the rack, power cut at the PDU) so the fence that waits
+    on it can proceed. Your word replaces the power-off and quarantine read-backs; the storage fence
+    is still proven. Say it only after you have seen the body is out: it is audited under your name."""
+    client(state).post(f"/v1/failovers/{op_id}/mark-fenced", {"server": server, "note": note})
+    out.print(f"{server} recorded as out; {op_id} continues")
+    if wait:
+        print_timeline(watch(state, op_id))
+
+
+@app.command()
+def abandon(op_id: str, state: StateOpt,
+            persona_on: Annotated[str, typer.Option(
+                "--persona-on", help="Where the persona is now: its current server (default), 'none' (unassigned), "
+                                     "or the operation's standby once the old body's fence was confirmed.")] = "keep",
+            note: NoteOpt = "") -> None:
+    """End a stopped or waiting operation without touching any device, and release its leases.
+
+    By default the persona stays on its current server and is watched again: if that body is dead, a
+    new failover starts. With --persona-on none nobody watches it until you fail it over yourself
+    (aimctl failover PERSONA --to SERVER). A standby the operation had begun to configure is
+    quarantined (check it, then aimctl clear SERVER); so is an old body it had fenced."""
+    op = client(state).post(f"/v1/failovers/{op_id}/abandon", {"persona_on": persona_on, "note": note})
+    out.print(f"{op['id']}: {op['state']}: {op['result']}")
 
 
 @app.command()

@@ -70,6 +70,17 @@ MIGRATIONS: list[list[str]] = [
             updated REAL NOT NULL)""",
     ],
     [
+        # The heartbeat receiver's replay memory, so a restart does not accept captured packets again:
+        # per persona the current boot id, the last accepted sequence and the boot ids seen before.
+        # Boot ids are unsigned 64-bit, past SQLite's signed INTEGER: kept as decimal text.
+        """CREATE TABLE heartbeat_marks (
+            persona TEXT PRIMARY KEY,
+            boot TEXT NOT NULL,
+            seq TEXT NOT NULL,
+            old TEXT NOT NULL DEFAULT '[]',
+            updated REAL NOT NULL)""",
+    ],
+    [
         # Pools an operator paused (automatic failover held until resumed); kept apart from the
         # storm brake's own pause, which is recomputed every tick and never stored.
         """CREATE TABLE pool_pauses (

@@ -342,7 +342,8 @@ def test_port_in_use_is_one_clear_line(lab: Lab, tmp_path: Path) -> None:
     other = Api(tmp_path / "other", host="127.0.0.1", port=lab.port)
     with pytest.raises(OperatorError) as err:
         other.start()
-    assert str(err.value).startswith(f"API address 127.0.0.1:{lab.port} is already in use")
+    assert str(err.value) == (f"cannot listen for the API on TCP 127.0.0.1:{lab.port}: address already in use"
+                              " (another controller, or a lab, already listens there)")
     assert "\n" not in str(err.value)
 
 

@@ -15,7 +15,9 @@ from aimctl.api.sessions import Sessions, same
 from aimctl.failover.bootwindow import powering_on, refusal
 from aimctl.journal import Record
 from aimctl.records.audit import masked
-from aimctl.secrets import MaskingFilter, mask_fields, private_dir
+from aimctl.daemon import check_state_dir
+from aimctl.errors import OperatorError
+from aimctl.secrets import MaskingFilter, mask_fields
 
 
 def rec(step: str, phase: str = "result", status: str | None = "ok", **detail: object) -> Record:
@@ -129,16 +131,17 @@ def test_sessions_expire_and_are_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_state_dir_is_private(tmp_path: Path) -> None:
-    d = private_dir(tmp_path / "a" / "ctrl")
+    d = tmp_path / "a" / "ctrl"
+    check_state_dir(d)
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o755)
-    os.chmod(loose, 0o755)
-    private_dir(loose)
+    os.chmod(loose, 0o755)  # as a CLI with the default umask made it before the controller ran
+    check_state_dir(loose)
     assert stat.S_IMODE(loose.stat().st_mode) == 0o700
     (tmp_path / "file").write_text("")
-    with pytest.raises(Exception, match="state directory .*file"):
-        private_dir(tmp_path / "file")
+    with pytest.raises(OperatorError, match="state dir .*file: not a directory"):
+        check_state_dir(tmp_path / "file")
 
 
 def test_secret_looking_fields_are_masked_in_audit_details_and_log_lines() -> None:
