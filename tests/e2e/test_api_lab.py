@@ -144,7 +144,8 @@ def test_typed_queries_and_deep_bodies_on_the_real_routes(controller: Controller
 
 def test_the_openapi_document_lists_the_real_routes(controller: ControllerProcess) -> None:
     doc = controller.api.get("/openapi.json")
-    assert {"/v1/status", "/v1/failovers", "/v1/failovers/{id}", "/v1/failovers/{id}/approve", "/v1/failover",
+    assert {"/v1/status", "/v1/failovers", "/v1/failovers/{id}", "/v1/failovers/{id}/approve",
+            "/v1/failovers/{id}/retry", "/v1/failovers/{id}/mark-fenced", "/v1/failovers/{id}/abandon", "/v1/failover",
             "/v1/move", "/v1/failback", "/v1/servers/{server}/clear", "/v1/pools/{pool}/pause",
             "/v1/pools/{pool}/resume", "/v1/plan", "/v1/audit", "/boot/{server}.ipxe", "/metrics",
             "/openapi.json"} == set(doc["paths"])
