@@ -20,6 +20,7 @@ from typing import Any
 
 from aimctl.detect.alerts import FanOut, LoggingAlerts, WebhookAlerts
 from aimctl.detect.bmcpoll import BmcPoller
+from aimctl.detect.channels import EmailAlerts, SnmpTrapAlerts
 from aimctl.detect.detector import (
     Detector,
     Event,
@@ -31,6 +32,7 @@ from aimctl.detect.detector import (
     PersonaUnhealthy,
     PersonaUnreachable,
 )
+from aimctl.detect.healthpoll import LinkFlaps
 from aimctl.detect.heartbeat import HeartbeatReceiver, MarkStore
 from aimctl.detect.observe import Observer
 from aimctl.detect.recheck import DEATHS, UNHEALTHY, alive_evidence
@@ -43,7 +45,7 @@ from aimctl.failover import bootwindow
 from aimctl.failover.chap import ChapStore
 from aimctl.failover.context import Ctx, Settings
 from aimctl.failover.dryrun import plan_failover
-from aimctl.failover.planner import capacity, check_request, standbys
+from aimctl.failover.planner import check_request
 from aimctl.failover.resolve import KEEP, abandon_plan, mark_fenced_refusal, retry_refusal
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
@@ -51,10 +53,13 @@ from aimctl.journal import TERMINAL, Journal, Operation, PoolPause, ServerMark, 
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
+from aimctl.oversight import Oversight
+from aimctl.reconcile.repair import repair_steps
 from aimctl.records.audit import Audit
 from aimctl.records.changes import ChangeRecords
 from aimctl.records.metrics import Metrics
 from aimctl.records.sinks import JsonlSink, WebhookSink
+from aimctl.records.sentences import operation_sentence
 from aimctl.recovery.runner import hook_runner
 from aimctl.secrets import resolve_bytes
 
@@ -116,6 +121,8 @@ def heartbeat_receiver(listen: Listen, keys: dict[str, bytes], store: MarkStore)
     flush_s = min(1.0, listen.heartbeat_interval)
     guard = math.ceil(flush_s / listen.heartbeat_interval) + 2
     return HeartbeatReceiver(*_hostport(listen.heartbeat), keys, store=store, flush_s=flush_s, replay_guard=guard)
+class WaitForRepair(StormBrake):
+    """A drift repair holds the persona for a moment: its failover stays queued, it is never dropped."""
 
 
 class Controller:
@@ -158,17 +165,28 @@ class Controller:
                 links[(cable.switch, cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))] = (s, ch)
         # One community for all switches and BMCs; the receiver tells devices apart by address / sysName.
         # BMC alerts are a death signal (observe.py): the receiver must know which BMC is whose.
+        # Every linkDown is also counted per body: link flaps make a body suspect.
         addresses, bmcs = bmc_identities({s: v.bmc.address for s, v in defs.servers.items()},
                                          [sw.address for sw in defs.switches.values()])
+        self.flaps = LinkFlaps()
         try:
             self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None},
-                                      links=links, addresses=addresses, bmcs=bmcs)
+                                      links=links, addresses=addresses, bmcs=bmcs,
+                                      on_link_change=self.flaps.on_link_change)
         except OperatorError:
             self.receiver.stop()
             raise
         alert_sinks: list[Any] = [LoggingAlerts(log)]
         if listen.alert_webhook and listen.alert_webhook_secret:
             alert_sinks.append(WebhookAlerts(listen.alert_webhook, listen.alert_webhook_secret))
+        if listen.alert_smtp:
+            alert_sinks.append(EmailAlerts(listen.alert_smtp, listen.alert_mail_from, listen.alert_mail_to,
+                                           starttls=listen.alert_smtp_starttls, username=listen.alert_smtp_user,
+                                           password_ref=listen.alert_smtp_password))
+        if listen.alert_snmp:
+            alert_sinks.append(SnmpTrapAlerts(listen.alert_snmp, listen.alert_snmp_community,
+                                              listen.alert_snmp_enterprise))
+        self._alert_sinks = alert_sinks
         self.alerts = FanOut(alert_sinks)
         # Storm brake: deaths wait here while their pool is at its concurrency limit or paused.
         self._pending: dict[str, Queued] = {}
@@ -184,8 +202,9 @@ class Controller:
         self._revision = 0  # bumped on every step record and operator action: live views poll it
         self._capacity: dict[str, tuple[int, list[str]]] | None = None
         self._stop = threading.Event()
+        self.oversight = Oversight(self)
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
-                       hook_runner(defs, self._hook_note), self.bmc_unhealthy,
+                       hook_runner(defs, self._hook_note), self.unavailable_bodies,
                        change_approved=self.changes.is_approved, stop_persona=self.stop_persona,
                        alive_evidence=self.alive_evidence, settings=self.settings)
 
@@ -218,11 +237,16 @@ class Controller:
                 out[s] = f"BMC {answer}"
         return out
 
+    def unavailable_bodies(self) -> dict[str, str]:
+        """What the planner must skip: BMC unhealthy, suspect, hardware not as declared."""
+        return {**self.oversight.unavailable(), **self.bmc_unhealthy()}
+
     def snapshot(self, now: float) -> list[Observation]:
         """Watch every assigned persona that no running operation holds (its current body, its SCN
         channels), then read heartbeats, BMC answers and link state for it, all from memory. A persona
         whose operation waits for an operator or an approval is still watched, so status shows the
-        truth about it (rule 7); its deaths are not queued, the waiting operation already covers it."""
+        truth about it (rule 7); its deaths are not queued, the waiting operation already covers it.
+        A drift repair does not take a persona out of sight either (it only puts ports back)."""
         busy = self.acting_personas()
         want = {p: s for p, s in self.journal.assignment().items()
                 if s and p not in busy and p in self.defs.personas}
@@ -271,11 +295,12 @@ class Controller:
     def emit(self, event: Event) -> None:
         """Detector events: deaths queue for failover (the storm brake drains them); all are alerted."""
         self.alerts.emit(event)
-        if isinstance(event, TRIGGERS) and event.persona not in self.busy_personas():
+        if isinstance(event, TRIGGERS) and event.persona not in self.covered_personas():
             w = self.observer.watches().get(event.persona)
             server = w.server if w is not None else self.journal.assignment().get(event.persona)
             self._pending[event.persona] = Queued(event.persona, self.defs.personas[event.persona].pool,
                                                   event.kind, event.reason, server)
+            self.oversight.on_death(event.persona, time.monotonic())
 
     def _storm_brake(self) -> None:
         """Apply the storm brake's decision (``detect/storm.py``): pause or resume pools, drop queued
@@ -290,28 +315,35 @@ class Controller:
             personas = tuple(p.name for p in self.defs.pool_personas(name))
             running = sum(1 for o in ops if pool_of.get(o.persona) == name) + \
                 sum(1 for p in starting if pool_of.get(p) == name and p not in busy)
-            pools[name] = PoolLoad(personas, tuple(p for p in personas if states.get(p, "alive") != "alive"),
-                                   running, pool.storm.max_concurrent, pool.storm.pause_above_percent)
-        # A copy first: starter threads pop from the queue while this loop reads it.
+            troubled = {p for p in personas if states.get(p, "alive") != "alive"}
+            # Personas whose automatic failover already started died in this storm too: the detector
+            # forgot them when their operation took over, the brake must not.
+            troubled |= self._failing_over(name)
+            pools[name] = PoolLoad(personas, tuple(sorted(troubled)), running, pool.storm.max_concurrent,
+                                   pool.storm.pause_above_percent)
+        # A copy first: starter threads pop from the queue while this loop reads it. A death held by a
+        # drift repair is not "covered": it stays queued (start_failover raises WaitForRepair).
         queued = [q for p, q in list(self._pending.items()) if p not in starting]
-        plan = plan_storm(pools, queued, states, self.journal.assignment(), busy, set(self.paused),
-                          set(self.operator_paused))
+        plan = plan_storm(pools, queued, states, self.journal.assignment(), self.covered_personas(),
+                          set(self.paused), set(self.operator_paused))
         for name, why in plan.pause.items():
             self.paused[name] = why
-            troubled = sorted(pools[name].troubled)
-            self.alerts.emit(PersonaUnreachable(",".join(troubled), f"PAGE: {why}"))
-            self.audit.record("controller", "storm.pause", name, {"troubled": troubled})
+            troubled_now = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaUnreachable(",".join(troubled_now), f"PAGE: {why}"))
+            self.audit.record("controller", "storm.pause", name, {"troubled": troubled_now})
         for name, why in plan.resume.items():
             self.paused.pop(name, None)
-            troubled = sorted(pools[name].troubled)
-            self.alerts.emit(PersonaRecovered(",".join(troubled) or name, why))
-            self.audit.record("controller", "storm.resume", name, {"troubled": troubled})
+            troubled_now = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaRecovered(",".join(troubled_now) or name, why))
+            self.audit.record("controller", "storm.resume", name, {"troubled": troubled_now})
         for q, why in plan.drop:
             if self._pending.get(q.persona) is q:
                 del self._pending[q.persona]
             log.warning("queued %s of %s dropped: %s", q.trigger, q.persona, why)
             self.audit.record("controller", "queue.drop", q.persona, {"trigger": q.trigger, "why": why})
-        self._held = dict(plan.hold)
+        # Why each held death waits: the plan's reasons, and a start refused since (repair, limit).
+        self._held = {**{p: w for p, w in self._held.items() if p in self._pending and p not in plan.hold
+                         and p not in {q.persona for q, _ in plan.start}}, **plan.hold}
         for q, _why in plan.start:
             # Opening an operation writes the journal, the change record and the audit log (fsyncs):
             # done off the detector loop, so twenty deaths at once don't hold back the next tick.
@@ -330,8 +362,9 @@ class Controller:
                 return
             self.start_failover(q.persona, trigger=q.trigger, evidence=q.evidence)
             self._pending.pop(q.persona, None)
-        except StormBrake:
-            pass  # stays queued until a running failover of its pool ends
+            self._held.pop(q.persona, None)
+        except StormBrake as exc:
+            self._held[q.persona] = str(exc)  # stays queued until a running failover of its pool ends
         except OperatorError as exc:
             log.error("failover of %s not started: %s", q.persona, exc)
             self._pending.pop(q.persona, None)
@@ -387,16 +420,31 @@ class Controller:
                 "queued": sorted(self._pending), "detector_stalls": self.detector.stalls,
                 "bmcs": {s: self.poller.answer(s)[0] for s in sorted(self.defs.servers)} if only is None else {}}
 
+    def held_why(self, persona: str) -> str | None:
+        """Why a queued death has not become a failover yet (None when it is not held)."""
+        return self._held.get(persona) if persona in self._pending else None
+
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
 
     def acting_personas(self) -> set[str]:
-        return {op.persona for op in self.journal.unfinished_operations() if op.state == "running"}
+        return {op.persona for op in self.journal.unfinished_operations()
+                if op.state == "running" and op.kind != "repair"}
+
+    def covered_personas(self) -> set[str]:
+        """Personas whose death an operation already covers (a drift repair covers none)."""
+        return {op.persona for op in self.journal.unfinished_operations() if op.kind != "repair"}
+
+    def _failing_over(self, pool: str) -> set[str]:
+        return {o.persona for o in self.journal.unfinished_operations()
+                if o.kind == "failover" and o.facts.get("actor") == "controller"
+                and o.persona in self.defs.personas and self.defs.personas[o.persona].pool == pool}
 
     # ------------------------------------------------------------------ act
 
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
-                       to: str | None = None, actor: str = "controller", change: str | None = None) -> str:
+                       to: str | None = None, actor: str = "controller", change: str | None = None,
+                       facts: dict[str, Any] | None = None) -> str:
         with self._lock:
             # Names and targets are checked before anything is opened: a request that can never run
             # must not leave an operation holding the persona.
@@ -404,7 +452,10 @@ class Controller:
                       if lease.name.startswith("server:")}
             check_request(self.defs, persona, to, {p: s for p, s in self.journal.assignment().items() if s},
                           set(self.journal.quarantined()), in_use)
-            if persona in self.busy_personas():
+            holding = next((o for o in self.journal.unfinished_operations() if o.persona == persona), None)
+            if holding is not None and holding.kind == "repair" and kind == "failover":
+                raise WaitForRepair(f"{persona}: waiting for drift repair {holding.id} to end")
+            if holding is not None:
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool
             running = [o for o in self.journal.unfinished_operations()
@@ -412,13 +463,26 @@ class Controller:
             if kind == "failover" and len(running) >= self.defs.pools[pool].storm.max_concurrent:
                 raise StormBrake(f"storm brake: {len(running)} operations already running in pool {pool}")
             old = self.journal.assignment().get(persona)
-            facts: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor}
+            automatic = kind == "failover" and actor == "controller"
+            if automatic:
+                ok, why = self.oversight.rack_allows(persona, old)
+                if not ok:
+                    raise StormBrake(why)
+            verdict = self.oversight.escalation(persona) if automatic else None
+            opened: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor, **(facts or {})}
             if to:
-                facts["requested_to"] = to
+                opened["requested_to"] = to
             if change:
-                facts["change"] = change
+                opened["change"] = change
+            if verdict is not None and not verdict.allowed:
+                opened["escalation"] = [p.__dict__ for p in verdict.history]
             leases = [persona_lease(persona)] + ([server_lease(old)] if old else [])
-            op_id = self.journal.open_operation(kind, persona, facts, from_server=old, leases=leases)
+            op_id = self.journal.open_operation(kind, persona, opened, from_server=old, leases=leases)
+        if verdict is not None and not verdict.allowed:
+            # Beyond the escalation limit: journaled, stopped for a human, never run.
+            self.detector.forget(persona)
+            self.oversight.stop_escalated(op_id, verdict)
+            return op_id
         # Outside the lock: twenty deaths at once must not queue behind each other's fsyncs.
         self._spawn(op_id)
         self.audit.record(actor, f"{kind}.start", persona, {"op": op_id, "trigger": trigger, "evidence": evidence})
@@ -433,7 +497,10 @@ class Controller:
             if running is not None and running.is_alive():
                 return False
             # The workflow holds the persona from here: the detector starts afresh when it is handed back.
-            self.detector.forget(self.journal.operation(op_id).persona)
+            # (A drift repair holds only ports: the detector keeps its state and keeps watching.)
+            op = self.journal.operation(op_id)
+            if op.kind != "repair":
+                self.detector.forget(op.persona)
             t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
             self._threads[op_id] = t
             t.start()
@@ -442,11 +509,15 @@ class Controller:
     def _run_op(self, op_id: str) -> None:
         op = self.journal.operation(op_id)
         # Opening is idempotent: a resumed operation finds the change record it opened before.
-        self.changes.open(op, description=f"{op.kind} of {op.persona} from {op.from_server}: "
-                                          f"{op.facts.get('evidence', '')}")
+        rec = self.changes.open(op, description=f"{op.kind} of {op.persona or op.facts.get('subject')} from "
+                                                f"{op.from_server}: {op.facts.get('evidence', '')}",
+                                require_approval=False if op.kind == "repair" else None)
+        if op.facts.get("change_required") and not op.facts.get("change"):
+            # A planned move the pool gates on change approval waits for its own change record.
+            self.journal.add_facts(op_id, {"change": rec["number"]})
+        steps = repair_steps() if op.kind == "repair" else failover_steps()
         try:
-            res = run_steps(self.journal, op_id, failover_steps(), self.ctx, listener=self._on_step,
-                            max_retargets=4)
+            res = run_steps(self.journal, op_id, steps, self.ctx, listener=self._on_step, max_retargets=4)
         except Exception:
             log.exception("operation %s crashed", op_id)
             return
@@ -459,14 +530,17 @@ class Controller:
                 self.audit.record("controller", "failover.not-dead", op.persona, {"op": op_id, "result": res.result})
             if op.facts.get("recovery_failed"):
                 self.alerts.emit(RecoveryFailed(op.persona, f"{op_id}: {res.result}; see its recovery step"))
-            self.metrics.failover_finished(res.state)
+            if op.kind != "repair":
+                self.metrics.failover_finished(res.state)
             self.changes.close(op_id, f"{res.state}: {res.result}")
             self.journal.release_leases(op_id)
+            if op.kind == "repair":
+                self.oversight.repair_finished(self.journal.operation(op_id))
             self._refresh_capacity()
         elif res.state == "needs-operator":
-            self.alerts.emit(NeedsOperatorAlert(self.journal.operation(op_id).persona,
-                                                f"{op_id} needs an operator: {res.result}; exits: "
-                                                f"aimctl retry|abandon|mark-fenced {op_id}"))
+            stopped = self.journal.operation(op_id)
+            self.alerts.emit(NeedsOperatorAlert(stopped.persona, f"{operation_sentence(dataclasses.asdict(stopped))}; "
+                                                                 f"exits: aimctl retry|abandon|mark-fenced {op_id}"))
 
     def _on_step(self, ev: StepEvent) -> None:
         self._revision += 1
@@ -724,20 +798,9 @@ class Controller:
         return self._capacity
 
     def _refresh_capacity(self) -> None:
-        assignment = {p: s for p, s in self.journal.assignment().items() if s}
-        q = set(self.journal.quarantined())
-        by_pool: dict[str, dict[str, str]] = {}
-        for p, s in assignment.items():
-            pool = self.pool_of_persona(p)
-            if pool is not None:
-                by_pool.setdefault(pool, {})[p] = s
-        out = {}
-        for pool in self.defs.pools:
-            mine = by_pool.get(pool, {})
-            k = capacity(self.defs, pool, mine, q)[0]
-            out[pool] = (k, standbys(self.defs, pool, mine, q))
-            self.metrics.set_spare_capacity(pool, k)
-        self._capacity = out
+        """N+k per pool from live state (the spare accounting sets the metric and alerts on k = 0); kept
+        for the console, which reads it on every view."""
+        self._capacity = {pool: (sp.k, list(sp.counted)) for pool, sp in self.oversight.refresh_spares().items()}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -746,7 +809,7 @@ class Controller:
         self.receiver.start()
         self.poller.start()
         self.traps.start()
-        self._refresh_capacity()
+        self.oversight.start()
 
     def resume(self) -> None:
         for op in self.journal.unfinished_operations():
@@ -761,9 +824,12 @@ class Controller:
             self.detector.tick(now, self.snapshot)
             self._storm_brake()
             self._approval_timeouts()
+            self.oversight.tick(now)
 
     def _approval_timeouts(self) -> None:
         for op in self.journal.unfinished_operations():
+            if op.persona not in self.defs.personas:
+                continue  # a repair of a quarantined body has no persona
             spec = self.defs.personas[op.persona].spec
             if op.state == "waiting-approval" and time.time() - op.created > spec.confirm_timeout \
                     and not (op.id in self._threads and self._threads[op.id].is_alive()):
@@ -771,9 +837,16 @@ class Controller:
 
     def stop(self) -> None:
         self._stop.set()
-        for part in (self.traps, self.poller, self.receiver):
+        for part in (self.oversight, self.traps, self.poller, self.receiver):
             try:
                 part.stop()
             except Exception:
                 log.exception("stopping %s", type(part).__name__)
         self.changes.shutdown()
+        for sink in self._alert_sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing alert sink %s", type(sink).__name__)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ["plan", "power", "switch", "heartbeat", "lab", "failover", "console"]
+BENCHES = ["plan", "power", "switch", "heartbeat", "lab", "failover", "drift", "console"]
 
 ROWS = [  # (file, key, goal text)
     ("plan", "validate_cold_s", "<= 10 s"), ("plan", "plan_warm_s", "<= 1 s"), ("plan", "peak_rss_mb", "<= 500 MB"),
@@ -19,6 +19,9 @@ ROWS = [  # (file, key, goal text)
     ("heartbeat", "detect_intervals", "<= 3"), ("lab", "up_s", "<= 20 s"), ("lab", "reset_s", "<= 3 s"),
     ("failover", "total_s", ""), ("failover", "irreducible_s", ""), ("failover", "overhead_ratio", "<= 1.25"),
     ("failover", "mass_ratio", "<= 2.0"),
+    ("drift", "reference_pass_s", ""), ("drift", "reference_sessions_per_switch", "1 each"),
+    ("drift", "generated_pass_s", ""), ("drift", "sessions_per_switch", "1 each"),
+    ("drift", "cpu_s_per_1000_personas", ""), ("drift", "verdict_cpu_s_per_1000_personas", ""),
     ("console", "dashboard_p50_ms", ""), ("console", "dashboard_p99_ms", "<= 300 ms"),
     ("console", "dashboard_kb", "<= 150 kB"), ("console", "dashboard_cpu_p99_ms", ""),
     ("console", "loadavg_1m_at_end", ""), ("console", "live_update_ms", "<= 500 ms"),
@@ -38,6 +41,12 @@ Notes:
   detector loop, but the lab's four fake switches share one Twisted reactor thread and the 20 storage
   fences queue on one tgtd, all on two cores next to 40 simulated hosts: the switch step's median is
   about 5 s in the storm against 0.5 s alone.
+- `drift.*`: one full drift pass. `reference` is the reference lab (7 bodies, 5 switches); `generated` is
+  200 Redfish bodies / 160 personas on 4 PowerConnect lab switches (200 ports each) and 160 tgt targets.
+  Sessions are counted by the lab switches themselves. The pass's CPU is almost all HTTP client work
+  for the BMC reads (boot config, power, inventory: about 2 ms of CPU per Redfish GET; the lab emulator
+  closes every connection, so each GET also reconnects); the verdict itself (`verdict_cpu_s_per_1000_personas`)
+  is a small part. In the controller, power comes from the BMC poller's answers instead of a read.
 - `console.*`: 10,000 personas in 200 pools with 5,000 finished operations in the journal, the
   dashboard fetched over HTTP with a session (200 requests). It shares two cores with whatever else
   runs: `loadavg_1m_at_end` says how busy they were, and `dashboard_cpu_p99_ms` is the same page's

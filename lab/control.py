@@ -71,6 +71,10 @@ class _Server(ThreadingHTTPServer):
                              delay_s=float(delay) if delay is not None else None)
         if action == "reset":
             return ops.reset(self.lab)
+        if action == "mail":
+            return self.lab.mailbox.read()
+        if action == "alert-traps":
+            return self.lab.trap_inbox.read()
         raise OperatorError(f"unknown lab action {action!r}")
 
 

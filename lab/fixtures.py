@@ -46,6 +46,14 @@ class LabHandle:
     def reset(self) -> Any:
         return self.call("reset")
 
+    def mail(self) -> list[dict[str, Any]]:
+        """Alert mails the lab's SMTP server received since the last reset."""
+        return list(self.call("mail"))
+
+    def alert_traps(self) -> list[dict[str, str]]:
+        """Alert traps the lab's trap receiver got since the last reset (OID -> value)."""
+        return list(self.call("alert-traps"))
+
 
 def start_lab(definitions: Path | None = None, **kw: Any) -> LabHandle:
     state = Path(tempfile.mkdtemp(prefix="aimctl-lab-"))

@@ -111,6 +111,7 @@ class PersonaStatus(Out):
     operation_state: str | None = None
     queued: str | None = None
     waiting: Waiting | None = None
+    why: str | None = Field(None, description="Where the persona stands and why, in one sentence")
 
 
 class PoolPause(Out):
@@ -131,6 +132,9 @@ class Status(Out):
     queued: list[str]
     detector_stalls: int
     bmcs: dict[str, str]
+    pools: dict[str, Any] = Field(default_factory=dict, description="Per pool: spares (N+k) and why")
+    suspects: Any = None
+    drift_open: Any = None
 
 
 class Step(Out):
@@ -142,6 +146,7 @@ class Step(Out):
     resumed: bool
     intent: dict[str, Any]
     detail: dict[str, Any]
+    sentence: str | None = None
 
 
 # The journal's own dataclasses are the API's shapes for an operation and a server's marks (pydantic
@@ -152,7 +157,7 @@ ServerMarkOut = journal.ServerStatus
 OperationDetail = create_model(
     "OperationDetail", __config__=ConfigDict(extra="forbid"),
     **{name: (tp, ...) for name, tp in get_type_hints(journal.Operation).items()},  # type: ignore[call-overload]
-    timeline=(list[Step], ...), change=(dict[str, Any] | None, ...),
+    timeline=(list[Step], ...), change=(dict[str, Any] | None, ...), sentence=(str | None, None),
 )
 
 

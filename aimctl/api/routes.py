@@ -7,13 +7,15 @@ names the pool the call acts on, so a token scoped to pool ``web`` can act there
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from aimctl.api import models as m
-from aimctl.api.views import exits
 from aimctl.api.app import Api, Call, Reply, somewhere
 from aimctl.api.server import TlsFiles
+from aimctl.api.views import exits
 from aimctl.overlay import api_hostport
+from aimctl.records.sentences import detector_sentence, operation_sentence, step_sentence
 
 if TYPE_CHECKING:
     from aimctl.daemon import Controller
@@ -28,18 +30,53 @@ def visible(call: Call, pool: str | None) -> bool:
     return call.identity is None or call.identity.sees(pool)
 
 
+def op_json(c: Controller, op_id: str) -> dict[str, Any]:
+    """One operation with its timeline, each step and the whole said in a sentence."""
+    d = c.operation_view(op_id)
+    for step in d["timeline"]:
+        step["sentence"] = step_sentence(step["step"], step["status"], step["detail"], d)
+    d["sentence"] = operation_sentence(d)
+    return d
+
+
+def persona_why(c: Controller, persona: str, state: str, op: dict[str, Any] | None) -> str:
+    """Where a persona stands and why, in one sentence (including why it was *not* failed over)."""
+    if op is not None:
+        return operation_sentence(op)
+    why = c.detector.why(persona)
+    text = detector_sentence(persona, state, why[0] if why else "", why[1] if why else None)
+    if persona in c._pending:
+        pool = c.defs.personas[persona].pool
+        held = c.operator_paused.get(pool) or c.paused.get(pool) or c.held_why(persona) or "starting"
+        text += f"; failover queued, not started: {held}"
+    elif state in ("dead", "presumed-dead", "unhealthy") and c.defs.personas[persona].pool in c.paused:
+        text += f"; not failed over: {c.paused[c.defs.personas[persona].pool]}"
+    return text
+
+
+def status(c: Controller) -> dict[str, Any]:
+    doc = c.status()
+    waiting = {o.persona: o for o in c.journal.unfinished_operations()}
+    for persona, v in doc["personas"].items():
+        held = waiting.get(persona)
+        v["why"] = persona_why(c, persona, v["detector"] if v["detector"] != "-" else "alive",
+                               dataclasses.asdict(held) if held is not None else None)
+        if v.get("waiting"):
+            v["waiting"]["exits"] = exits(c.journal.operation(v["operation"]))
+    watch = c.oversight.status()
+    doc.update(pools=watch["pools"], suspects=watch["suspects"], drift_open=watch["drift_open"])
+    return doc
+
+
 def build_api(c: Controller) -> Api:
     host, port = api_hostport(c.listen.api)
     tls = TlsFiles(c.listen.api_tls_cert, c.listen.api_tls_key) \
         if c.listen.api_tls_cert and c.listen.api_tls_key else None
     api = Api(c.state, audit=c.audit, metrics=c.metrics, host=host, port=port, tls=tls)
 
-    def status(call: Call) -> Any:
-        st = c.status()
+    def status_of(call: Call) -> Any:
+        st = status(c)
         st["personas"] = {p: v for p, v in st["personas"].items() if visible(call, v["pool"])}
-        for v in st["personas"].values():
-            if v.get("waiting"):
-                v["waiting"]["exits"] = exits(c.journal.operation(v["operation"]))
         st["bmcs"] = {s: v for s, v in st["bmcs"].items() if visible(call, c.pool_of_server(s))}
         st["quarantined"] = {s: v for s, v in st["quarantined"].items() if visible(call, c.pool_of_server(s))}
         return st
@@ -50,7 +87,7 @@ def build_api(c: Controller) -> Api:
 
     def operation(call: Call) -> Any:
         op_id = call.params["id"]
-        view = c.operation_view(op_id)
+        view = op_json(c, op_id)
         if not visible(call, c.pool_of_persona(view["persona"])):
             return Reply(404, {"error": f"no operation {op_id}"})
         return view
@@ -98,8 +135,17 @@ def build_api(c: Controller) -> Api:
         """Scope of /v1/failovers/{id}/...: the pool of the operation's persona."""
         return c.pool_of_operation(call.params["id"])
 
-    api.route("GET", "/v1/status", status, summary="Personas: server, heartbeat age, detector state",
+    api.route("GET", "/v1/status", status_of, summary="Personas: server, heartbeat age, detector state",
               response=m.Status, scope=somewhere)
+    api.route("GET", "/v1/drift", lambda call: c.oversight.drift(), role="viewer",
+              summary="Drift findings (what differs from the definitions, where, since when) and the last pass")
+
+    def drift_check(call: Call) -> Any:
+        res = c.oversight.reconciler.run_pass()
+        return {"checks": res.checks, "findings": len(res.found), "new": len(res.new),
+                "resolved": len(res.resolved), "unchecked": res.unchecked, "duration_s": round(res.duration_s, 3)}
+
+    api.route("POST", "/v1/drift/check", drift_check, role="operator", summary="Run a drift pass now")
     api.route("GET", "/v1/failovers", operations, summary="Recent operations", query=m.ListQuery,
               response=list[m.Operation], scope=somewhere)
     api.route("GET", "/v1/failovers/{id}", operation, summary="One operation with its timeline",

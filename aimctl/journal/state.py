@@ -78,8 +78,8 @@ def persona_lease(persona: str) -> str:
     return f"persona:{persona}"
 
 
-class StateMixin:
-    """Needs ``transaction``, ``query`` and ``now`` from the Journal."""
+class JournalParts:
+    """What the journal's table mixins need from the Journal: ``transaction``, ``query``, ``now``."""
 
     def transaction(self, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError
@@ -89,6 +89,10 @@ class StateMixin:
 
     def now(self) -> float:
         raise NotImplementedError
+
+
+class StateMixin(JournalParts):
+    """Assignment, server marks and leases."""
 
     # -- assignment and servers -----------------------------------------------------------------
 
