@@ -147,7 +147,8 @@ def test_the_openapi_document_lists_the_real_routes(controller: ControllerProces
     assert {"/v1/status", "/v1/failovers", "/v1/failovers/{id}", "/v1/failovers/{id}/approve",
             "/v1/failovers/{id}/retry", "/v1/failovers/{id}/mark-fenced", "/v1/failovers/{id}/abandon", "/v1/failover",
             "/v1/move", "/v1/failback", "/v1/servers/{server}/clear", "/v1/pools/{pool}/pause",
-            "/v1/pools/{pool}/resume", "/v1/plan", "/v1/audit", "/boot/{server}.ipxe", "/metrics",
+            "/v1/pools/{pool}/resume", "/v1/plan", "/v1/audit", "/v1/drift", "/v1/drift/check",
+            "/boot/{server}.ipxe", "/metrics",
             "/openapi.json"} == set(doc["paths"])
     assert Path(controller.state / "api.json").exists()
 
