@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-APT_PACKAGES := tgt libiscsi-bin libiscsi-dev etcd-server python3-venv python3-dev build-essential bind9 bind9-utils
+APT_PACKAGES := tgt libiscsi-bin libiscsi-dev etcd-server python3-venv python3-dev build-essential bind9 bind9-utils \
+  chromium
 
-.PHONY: setup apt test test-unit demo bench soak lint clean
+.PHONY: setup apt test test-unit demo bench soak lint clean screenshots
 
 setup: apt $(STAMP)
 
@@ -45,6 +46,10 @@ bench: setup
 # Longer than `make test` affords: the leader killed at 60 seeded random moments of the failover.
 soak: setup
 	AIMCTL_CLUSTER_TRIALS=60 $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_cluster.py -k random
+# The console pictures the README shows, taken by the browser stories from their lab.
+screenshots: setup
+	rm -f docs/console/*.png
+	AIMCTL_SCREENSHOTS=docs/console $(PY) -m pytest -q -p no:cacheprovider tests/browser
 
 # ruff; mypy --strict on aimctl and lab; the import contracts (layers, slim agent, no cycles) in pyproject.toml.
 lint: setup

@@ -46,8 +46,10 @@ from aimctl.detect.traps import TrapReceiver, bmc_identities
 from aimctl.drivers.ifindex import ifindex
 from aimctl.drivers.registry import Drivers, make_power
 from aimctl.errors import OperatorError
+from aimctl.failover import bootwindow
 from aimctl.failover.chap import ChapStore
 from aimctl.failover.context import Ctx, Settings
+from aimctl.failover.dryrun import plan_failover
 from aimctl.failover.planner import check_request
 from aimctl.failover.resolve import KEEP, abandon_plan, mark_fenced_refusal, retry_refusal
 from aimctl.failover.runner import StepEvent, run_steps
@@ -61,6 +63,7 @@ from aimctl.journal import (
     JournalUnavailable,
     LostLeadership,
     Operation,
+    PoolPause,
     ServerMark,
     ServerStatus,
     persona_lease,
@@ -114,6 +117,16 @@ class StormBrake(OperatorError):
     """The pool already runs as many failovers as its storm brake allows."""
 
 
+class NotFound(OperatorError):
+    http_status = 404
+
+
+class BootScriptRefused(OperatorError):
+    """A boot script asked for by someone other than its body, or outside its boot window."""
+
+    http_status = 403
+
+
 def check_state_dir(state: Path) -> None:
     """The controller's state dir exists (made 0700 if not), is a directory and can be read and written;
     otherwise one line saying so (exit 2), never a traceback from deep inside the journal."""
@@ -121,6 +134,10 @@ def check_state_dir(state: Path) -> None:
         raise OperatorError(f"state dir {state}: not a directory")
     try:
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = state.stat().st_mode & 0o777
+        if mode & 0o077:  # made by someone else (or an older aimctl) open to others: it holds secrets
+            log.warning("state dir %s was open to others (mode %o); tightened to 0700", state, mode)
+            os.chmod(state, 0o700)
     except OSError as exc:
         raise OperatorError(f"state dir {state}: cannot create it: {exc.strerror or exc}") from None
     if not os.access(state, os.R_OK | os.W_OK | os.X_OK):
@@ -163,7 +180,7 @@ class Controller:
         self.listen = listen
         self.state = state
         check_state_dir(state)
-        (state / "boot").mkdir(exist_ok=True)
+        (state / "boot").mkdir(exist_ok=True, mode=0o700)
         self.cluster: ClusterMember | None = None
         self.journal: JournalStore
         self._leading = cluster is None  # embedded: always; clustered: once elected and resumed
@@ -172,6 +189,7 @@ class Controller:
         self._unfinished: list[Operation] = []
         self._acting: set[str] = set()
         self._covered: set[str] = set()
+        self._pauses: dict[str, PoolPause] = {}  # operator pauses as last read (never waits on etcd)
         self._spawned_at: dict[str, float] = {}
         if cluster is not None:
             from aimctl.cluster.member import ClusterMember
@@ -196,6 +214,10 @@ class Controller:
         self.chap = ChapStore(self.journal)
         self.drivers = Drivers(defs, state / "boot", switch_timeout_s=listen.switch_timeout,
                                guard=self._guard if cluster is not None else None)
+        for name, srv in defs.servers.items():
+            if srv.bmc.kind == "ipmi" and srv.boot_address is None:
+                log.warning("server %s boots by iPXE and declares no boot_address: its boot script (with a CHAP"
+                            " secret) is served to any address while it is being powered on", name)
         self.settings = settings or Settings(power_deadline_s=listen.power_deadline,
                                              boot_timer_override_s=listen.boot_timer_override,
                                              switch_deadline_s=listen.switch_deadline)
@@ -241,12 +263,13 @@ class Controller:
         self._starting: set[str] = set()
         self._starter = ThreadPoolExecutor(4, thread_name_prefix="start")
         self.paused: dict[str, str] = {}  # pools the storm brake paused, and why
-        self.operator_paused: dict[str, str] = {}  # pools an operator paused: the storm brake never resumes them
         self.params = Params(miss_intervals=2.5)
         self.detector = Detector(self, self.params)
         self.observer = Observer(self.receiver, self.poller, self.traps)
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()
+        self._revision = 0  # bumped on every step record and operator action: live views poll it
+        self._capacity: dict[str, tuple[int, list[str]]] | None = None
         self._stop = threading.Event()
         self.oversight = Oversight(self)
         self.oversight.reconciler.active = self.leads
@@ -433,18 +456,23 @@ class Controller:
 
     # ------------------------------------------------------------------ tell
 
-    def status(self) -> dict[str, Any]:
-        """The status document (``/v1/status``, ``aimctl status``): per persona its body, heartbeat age
+    def status(self, only: set[str] | None = None, assignment: dict[str, str | None] | None = None) -> dict[str, Any]:
+        """The status document (``/v1/status``, ``aimctl status``): per persona its pool, body, heartbeat age
         (by arrival), health, the detector's state and reason (also while an operation waits), the
         BMC's reading, the operation holding it with its state and, when it waits, why; every BMC's
         reading; the storm brake's pauses and queue; how often the detector caught itself stalled.
-        Clustered: the journal as last read (it never waits on etcd), why this member does not act."""
+        ``only`` limits the persona rows (and their cost) to those named. Clustered: the journal as last
+        read (it never waits on etcd), and why this member does not act."""
         now = time.monotonic()
         states = self.detector.states()
         watched = self.observer.watches()
-        ops, assignment, marks = self.journal_view()
+        ops, viewed, marks = self.journal_view()
         personas: dict[str, dict[str, Any]] = {}
-        for persona, server in sorted(assignment.items()):
+        assigned = viewed if assignment is None else assignment
+        for persona in sorted(assigned if only is None else only & assigned.keys()):
+            server = assigned[persona]
+            if persona not in self.defs.personas:
+                continue
             seen = self.receiver.last_seen(persona)
             st = states.get(persona)
             op = ops.get(persona)
@@ -453,6 +481,7 @@ class Controller:
             else:
                 detector, reason = (st.state if st else "alive"), self.detector.reason(persona)
             personas[persona] = {
+                "pool": self.defs.personas[persona].pool,
                 "server": server,
                 "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
                 "health": seen[1].health.word if seen else None,
@@ -469,8 +498,9 @@ class Controller:
         quarantined = {s: dataclasses.asdict(v) for s, v in marks.items()}
         doc = {"personas": personas, "quarantined": quarantined, "receiver": self.receiver.counters(),
                "paused_pools": dict(self.paused), "operator_paused_pools": dict(self.operator_paused),
+               "operator_paused": {p: {"paused": True, **v.__dict__} for p, v in self._pauses.items()},
                "queued": sorted(self._pending), "detector_stalls": self.detector.stalls,
-               "bmcs": {s: self.poller.answer(s)[0] for s in sorted(self.defs.servers)},
+               "bmcs": {s: self.poller.answer(s)[0] for s in sorted(self.defs.servers)} if only is None else {},
                "journal_error": self.journal_error}
         cluster = self.cluster_status(probe=False)
         if cluster is not None:
@@ -518,8 +548,9 @@ class Controller:
             busy = {op.persona: op for op in unfinished}
             self._view = (busy, self.journal.assignment(), self.journal.quarantined())
             self._unfinished = unfinished
-            self._acting = {op.persona for op in unfinished if op.state == "running" and op.kind != "repair"}
-            self._covered = {op.persona for op in unfinished if op.kind != "repair"}
+            self._acting = {op.persona for op in unfinished if op.state == "running" and op.kind not in WATCHED_KINDS}
+            self._covered = {op.persona for op in unfinished if op.kind not in WATCHED_KINDS}
+            self._pauses = self.journal.pool_pauses()
             if self.journal_error:
                 log.warning("journal available again")
                 self.journal_error = ""
@@ -644,6 +675,7 @@ class Controller:
             log.exception("operation %s crashed", op_id)
             return
         log.warning("operation %s: %s %s", op_id, res.state, res.result)
+        self._revision += 1
         if res.state in TERMINAL:
             op = self.journal.operation(op_id)
             if res.state == "aborted" and "not dead after all" in res.result:
@@ -664,6 +696,7 @@ class Controller:
                                                                  f"exits: aimctl retry|abandon|mark-fenced {op_id}"))
 
     def _on_step(self, ev: StepEvent) -> None:
+        self._revision += 1
         self.metrics.observe_step(ev)
         self.changes.on_step(ev)
 
@@ -692,6 +725,7 @@ class Controller:
         if op.state != "waiting-approval":
             raise OperatorError(f"{op_id} is {op.state}, not waiting for approval")
         self.journal.add_facts(op_id, {"approved_by": actor})
+        self._revision += 1
         self.audit.record(actor, "failover.approve", op.persona, {"op": op_id})
         self._spawn(op_id)
         return self.journal.operation(op_id)
@@ -776,9 +810,158 @@ class Controller:
         self._refresh_capacity()
         return self.journal.operation(op_id)
 
+    # ------------------------------------------------------------------ operator actions and views
+    # The API and the console call these; they hold no logic of their own.
+
+    def pool_of_persona(self, persona: str) -> str | None:
+        pd = self.defs.personas.get(persona)
+        return pd.pool if pd else None
+
+    def pool_of_server(self, server: str) -> str | None:
+        return self.defs.server_pool.get(server)
+
+    def pool_of_operation(self, op_id: str) -> str | None:
+        if op_id.startswith("CHG"):  # a change record: the pool of the operation it gates
+            ops = [o for o in self.journal.unfinished_operations() if o.facts.get("change") == op_id]
+            return self.pool_of_persona(ops[0].persona) if ops else None
+        try:
+            return self.pool_of_persona(self.journal.operation(op_id).persona)
+        except OperatorError:
+            return None
+
+    def revision(self) -> tuple[int, float, int]:
+        """Changes when anything a live view shows may have changed (steps, states, marks, pauses)."""
+        row = self.journal.query("SELECT COALESCE(MAX(updated), 0), COUNT(*) FROM operations")[0]
+        states = hash(tuple(sorted((p, s.state) for p, s in self.detector.states().items())))
+        return self._revision, float(row[0]), int(row[1]) ^ states
+
+    def persona_states(self) -> dict[str, tuple[str, str | None, str, str | None, bool]]:
+        """Per persona, cheaply (the dashboard counts 10,000 of these): (pool, server, detector state,
+        operation holding it, heartbeat ever seen)."""
+        states = self.detector.states()
+        busy = {o.persona: o.id for o in self.journal.unfinished_operations()}
+        out: dict[str, tuple[str, str | None, str, str | None, bool]] = {}
+        for persona, server in self.journal.assignment().items():
+            pd = self.defs.personas.get(persona)
+            if pd is None:
+                continue
+            st = states.get(persona)
+            out[persona] = (pd.pool, server, st.state if st else "alive", busy.get(persona),
+                            self.receiver.beats(persona) > 0)
+        return out
+
+    def operation_view(self, op_id: str) -> dict[str, Any]:
+        op = self.journal.operation(op_id)
+        d = dict(op.__dict__)
+        d["timeline"] = self.journal.steps(op_id)
+        d["change"] = self.changes.for_operation(op_id)
+        return d
+
+    def plan(self, persona: str, to: str | None = None, kind: str = "failover") -> dict[str, Any]:
+        """The dry run ``aimctl plan`` prints, from the journal's assignment, with the exact switch lines."""
+        from aimctl.drivers.registry import render_switch_lines
+
+        if persona not in self.defs.personas:
+            raise NotFound(f"unknown persona {persona!r}")
+        if to is not None and to not in self.defs.servers:
+            raise NotFound(f"unknown server {to!r}")
+        assignment = {p: s for p, s in self.journal.assignment().items() if s}
+        plan = plan_failover(self.defs, persona, assignment, set(self.journal.quarantined()), to=to,
+                             render=lambda sw, intents: render_switch_lines(self.defs.switches[sw].os, intents))
+        if kind != "failover":
+            # A planned operation has no death to confirm and no approval by policy: its agent is asked
+            # to stop the persona cleanly first.
+            old = plan.get("from")
+            steps = [s for s in plan["steps"] if s["name"] != "approve"]
+            for s in steps:
+                if s["name"] == "confirm":
+                    s["actions"] = [f"planned {kind}: {persona}'s agent on {old} is asked to stop it cleanly first"]
+            plan["steps"] = steps
+        return plan
+
+    def failback(self, persona: str, actor: str, change: str | None = None) -> str:
+        if persona not in self.defs.personas:
+            raise NotFound(f"unknown persona {persona!r}")
+        home = self.defs.personas[persona].spec.home
+        if self.journal.assignment().get(persona) == home:
+            raise OperatorError(f"{persona} is already on its home server {home}")
+        if home in self.journal.quarantined():
+            raise OperatorError(f"home server {home} is quarantined: `aimctl clear {home}` first")
+        return self.start_failover(persona, "planned", f"failback by {actor}", kind="failback", to=home,
+                                   actor=actor, change=change)
+
+    def clear_server(self, server: str, actor: str) -> None:
+        if server not in self.defs.servers:
+            raise NotFound(f"unknown server {server!r}")
+        self.journal.clear(server, by=actor)
+        self.audit.record(actor, "server.clear", server, {})
+        self._revision += 1
+        self._refresh_capacity()
+
+    def pool_pauses(self) -> dict[str, PoolPause]:
+        """Pools an operator paused, kept in the journal (a restart keeps them paused), as last read."""
+        return dict(self._pauses)
+
+    @property
+    def operator_paused(self) -> dict[str, str]:
+        """Pools an operator paused, and why: an input of the storm brake, which never resumes them."""
+        return {p: f"paused by {v.by}" + (f": {v.reason}" if v.reason else "") for p, v in self._pauses.items()}
+
+    def pause_pool(self, pool: str, actor: str, reason: str = "") -> PoolPause:
+        """An operator holds automatic failover in ``pool`` (deaths queue; operator commands still act)."""
+        if pool not in self.defs.pools:
+            raise NotFound(f"unknown pool {pool!r}")
+        if self.journal.pause_pool(pool, actor, reason):
+            self.audit.record(actor, "pool.pause", pool, {"reason": reason})
+            self._revision += 1
+        self._pauses = self.journal.pool_pauses()
+        return self._pauses[pool]
+
+    def resume_pool(self, pool: str, actor: str) -> None:
+        if pool not in self.defs.pools:
+            raise NotFound(f"unknown pool {pool!r}")
+        if self.journal.resume_pool(pool):
+            self.audit.record(actor, "pool.resume", pool, {})
+            self._revision += 1
+        self._pauses = self.journal.pool_pauses()
+
+    def boot_script(self, server: str, client: str) -> bytes:
+        """The iPXE script of ``server``, only to its boot address and only while an operation powers it on;
+        every refusal is audited."""
+        srv = self.defs.servers.get(server)
+        path = self.state / "boot" / f"{server}.ipxe"
+        if srv is None or srv.bmc.kind != "ipmi":
+            raise NotFound(f"no boot script for {server}")
+        window = None
+        for op in self.journal.unfinished_operations():
+            if op.state == "running" and op.facts.get("to") == server and \
+                    bootwindow.powering_on(self.journal.records(op.id), server):
+                window = op.id
+        declared = str(srv.boot_address) if srv.boot_address is not None else None
+        why = bootwindow.refusal(server, client, declared, window)
+        if why is None and not path.is_file():
+            why = f"{window} is powering {server} on but its script is missing"
+        if why is not None:
+            self.audit.record("anonymous", "boot.refused", server, {"client": client, "why": why},
+                              source=f"api {client}")
+            log.warning("boot script of %s refused to %s: %s", server, client, why)
+            raise BootScriptRefused(f"boot script of {server} refused: {why}")
+        self.audit.record("anonymous", "boot.served", server, {"client": client, "op": window},
+                          source=f"api {client}")
+        return path.read_bytes()
+
+    def pool_capacity(self) -> dict[str, tuple[int, list[str]]]:
+        """Per pool: N+k and the standbys in preference order, as of the last change of assignment or
+        marks (computed then, not on every page view: at 10,000 personas it takes seconds)."""
+        if self._capacity is None:
+            self._refresh_capacity()
+        assert self._capacity is not None
+        return self._capacity
+
     def _refresh_capacity(self) -> None:
-        """N+k per pool from live state (the spare accounting sets the metric and alerts on k = 0)."""
-        self.oversight.refresh_spares()
+        """N+k per pool from live state (the spare accounting sets the metric and alerts on k = 0); kept
+        for the console, which reads it on every view."""
+        self._capacity = {pool: (sp.k, list(sp.counted)) for pool, sp in self.oversight.refresh_spares().items()}
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -174,6 +174,9 @@ class Server(Strict):
     cores: Annotated[int, Field(ge=1)]
     memory_gb: Annotated[int, Field(ge=1)]
     boot_nic: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    # The address the site's DHCP reserves for the boot NIC: the controller serves this server's iPXE
+    # script (which carries a CHAP secret) to that address only.
+    boot_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     channels: dict[Channel, Cable]
     # Blast radius: bodies sharing a rack (top-of-rack switch) or a PDU can die together.
     rack: Name | None = None

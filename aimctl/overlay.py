@@ -7,6 +7,7 @@ or cabling — so a test lab cannot drift from the operator's definitions.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -28,7 +29,8 @@ class BmcPatch(Strict):
 
 
 class ServerPatch(Strict):
-    bmc: BmcPatch
+    bmc: BmcPatch = BmcPatch()
+    boot_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
 
 class SwitchPatch(Strict):
@@ -66,6 +68,9 @@ class Listen(Strict):
     heartbeat: str = "0.0.0.0:7400"
     snmp: str = "0.0.0.0:7162"
     api: str = "127.0.0.1:7480"
+    # TLS for the API and console (remote operators): PEM certificate (chain) and key files.
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
     snmp_community: str = "public"
     heartbeat_interval: float = 1.0
     bmc_poll_interval: float = 1.0

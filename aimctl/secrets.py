@@ -12,13 +12,14 @@ from aimctl.core.secrets import (
     install_log_masking,
     is_reference,
     mask,
+    mask_fields,
     register,
     resolve,
     resolve_bytes,
 )
 
-__all__ = ["REF_RE", "MaskingFilter", "install_log_masking", "is_reference", "mask", "register", "resolve",
-           "resolve_bytes", "write_private"]
+__all__ = ["REF_RE", "MaskingFilter", "install_log_masking", "is_reference", "mask", "mask_fields", "register",
+           "resolve", "resolve_bytes", "write_private"]
 
 
 def write_private(path: Path, value: str) -> None:

@@ -26,7 +26,7 @@ class ControllerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> ControllerProcess:
-        self.state.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.state / "api.json").unlink(missing_ok=True)
         log = open(self.state / "controller.out", "ab")
         self.proc = subprocess.Popen(

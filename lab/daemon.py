@@ -343,7 +343,7 @@ class Lab:
         d = self.defs
         bmc_cred = {"username": LAB_USER, "password": self.refs["bmc"]}
         sw_cred = {"username": LAB_USER, "password": self.refs["switch"], "enable": self.refs["enable"]}
-        servers = {}
+        servers: dict[str, dict[str, Any]] = {}
         for s, v in d.servers.items():
             if v.bmc.kind == "redfish":
                 servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish.port_of(s), "tls": False,
@@ -351,6 +351,8 @@ class Lab:
                                       "credentials": bmc_cred}}
             else:
                 servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.ipmi_ports[s], "credentials": bmc_cred}}
+            if v.boot_address is not None:
+                servers[s]["boot_address"] = "127.0.0.1"  # the lab's bodies fetch their iPXE script from here
         personas: dict[str, Any] = {}
         for n, p in d.personas.items():
             entry: dict[str, Any] = {"heartbeat_key": f"file:{self.secret_dir / (n + '.hbkey')}",

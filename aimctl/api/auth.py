@@ -7,6 +7,11 @@ or a reference to where the token is kept::
     tokens:
       - {name: alice, role: operator, sha256: 3f1c...}      # sha256 hex of the token
       - {name: grafana, role: viewer, token: env:GRAFANA_TOKEN}
+      - {name: webops, role: viewer, pools: {web: operator}, sha256: 9ab2...}
+      - {name: webonly, pools: {web: operator}, sha256: 77de...}   # sees nothing outside pool web
+
+``role`` is the token's role in every pool it does not list under ``pools`` (and for what belongs
+to no pool); without ``role`` the token sees only the pools it lists.
 
 The file is re-read when it changes; a broken edit is refused whole and the previous tokens stay.
 Tokens are compared as SHA-256 digests with ``hmac.compare_digest`` against every entry, so
@@ -39,13 +44,38 @@ TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
+POOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
+
+
 @dataclass(frozen=True)
 class Identity:
-    name: str
-    role: str
+    """Who called: a token's name and its role, possibly different per pool."""
 
-    def allows(self, role: str) -> bool:
-        return ROLES[self.role] >= ROLES[role]
+    name: str
+    role: str | None  # everywhere not listed in ``pools``; None: nothing there
+    pools: tuple[tuple[str, str], ...] = ()
+
+    def role_in(self, pool: str | None) -> str | None:
+        """The role this identity has for ``pool`` (None: for what belongs to no pool)."""
+        if pool is not None:
+            for name, role in self.pools:
+                if name == pool:
+                    return role
+        return self.role
+
+    def allows(self, role: str, pool: str | None = None) -> bool:
+        mine = self.role_in(pool)
+        return mine is not None and ROLES[mine] >= ROLES[role]
+
+    def allows_somewhere(self, role: str) -> bool:
+        """Whether some pool (or the default) grants ``role``: a cheap first check before the scope is known."""
+        return any(ROLES[r] >= ROLES[role] for r in [self.role, *(r for _, r in self.pools)] if r is not None)
+
+    def sees(self, pool: str | None) -> bool:
+        return self.role_in(pool) is not None
+
+    def label(self, pool: str | None = None) -> str:
+        return f"{self.name}({self.role_in(pool) or 'none'})"
 
 
 def digest(token: str) -> bytes:
@@ -91,11 +121,16 @@ def load_tokens(path: Path, admin: bytes) -> dict[bytes, Identity]:
         where = f"{path}: tokens[{i}]"
         if not isinstance(e, dict):
             raise OperatorError(f"{where}: want a mapping with name, role and sha256 or token")
-        name, role = str(e.get("name", "")), str(e.get("role", ""))
+        name = str(e.get("name", ""))
+        role = None if e.get("role") is None and e.get("pools") else str(e.get("role", ""))
         if not TOKEN_NAME_RE.match(name) or name in names or name == "admin":
             raise OperatorError(f"{where}: name {name!r} is missing, invalid, reserved or repeated")
-        if role not in ROLES:
+        if role is not None and role not in ROLES:
             raise OperatorError(f"{where}: role must be one of {', '.join(ROLES)}, not {role!r}")
+        pools = e.get("pools") or {}
+        if not isinstance(pools, dict) or not all(
+                isinstance(p, str) and POOL_RE.match(p) and r in ROLES for p, r in pools.items()):
+            raise OperatorError(f"{where}: pools must map pool names to one of {', '.join(ROLES)}")
         if "sha256" in e and SHA256_RE.match(str(e["sha256"])):
             d = bytes.fromhex(str(e["sha256"]))
         elif "token" in e and is_reference(str(e["token"])):
@@ -105,7 +140,7 @@ def load_tokens(path: Path, admin: bytes) -> dict[bytes, Identity]:
         if d in out or hmac.compare_digest(d, admin):
             raise OperatorError(f"{where}: this token is already used by another entry")
         names.add(name)
-        out[d] = Identity(name, role)
+        out[d] = Identity(name, role, tuple(sorted((str(p), str(r)) for p, r in pools.items())))
     return out
 
 
@@ -120,8 +155,16 @@ class TokenStore:
         self._reload(strict=True)
 
     def identify(self, token: str) -> Identity | None:
+        """The identity of ``token``, or None. A token that identifies is registered with the masker,
+        so it never reaches a log line or the audit log even when it is sent where it does not belong."""
+        found = self.identify_digest(digest(token))
+        if found is not None:
+            register(token)
+        return found
+
+    def identify_digest(self, d: bytes) -> Identity | None:
+        """The identity of the token with SHA-256 ``d`` (a console session re-checks its token so)."""
         self._reload(strict=False)
-        d = digest(token)
         found: Identity | None = None
         if hmac.compare_digest(d, self._admin):
             found = Identity("admin", "admin")

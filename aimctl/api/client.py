@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -36,7 +37,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
 
 
 class ApiClient:
@@ -47,6 +47,7 @@ class ApiClient:
         try:
             info = json.loads(info_path.read_text())
             self.url = str(info["url"]).rstrip("/")
+            cert = info.get("tls_cert")
         except FileNotFoundError:
             raise ControllerNotRunning(
                 f"the controller is not running for state directory {self.state_dir} (no {info_path}); start it"
@@ -66,6 +67,18 @@ class ApiClient:
                 ) from None
         register(token)
         self._token = token
+        # Under TLS the CLI trusts the system's CAs and the controller's own certificate (self-signed
+        # is the common case for a controller on a management network).
+        self._tls: ssl.SSLContext | None = None
+        if self.url.startswith("https://"):
+            self._tls = ssl.create_default_context()
+            if cert:
+                try:
+                    self._tls.load_verify_locations(cafile=str(cert))
+                except (OSError, ssl.SSLError) as exc:
+                    raise OperatorError(f"cannot read the controller's certificate {cert}: {exc}") from None
+        # Redirects (a cluster follower's 307 to the leader) are followed by ``raw`` itself.
+        self._opener = urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(context=self._tls))
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
@@ -99,7 +112,7 @@ class ApiClient:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with _opener.open(req, timeout=self.timeout_s) as resp:
+            with self._opener.open(req, timeout=self.timeout_s) as resp:
                 return resp.status, resp.headers.get("Content-Type", ""), resp.read()
         except urllib.error.HTTPError as exc:
             location = exc.headers.get("Location") if exc.code in (307, 308) else None

@@ -1,4 +1,9 @@
-"""The controller's HTTP API routes (the CLI is a client of these)."""
+"""The controller's /v1 routes: one declarative line each over a ``Controller`` method.
+
+Adding a route: ``api.route(METHOD, PATH, handler, role=..., summary=..., body=Model,
+response=Model, scope=...)``; the handler only unpacks the call and asks the Controller. ``scope``
+names the pool the call acts on, so a token scoped to pool ``web`` can act there and only there.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,10 @@ import dataclasses
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from aimctl.api.app import Api, ApiError, Request
+from aimctl.api import models as m
+from aimctl.api.app import Api, Call, Reply, somewhere
+from aimctl.api.server import TlsFiles
+from aimctl.api.views import exits
 from aimctl.errors import OperatorError
 from aimctl.journal import JournalUnavailable
 from aimctl.overlay import api_hostport
@@ -16,14 +24,21 @@ if TYPE_CHECKING:
     from aimctl.daemon import Controller
 
 
+def persona_in(field: str, c: Controller) -> Any:
+    """Scope: the pool of the persona named by the body's ``field``."""
+    return lambda call: c.pool_of_persona(getattr(call.body, field))
+
+
+def visible(call: Call, pool: str | None) -> bool:
+    return call.identity is None or call.identity.sees(pool)
+
+
 def op_json(c: Controller, op_id: str) -> dict[str, Any]:
-    op = c.journal.operation(op_id)
-    d = dataclasses.asdict(op)
-    d["timeline"] = c.journal.steps(op_id)
+    """One operation with its timeline, each step and the whole said in a sentence."""
+    d = c.operation_view(op_id)
     for step in d["timeline"]:
         step["sentence"] = step_sentence(step["step"], step["status"], step["detail"], d)
     d["sentence"] = operation_sentence(d)
-    d["change"] = c.changes.for_operation(op_id)
     return d
 
 
@@ -62,141 +77,170 @@ def status(c: Controller) -> dict[str, Any]:
     return doc
 
 
-def exits(op: Any) -> list[str]:
-    if op.state == "waiting-approval":
-        return [f"aimctl approve {op.id}", f"aimctl abandon {op.id}"]
-    return [f"aimctl retry {op.id}", f"aimctl mark-fenced {op.id} SERVER", f"aimctl abandon {op.id}"]
-
-
 def build_api(c: Controller) -> Api:
     host, port = api_hostport(c.listen.api)
-    api = Api(c.state, audit=c.audit, metrics=c.metrics, host=host, port=port)
-    api.write_redirect = c.write_redirect  # followers send writes to the leader
+    tls = TlsFiles(c.listen.api_tls_cert, c.listen.api_tls_key) \
+        if c.listen.api_tls_cert and c.listen.api_tls_key else None
+    api = Api(c.state, audit=c.audit, metrics=c.metrics, host=host, port=port, tls=tls)
+    api.write_redirect = c.write_redirect  # cluster followers send writes to the leader
 
-    def actor(req: Request) -> str:
-        return f"{req.identity.name}({req.identity.role})" if req.identity else "anonymous"
+    def status_of(call: Call) -> Any:
+        st = status(c)
+        st["personas"] = {p: v for p, v in st["personas"].items() if visible(call, v["pool"])}
+        st["bmcs"] = {s: v for s, v in st["bmcs"].items() if visible(call, c.pool_of_server(s))}
+        st["quarantined"] = {s: v for s, v in st["quarantined"].items() if visible(call, c.pool_of_server(s))}
+        return st
 
-    def need(body: Any, key: str) -> str:
-        if not isinstance(body, dict) or not isinstance(body.get(key), str):
-            raise ApiError(400, f"body needs a string field {key!r}")
-        return str(body[key])
+    def operations(call: Call) -> Any:
+        ops = c.journal.operations(call.query.limit)
+        return [o.__dict__ for o in ops if visible(call, c.pool_of_persona(o.persona))]
 
-    api.route("GET", "/v1/status", lambda r: status(c), summary="Personas: server, heartbeat age, detector state")
-    api.route("GET", "/v1/drift", lambda r: c.oversight.drift(),
+    def operation(call: Call) -> Any:
+        op_id = call.params["id"]
+        view = op_json(c, op_id)
+        if not visible(call, c.pool_of_persona(view["persona"])):
+            return Reply(404, {"error": f"no operation {op_id}"})
+        return view
+
+    def failover(call: Call) -> Any:
+        b = call.body
+        return {"id": c.start_failover(b.persona, "operator", f"requested by {call.actor}", to=b.to, actor=call.actor)}
+
+    def move(call: Call) -> Any:
+        b = call.body
+        return {"id": c.start_failover(b.persona, "planned", f"planned move by {call.actor}", kind="move", to=b.to,
+                                       actor=call.actor, change=b.change)}
+
+    def failback(call: Call) -> Any:
+        return {"id": c.failback(call.body.persona, call.actor, call.body.change)}
+
+    def clear(call: Call) -> Any:
+        c.clear_server(call.params["server"], call.actor)
+        return {"cleared": call.params["server"]}
+
+    def pause(call: Call) -> Any:
+        p = c.pause_pool(call.params["pool"], call.actor, call.body.reason if call.body else "")
+        return {"paused": True, **p.__dict__}
+
+    def resume(call: Call) -> Any:
+        c.resume_pool(call.params["pool"], call.actor)
+        return {"pool": call.params["pool"], "paused": False}
+
+    def plan(call: Call) -> Any:
+        q = call.query
+        if not visible(call, c.pool_of_persona(q.persona)):
+            return Reply(404, {"error": f"unknown persona {q.persona!r}"})
+        return c.plan(q.persona, q.to)
+
+    def audit(call: Call) -> Any:
+        return c.audit.entries(call.query.limit)
+
+    def boot(call: Call) -> Reply:
+        client = call.client.rsplit(":", 1)[0]
+        return Reply(200, c.boot_script(call.params["server"], client), "text/plain; charset=utf-8")
+
+    server_pool = c.pool_of_server
+
+    def op_pool(call: Call) -> str | None:
+        """Scope of /v1/failovers/{id}/...: the pool of the operation's persona."""
+        return c.pool_of_operation(call.params["id"])
+
+    api.route("GET", "/v1/status", status_of, summary="Personas: server, heartbeat age, detector state",
+              response=m.Status, scope=somewhere)
+    api.route("GET", "/v1/drift", lambda call: c.oversight.drift(), role="viewer",
               summary="Drift findings (what differs from the definitions, where, since when) and the last pass")
 
-    def drift_check(r: Request) -> Any:
+    def drift_check(call: Call) -> Any:
         res = c.oversight.reconciler.run_pass()
         return {"checks": res.checks, "findings": len(res.found), "new": len(res.new),
                 "resolved": len(res.resolved), "unchecked": res.unchecked, "duration_s": round(res.duration_s, 3)}
 
     api.route("POST", "/v1/drift/check", drift_check, role="operator", summary="Run a drift pass now")
-    api.route("GET", "/v1/failovers", lambda r: [dataclasses.asdict(o) for o in c.journal.operations(
-        int(r.query.get("limit", "50")))], summary="Recent operations")
-    api.route("GET", "/v1/failovers/{id}", lambda r: op_json(c, r.params["id"]), summary="One operation with its timeline")
+    api.route("GET", "/v1/failovers", operations, summary="Recent operations", query=m.ListQuery,
+              response=list[m.Operation], scope=somewhere)
+    api.route("GET", "/v1/failovers/{id}", operation, summary="One operation with its timeline",
+              response=m.OperationDetail, scope=somewhere)
     api.route("POST", "/v1/failovers/{id}/approve",
-              lambda r: dataclasses.asdict(c.approve(r.params["id"], actor(r))), role="operator",
-              summary="Approve a failover waiting for approval (manual policy)")
-
-    def failover(r: Request) -> Any:
-        persona = need(r.body, "persona")
-        to = r.body.get("to") if isinstance(r.body, dict) else None
-        if to is not None and not isinstance(to, str):
-            raise ApiError(400, "'to' must be a server name")
-        return {"id": c.start_failover(persona, "operator", f"requested by {actor(r)}", to=to, actor=actor(r))}
-
-    def move(r: Request) -> Any:
-        persona, to = need(r.body, "persona"), need(r.body, "to")
-        return {"id": c.start_failover(persona, "planned", f"planned move by {actor(r)}", kind="move", to=to,
-                                       actor=actor(r), change=r.body.get("change"))}
-
-    def failback(r: Request) -> Any:
-        persona = need(r.body, "persona")
-        if persona not in c.defs.personas:
-            raise OperatorError(f"unknown persona {persona!r}")
-        home = c.defs.personas[persona].spec.home
-        if c.journal.assignment().get(persona) == home:
-            raise OperatorError(f"{persona} is already on its home server {home}")
-        if home in c.journal.quarantined():
-            raise OperatorError(f"home server {home} is quarantined: `aimctl clear {home}` first")
-        return {"id": c.start_failover(persona, "planned", f"failback by {actor(r)}", kind="failback", to=home,
-                                       actor=actor(r), change=r.body.get("change"))}
-
-    def clear(r: Request) -> Any:
-        server = r.params["server"]
-        if server not in c.defs.servers:
-            raise OperatorError(f"unknown server {server!r}")
-        c.journal.clear(server, by=actor(r))
-        c.audit.record(actor(r), "server.clear", server, {})
-        c._refresh_capacity()
-        return {"cleared": server}
-
-    api.route("GET", "/v1/cluster",
-              lambda r: c.cluster_status(probe=r.query.get("probe") != "0") or {"member": None, "role": "embedded"},
-              summary="Cluster: members, leader, fencing token, lease time left, last renewals"
-                      " (?probe=0: from memory, without asking each etcd endpoint)")
-    def text(body: Any, key: str) -> str:
-        value = body.get(key) if isinstance(body, dict) else None
-        if value is None:
-            return ""
-        if not isinstance(value, str) or len(value) > 500:
-            raise ApiError(400, f"{key!r} must be a string of at most 500 characters")
-        return value
-
+              lambda call: c.approve(call.params["id"], call.actor).__dict__, role="operator",
+              summary="Approve a failover waiting for approval (manual policy), or a change record (CHG...)",
+              response=m.Operation, scope=op_pool)
     api.route("POST", "/v1/failovers/{id}/retry",
-              lambda r: dataclasses.asdict(c.retry(r.params["id"], actor(r), text(r.body, "note"))),
-              role="operator", summary="Run a needs-operator operation again from the step that stopped it")
+              lambda call: c.retry(call.params["id"], call.actor, call.body.note).__dict__, role="operator",
+              summary="Run a needs-operator operation again from the step that stopped it",
+              body=m.RetryRequest, response=m.Operation, scope=op_pool)
     api.route("POST", "/v1/failovers/{id}/mark-fenced",
-              lambda r: dataclasses.asdict(c.mark_fenced(r.params["id"], need(r.body, "server"), actor(r),
-                                                         text(r.body, "note"))),
-              role="operator", summary="Record that a body is out (pulled, power cut); the fence may proceed")
+              lambda call: c.mark_fenced(call.params["id"], call.body.server, call.actor, call.body.note).__dict__,
+              role="operator", summary="Record that a body is out (pulled, power cut); the fence may proceed",
+              body=m.MarkFencedRequest, response=m.Operation, scope=op_pool)
     api.route("POST", "/v1/failovers/{id}/abandon",
-              lambda r: dataclasses.asdict(c.abandon(r.params["id"], actor(r), text(r.body, "persona_on") or "keep",
-                                                     text(r.body, "note"))),
-              role="operator", summary="End a waiting operation; the persona stays where the operator says")
-    api.route("POST", "/v1/failover", failover, role="operator", summary="Fail a persona over now")
-    api.route("POST", "/v1/move", move, role="operator", summary="Planned move of a persona to a server")
-    api.route("POST", "/v1/failback", failback, role="operator", summary="Planned return of a persona to its home")
-    api.route("POST", "/v1/servers/{server}/clear", clear, role="admin", summary="Clear a quarantined server")
-    lifecycle_routes(api, c, actor, need)
+              lambda call: c.abandon(call.params["id"], call.actor, call.body.persona_on, call.body.note).__dict__,
+              role="operator", summary="End a waiting operation; the persona stays where the operator says",
+              body=m.AbandonRequest, response=m.Operation, scope=op_pool)
+    api.route("POST", "/v1/failover", failover, role="operator", summary="Fail a persona over now",
+              body=m.FailoverRequest, response=m.Started, scope=persona_in("persona", c))
+    api.route("POST", "/v1/move", move, role="operator", summary="Planned move of a persona to a server",
+              body=m.MoveRequest, response=m.Started, scope=persona_in("persona", c))
+    api.route("POST", "/v1/failback", failback, role="operator", summary="Planned return of a persona to its home",
+              body=m.FailbackRequest, response=m.Started, scope=persona_in("persona", c))
+    api.route("POST", "/v1/servers/{server}/clear", clear, role="admin", summary="Clear a quarantined server",
+              response=m.Cleared, scope=lambda call: server_pool(call.params["server"]))
+    api.route("POST", "/v1/pools/{pool}/pause", pause, role="operator",
+              summary="Hold automatic failover in a pool (an operator's pause, apart from the storm brake)",
+              body=m.PauseRequest, response=m.PoolPause, scope=lambda call: call.params["pool"])
+    api.route("POST", "/v1/pools/{pool}/resume", resume, role="operator", summary="Resume automatic failover",
+              response=m.PoolPause, scope=lambda call: call.params["pool"])
+    api.route("GET", "/v1/plan", plan, summary="Dry run of a failover or move: steps and exact switch lines",
+              query=m.PlanQuery, response=m.Plan, scope=somewhere)
+    api.route("GET", "/v1/audit", audit, role="admin", summary="The newest audit log entries",
+              query=m.AuditQuery, response=list[m.AuditEntry])
+    api.route("GET", "/boot/{server}.ipxe", boot, role=None,
+              summary="iPXE boot script of a server: only to its boot address, only while it is being powered on",
+              content_type="text/plain")
+    api.route("GET", "/v1/cluster",
+              lambda call: c.cluster_status(probe=call.query.probe) or {"member": None, "role": "embedded"},
+              summary="Cluster: members, leader, fencing token, lease time left, last renewals"
+                      " (?probe=false: from memory, without asking each etcd endpoint)",
+              query=m.ClusterQuery)
+    lifecycle_routes(api, c)
     return api
 
 
-def lifecycle_routes(api: Api, c: Controller, actor: Any, need: Any) -> None:
+def lifecycle_routes(api: Api, c: Controller) -> None:
     """Archives and restore, gold-image personas, spare rehearsals (logic in ``aimctl.lifecycle``)."""
     lc = c.lifecycle
 
-    def opt(r: Request, key: str) -> str | None:
-        v = r.body.get(key) if isinstance(r.body, dict) else None
-        if v is not None and not isinstance(v, str):
-            raise ApiError(400, f"field {key!r} must be a string")
-        return v
-
-    def new_persona(r: Request) -> Any:
-        return lc.new_persona(need(r.body, "name"), need(r.body, "pool"), need(r.body, "gold"), actor(r),
-                              initiator=opt(r, "initiator"), target=opt(r, "target"), home=opt(r, "home"))
-
-    def start_persona(r: Request) -> Any:
-        name = r.params["name"]
+    def start_persona(call: Call) -> Any:
+        name, b = call.params["name"], call.body
         if name not in c.defs.personas:
             raise OperatorError(f"unknown persona {name!r}: add its stanza to the definitions and restart the "
                                 "controller first")
-        to = opt(r, "on") or c.defs.personas[name].spec.home
-        return {"id": c.start_failover(name, "planned", f"first start by {actor(r)}", kind="move", to=to,
-                                       actor=actor(r), change=opt(r, "change"))}
+        to = b.on or c.defs.personas[name].spec.home
+        return {"id": c.start_failover(name, "planned", f"first start by {call.actor}", kind="move", to=to,
+                                       actor=call.actor, change=b.change)}
 
-    api.route("GET", "/v1/archives/{persona}", lambda r: lc.archives(r.params["persona"]),
-              summary="A persona's archives (snapshot sets of its boot and data LUNs)")
-    api.route("POST", "/v1/archives", lambda r: {"id": lc.start_archive(need(r.body, "persona"), actor(r))},
-              role="operator", summary="Archive a persona now")
-    api.route("POST", "/v1/restore", lambda r: {"id": lc.start_restore(need(r.body, "persona"), need(r.body, "at"),
-                                                                       actor(r), opt(r, "change"))},
-              role="operator", summary="Restore a persona's LUNs to an archive (by id or time) and boot it")
-    api.route("POST", "/v1/rehearse", lambda r: {"id": lc.start_rehearsal(need(r.body, "persona"), actor(r),
-                                                                          on=opt(r, "on"))},
-              role="operator", summary="Rehearse a persona on a standby now")
-    api.route("GET", "/v1/rehearsals", lambda r: lc.rehearsals(), summary="Last rehearsal result per persona")
-    api.route("POST", "/v1/personas", new_persona, role="operator",
-              summary="Make a persona's boot LUN from a gold image; returns its stanza to review")
+    api.route("GET", "/v1/archives/{persona}", lambda call: lc.archives(call.params["persona"]),
+              summary="A persona's archives (snapshot sets of its boot and data LUNs)",
+              scope=lambda call: c.pool_of_persona(call.params["persona"]))
+    api.route("POST", "/v1/archives", lambda call: {"id": lc.start_archive(call.body.persona, call.actor)},
+              role="operator", summary="Archive a persona now", body=m.ArchiveRequest, response=m.Started,
+              scope=persona_in("persona", c))
+    api.route("POST", "/v1/restore",
+              lambda call: {"id": lc.start_restore(call.body.persona, call.body.at, call.actor, call.body.change)},
+              role="operator", summary="Restore a persona's LUNs to an archive (by id or time) and boot it",
+              body=m.RestoreRequest, response=m.Started, scope=persona_in("persona", c))
+    api.route("POST", "/v1/rehearse",
+              lambda call: {"id": lc.start_rehearsal(call.body.persona, call.actor, on=call.body.on)},
+              role="operator", summary="Rehearse a persona on a standby now", body=m.RehearseRequest,
+              response=m.Started, scope=persona_in("persona", c))
+    api.route("GET", "/v1/rehearsals", lambda call: lc.rehearsals(), summary="Last rehearsal result per persona",
+              scope=somewhere)
+    api.route("POST", "/v1/personas",
+              lambda call: lc.new_persona(call.body.name, call.body.pool, call.body.gold, call.actor,
+                                          initiator=call.body.initiator, target=call.body.target,
+                                          home=call.body.home),
+              role="operator", summary="Make a persona's boot LUN from a gold image; returns its stanza to review",
+              body=m.NewPersonaRequest, scope=lambda call: call.body.pool)
     api.route("POST", "/v1/personas/{name}/start", start_persona, role="operator",
-              summary="Start a persona that runs nowhere on a standby (its first start)")
+              summary="Start a persona that runs nowhere on a standby (its first start)",
+              body=m.StartPersonaRequest, response=m.Started,
+              scope=lambda call: c.pool_of_persona(call.params["name"]))

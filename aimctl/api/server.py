@@ -1,110 +1,148 @@
-"""The socket side of the API: a stdlib ThreadingHTTPServer that hands every request to ``dispatch``.
+"""The socket side of the API: uvicorn in a thread of the controller, plain HTTP or TLS.
 
-It also publishes where it listens in ``CTRLDIR/api.json`` (written atomically, removed on stop)
-so the CLI finds the daemon without flags.
+The listening socket is bound here, before uvicorn starts, so a port in use is one clear line at
+start (not a traceback in a thread). Where the API listens is published in ``CTRLDIR/api.json``
+(written atomically, 0600, removed on stop) so the CLI finds the daemon without flags; under TLS
+it also names the certificate, which the CLI then trusts for this address.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import socket
+import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from aimctl.errors import ListenError, OperatorError
 
 if TYPE_CHECKING:
     from aimctl.api.app import Api
 
 log = logging.getLogger(__name__)
-MAX_BODY = 1 << 20
 
 
-def _handler_class(api: Api) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "aimctl"
-        timeout = 30  # a client that stops sending does not hold a thread forever
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
 
-        def _handle(self) -> None:
-            length = self.headers.get("Content-Length", "0")
-            try:
-                size = int(length)
-            except ValueError:
-                size = -1
-            if size < 0 or size > MAX_BODY:
-                self._send(413 if size > MAX_BODY else 400, b'{"error": "bad or too large Content-Length"}\n',
-                           "application/json", {})
-                return
-            body = self.rfile.read(size) if size else b""
-            client = f"{self.client_address[0]}:{self.client_address[1]}"
-            resp = api.dispatch(self.command, self.path, dict(self.headers.items()), body, client)
-            self._send(resp.status, resp.payload(), resp.content_type, resp.headers)
+    def check(self) -> None:
+        """Refuse at start what would fail on the first connection: unreadable or mismatched files."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(str(self.cert), str(self.key))
+        except (OSError, ssl.SSLError) as exc:
+            raise OperatorError(f"API TLS: cannot use certificate {self.cert} with key {self.key}: {exc}") from None
 
-        def _send(self, status: int, data: bytes, ctype: str, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s %s", self.address_string(), format % args)
-
-    return Handler
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError.from_oserror("the API", "TCP", host, port, exc) from None
+    sock.listen(128)
+    return sock
 
 
 class ApiServer:
-    def __init__(self, api: Api, host: str, port: int) -> None:
-        self.api, self.host, self.port = api, host, port
-        self._httpd: ThreadingHTTPServer | None = None
+    def __init__(self, api: Api, host: str, port: int, tls: TlsFiles | None = None) -> None:
+        self.api, self.host, self.port, self.tls = api, host, port, tls
+        self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._bound: tuple[str, int] | None = None
+        self.stopping = threading.Event()  # long-lived responses (server-sent events) end when set
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def url(self) -> str:
-        if self._httpd is None:
+        if self._bound is None:
             raise RuntimeError("API server is not started")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        host, port = self._bound
+        shown = f"[{host}]" if ":" in str(host) else str(host)
+        return f"{self.scheme}://{shown}:{port}"
 
     @property
     def info_path(self) -> Path:
         return self.api.state_dir / "api.json"
 
-    def start(self) -> str:
-        if self._httpd is not None:
+    def start(self, app: Any) -> str:
+        if self._server is not None:
             return self.url
-        httpd = ThreadingHTTPServer((self.host, self.port), _handler_class(self.api))
-        httpd.daemon_threads = True
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="aimctl-api", daemon=True)
+        if self.tls:
+            self.tls.check()
+        sock = bind(self.host, self.port)
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", proxy_headers=False,
+            server_header=False, date_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=2,
+            limit_concurrency=200, h11_max_incomplete_event_size=64 * 1024,
+            ssl_certfile=str(self.tls.cert) if self.tls else None,
+            ssl_keyfile=str(self.tls.key) if self.tls else None,
+        )
+        server = uvicorn.Server(config)
+        self._server, self._sock = server, sock
+        self._bound = (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
+        self.stopping.clear()
+        self._thread = threading.Thread(target=self._run, args=(server, sock), name="aimctl-api", daemon=True)
         self._thread.start()
-        host, port = httpd.server_address[:2]
-        info = {"url": self.url, "host": str(host), "port": port, "pid": os.getpid(), "started": time.time()}
+        deadline = time.monotonic() + 10
+        while not server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not server.started:
+            self.stop()
+            raise OperatorError("the API server did not start (see the controller log)")
+        host, port = self._bound
+        info: dict[str, Any] = {"url": self.url, "host": str(host), "port": port, "pid": os.getpid(),
+                                "started": time.time()}
+        if self.tls:
+            info["tls_cert"] = str(self.tls.cert.resolve())
         tmp = self.info_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(info) + "\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(info) + "\n")
         os.replace(tmp, self.info_path)
         log.info("API listening on %s", self.url)
         return self.url
 
+    @staticmethod
+    def _run(server: uvicorn.Server, sock: socket.socket) -> None:
+        try:
+            asyncio.run(server.serve(sockets=[sock]))
+        except Exception:
+            log.exception("the API server stopped")
+
     def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
+        server, self._server = self._server, None
+        if server is None:
             return
-        httpd.shutdown()
-        httpd.server_close()
+        self.stopping.set()
+        server.should_exit = True
         if self._thread is not None:
-            self._thread.join(5)
+            self._thread.join(10)
+        port = self._bound[1] if self._bound else None
+        if self._sock is not None:
+            self._sock.close()  # uvicorn closed it already; closing twice is harmless
+            self._sock = None
+        self._bound = None
         try:
             info = json.loads(self.info_path.read_text())
-            if info.get("pid") == os.getpid() and info.get("port") == httpd.server_address[1]:
+            if info.get("pid") == os.getpid() and info.get("port") == port:
                 self.info_path.unlink()
         except (OSError, ValueError):
             pass

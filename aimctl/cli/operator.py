@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -73,6 +74,7 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
         cluster_key: Annotated[Path | None, typer.Option(
             "--cluster-key", help="AES key file sealing secrets in etcd (same on every member).")] = None) -> None:
     """Run the controller: detector, workflow and the local API, until SIGTERM."""
+    from aimctl.api.console import mount_console
     from aimctl.api.routes import build_api
     from aimctl.daemon import Controller, check_state_dir
     from aimctl.errors import ListenError
@@ -92,19 +94,27 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
 
     handler.addFilter(MaskingFilter())
     logging.getLogger().addHandler(handler)
-    # The composition: the daemon wires the parts; the API is built on it here, where it is started,
-    # so the daemon never imports the API.
-    c = Controller(defs, ov.controller, state, cluster=cluster_cfg)
+    # The composition: the daemon wires the parts; the API (and console) is built on it here, where
+    # it is started, so the daemon never imports the API.
+    c = Controller(defs, ov.controller, state, cluster=cluster_cfg)  # binds the heartbeat and SNMP ports
     api = build_api(c)
+    mount_console(api, c)
+    # The definitions and drivers live as long as the process: keep them out of the collector's full
+    # passes, which otherwise walk every persona's objects (hundreds of ms at 10,000 personas).
+    gc.freeze()
     try:
         api.start()  # the last port to bind, before anything starts polling or acting
     except OSError as exc:
         c.stop()
         host, port = api_hostport(ov.controller.api)
         raise ListenError.from_oserror("the API", "TCP", host, port, exc) from None
+    except BaseException:
+        c.stop()
+        raise
     c.start()
     c.resume()
     stop = threading.Event()
+
     def on_signal(*_: object) -> None:
         c._stop.set()
         stop.set()
@@ -112,7 +122,7 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     role = f"; cluster member {c.cluster.member} on {cluster_cfg.etcd}" if c.cluster else ""
-    out.print(f"controller running; API {api.url}; state {state}{role}")
+    out.print(f"controller running; API and console {api.url}; state {state}{role}")
     try:
         c.loop()
     finally:
@@ -383,3 +393,15 @@ def cluster_keygen(path: Annotated[Path, typer.Argument(help="Where to write the
     except FileExistsError:
         raise OperatorError(f"{path} exists; a key is never overwritten (secrets sealed with it would be lost)") from None
     out.print(f"wrote {path} (0600)")
+@app.command()
+def pause(pool: str, state: StateOpt, reason: Annotated[str, typer.Option("--reason")] = "") -> None:
+    """Hold automatic failover in POOL (deaths are queued; operator commands still act)."""
+    p = client(state).post(f"/v1/pools/{pool}/pause", {"reason": reason})
+    out.print(f"paused {pool} (by {p['by']})")
+
+
+@app.command()
+def resume(pool: str, state: StateOpt) -> None:
+    """Resume automatic failover in POOL (queued deaths are acted on)."""
+    client(state).post(f"/v1/pools/{pool}/resume")
+    out.print(f"resumed {pool}")

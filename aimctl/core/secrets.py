@@ -64,12 +64,24 @@ def resolve_bytes(ref: str, base: Path | None = None) -> bytes:
     return resolve(ref, base).encode()
 
 
+# ``password=abc``, ``"token": "abc"``, ``Authorization: Bearer abc``: the value after a secret-looking name.
+FIELD_RE = re.compile(
+    r"""(?i)\b([\w-]*(?:secret|passw|token|api[_-]?key|authorization|cookie|csrf)[\w-]*)(["']?\s*[:=]\s*["']?)"""
+    r"""(?:bearer\s+|basic\s+)?([^\s"',;&]+)""")
+
+
+def mask_fields(text: str) -> str:
+    """Mask the value of every secret-looking ``name=value`` or ``"name": "value"`` in a line of text."""
+    return FIELD_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+
+
 class MaskingFilter(logging.Filter):
-    """Logging filter that masks every registered secret in the rendered message."""
+    """Logging filter that masks every registered secret, and every value given under a secret-looking
+    name, in the rendered message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        masked = mask(msg)
+        masked = mask_fields(mask(msg))
         if masked != msg:
             record.msg, record.args = masked, None
         return True

@@ -25,7 +25,7 @@ from typing import Any
 
 from aimctl.errors import OperatorError
 from aimctl.journal.findings import FindingLike, StoredFinding
-from aimctl.journal.state import HeartbeatMark, Lease, LeaseHeld, ServerMark, ServerStatus
+from aimctl.journal.state import HeartbeatMark, Lease, LeaseHeld, PoolPause, ServerMark, ServerStatus
 from aimctl.secrets import mask
 
 KINDS = {"failover": "fo", "move": "mv", "failback": "fb", "repair": "rp", "archive": "ar", "restore": "rs",
@@ -303,6 +303,18 @@ class JournalStore(ABC):
 
     def quarantined(self) -> dict[str, ServerStatus]:
         return {k: v for k, v in self.servers().items() if v.quarantined}
+
+    # -- operator pauses of pools ----------------------------------------------------------------
+
+    @abstractmethod
+    def pause_pool(self, pool: str, by: str, reason: str = "") -> bool:
+        """Hold automatic failover in ``pool``; False if it was paused already (the first pause stays)."""
+
+    @abstractmethod
+    def resume_pool(self, pool: str) -> bool: ...
+
+    @abstractmethod
+    def pool_pauses(self) -> dict[str, PoolPause]: ...
 
     # -- leases ---------------------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ from aimctl.journal.base import (
     result_detail,
 )
 from aimctl.journal.findings import FindingLike, StoredFinding
-from aimctl.journal.state import HeartbeatMark, Lease, LeaseHeld, ServerMark, ServerStatus
+from aimctl.journal.state import HeartbeatMark, Lease, LeaseHeld, PoolPause, ServerMark, ServerStatus
 from aimctl.secrets import mask
 
 log = logging.getLogger(__name__)
@@ -392,6 +392,38 @@ class EtcdJournal(JournalStore):
         for x in self._scan("servers", ""):
             s = ServerStatus(**_j(x.value))
             out[s.name] = s
+        return dict(sorted(out.items()))
+
+    # -- operator pauses of pools ----------------------------------------------------------------
+
+    def pause_pool(self, pool: str, by: str, reason: str = "") -> bool:
+        def attempt() -> bool:
+            key = self._k("pauses", pool)
+            got = self._read(key)
+            if got is not None:
+                return False
+            pause = PoolPause(pool, by, mask(reason), self._clock())
+            self._commit({key: None}, [kv.put(key, json.dumps(pause.__dict__))])
+            return True
+
+        return bool(self._retry(attempt))
+
+    def resume_pool(self, pool: str) -> bool:
+        def attempt() -> bool:
+            key = self._k("pauses", pool)
+            got = self._read(key)
+            if got is None:
+                return False
+            self._commit({key: got}, [kv.delete(key)])
+            return True
+
+        return bool(self._retry(attempt))
+
+    def pool_pauses(self) -> dict[str, PoolPause]:
+        out = {}
+        for x in self._scan("pauses", ""):
+            pause = PoolPause(**_j(x.value))
+            out[pause.pool] = pause
         return dict(sorted(out.items()))
 
     # -- leases ---------------------------------------------------------------------------------

@@ -120,6 +120,15 @@ MIGRATIONS: list[list[str]] = [
             repair_op TEXT)""",
         "CREATE INDEX findings_open ON findings(resolved)",
     ],
+    [
+        # Pools an operator paused (automatic failover held until resumed); kept apart from the
+        # storm brake's own pause, which is recomputed every tick and never stored.
+        """CREATE TABLE pool_pauses (
+            pool TEXT PRIMARY KEY,
+            by TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            since REAL NOT NULL)""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -61,6 +61,7 @@ from aimctl.journal.findings import FindingsMixin, StoredFinding
 from aimctl.journal.state import (  # re-exported: one import for callers
     Lease,
     LeaseHeld,
+    PoolPause,
     ServerMark,
     ServerStatus,
     StateMixin,
@@ -81,6 +82,7 @@ __all__ = [
     "Lease",
     "LeaseHeld",
     "Operation",
+    "PoolPause",
     "Record",
     "ServerMark",
     "ServerStatus",

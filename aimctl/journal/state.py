@@ -49,6 +49,16 @@ class ServerStatus:
 
 
 @dataclass(frozen=True)
+class PoolPause:
+    """An operator's pause of a pool: automatic failover waits until an operator resumes it."""
+
+    pool: str
+    by: str
+    reason: str
+    since: float
+
+
+@dataclass(frozen=True)
 class Lease:
     name: str
     holder: str
@@ -136,6 +146,23 @@ class StateMixin(JournalParts):
             " failed = MAX(failed, excluded.failed)",
             (server, int(m.quarantine), mask(m.reason), by, now, int(m.failed)),
         )
+
+    # -- operator pauses ------------------------------------------------------------------------
+
+    def pause_pool(self, pool: str, by: str, reason: str = "") -> bool:
+        """Hold automatic failover in ``pool``; False if it was paused already (the first pause stays)."""
+        with self.transaction() as db:
+            cur = db.execute("INSERT OR IGNORE INTO pool_pauses(pool, by, reason, since) VALUES (?,?,?,?)",
+                             (pool, by, mask(reason), self.now()))
+            return bool(cur.rowcount)
+
+    def resume_pool(self, pool: str) -> bool:
+        with self.transaction() as db:
+            return bool(db.execute("DELETE FROM pool_pauses WHERE pool = ?", (pool,)).rowcount)
+
+    def pool_pauses(self) -> dict[str, PoolPause]:
+        rows = self.query("SELECT * FROM pool_pauses ORDER BY pool")
+        return {r["pool"]: PoolPause(r["pool"], r["by"], r["reason"], r["since"]) for r in rows}
 
     # -- leases -------------------------------------------------------------------------------
 

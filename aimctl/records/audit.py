@@ -29,7 +29,8 @@ from typing import Any, BinaryIO
 from aimctl.secrets import mask
 
 GENESIS = "0" * 64
-SECRET_KEY_RE = re.compile(r"secret|passw|token|chap|credential|private|api[_-]?key|authorization", re.IGNORECASE)
+SECRET_KEY_RE = re.compile(r"secret|passw|token|chap|credential|private|key|authorization|cookie|session|csrf",
+                           re.IGNORECASE)
 
 
 def masked(value: Any) -> Any:

@@ -195,6 +195,16 @@ def test_heartbeat_marks_round_trip(journal: JournalStore) -> None:
     assert journal.heartbeat_marks() == {"ex1": (big, 42, (7, 8)), "ex2": (3, 1, ())}
 
 
+def test_operator_pauses_survive_and_the_first_pause_stays(journal: JournalStore) -> None:
+    assert journal.pool_pauses() == {}
+    assert journal.pause_pool("web", "ops(operator)", "switch work tonight")
+    assert not journal.pause_pool("web", "someone-else", "again")  # the first pause and its reason stay
+    p = journal.pool_pauses()["web"]
+    assert (p.pool, p.by, p.reason) == ("web", "ops(operator)", "switch work tonight")
+    assert journal.resume_pool("web") and not journal.resume_pool("web")
+    assert journal.pool_pauses() == {}
+
+
 def test_secret_state_round_trips_and_is_never_plain(journal: JournalStore, backend: Backend) -> None:
     assert journal.secret_get("chap/ex1.current") is None
     journal.secret_put("chap/ex1.current", "Zq8-secret-ex1-value")
