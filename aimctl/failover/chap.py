@@ -55,3 +55,7 @@ class ChapStore:
         if value is not None:
             self.journal.secret_put(f"chap/{persona}.current", value)
             self.journal.secret_delete(name)
+
+    def discard(self, persona: str, op_id: str) -> None:
+        """Forget a secret an operation generated but never made current (e.g. a rehearsal's own)."""
+        self.journal.secret_delete(f"chap/{persona}.{op_id}")
