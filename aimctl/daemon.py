@@ -831,9 +831,9 @@ class Controller:
 
     def revision(self) -> tuple[int, float, int]:
         """Changes when anything a live view shows may have changed (steps, states, marks, pauses)."""
-        row = self.journal.query("SELECT COALESCE(MAX(updated), 0), COUNT(*) FROM operations")[0]
+        latest, count = self.journal.operations_revision()
         states = hash(tuple(sorted((p, s.state) for p, s in self.detector.states().items())))
-        return self._revision, float(row[0]), int(row[1]) ^ states
+        return self._revision, latest, count ^ states
 
     def persona_states(self) -> dict[str, tuple[str, str | None, str, str | None, bool]]:
         """Per persona, cheaply (the dashboard counts 10,000 of these): (pool, server, detector state,

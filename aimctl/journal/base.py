@@ -304,6 +304,11 @@ class JournalStore(ABC):
     def quarantined(self) -> dict[str, ServerStatus]:
         return {k: v for k, v in self.servers().items() if v.quarantined}
 
+    @abstractmethod
+    def operations_revision(self) -> tuple[float, int]:
+        """(a number that grows whenever any operation changes, how many operations there are): what a
+        live view compares to know it must redraw, without reading every operation."""
+
     # -- operator pauses of pools ----------------------------------------------------------------
 
     @abstractmethod

@@ -220,6 +220,11 @@ class EtcdJournal(JournalStore):
         ops.sort(key=lambda o: (o.created, o.id), reverse=True)
         return ops[:limit]
 
+    def operations_revision(self) -> tuple[float, int]:
+        # Keys only: etcd's mod revision of each operation key grows with every write to it.
+        keys = self._scan("ops", "", keys_only=True)
+        return float(max((x.mod_revision for x in keys), default=0)), len(keys)
+
     def unfinished_operations(self) -> list[Operation]:
         ids = [x.key.rsplit("/", 1)[1] for x in self._scan("open", "", keys_only=True)]
         ops = []

@@ -202,6 +202,10 @@ class Journal(StateMixin, FindingsMixin, JournalStore):
         )
         return [_operation(r) for r in rows]
 
+    def operations_revision(self) -> tuple[float, int]:
+        row = self.query("SELECT COALESCE(MAX(updated), 0), COUNT(*) FROM operations")[0]
+        return float(row[0]), int(row[1])
+
     def unfinished_operations(self) -> list[Operation]:
         marks = ",".join("?" * len(UNFINISHED))
         rows = self.query(f"SELECT * FROM operations WHERE state IN ({marks}) ORDER BY created", UNFINISHED)

@@ -205,6 +205,17 @@ def test_operator_pauses_survive_and_the_first_pause_stays(journal: JournalStore
     assert journal.pool_pauses() == {}
 
 
+def test_operations_revision_moves_with_every_operation_write(journal: JournalStore, clock: Clock) -> None:
+    before = journal.operations_revision()
+    clock.t += 0.001
+    op = journal.open_operation("failover", "ex1", {}, from_server="r1")
+    opened = journal.operations_revision()
+    assert opened[1] == before[1] + 1 and opened[0] > before[0]
+    clock.t += 0.001
+    journal.intent(op, "confirm", {})
+    assert journal.operations_revision()[0] > opened[0]
+
+
 def test_secret_state_round_trips_and_is_never_plain(journal: JournalStore, backend: Backend) -> None:
     assert journal.secret_get("chap/ex1.current") is None
     journal.secret_put("chap/ex1.current", "Zq8-secret-ex1-value")

@@ -32,7 +32,7 @@ def test_v1_journal_migrates_keeping_everything(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
     v1_journal(path)
     j = Journal(path)
-    assert j.query("PRAGMA user_version")[0][0] == journal_schema.SCHEMA_VERSION == 3
+    assert j.query("PRAGMA user_version")[0][0] == journal_schema.SCHEMA_VERSION == 4
     op = j.operation("fo-20260101-0001")
     assert (op.kind, op.state, op.facts) == ("failover", "done", {"to": "r720-3"})
     assert [r.step for r in j.records(op.id)] == ["confirm"]
