@@ -170,9 +170,13 @@ class Status(Out):
     queued: list[str]
     detector_stalls: int
     bmcs: dict[str, str]
-    pools: dict[str, Any] = Field(default_factory=dict, description="Per pool: spares (N+k) and why")
+    pools: dict[str, Any] | None = Field(default_factory=dict, description="Per pool: spares (N+k) and why"
+                                                                        " (null while the journal is unreachable)")
     suspects: Any = None
     drift_open: Any = None
+    oversight_error: str | None = Field(None, description="Why pools, suspects and drift are missing")
+    journal_error: str = Field("", description="Why the journal (etcd when clustered) cannot be read, if so")
+    cluster: dict[str, Any] | None = Field(None, description="Clustered: this member, the leader, why not acting")
 
 
 class Step(Out):

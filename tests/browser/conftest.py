@@ -64,7 +64,9 @@ def world(lab: LabHandle, tmp_path: Path) -> Iterator[World]:  # noqa: F811
         assert verdict["double_access"] == 0, verdict["evidence"][:5]
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: playwright's sync API keeps an event loop running in this thread while it
+# is open, and later tests that call asyncio.run() (the SNMP sender, for one) must not find it there.
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (make setup installs Debian's chromium)")
