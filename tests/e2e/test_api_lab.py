@@ -148,6 +148,8 @@ def test_the_openapi_document_lists_the_real_routes(controller: ControllerProces
             "/v1/failovers/{id}/retry", "/v1/failovers/{id}/mark-fenced", "/v1/failovers/{id}/abandon", "/v1/failover",
             "/v1/move", "/v1/failback", "/v1/servers/{server}/clear", "/v1/pools/{pool}/pause",
             "/v1/pools/{pool}/resume", "/v1/plan", "/v1/audit", "/v1/drift", "/v1/drift/check",
+            "/v1/personas", "/v1/personas/{name}/start", "/v1/archives", "/v1/archives/{persona}",
+            "/v1/restore", "/v1/rehearse", "/v1/rehearsals", "/v1/cluster",
             "/boot/{server}.ipxe", "/metrics",
             "/openapi.json"} == set(doc["paths"])
     assert Path(controller.state / "api.json").exists()
