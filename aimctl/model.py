@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -18,28 +18,67 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
+from pydantic_core import core_schema
 
+from aimctl import netos, redfish_vendors
 from aimctl.validation import HOSTNAME_RE, IQN_RE, NAME_RE, valid_vlan
 
 # ---------------------------------------------------------------------------- scalar types
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,9})?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_DURATION_S = 366 * 86400.0
+# The same rule for editors (JSON Schema patterns are ECMA-262: no \Z, no inline flags).
+DURATION_PATTERN = r"^\s*[0-9]{1,9}(\.[0-9]{1,9})?\s*(ms|s|m|h|d)\s*$"
 
 
 def parse_duration(value: object) -> float:
-    """``"20m"`` → 1200.0. Bare numbers are refused: a unit-less timer is a classic 3 a.m. mistake."""
+    """``"20m"`` → 1200.0. Bare numbers are refused: a unit-less timer is a classic 3 a.m. mistake;
+    so is a zero one (a timer of 0 fires at once: a boot timer of 0s fences every standby it boots)."""
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
         if m:
-            return float(m.group(1)) * _UNIT_S[m.group(2)]
+            seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+            if seconds <= 0:
+                raise ValueError(f"duration {value!r} must be more than 0")
+            if seconds > MAX_DURATION_S:
+                raise ValueError(f"duration {value!r} is longer than a year (a typo?)")
+            return seconds
     raise ValueError(f"not a duration: {value!r} (write e.g. 90s, 20m, 1h)")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[float, BeforeValidator(parse_duration),
+                     WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
+                                     "description": "a duration with its unit: 90s, 20m, 1h, 500ms, 2d (more than 0)"})]
+
+
+def _text_of(kind: str) -> Any:
+    """IP addresses and networks are written as strings; an integer is not an address (strict input)."""
+    def check(value: object) -> object:
+        if not isinstance(value, str):
+            raise ValueError(f"{kind} must be written as a string, got {type(value).__name__} {value!r}")
+        return value
+    return check
+
+
+def _parse_ipv4(value: object) -> object:
+    return ipaddress.IPv4Address(value) if isinstance(value, str) else value
+
+
+def _parse_ipv4_net(value: object) -> object:
+    return ipaddress.IPv4Network(value) if isinstance(value, str) else value
+
+
+Ipv4 = Annotated[ipaddress.IPv4Address, BeforeValidator(_parse_ipv4), BeforeValidator(_text_of("an IPv4 address")),
+                 WithJsonSchema({"type": "string", "format": "ipv4"})]
+Ipv4Net = Annotated[ipaddress.IPv4Network, BeforeValidator(_parse_ipv4_net),
+                    BeforeValidator(_text_of("an IPv4 subnet")),
+                    WithJsonSchema({"type": "string", "pattern": r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$"})]
 
 
 def _check_secret_ref(value: str) -> str:
@@ -50,7 +89,9 @@ def _check_secret_ref(value: str) -> str:
     return value
 
 
-SecretRef = Annotated[str, AfterValidator(_check_secret_ref)]
+SecretRef = Annotated[str, AfterValidator(_check_secret_ref),
+                     WithJsonSchema({"type": "string", "pattern": r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$",
+                                     "description": "a secret reference: env:NAME or file:PATH, never a value"})]
 
 
 def _check_iqn(value: str) -> str:
@@ -59,7 +100,8 @@ def _check_iqn(value: str) -> str:
     return value
 
 
-Iqn = Annotated[str, AfterValidator(_check_iqn)]
+Iqn = Annotated[str, AfterValidator(_check_iqn),
+               WithJsonSchema({"type": "string", "pattern": r"^iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.:_-]+$"})]
 
 
 def _check_name(value: str) -> str:
@@ -68,7 +110,8 @@ def _check_name(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+Name = Annotated[str, AfterValidator(_check_name), WithJsonSchema({"type": "string", "pattern": NAME_PATTERN})]
 
 
 def _check_host(value: str) -> str:
@@ -83,7 +126,9 @@ def _check_host(value: str) -> str:
     return value
 
 
-Host = Annotated[str, AfterValidator(_check_host)]
+Host = Annotated[str, AfterValidator(_check_host),
+                WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 253,
+                                "description": "a host name or an IP address"})]
 
 
 def _check_vlan(value: int) -> int:
@@ -92,14 +137,16 @@ def _check_vlan(value: int) -> int:
     return value
 
 
-Vlan = Annotated[int, AfterValidator(_check_vlan)]
+Vlan = Annotated[int, AfterValidator(_check_vlan), WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 4094})]
 Channel = Annotated[int, Field(ge=1, le=64)]
 PsName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]  # Rust regex: $ is end of text
 
 
 class Strict(BaseModel):
     # extra="forbid" is what turns a typo ("boot_timmer") into an error instead of a silent default.
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    # strict: values are taken as written, never coerced: `vlan: true` is not VLAN 1, `lun: "1"` is
+    # not 1 and `tls: "no"` is not false.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 # ---------------------------------------------------------------------------- inventory
@@ -111,13 +158,64 @@ class Credentials(Strict):
     enable: SecretRef | None = None
 
 
+def _check_vendor(value: str) -> str:
+    known = redfish_vendors.names()
+    if value not in known:
+        raise ValueError(f"unknown Redfish vendor {value!r} (rows of bootcfg/redfish_vendors.json: {', '.join(known)})")
+    return value
+
+
+class _VendorSchema:
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        return redfish_vendors.schema_enum()
+
+
+RedfishVendor = Annotated[str, AfterValidator(_check_vendor), _VendorSchema]
+AbsPath = Annotated[str, StringConstraints(pattern=r"^/[^\x00\n]{1,4095}$")]
+
+
 class Bmc(Strict):
     kind: Literal["redfish", "ipmi"]
     address: Host
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     credentials: Credentials
     system_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
+    # Redfish over HTTPS (false: plain HTTP, said explicitly). The certificate is verified against
+    # the system's CAs, or against ``ca_file`` (a private CA, or a BMC's own self-signed
+    # certificate); ``verify_tls: false`` is the explicit, per-BMC opt-out.
     tls: bool = True
+    verify_tls: bool = True
+    ca_file: AbsPath | None = None
+    # The row of bootcfg/redfish_vendors.json for this BMC; default: chosen from the BMC's
+    # Manufacturer/Model when the boot config is first used.
+    vendor: RedfishVendor | None = None
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> Bmc:
+        if self.kind != "redfish":
+            extra = [f for f in ("ca_file", "vendor", "verify_tls") if f in self.model_fields_set]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: only for Redfish BMCs")
+        why = self.tls_problem()
+        if why:
+            raise ValueError(why)
+        return self
+
+    def tls_problem(self) -> str | None:
+        """Why the TLS settings contradict each other, or None (checked again after an overlay)."""
+        if self.ca_file is not None and not self.verify_tls:
+            return ("ca_file and verify_tls: false contradict each other (verify against the CA, or opt out "
+                    "of verification)")
+        if not self.tls and (self.ca_file is not None or not self.verify_tls):
+            return "ca_file/verify_tls need tls: true (plain HTTP has no certificate)"
+        return None
+
+    def verify(self) -> bool | str:
+        """What the HTTPS client checks the certificate against (requests' ``verify``)."""
+        if not self.verify_tls:
+            return False
+        return self.ca_file or True
 
 
 class Cable(Strict):
@@ -135,7 +233,22 @@ class Server(Strict):
     channels: dict[Channel, Cable]
 
 
-NetworkOs = Literal["dell_powerconnect", "dell_os6", "cisco_ios", "arista_eos"]
+def _check_os(value: str) -> str:
+    known = netos.names()
+    if value not in known:
+        raise ValueError(f"unknown network OS {value!r} (rows of {netos.templates_dir() / 'os.yaml'}: "
+                         f"{', '.join(known)})")
+    return value
+
+
+class _NetworkOsSchema:
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        return netos.schema_enum()
+
+
+# The keys of switch_templates/os.yaml: adding an OS there makes it a valid `os:` here.
+NetworkOs = Annotated[str, AfterValidator(_check_os), _NetworkOsSchema]
 
 
 class Switch(Strict):
@@ -167,7 +280,7 @@ class InventoryFile(Strict):
 
 class Network(Strict):
     vlan: Vlan
-    subnet: ipaddress.IPv4Network
+    subnet: Ipv4Net
     primary: Channel
     secondary: Channel | None = None
     mode: Literal["trunk", "access"] = "trunk"
@@ -249,7 +362,7 @@ class Persona(Strict):
     initiator: Iqn
     boot: Lun
     data: list[Lun] = []
-    addresses: dict[Name, ipaddress.IPv4Address]
+    addresses: dict[Name, Ipv4]
     boot_timer: Duration = 900.0
     policy: Literal["automatic", "manual"] = "automatic"
     confirm_timeout: Duration = 900.0

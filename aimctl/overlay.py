@@ -12,9 +12,10 @@ from typing import Annotated, Any
 
 from pydantic import Field, ValidationError
 
-from aimctl.errors import DefinitionError, OperatorError
-from aimctl.loader import Definitions, PersonaDef, Source
-from aimctl.model import Credentials, Duration, Host, SecretRef, SshUrl, Strict
+from aimctl.errors import OperatorError
+from aimctl.loader import Definitions, PersonaDef, Source, read_mapping, validation_problems
+from aimctl.model import AbsPath, Credentials, Duration, Host, SecretRef, SshUrl, Strict
+from aimctl.yaml_source import Problems
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -23,6 +24,9 @@ class BmcPatch(Strict):
     address: Host | None = None
     port: Port | None = None
     tls: bool | None = None
+    # Where the BMC's certificate is checked against, or the explicit opt-out (the lab's self-signed BMCs).
+    verify_tls: bool | None = None
+    ca_file: AbsPath | None = None
     system_id: str | None = None
     credentials: Credentials | None = None
 
@@ -95,18 +99,13 @@ def _patch(obj: Any, patch: Strict) -> Any:
 
 
 def load_overlay(path: Path) -> Overlay:
-    from aimctl.loader import _parse, _pydantic_errors, _read
-
-    errors: list[str] = []
-    text = _read(path, str(path), errors)
-    parsed = _parse(text, str(path), errors) if text is not None else None
-    if parsed is None:
-        raise DefinitionError(errors)
-    data, src = parsed
+    data, src = read_mapping(path)
     try:
-        return Overlay.model_validate(data or {})
+        return Overlay.model_validate(data)
     except ValidationError as exc:
-        raise DefinitionError(_pydantic_errors(exc, data, src)) from None
+        problems = Problems()
+        validation_problems(exc, data, src, problems)
+        raise problems.error() from None
 
 
 def apply(defs: Definitions, ov: Overlay, where: str = "overlay") -> Definitions:
@@ -121,6 +120,9 @@ def apply(defs: Definitions, ov: Overlay, where: str = "overlay") -> Definitions
     for name, sp in ov.servers.items():
         known(out.servers, name, "server")
         out.servers[name] = _patch(out.servers[name], sp)
+        why = out.servers[name].bmc.tls_problem()
+        if why:
+            raise OperatorError(f"{where}: server {name}: bmc: {why}")
     for name, wp in ov.switches.items():
         known(out.switches, name, "switch")
         out.switches[name] = _patch(out.switches[name], wp)
