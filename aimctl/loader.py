@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from aimctl import definition_cache, netos, redfish_vendors
-from aimctl.definition_files import LIMITS, DefinitionFile, Limits, collect
+from aimctl.definition_files import EMPTY, LIMITS, DefinitionFile, Limits, collect, decode, read_bounded
 from aimctl.errors import DefinitionError
-from aimctl.model import InventoryFile, Persona, PoolFile, Server, Storage, Switch
+from aimctl.model import MAX_ENTRIES, InventoryFile, Name, Persona, PoolFile, Server, Storage, Switch
 from aimctl.yaml_source import Problems, Source, parse
 
 __all__ = ["LIMITS", "Definitions", "Limits", "PersonaDef", "Source", "load", "load_for_persona", "read_mapping",
@@ -57,8 +57,12 @@ class Definitions:
 # ---------------------------------------------------------------------------- one file
 
 
-def validation_problems(exc: ValidationError, data: Any, src: Source, problems: Problems) -> None:
-    """pydantic's errors as positioned problems; past the cap they are only counted."""
+def validation_problems(exc: ValidationError, data: Any, src: Source, problems: Problems,
+                        prefix: tuple[Any, ...] = ()) -> None:
+    """pydantic's errors as positioned problems; past the cap they are only counted.
+
+    ``data`` is what was validated, found at ``prefix`` in the file.
+    """
     if problems.full:
         problems.skipped(exc.error_count())
         return
@@ -68,7 +72,7 @@ def validation_problems(exc: ValidationError, data: Any, src: Source, problems: 
             problems.skipped(len(errors) - n)
             return
         # Drop loc parts that are not keys in the data (union tags, "function-after"...).
-        path: list[Any] = []
+        path: list[Any] = list(prefix)
         cur = data
         for part in err["loc"]:
             if isinstance(cur, dict) and part in cur:
@@ -92,33 +96,51 @@ def validation_problems(exc: ValidationError, data: Any, src: Source, problems: 
         problems.add(src, tuple(path), msg)
 
 
-def _validate(model: type[BaseModel], data: Any, src: Source, problems: Problems) -> Any:
+# The big tables of a file are validated a chunk of entries at a time: the errors of a hundred
+# thousand bad entries are never held at once (pydantic keeps every error of one validation in
+# memory), and once the cap of shown problems is reached the rest are only counted.
+_CHUNK = 256
+_ENTRY_TABLES: dict[str, TypeAdapter[Any]] = {
+    "servers": TypeAdapter(dict[Name, Server]),
+    "switches": TypeAdapter(dict[Name, Switch]),
+    "storage": TypeAdapter(dict[Name, Storage]),
+    "personas": TypeAdapter(dict[Name, Persona]),
+}
+
+
+def _validate(model: type[BaseModel], data: dict[Any, Any], src: Source, problems: Problems) -> Any:
+    shell = dict(data)
+    before = problems.count
+    for key, adapter in _ENTRY_TABLES.items():
+        entries = data.get(key)
+        if key not in model.model_fields or not isinstance(entries, dict) or len(entries) > MAX_ENTRIES:
+            continue  # the model says what is wrong with the table as a whole
+        good: dict[Any, Any] = {}
+        items = list(entries.items())
+        for i in range(0, len(items), _CHUNK):
+            chunk = dict(items[i:i + _CHUNK])
+            try:
+                good.update(adapter.validate_python(chunk))
+            except ValidationError as exc:
+                validation_problems(exc, chunk, src, problems, (key,))
+        shell[key] = good
     try:
-        return model.model_validate(data)
+        result = model.model_validate(shell)
     except ValidationError as exc:
-        validation_problems(exc, data, src, problems)
+        validation_problems(exc, shell, src, problems)
         return None
-
-
-def _text(f: DefinitionFile, problems: Problems) -> str | None:
-    try:
-        return f.data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as exc:
-        problems.add_at(f.shown, f"not a YAML text file (not UTF-8 at byte {exc.start})")
-        return None
+    return result if problems.count == before else None
 
 
 def _mapping(f: DefinitionFile, problems: Problems, empty_ok: bool = False) -> tuple[dict[Any, Any], Source] | None:
-    text = _text(f, problems)
-    parsed = parse(text, f.shown, problems) if text is not None else None
+    parsed = parse(f.text, f.shown, problems)
     if parsed is None:
         return None
     data, src = parsed
     if empty_ok and data is None:
         return {}, src
     if data is None or data == {}:
-        problems.add_at(f.shown, "empty definition file (a pool file has pool:, an inventory file "
-                                 "servers:, switches: or storage:)")
+        problems.add_at(f.shown, EMPTY)
         return None
     if not isinstance(data, dict):
         problems.add(src, (), "a definition file must be one mapping (pool: ... or servers:/switches:/storage:)")
@@ -128,11 +150,10 @@ def _mapping(f: DefinitionFile, problems: Problems, empty_ok: bool = False) -> t
 
 def read_mapping(path: Path, limits: Limits = LIMITS) -> tuple[dict[Any, Any], Source]:
     """One YAML mapping file (an overlay, say) with the loader's limits; DefinitionError otherwise."""
-    from aimctl.definition_files import read_bounded
-
     problems = Problems(limits.max_problems)
     data = read_bounded(path, str(path), limits.max_file_bytes, problems)
-    got = _mapping(DefinitionFile(path, str(path), data), problems, empty_ok=True) if data is not None else None
+    text = decode(data, str(path), problems) if data is not None else None
+    got = _mapping(DefinitionFile(path, str(path), text, b""), problems, empty_ok=True) if text is not None else None
     if got is None:
         raise problems.error()
     return got
@@ -205,7 +226,7 @@ def _content_key(files: list[DefinitionFile]) -> str:
     h = hashlib.sha256(CACHE_VERSION.encode() + _CODE_KEY)
     h.update(netos.table_bytes() + b"\0" + redfish_vendors.table_bytes() + b"\0")
     for f in files:
-        h.update(f.shown.encode() + b"\0" + len(f.data).to_bytes(8, "big") + f.data)
+        h.update(f.shown.encode() + b"\0" + f.digest)
     return h.hexdigest()
 
 
@@ -226,8 +247,10 @@ def load(root: Path | str, use_cache: bool = False, limits: Limits = LIMITS) -> 
     root = Path(root)
     files, problems = _read_tree(root, limits)
     if problems:
-        # Listing problems first, but parse what could be read so one run shows everything.
-        _load_quiet(root, files, problems)
+        # Listing problems first, then what the files that could be read say, so one run shows
+        # everything (not when the tree is refused for its sheer number of files).
+        if len(files) <= limits.max_files:
+            _load_quiet(root, files, problems)
         raise problems.error()
     key = _content_key(files) if use_cache else None
     if key is not None:
@@ -273,6 +296,7 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
                   problems: Problems) -> None:
     # Cabling: a switch port carries one server channel, and its name must fit the switch's OS.
     seen_ports: dict[tuple[str, str], str] = {}
+    os_rows = netos.table()
     for sname, srv in defs.servers.items():
         src = inv_src[("servers", sname)]
         for ch, cable in srv.channels.items():
@@ -281,7 +305,8 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
             if sw is None:
                 problems.add(src, path + ("switch",), f"unknown switch {cable.switch!r}")
                 continue
-            if not netos.valid_port(sw.os, cable.port):
+            row = os_rows.get(sw.os)
+            if row is None or not row.valid_port(cable.port):
                 problems.add(src, path + ("port",), f"port {cable.port!r} is not a valid {sw.os} port name "
                                                      f"on switch {cable.switch}")
             other = seen_ports.get((cable.switch, cable.port))

@@ -34,10 +34,13 @@ MAX_TABLE_BYTES = 256 * 1024
 MAX_FORMULA_CHARS = 200
 
 
+_DEFAULT_DIR = Path(__file__).resolve().parents[1] / "switch_templates"
+
+
 def templates_dir() -> Path:
     """``$AIMCTL_SWITCH_TEMPLATES`` or ``switch_templates/`` at the top of the source tree."""
     env = os.environ.get(TEMPLATES_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "switch_templates"
+    return Path(env) if env else _DEFAULT_DIR
 
 
 # ---------------------------------------------------------------------------- ifIndex formulas

@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError
 
 from aimctl.errors import OperatorError
 from aimctl.loader import Definitions, PersonaDef, Source, read_mapping, validation_problems
-from aimctl.model import AbsPath, Credentials, Duration, Host, SecretRef, SshUrl, Strict
+from aimctl.model import MAX_ENTRIES, AbsPath, Capped, Credentials, Duration, Host, SecretRef, SshUrl, Strict
 from aimctl.yaml_source import Problems
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -60,7 +60,7 @@ class HookPatch(Strict):
 class PersonaPatch(Strict):
     heartbeat_key: SecretRef | None = None
     initial_chap: SecretRef | None = None
-    recovery: dict[int, HookPatch] = {}
+    recovery: Annotated[dict[int, HookPatch], *Capped(32, "hooks")] = {}
 
 
 class Listen(Strict):
@@ -80,12 +80,12 @@ class Listen(Strict):
 
 
 class Overlay(Strict):
-    servers: dict[str, ServerPatch] = {}
-    switches: dict[str, SwitchPatch] = {}
-    storage: dict[str, StoragePatch] = {}
-    personas: dict[str, PersonaPatch] = {}
+    servers: Annotated[dict[str, ServerPatch], *Capped(MAX_ENTRIES, "servers")] = {}
+    switches: Annotated[dict[str, SwitchPatch], *Capped(MAX_ENTRIES, "switches")] = {}
+    storage: Annotated[dict[str, StoragePatch], *Capped(MAX_ENTRIES, "storage entries")] = {}
+    personas: Annotated[dict[str, PersonaPatch], *Capped(MAX_ENTRIES, "personas")] = {}
     controller: Listen = Listen()
-    lab: dict[str, Any] = {}
+    lab: Annotated[dict[str, Any], *Capped(1000, "lab settings")] = {}
 
 
 def _patch(obj: Any, patch: Strict) -> Any:

@@ -36,8 +36,21 @@ MAX_ALIAS_EVENTS = 100_000
 MAX_ALIAS_DEPTH = 16
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_@/+-]{1,120}")
+
+
+def _shown_key(key: Any) -> str:
+    # Keys are shown as written unless they could be misread: a key with a dot, a colon, a space
+    # or a control character is quoted (and its colons escaped), so "FILE:LINE:COL: PATH: message"
+    # always splits the same way.
+    text = str(key)
+    if isinstance(key, int | float | bool) or key is None or _PLAIN_KEY.fullmatch(text):
+        return text
+    return repr(text[:120]).replace(":", "\\x3a")
+
+
 def dotted(path: Path_) -> str:
-    return ".".join(str(p) for p in path) or "<file>"
+    return ".".join(_shown_key(p) for p in path) or "<file>"
 
 
 class Source:

@@ -93,7 +93,7 @@ class Lab:
         ipmi = [s for s, v in d.servers.items() if v.bmc.kind == "ipmi"]
         self.redfish = RedfishLab([RedfishSystemSpec(s, power_on=False, boot_nic=d.servers[s].boot_nic)
                                    for s in redfish], self.state / "redfish", {LAB_USER: self.passwords["bmc"]},
-                                  power_delay_s=self.power_delay_s)
+                                  power_delay_s=self.power_delay_s, tls=True)
         self.redfish_port = self.redfish.start() if redfish else 0
         self.ipmi = IpmiLab([IpmiSystemSpec(s, power_on=False) for s in ipmi], {LAB_USER: self.passwords["bmc"]},
                             power_delay_s=self.power_delay_s)
@@ -297,7 +297,10 @@ class Lab:
         servers = {}
         for s, v in d.servers.items():
             if v.bmc.kind == "redfish":
-                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish_port, "tls": False,
+                # HTTPS with the lab's self-signed certificate, verified against it (as production
+                # verifies a BMC's certificate against its CA).
+                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish_port, "tls": True,
+                                      "ca_file": str(self.redfish.state_dir / "cert.pem"),
                                       "system_id": self.redfish.system_path(s).rsplit("/", 1)[-1],
                                       "credentials": bmc_cred}}
             else:
