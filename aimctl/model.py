@@ -34,7 +34,7 @@ _DURATION_RE = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,9})?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_DURATION_S = 366 * 86400.0
 # The same rule for editors (JSON Schema patterns are ECMA-262: no \Z, no inline flags).
-DURATION_PATTERN = r"^\s*[0-9]{1,9}(\.[0-9]{1,9})?\s*(ms|s|m|h|d)\s*$"
+DURATION_PATTERN = r"^\s*(?=[0-9.]*[1-9])[0-9]{1,9}(\.[0-9]{1,9})?\s*(ms|s|m|h|d)\s*$"
 
 
 def parse_duration(value: object) -> float:
@@ -429,3 +429,48 @@ class PoolFile(InventoryFile):
         if self.scn not in self.networks:
             raise ValueError(f"scn network {self.scn!r} is not one of this pool's networks")
         return self
+
+
+# ---------------------------------------------------------------------------- JSON Schema for editors
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+def _as_written(node: Any) -> None:
+    """Make pydantic's schema describe the YAML as written: name-keyed maps as propertyNames (not
+    patternProperties, which leave other keys free), duration defaults as duration strings."""
+    if isinstance(node, dict):
+        pp = node.get("patternProperties")
+        if isinstance(pp, dict) and len(pp) == 1 and "additionalProperties" not in node:
+            (pattern, value), = pp.items()
+            del node["patternProperties"]
+            node["propertyNames"] = {"pattern": pattern}
+            node["additionalProperties"] = value
+        if node.get("pattern") == DURATION_PATTERN and isinstance(node.get("default"), int | float):
+            node["default"] = _duration_text(float(node["default"]))
+        for value in node.values():
+            _as_written(value)
+    elif isinstance(node, list):
+        for value in node:
+            _as_written(value)
+
+
+def definition_schema() -> dict[str, Any]:
+    """The JSON Schema of one definition file (a pool file or an inventory file), as written in YAML.
+
+    Network OS names and Redfish vendors are the rows of their tables at the time of export.
+    """
+    from pydantic import TypeAdapter
+
+    doc: dict[str, Any] = TypeAdapter(PoolFile | InventoryFile).json_schema(mode="validation")
+    _as_written(doc)
+    defs = doc["$defs"]
+    defs["Server"]["properties"]["channels"]["propertyNames"] = {"pattern": "^([1-9]|[1-5][0-9]|6[0-4])$"}
+    defs["InventoryFile"]["minProperties"] = 1
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "aimctl definition file (a pool file or an inventory file)", **doc}

@@ -83,14 +83,11 @@ def validate(directory: Annotated[Path | None, typer.Argument(help="Definitions 
 
 @app.command()
 def schema() -> None:
-    """Print the JSON Schema of definition files (for editors)."""
-    from pydantic import TypeAdapter
+    """Print the JSON Schema of definition files, as written (for editors and CI validators)."""
+    from aimctl.model import definition_schema
 
-    from aimctl.model import InventoryFile, PoolFile
-
-    doc = TypeAdapter(PoolFile | InventoryFile).json_schema()
-    doc["title"] = "aimctl definition file (a pool file or an inventory file)"
-    out.print_json(json.dumps(doc))
+    # Plain JSON on stdout (no colours, no wrapping): made to be piped into a file or a validator.
+    sys.stdout.write(json.dumps(definition_schema(), indent=2) + "\n")
 
 
 def switch_renderer(defs: Any) -> Any:
