@@ -45,8 +45,8 @@ LIMITS = Limits()
 class DefinitionFile:
     path: Path
     shown: str
-    text: str
-    digest: bytes  # sha256 of the bytes read (the cache key is made of these)
+    data: bytes
+    digest: bytes  # sha256 of ``data`` (the cache key is made of these)
 
 
 def _mb(n: int) -> str:
@@ -179,9 +179,7 @@ def collect(root: Path, limits: Limits, problems: Problems) -> list[DefinitionFi
             problems.add_at(shown, f"the definitions add up to more than {_mb(limits.max_tree_bytes)} "
                                    f"(the limit for one tree) at this file")
             break
-        text = decode(data, shown, problems)
-        if text is not None:
-            out.append(DefinitionFile(path, shown, text, hashlib.sha256(data).digest()))
+        out.append(DefinitionFile(path, shown, data, hashlib.sha256(data).digest()))
     return out
 
 

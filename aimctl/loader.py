@@ -133,7 +133,8 @@ def _validate(model: type[BaseModel], data: dict[Any, Any], src: Source, problem
 
 
 def _mapping(f: DefinitionFile, problems: Problems, empty_ok: bool = False) -> tuple[dict[Any, Any], Source] | None:
-    parsed = parse(f.text, f.shown, problems)
+    text = decode(f.data, f.shown, problems)
+    parsed = parse(text, f.shown, problems) if text is not None else None
     if parsed is None:
         return None
     data, src = parsed
@@ -152,8 +153,7 @@ def read_mapping(path: Path, limits: Limits = LIMITS) -> tuple[dict[Any, Any], S
     """One YAML mapping file (an overlay, say) with the loader's limits; DefinitionError otherwise."""
     problems = Problems(limits.max_problems)
     data = read_bounded(path, str(path), limits.max_file_bytes, problems)
-    text = decode(data, str(path), problems) if data is not None else None
-    got = _mapping(DefinitionFile(path, str(path), text, b""), problems, empty_ok=True) if text is not None else None
+    got = _mapping(DefinitionFile(path, str(path), data, b""), problems, empty_ok=True) if data is not None else None
     if got is None:
         raise problems.error()
     return got
@@ -166,7 +166,9 @@ def _load(root: Path, files: list[DefinitionFile], problems: Problems) -> Defini
     defs = Definitions(root=root)
     pool_src: dict[str, Source] = {}
     inv_src: dict[tuple[str, str], Source] = {}
-    for f in files:
+    files.reverse()
+    while files:
+        f = files.pop()  # its bytes go as soon as it is parsed (the text stays, for positions)
         got = _mapping(f, problems)
         if got is None:
             continue
@@ -252,18 +254,22 @@ def load(root: Path | str, use_cache: bool = False, limits: Limits = LIMITS) -> 
         if len(files) <= limits.max_files:
             _load_quiet(root, files, problems)
         raise problems.error()
-    key = _content_key(files) if use_cache else None
-    if key is not None:
-        defs = definition_cache.read(key, "full.pickle")
-        if isinstance(defs, Definitions):
-            defs.root = root
-            return defs
+    if not use_cache:
+        return _load(root, files, problems)
+    key = _content_key(files)
+    defs = definition_cache.read(key, "full.pickle")
+    if isinstance(defs, Definitions):
+        defs.root = root
+        return defs
+    return _load_and_cache(root, files, problems, key)
+
+
+def _load_and_cache(root: Path, files: list[DefinitionFile], problems: Problems, key: str) -> Definitions:
     defs = _load(root, files, problems)
-    if key is not None:
-        cached: dict[str, Any] = {f"pool-{pool}.pickle": _pool_slice(defs, pool) for pool in defs.pools}
-        cached["index.pickle"] = {n: x.pool for n, x in defs.personas.items()}
-        cached["full.pickle"] = defs
-        definition_cache.write(key, cached)
+    cached: dict[str, Any] = {f"pool-{pool}.pickle": _pool_slice(defs, pool) for pool in defs.pools}
+    cached["index.pickle"] = {n: x.pool for n, x in defs.personas.items()}
+    cached["full.pickle"] = defs
+    definition_cache.write(key, cached)
     return defs
 
 
@@ -281,21 +287,23 @@ def load_for_persona(root: Path | str, persona: str, limits: Limits = LIMITS) ->
     """
     root = Path(root)
     files, problems = _read_tree(root, limits)
-    if not problems:
-        key = _content_key(files)
-        index = definition_cache.read(key, "index.pickle")
-        if isinstance(index, dict) and persona in index:
-            part = definition_cache.read(key, f"pool-{index[persona]}.pickle")
-            if isinstance(part, Definitions):
-                part.root = root
-                return part
-    return load(root, use_cache=True, limits=limits)
+    if problems:
+        return load(root, limits=limits)  # says what is wrong
+    key = _content_key(files)
+    index = definition_cache.read(key, "index.pickle")
+    if isinstance(index, dict) and persona in index:
+        part = definition_cache.read(key, f"pool-{index[persona]}.pickle")
+        if isinstance(part, Definitions):
+            part.root = root
+            return part
+    return _load_and_cache(root, files, problems, key)
 
 
 def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[tuple[str, str], Source],
                   problems: Problems) -> None:
     # Cabling: a switch port carries one server channel, and its name must fit the switch's OS.
     seen_ports: dict[tuple[str, str], str] = {}
+    seen_ifindex: dict[tuple[str, int], str] = {}
     os_rows = netos.table()
     for sname, srv in defs.servers.items():
         src = inv_src[("servers", sname)]
@@ -309,6 +317,19 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
             if row is None or not row.valid_port(cable.port):
                 problems.add(src, path + ("port",), f"port {cable.port!r} is not a valid {sw.os} port name "
                                                      f"on switch {cable.switch}")
+            else:
+                # SNMP traps name a port by ifIndex only: each cabled port needs one, unique per switch.
+                try:
+                    index = cable.ifindex or row.ifindex(cable.port)
+                except ValueError:
+                    problems.add(src, path + ("port",), f"no ifIndex rule of {sw.os} numbers port {cable.port!r}: "
+                                                         "set ifindex: on this cable (traps name ports by ifIndex)")
+                else:
+                    twin = seen_ifindex.get((cable.switch, index))
+                    if twin:
+                        problems.add(src, path + ("port",), f"{cable.switch} ifIndex {index} is also {twin}'s: "
+                                                             "a link trap could not tell them apart")
+                    seen_ifindex[(cable.switch, index)] = f"{sname} channel {ch}"
             other = seen_ports.get((cable.switch, cable.port))
             if other:
                 problems.add(src, path + ("port",), f"{cable.switch} {cable.port} is already cabled to {other}")

@@ -25,7 +25,7 @@ def pool_text(p: int, personas: int, servers: int, bad_last: bool = False, stora
              f"  mapi: {{vlan: 100, subnet: 10.{100 + p // 50}.{p % 50 * 4}.0/22, primary: 3, secondary: 4}}",
              "personas:"]
     for i in range(personas):
-        n = p * 100_000 + i
+        n = p * personas + i
         timer = "0s" if bad_last and i == personas - 1 else "20m"
         lines += [f"  p{p}-{i}:", f"    home: s{p}-{i}", "    storage: array1",
                   f"    initiator: iqn.2026-01.bench.pool{p}:p{i}",

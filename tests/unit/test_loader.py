@@ -109,6 +109,12 @@ CASES = [
     ("exchange.yaml", "vlan: 200,", "vlan: 4094,", "networks.replication.vlan",
      "above dell_powerconnect's highest VLAN 4093"),
     ("web.yaml", "vlan: 300,", "vlan: 1003,", "networks.frontend.vlan", "reserved on cisco_ios"),
+    # Every cabled port has an ifIndex (link traps name ports by it), unique per switch.
+    ("inventory/web-site.yaml", "1: {switch: sw3, port: GigabitEthernet0/1}", "1: {switch: sw3, port: Gi1/0/1}",
+     "servers.r620-1.channels.1.port", "no ifIndex rule of cisco_ios numbers port 'Gi1/0/1'"),
+    ("inventory/web-site.yaml", "1: {switch: sw3, port: GigabitEthernet0/1}",
+     "1: {switch: sw3, port: GigabitEthernet0/1, ifindex: 10102}", "servers.r620-2.channels.1.port",
+     "sw3 ifIndex 10102 is also r620-1 channel 1's"),
     # Redfish TLS: verified by default; a CA file or an explicit opt-out, never both.
     ("inventory/exchange-site.yaml", "kind: redfish, address: 10.0.0.11,",
      "kind: redfish, verify_tls: false, ca_file: /etc/aimctl/bmc-ca.pem, address: 10.0.0.11,",
