@@ -314,10 +314,11 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
                 problems.add(src, path + ("switch",), f"unknown switch {cable.switch!r}")
                 continue
             row = os_rows.get(sw.os)
+            other = seen_ports.get((cable.switch, cable.port))
             if row is None or not row.valid_port(cable.port):
                 problems.add(src, path + ("port",), f"port {cable.port!r} is not a valid {sw.os} port name "
                                                      f"on switch {cable.switch}")
-            else:
+            elif not other:
                 # SNMP traps name a port by ifIndex only: each cabled port needs one, unique per switch.
                 try:
                     index = cable.ifindex or row.ifindex(cable.port)
@@ -330,7 +331,6 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
                         problems.add(src, path + ("port",), f"{cable.switch} ifIndex {index} is also {twin}'s: "
                                                              "a link trap could not tell them apart")
                     seen_ifindex[(cable.switch, index)] = f"{sname} channel {ch}"
-            other = seen_ports.get((cable.switch, cable.port))
             if other:
                 problems.add(src, path + ("port",), f"{cable.switch} {cable.port} is already cabled to {other}")
             seen_ports[(cable.switch, cable.port)] = f"{sname} channel {ch}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -18,12 +19,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    GetJsonSchemaHandler,
     StringConstraints,
     WithJsonSchema,
     model_validator,
 )
-from pydantic_core import core_schema
 
 from aimctl import netos, redfish_vendors
 from aimctl.validation import HOSTNAME_RE, IQN_RE, NAME_RE, valid_vlan
@@ -188,20 +187,24 @@ class Credentials(Strict):
     enable: SecretRef | None = None
 
 
-def _check_vendor(value: str) -> str:
-    known = redfish_vendors.names()
-    if value not in known:
-        raise ValueError(f"unknown Redfish vendor {value!r} (rows of bootcfg/redfish_vendors.json: {', '.join(known)})")
-    return value
+def _row_of(what: str, names: Callable[[], list[str]], where: Callable[[], object]) -> Callable[[str], str]:
+    """A check that a value names a row of a data table (read when checked: the table may change)."""
+    def check(value: str) -> str:
+        known = names()
+        if value not in known:
+            raise ValueError(f"unknown {what} {value!r} (rows of {where()}: {', '.join(known)})")
+        return value
+    return check
 
 
-class _VendorSchema:
-    @classmethod
-    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
-        return redfish_vendors.schema_enum()
+def _enum_of(schema: Callable[[], dict[str, Any]]) -> Any:
+    return Field(json_schema_extra=lambda s: s.update(schema()))
 
 
-RedfishVendor = Annotated[str, AfterValidator(_check_vendor), _VendorSchema]
+# A row of bootcfg/redfish_vendors.json.
+RedfishVendor = Annotated[str, AfterValidator(_row_of("Redfish vendor", redfish_vendors.names,
+                                                      lambda: "bootcfg/redfish_vendors.json")),
+                          _enum_of(redfish_vendors.schema_enum)]
 AbsPath = Annotated[str, StringConstraints(pattern=r"^/[^\x00\n]{1,4095}$")]
 
 
@@ -263,22 +266,10 @@ class Server(Strict):
     channels: Annotated[dict[Channel, Cable], *Capped(64, "channels")]
 
 
-def _check_os(value: str) -> str:
-    known = netos.names()
-    if value not in known:
-        raise ValueError(f"unknown network OS {value!r} (rows of {netos.templates_dir() / 'os.yaml'}: "
-                         f"{', '.join(known)})")
-    return value
-
-
-class _NetworkOsSchema:
-    @classmethod
-    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
-        return netos.schema_enum()
-
-
 # The keys of switch_templates/os.yaml: adding an OS there makes it a valid `os:` here.
-NetworkOs = Annotated[str, AfterValidator(_check_os), _NetworkOsSchema]
+NetworkOs = Annotated[str, AfterValidator(_row_of("network OS", netos.names,
+                                                  netos.table_name)),
+                      _enum_of(netos.schema_enum)]
 
 
 class Switch(Strict):

@@ -26,11 +26,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from aimctl import data_tables
 from aimctl.errors import OperatorError
 
 TEMPLATES_ENV = "AIMCTL_SWITCH_TEMPLATES"
 # Upper bounds on the table itself: it is read by every `validate`, so it must stay cheap.
 MAX_TABLE_BYTES = 256 * 1024
+WHAT = "network-OS table"
 MAX_FORMULA_CHARS = 200
 
 
@@ -41,6 +43,12 @@ def templates_dir() -> Path:
     """``$AIMCTL_SWITCH_TEMPLATES`` or ``switch_templates/`` at the top of the source tree."""
     env = os.environ.get(TEMPLATES_ENV)
     return Path(env) if env else _DEFAULT_DIR
+
+
+def table_name() -> str:
+    """How messages name the table: its path when moved by $AIMCTL_SWITCH_TEMPLATES."""
+    env = os.environ.get(TEMPLATES_ENV)
+    return str(Path(env) / "os.yaml") if env else "switch_templates/os.yaml"
 
 
 # ---------------------------------------------------------------------------- ifIndex formulas
@@ -188,17 +196,11 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 @lru_cache(maxsize=16)
 def _table(path: str, _stamp: tuple[int, int]) -> dict[str, NetOs]:
     where = path
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_TABLE_BYTES + 1)
-    except OSError as exc:
-        raise OperatorError(f"{where}: cannot read the network-OS table: {exc.strerror}") from None
-    if len(raw) > MAX_TABLE_BYTES:
-        raise OperatorError(f"{where}: the network-OS table is larger than {MAX_TABLE_BYTES // 1024} KiB")
+    raw = data_tables.read_bounded(Path(path), WHAT, MAX_TABLE_BYTES)
     try:
         doc = yaml.safe_load(raw.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise OperatorError(f"{where}: cannot load the network-OS table: {str(exc).splitlines()[0]}") from None
+        raise OperatorError(f"{where}: cannot load the {WHAT}: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict) or not doc:
         raise OperatorError(f"{where}: the network-OS table must map OS names to rows")
     out: dict[str, NetOs] = {}
@@ -218,11 +220,7 @@ def _table(path: str, _stamp: tuple[int, int]) -> dict[str, NetOs]:
 def table(directory: Path | None = None) -> dict[str, NetOs]:
     """The rows of ``<directory>/os.yaml`` (default: ``templates_dir()``), read again when it changes."""
     path = (directory or templates_dir()) / "os.yaml"
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise OperatorError(f"{path}: cannot read the network-OS table: {exc.strerror}") from None
-    return _table(str(path), (st.st_mtime_ns, st.st_size))
+    return _table(str(path), data_tables.stamp(path, WHAT))
 
 
 def names(directory: Path | None = None) -> list[str]:
@@ -244,16 +242,8 @@ def valid_port(os_name: str, port: object, directory: Path | None = None) -> boo
 
 
 def table_bytes(directory: Path | None = None) -> bytes:
-    """The table's bytes (definitions are valid or not depending on them: part of a cache key)."""
-    try:
-        return ((directory or templates_dir()) / "os.yaml").read_bytes()
-    except OSError:
-        return b""
+    return data_tables.file_bytes((directory or templates_dir()) / "os.yaml")
 
 
 def schema_enum() -> dict[str, Any]:
-    """JSON Schema of an OS name: the table's keys at the time the schema is exported."""
-    try:
-        return {"type": "string", "enum": names()}
-    except OperatorError:
-        return {"type": "string"}
+    return data_tables.enum_schema(names)

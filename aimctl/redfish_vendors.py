@@ -15,10 +15,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from aimctl import data_tables
 from aimctl.errors import OperatorError
 
 GENERIC = "generic"
 MAX_TABLE_BYTES = 256 * 1024
+WHAT = "Redfish vendor table"
 
 
 def bootcfg_dir() -> Path:
@@ -60,11 +62,9 @@ def choose(table: VendorTable, configured: str | None, manufacturer: str | None,
 @lru_cache(maxsize=8)
 def _load(path: str, _stamp: tuple[int, int]) -> VendorTable:
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_TABLE_BYTES + 1)
-        doc = json.loads(raw[:MAX_TABLE_BYTES].decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise OperatorError(f"{path}: cannot load the Redfish vendor table: {exc}") from None
+        doc = json.loads(data_tables.read_bounded(Path(path), WHAT, MAX_TABLE_BYTES).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise OperatorError(f"{path}: cannot load the {WHAT}: {exc}") from None
     if not isinstance(doc, dict):
         raise OperatorError(f"{path}: the Redfish vendor table must be an object of rows")
     rows = {k: v for k, v in doc.items() if not k.startswith("_")}
@@ -86,11 +86,7 @@ def _load(path: str, _stamp: tuple[int, int]) -> VendorTable:
 
 def table(directory: Path | None = None) -> VendorTable:
     path = (directory or bootcfg_dir()) / "redfish_vendors.json"
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise OperatorError(f"{path}: cannot read the Redfish vendor table: {exc.strerror}") from None
-    return _load(str(path), (st.st_mtime_ns, st.st_size))
+    return _load(str(path), data_tables.stamp(path, WHAT))
 
 
 def names(directory: Path | None = None) -> list[str]:
@@ -98,14 +94,8 @@ def names(directory: Path | None = None) -> list[str]:
 
 
 def table_bytes(directory: Path | None = None) -> bytes:
-    try:
-        return ((directory or bootcfg_dir()) / "redfish_vendors.json").read_bytes()
-    except OSError:
-        return b""
+    return data_tables.file_bytes((directory or bootcfg_dir()) / "redfish_vendors.json")
 
 
 def schema_enum() -> dict[str, Any]:
-    try:
-        return {"type": "string", "enum": names()}
-    except OperatorError:
-        return {"type": "string"}
+    return data_tables.enum_schema(names)
