@@ -60,12 +60,14 @@ class Source:
         self.file = file
         self._text = text
         self._positions: dict[Path_, Pos] = {(): (1, 1)}
+        self._searched: set[Path_] = {()}  # found or not: a path is looked for once
 
     def locate(self, paths: Iterable[Path_]) -> None:
         """Find the positions of ``paths`` (and their ancestors) in one pass over the text."""
-        wanted = {tuple(p) for p in paths} - set(self._positions)
+        wanted = {tuple(p) for p in paths} - self._searched
         if wanted:
             self._positions.update(locate(self._text, wanted))
+            self._searched |= wanted
 
     def position(self, path: Path_) -> Pos:
         # Walk up until a located ancestor: a missing field is reported at its parent.
@@ -83,7 +85,7 @@ class Source:
 
     def __getstate__(self) -> dict[str, object]:
         # A cache keeps definitions, not source texts.
-        return {"file": self.file, "_text": "", "_positions": {(): (1, 1)}}
+        return {"file": self.file, "_text": "", "_positions": {(): (1, 1)}, "_searched": {()}}
 
 
 @dataclass(frozen=True)

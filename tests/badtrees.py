@@ -90,6 +90,16 @@ def too_many_entries(root: Path) -> None:
     many_bad_entries(root, 233_000)
 
 
+def missing_fields_at_the_end(root: Path) -> None:
+    """25,000 valid servers, then 300 that miss fields: the problems sit at the end of a 3.9 MB file
+    and are reported at their parents, the worst case for finding positions."""
+    root.mkdir(parents=True, exist_ok=True)
+    good = ("  ok{0}: {{bmc: {{kind: ipmi, address: 10.0.0.1, credentials: {{username: a, password: env:P}}}}, "
+            "model: m, cores: 1, memory_gb: 1, boot_nic: n, channels: {{}}}}\n")
+    (root / "servers.yaml").write_text("servers:\n" + "".join(good.format(i) for i in range(25_000))
+                                       + "".join(f"  bad{i}: {{model: m}}\n" for i in range(300)))
+
+
 def alias_bomb(root: Path) -> None:
     """A "billion laughs": nine levels of nine aliases each."""
     root.mkdir(parents=True, exist_ok=True)
@@ -118,6 +128,7 @@ TREES: dict[str, Callable[[Path], None]] = {
     "oversized_file": oversized_file,
     "many_bad_entries": many_bad_entries,
     "too_many_entries": too_many_entries,
+    "missing_fields_at_the_end": missing_fields_at_the_end,
     "alias_bomb": alias_bomb,
     "deep_nesting": deep_nesting,
     "many_files": many_files,

@@ -291,6 +291,26 @@ def test_problems_are_capped_and_counted(tmp_path_factory: pytest.TempPathFactor
     assert err.problems[0].startswith(f"{root / 'sw.yaml'}:3:")
 
 
+def test_each_file_is_searched_once_for_all_its_positions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Problems at paths that do not exist (missing fields) are placed at their parents, and looking
+    for them again must not rescan the file once per problem."""
+    from aimctl import yaml_source
+
+    passes: list[int] = []
+    real = yaml_source.locate
+
+    def counting(text: str, wanted: set[tuple[object, ...]]) -> dict[tuple[object, ...], tuple[int, int]]:
+        passes.append(len(wanted))
+        return real(text, wanted)
+
+    monkeypatch.setattr(yaml_source, "locate", counting)
+    (tmp_path / "s.yaml").write_text("servers:\n" + "".join(f"  s{i}: {{model: m}}\n" for i in range(50)))
+    err = refused(tmp_path)
+    assert err.total == 250 and len(err.problems) == 200  # bmc, cores, memory_gb, boot_nic, channels each
+    assert len(passes) == 1, passes
+    assert err.problems[0] == f"{tmp_path / 's.yaml'}:2:3: servers.s0.bmc: required field is missing"
+
+
 YAML_BITS = st.sampled_from(["pool:", "servers:", "switches:", " ", "  ", "\n", "- ", "[", "]", "{", "}", ":",
                              ",", "&a ", "*a", "!!str ", "? ", "|", ">", "'", '"', "#", "---", "...", "\t", "1",
                              "true", "null", "~", "x", "é", "\\", "%YAML 1.2", "<<: "])
