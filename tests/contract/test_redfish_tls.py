@@ -100,3 +100,17 @@ def test_vendor_row_from_the_bmc(bmc: RedfishLab, monkeypatch: pytest.MonkeyPatc
     cfg.clear()
     named = make_bootcfg("s1", _server(bmc, monkeypatch, ca_file=ca(bmc), vendor="dell_idrac"), tmp_path)
     assert isinstance(named, RedfishBootConfig) and named.vendor_name == "dell_idrac"
+
+
+def test_a_stalled_client_does_not_block_the_lab_bmc(bmc: RedfishLab) -> None:
+    """A client that connects and never speaks TLS (or gives up half-way through a handshake, as a
+    client refusing the certificate does) holds its own connection thread, not the BMC."""
+    import socket
+
+    idle = socket.create_connection(("127.0.0.1", bmc.port))
+    try:
+        p = RedfishPower(bmc.base_url, bmc.system_path("s1"), USER, PASSWORD, verify_tls=ca(bmc), timeout_s=3,
+                         name="s1")
+        assert p.state() in (PowerState.ON, PowerState.OFF)
+    finally:
+        idle.close()
