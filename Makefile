@@ -23,13 +23,14 @@ apt:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[lab,test]'
+	$(PY) -m pip install -q -e '.[controller,lab,test]'
 	# fake-switches pins dependencies too old for Python 3.11: its deps come from the lab extra.
 	$(PY) -m pip install -q --no-deps 'fake-switches>=1.5.0'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-test: setup
+# Lint first: CI runs `make test`, so the layers, types and style are checked there too.
+test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-unit: setup
@@ -41,9 +42,11 @@ demo: setup
 bench: setup
 	$(PY) bench/run.py
 
+# ruff; mypy --strict on aimctl and lab; the import contracts (layers, slim agent, no cycles) in pyproject.toml.
 lint: setup
 	$(VENV)/bin/ruff check aimctl lab tests bench
-	$(VENV)/bin/mypy aimctl
+	$(VENV)/bin/mypy aimctl lab
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

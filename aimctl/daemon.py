@@ -35,10 +35,11 @@ from aimctl.drivers.registry import Drivers, make_power
 from aimctl.errors import OperatorError
 from aimctl.failover.chap import ChapStore
 from aimctl.failover.context import Ctx, Settings
-from aimctl.failover.planner import capacity
+from aimctl.failover.planner import capacity, check_request
+from aimctl.failover.resolve import KEEP, abandon_plan, mark_fenced_refusal, retry_refusal
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
-from aimctl.journal import TERMINAL, Journal, Operation, persona_lease, server_lease
+from aimctl.journal import TERMINAL, Journal, Operation, ServerMark, persona_lease, server_lease
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
@@ -85,9 +86,10 @@ class Controller:
             sinks.append(WebhookSink(listen.change_webhook, listen.change_webhook_secret))
         self.changes = ChangeRecords(self.journal, sinks)
         self.chap = ChapStore(state)
-        self.drivers = Drivers(defs, state / "boot")
+        self.drivers = Drivers(defs, state / "boot", switch_timeout_s=listen.switch_timeout)
         self.settings = settings or Settings(power_deadline_s=listen.power_deadline,
-                                             boot_timer_override_s=listen.boot_timer_override)
+                                             boot_timer_override_s=listen.boot_timer_override,
+                                             switch_deadline_s=listen.switch_deadline)
         self.interval = listen.heartbeat_interval
         keys = {n: resolve_bytes(p.spec.heartbeat_key) for n, p in defs.personas.items()}
         self.receiver = HeartbeatReceiver(*_hostport(listen.heartbeat), keys)
@@ -149,9 +151,11 @@ class Controller:
         return out
 
     def snapshot(self, now: float) -> list[Observation]:
-        """Watch every assigned persona that no operation holds (its current body, its SCN channels),
-        then read heartbeats, BMC answers and link state for it, all from memory."""
-        busy = self.busy_personas()
+        """Watch every assigned persona that no running operation holds (its current body, its SCN
+        channels), then read heartbeats, BMC answers and link state for it, all from memory. A persona
+        whose operation waits for an operator or an approval is still watched, so status shows the
+        truth about it (rule 7); its deaths are not queued, the waiting operation already covers it."""
+        busy = self.acting_personas()
         want = {p: s for p, s in self.journal.assignment().items()
                 if s and p not in busy and p in self.defs.personas}
         current = self.observer.watches()
@@ -174,7 +178,7 @@ class Controller:
     def emit(self, event: Event) -> None:
         """Detector events: deaths queue for failover (the storm brake drains them); all are alerted."""
         self.alerts.emit(event)
-        if isinstance(event, TRIGGERS):
+        if isinstance(event, TRIGGERS) and event.persona not in self.busy_personas():
             self._pending[event.persona] = (event.kind, event.reason)
 
     def _storm_brake(self) -> None:
@@ -224,13 +228,20 @@ class Controller:
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
 
+    def acting_personas(self) -> set[str]:
+        return {op.persona for op in self.journal.unfinished_operations() if op.state == "running"}
+
     # ------------------------------------------------------------------ act
 
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
                        to: str | None = None, actor: str = "controller", change: str | None = None) -> str:
         with self._lock:
-            if persona not in self.defs.personas:
-                raise OperatorError(f"unknown persona {persona!r}")
+            # Names and targets are checked before anything is opened: a request that can never run
+            # must not leave an operation holding the persona.
+            in_use = {lease.name[7:]: f"in use by {lease.holder}" for lease in self.journal.leases()
+                      if lease.name.startswith("server:")}
+            check_request(self.defs, persona, to, {p: s for p, s in self.journal.assignment().items() if s},
+                          set(self.journal.quarantined()), in_use)
             if persona in self.busy_personas():
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool
@@ -247,15 +258,24 @@ class Controller:
             leases = [persona_lease(persona)] + ([server_lease(old)] if old else [])
             op_id = self.journal.open_operation(kind, persona, facts, from_server=old, leases=leases)
         # Outside the lock: twenty deaths at once must not queue behind each other's fsyncs.
-        self.detector.forget(persona)
         self._spawn(op_id)
         self.audit.record(actor, f"{kind}.start", persona, {"op": op_id, "trigger": trigger, "evidence": evidence})
         return op_id
 
-    def _spawn(self, op_id: str) -> None:
-        t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
-        self._threads[op_id] = t
-        t.start()
+    def _spawn(self, op_id: str) -> bool:
+        """Run (or resume) an operation in its own thread; never two threads for one operation."""
+        if self.journal.operation(op_id).state != "running":
+            self._settle(op_id)
+        with self._lock:
+            running = self._threads.get(op_id)
+            if running is not None and running.is_alive():
+                return False
+            # The workflow holds the persona from here: the detector starts afresh when it is handed back.
+            self.detector.forget(self.journal.operation(op_id).persona)
+            t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
+            self._threads[op_id] = t
+            t.start()
+            return True
 
     def _run_op(self, op_id: str) -> None:
         op = self.journal.operation(op_id)
@@ -279,7 +299,8 @@ class Controller:
             self._refresh_capacity()
         elif res.state == "needs-operator":
             self.alerts.emit(NeedsOperatorAlert(self.journal.operation(op_id).persona,
-                                                f"{op_id} needs an operator: {res.result}"))
+                                                f"{op_id} needs an operator: {res.result}; exits: "
+                                                f"aimctl retry|abandon|mark-fenced {op_id}"))
 
     def _on_step(self, ev: StepEvent) -> None:
         self.metrics.observe_step(ev)
@@ -306,6 +327,86 @@ class Controller:
         self.journal.add_facts(op_id, {"approved_by": actor})
         self.audit.record(actor, "failover.approve", op.persona, {"op": op_id})
         self._spawn(op_id)
+        return self.journal.operation(op_id)
+
+    # ------------------------------------------------------------------ operator exits (rule 7)
+
+    def _settle(self, op_id: str) -> None:
+        """Let a thread that just stopped the operation finish its notes (alert, change record)."""
+        t = self._threads.get(op_id)
+        if t is not None and t.is_alive():
+            t.join(5.0)
+
+    def _waiting(self, op_id: str) -> Operation:
+        op = self.journal.operation(op_id)
+        t = self._threads.get(op_id)
+        if op.state == "running" or (t is not None and t.is_alive()):
+            raise OperatorError(f"{op_id} is {op.state} and its workflow is still acting; try again when it stops")
+        return op
+
+    def _resolved(self, op: Operation, actor: str, action: str, detail: dict[str, Any]) -> None:
+        """The operator's choice, in the audit log and the operation's change record."""
+        self.audit.record(actor, f"operation.{action}", op.persona, {"op": op.id, **detail})
+        words = ", ".join(f"{k} {v}" for k, v in detail.items() if v)
+        self.changes.note(op.id, "resolve", f"{action} by {actor}" + (f": {words}" if words else ""))
+
+    def retry(self, op_id: str, actor: str, note: str = "") -> Operation:
+        """Run a needs-operator operation again from the step that stopped it."""
+        self._settle(op_id)
+        with self._lock:
+            op = self._waiting(op_id)
+            refusal = retry_refusal(op)
+            if refusal:
+                raise OperatorError(refusal)
+            n = int(op.facts.get("retries", 0)) + 1
+            self.journal.result(op_id, "resolve", "ok", {"action": "retry", "by": actor, "note": note},
+                                facts={"retries": n})
+        self._resolved(op, actor, "retry", {"note": note})
+        self._spawn(op_id)
+        return self.journal.operation(op_id)
+
+    def mark_fenced(self, op_id: str, server: str, actor: str, note: str = "") -> Operation:
+        """Record an operator's word that ``server`` is out (rule 1's human decision), then retry."""
+        self._settle(op_id)
+        with self._lock:
+            op = self._waiting(op_id)
+            refusal = mark_fenced_refusal(op, self.journal.records(op_id), server)
+            if refusal:
+                raise OperatorError(refusal)
+            marks = dict(op.facts.get("operator_fenced") or {})
+            marks[server] = {"by": actor, "at": time.time(), "note": note}
+            n = int(op.facts.get("retries", 0)) + 1
+            self.journal.result(op_id, "resolve", "ok",
+                                {"action": "mark-fenced", "server": server, "by": actor, "note": note},
+                                facts={"operator_fenced": marks, "retries": n})
+        self._resolved(op, actor, "mark-fenced", {"server": server, "note": note})
+        self._spawn(op_id)
+        return self.journal.operation(op_id)
+
+    def abandon(self, op_id: str, actor: str, persona_on: str = KEEP, note: str = "") -> Operation:
+        """End a waiting operation without touching any device; see ``failover/resolve.py``."""
+        self._settle(op_id)
+        with self._lock:
+            op = self._waiting(op_id)
+            current = self.journal.assignment().get(op.persona)
+            plan = abandon_plan(op, self.journal.records(op_id), current, persona_on)
+            if plan.refusal:
+                raise OperatorError(plan.refusal)
+            where = plan.assign or "no server (unassigned)"
+            result = f"abandoned by {actor}: {op.persona} stays on {where}" + (f"; {note}" if note else "")
+            self.journal.result(
+                op_id, "resolve", "ok", {"action": "abandon", "by": actor, "note": note, "persona_on": plan.assign},
+                assignment_change={op.persona: plan.assign} if plan.change_assignment else None,
+                server_marks={s: ServerMark(why, quarantine=True) for s, why in plan.quarantine.items()},
+                end=("aborted", result))
+            self._pending.pop(op.persona, None)
+        self._resolved(op, actor, "abandon", {"persona_on": where, "quarantined": ", ".join(plan.quarantine),
+                                              "note": note})
+        self.changes.close(op_id, f"aborted: {result}")
+        self.metrics.failover_finished("aborted")
+        # The persona is watched again from a clean slate: a body that is dead fails over anew.
+        self.detector.forget(op.persona)
+        self._refresh_capacity()
         return self.journal.operation(op_id)
 
     def _refresh_capacity(self) -> None:

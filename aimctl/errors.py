@@ -8,11 +8,10 @@ sentence a human can act on at 3 a.m.
 
 from __future__ import annotations
 
+from aimctl.core.errors import OperatorError, SecretError
 
-class OperatorError(Exception):
-    """A mistake or condition the operator must fix; shown without a traceback (exit 2)."""
-
-    exit_code = 2
+__all__ = ["AuthFailed", "DefinitionError", "DriverError", "OperatorError", "Rejected", "SecretError",
+           "StateMismatch", "Timeout", "Unreachable"]
 
 
 class DefinitionError(OperatorError):
@@ -27,10 +26,6 @@ class DefinitionError(OperatorError):
         self.total = max(total or 0, len(problems))
         more = self.total - len(problems)
         super().__init__("\n".join(problems + ([f"... and {more} more problem(s)"] if more else [])))
-
-
-class SecretError(OperatorError):
-    """A secret reference that cannot be resolved (missing env var, unreadable file)."""
 
 
 class DriverError(OperatorError):

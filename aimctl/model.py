@@ -25,35 +25,52 @@ from pydantic import (
 )
 
 from aimctl import netos, redfish_vendors
-from aimctl.validation import HOSTNAME_RE, IQN_RE, NAME_RE, valid_vlan
+from aimctl.core.durations import parse_duration
+from aimctl.validation import (
+    HOST_KEY_RE,
+    HOSTNAME_RE,
+    IQN_RE,
+    NAME_RE,
+    SSH_URL_RE,
+    check_host_key,
+    ssh_url_parts,
+    valid_vlan,
+)
 
 # ---------------------------------------------------------------------------- scalar types
 
-_DURATION_RE = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,9})?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_DURATION_S = 366 * 86400.0
-# The same rule for editors (JSON Schema patterns are ECMA-262: no \Z, no inline flags).
-DURATION_PATTERN = r"^\s*(?=[0-9.]*[1-9])[0-9]{1,9}(\.[0-9]{1,9})?\s*(ms|s|m|h|d)\s*$"
+# The rule for editors (JSON Schema patterns are ECMA-262): a unit, and not zero.
+DURATION_PATTERN = r"^\s*(?=[0-9.]*[1-9])[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)\s*$"
 
 
-def parse_duration(value: object) -> float:
-    """``"20m"`` → 1200.0. Bare numbers are refused: a unit-less timer is a classic 3 a.m. mistake;
-    so is a zero one (a timer of 0 fires at once: a boot timer of 0s fences every standby it boots)."""
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if m:
-            seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
-            if seconds <= 0:
-                raise ValueError(f"duration {value!r} must be more than 0")
-            if seconds > MAX_DURATION_S:
-                raise ValueError(f"duration {value!r} is longer than a year (a typo?)")
-            return seconds
-    raise ValueError(f"not a duration: {value!r} (write e.g. 90s, 20m, 1h)")
+PAUSE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)\s*$"
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration),
+def definition_duration(value: object) -> float:
+    """A timer, timeout or poll interval in a definition: written with its unit, more than 0, at most
+    a year. A timer of 0 fires at once (a boot timer of 0s fences every standby it boots)."""
+    seconds = definition_pause(value)
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be more than 0")
+    return seconds
+
+
+def definition_pause(value: object) -> float:
+    """A wait that may be none (between retries): written with its unit, at most a year."""
+    seconds = parse_duration(value)
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"duration {value!r} is longer than a year (a typo?)")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(definition_duration),
                      WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
                                      "description": "a duration with its unit: 90s, 20m, 1h, 500ms, 2d (more than 0)"})]
+PositiveDuration = Duration  # every timer, timeout and poll interval in a definition is more than 0
+Pause = Annotated[float, BeforeValidator(definition_pause),
+                  WithJsonSchema({"type": "string", "pattern": PAUSE_PATTERN,
+                                  "description": "a wait with its unit, 0s for none: 10s, 1m"})]
 
 
 def _text_of(kind: str) -> Any:
@@ -171,6 +188,27 @@ def Capped(n: int, what: str) -> Any:  # noqa: N802 - reads as a type annotation
     return (Field(max_length=n), at_most(n, what))
 
 
+def _check_ssh_url(value: str) -> str:
+    ssh_url_parts(value)
+    return value
+
+
+def _editor_pattern(rx: re.Pattern[str]) -> Any:
+    """The same pattern for JSON Schema validators, so `aimctl schema` shows editors the rule: group
+    names dropped (ECMA writes them ``(?<n>``, Python ``(?P<n>``; validators use either engine) and
+    ``\Z`` as ``$``."""
+    return Field(json_schema_extra={"pattern": re.sub(r"\(\?P<[A-Za-z_]+>", "(", rx.pattern.replace(r"\Z", "$"))})
+
+
+# ssh://user@host[:port] and known-hosts | SHA256:<fingerprint> | auto-add: validation's patterns.
+SshUrl = Annotated[str, AfterValidator(_check_ssh_url), _editor_pattern(SSH_URL_RE)]
+HostKey = Annotated[str, AfterValidator(check_host_key), _editor_pattern(HOST_KEY_RE)]
+
+
+def _check_management(value: str) -> str:
+    return value if value == "local" else _check_ssh_url(value)
+
+
 class Strict(BaseModel):
     # extra="forbid" is what turns a typo ("boot_timmer") into an error instead of a silent default.
     # strict: values are taken as written, never coerced: `vlan: true` is not VLAN 1, `lun: "1"` is
@@ -284,8 +322,9 @@ class Storage(Strict):
     portal: Host
     port: Annotated[int, Field(ge=1, le=65535)] = 3260
     # How the controller reaches the target's management: "local" runs tgtadm here, an ssh:// URL runs it there.
-    management: Annotated[str, StringConstraints(pattern=r"^(local|ssh://[A-Za-z0-9_.-]+@[A-Za-z0-9.-]+(:\d+)?)$")] = "local"
+    management: Annotated[str, AfterValidator(_check_management)] = "local"
     credentials: Credentials | None = None
+    host_key: HostKey = "known-hosts"  # of the ssh:// management host
     # A tgtd listening on a non-default control socket (TGT_IPC_SOCKET); local management only.
     control_socket: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./-]{1,200}$")] | None = None
 
@@ -332,13 +371,21 @@ class Qualification(Strict):
 
 
 HookPoint = Literal["pre-fence", "post-boot", "post-recovery", "pre-failback"]
-SshUrl = Annotated[str, StringConstraints(pattern=r"^ssh://[A-Za-z0-9_.-]+@[A-Za-z0-9.-]+(:\d{1,5})?$")]
+
+
+def _check_hook_command(value: str) -> str:
+    if not value.strip() or "\x00" in value:
+        raise ValueError("a hook command must be non-blank and without NUL")
+    return value
 
 
 class _Hook(Strict):
+    """What every hook has. ``aimctl.recovery.hooks`` runs these classes as they are."""
+
     point: HookPoint = "post-boot"
-    timeout: Duration = 600.0
+    timeout: PositiveDuration = 600.0
     retries: Annotated[int, Field(ge=0, le=10)] = 0
+    retry_wait: Pause = 10.0  # between attempts (0s: at once)
 
 
 class ExchangeDagHook(_Hook):
@@ -347,17 +394,25 @@ class ExchangeDagHook(_Hook):
     server: PsName  # the Exchange server name of this persona (e.g. EXCH1), not the persona name
     via: SshUrl
     credentials: SecretRef
-    poll: Duration = 2.0  # how often copy status is read while waiting for healthy copies
-    # "known-hosts" (the controller's ~/.ssh/known_hosts), a pinned "SHA256:..." fingerprint, or "auto" (lab only).
-    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/]{43}=?)$")] = "known-hosts"
+    # How often copy status is read while waiting for healthy copies. 15 s: each read is a
+    # Get-MailboxDatabaseCopyStatus over the whole DAG through remote PowerShell on the management
+    # host, which takes seconds and loads the very servers that are resynchronizing; copies take
+    # minutes to catch up and the databases are already served by the other members, so a longer
+    # interval costs at most one interval of rebalancing. (The model said 2 s and the hook runner
+    # 15 s; 2 s was the one in force. Labs, whose copies resync in seconds, set it in their overlay.)
+    poll: PositiveDuration = 15.0
+    host_key: HostKey = "known-hosts"
 
 
 class SshCommandHook(_Hook):
     hook: Literal["ssh-command"]
     via: SshUrl
     credentials: SecretRef
-    host_key: Annotated[str, StringConstraints(pattern=r"^(auto|known-hosts|SHA256:[A-Za-z0-9+/]{43}=?)$")] = "known-hosts"
-    command: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    host_key: HostKey = "known-hosts"
+    # 1024 characters: the limit definitions have always been held to (the hook runner's own 4096
+    # could never be reached). A hook command is one call on the far side, filled with short
+    # placeholders; anything longer is a script that belongs in a file there.
+    command: Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_check_hook_command)]
 
 
 class ScriptHook(_Hook):
@@ -406,7 +461,7 @@ class PoolFile(InventoryFile):
     """A pool; it may carry its own inventory (servers/switches/storage) in the same file."""
 
     pool: Name
-    members: Annotated[list[Name], Field(min_length=1, max_length=MAX_ENTRIES)]
+    members: Annotated[list[Name], Field(max_length=MAX_ENTRIES)]
     standby_preference: Annotated[list[Name], Field(max_length=MAX_ENTRIES)] = Field(default_factory=list)
     quarantine_vlan: Vlan
     scn: Name = "scn"
@@ -442,7 +497,7 @@ def _as_written(node: Any) -> None:
             del node["patternProperties"]
             node["propertyNames"] = {"pattern": pattern}
             node["additionalProperties"] = value
-        if node.get("pattern") == DURATION_PATTERN and isinstance(node.get("default"), int | float):
+        if node.get("pattern") in (DURATION_PATTERN, PAUSE_PATTERN) and isinstance(node.get("default"), int | float):
             node["default"] = _duration_text(float(node["default"]))
         for value in node.values():
             _as_written(value)

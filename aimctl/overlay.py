@@ -14,7 +14,18 @@ from pydantic import Field, ValidationError
 
 from aimctl.errors import OperatorError
 from aimctl.loader import Definitions, PersonaDef, Source, read_mapping, validation_problems
-from aimctl.model import MAX_ENTRIES, AbsPath, Capped, Credentials, Duration, Host, SecretRef, SshUrl, Strict
+from aimctl.model import (
+    MAX_ENTRIES,
+    AbsPath,
+    Capped,
+    Credentials,
+    Host,
+    HostKey,
+    PositiveDuration,
+    SecretRef,
+    SshUrl,
+    Strict,
+)
 from aimctl.yaml_source import Problems
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -51,10 +62,10 @@ class StoragePatch(Strict):
 class HookPatch(Strict):
     via: SshUrl | None = None
     credentials: SecretRef | None = None
-    host_key: str | None = None
-    timeout: Duration | None = None
+    host_key: HostKey | None = None
+    timeout: PositiveDuration | None = None
     retries: int | None = None
-    poll: Duration | None = None
+    poll: PositiveDuration | None = None
 
 
 class PersonaPatch(Strict):
@@ -72,6 +83,8 @@ class Listen(Strict):
     bmc_poll_interval: float = 1.0
     power_deadline: float = 30.0  # how long a BMC may take to *read back* a power change
     boot_timer_override: float | None = None  # labs shorten every persona's boot timer
+    switch_timeout: float = 10.0  # how long one switch CLI line may go unanswered
+    switch_deadline: float = 60.0  # how long a step may retry its switches before restoring them
     # Where operators are told: detector alerts and pages, and the change-management system.
     alert_webhook: str | None = None
     alert_webhook_secret: SecretRef | None = None

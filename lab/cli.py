@@ -122,9 +122,14 @@ def reset(state: StateOpt) -> None:
 @app.command()
 def fault(kind: Annotated[str, typer.Argument(help=", ".join(ops.FAULTS))],
           target: Annotated[str, typer.Argument(help="server, switch, storage, or SERVER:CHANNEL")],
-          state: StateOpt, clear: Annotated[bool, typer.Option("--clear")] = False) -> None:
+          state: StateOpt, clear: Annotated[bool, typer.Option("--clear")] = False,
+          after: Annotated[int | None, typer.Option(
+              "--after", help="switch-hang: config lines each session still gets before the hang")] = None) -> None:
     """Inject (or --clear) a fault."""
-    r = control.call(state, "fault", {"kind": kind, "target": target, "clear": clear})
+    body: dict[str, Any] = {"kind": kind, "target": target, "clear": clear}
+    if after is not None:
+        body["after"] = after
+    r = control.call(state, "fault", body)
     out.print(f"{kind} on {target}: {'active' if r['active'] else 'cleared'}")
 
 

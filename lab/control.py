@@ -65,7 +65,9 @@ class _Server(ThreadingHTTPServer):
         if action == "status":
             return ops.status(self.lab)
         if action == "fault":
-            return ops.fault(self.lab, body["kind"], body["target"], bool(body.get("clear")))
+            after = body.get("after")
+            return ops.fault(self.lab, body["kind"], body["target"], bool(body.get("clear")),
+                             after=int(after) if after is not None else None)
         if action == "reset":
             return ops.reset(self.lab)
         raise OperatorError(f"unknown lab action {action!r}")

@@ -313,7 +313,7 @@ class Lab:
             for i, h in enumerate(p.spec.recovery):
                 if h.hook == "exchange-dag" and self.dag:
                     rec[i] = {"via": f"ssh://{LAB_USER}@127.0.0.1:{self.dag_port}", "credentials": self.refs["dag"],
-                              "host_key": "auto",
+                              "host_key": "auto-add",
                               # the lab's copies resynchronize in seconds: look often
                               "poll": f"{max(0.1, min(2.0, self.resync_s / 5)):.2f}s"}
             if rec:

@@ -34,8 +34,11 @@ class LabHandle:
     def status(self) -> Any:
         return self.call("status")
 
-    def fault(self, kind: str, target: str, clear: bool = False) -> Any:
-        return self.call("fault", {"kind": kind, "target": target, "clear": clear})
+    def fault(self, kind: str, target: str, clear: bool = False, after: int | None = None) -> Any:
+        body: dict[str, Any] = {"kind": kind, "target": target, "clear": clear}
+        if after is not None:
+            body["after"] = after
+        return self.call("fault", body)
 
     def reset(self) -> Any:
         return self.call("reset")

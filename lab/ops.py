@@ -47,9 +47,13 @@ def status(lab: Any) -> dict[str, Any]:
             "faults": [{"kind": k, "target": t} for (t, k), on in lab.faults.items() if on]}
 
 
-def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
+def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = None) -> dict[str, Any]:
+    """``after``: for ``switch-hang``, how many config lines of each session still pass before the
+    switch stops answering (a hang in the middle of a change); 0 by default (the first line)."""
     if kind not in FAULTS:
         raise OperatorError(f"unknown fault {kind!r} (one of: {', '.join(FAULTS)})")
+    if after is not None and (kind != "switch-hang" or not 0 <= after <= 10000):
+        raise OperatorError("--after N (0..10000) applies to switch-hang only")
     on = not clear
     d = lab.defs
     if kind == "power-button" and "," in target:
@@ -71,7 +75,7 @@ def fault(lab: Any, kind: str, target: str, clear: bool) -> dict[str, Any]:
     elif kind == "switch-hang":
         if target not in d.switches:
             raise OperatorError(f"unknown switch {target!r}")
-        lab.switches.set_fault(target, "hang", on)
+        lab.switches.set_fault(target, "hang", on, after=after or 0)
     elif kind == "storage-error":
         lab.tgt.set_fault("storage-error", on)
     elif kind == "scn-partition":

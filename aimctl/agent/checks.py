@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from aimctl.agent.wire import Health
-from aimctl.errors import OperatorError
-from aimctl.validation import NAME_RE
+from aimctl.core.errors import OperatorError
+from aimctl.core.names import NAME_RE
 
 log = logging.getLogger(__name__)
 

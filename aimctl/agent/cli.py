@@ -1,4 +1,7 @@
-"""``aimctl agent run``: the persona agent's command line.
+"""``aimctl-agent run``: the persona agent's command line (also ``aimctl agent run`` on a controller).
+
+Standard library only (argparse): a persona host installs ``aimctl[agent]`` and nothing of the
+controller's; a typer command line would bring pydantic with it.
 
 The heartbeat key is only ever read from a file that nobody but its owner can read (mode 0600 or
 0400, as systemd's LoadCredential= makes it); it never appears on a command line, where any local
@@ -7,32 +10,25 @@ user could read it from /proc.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import logging
 import signal
 import stat
+import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
 
-import typer
-
-from aimctl import secrets
 from aimctl.agent.checks import load_checks_file
 from aimctl.agent.run import run_agent
-from aimctl.errors import OperatorError
-from aimctl.model import parse_duration
-from aimctl.validation import HOSTNAME_RE, NAME_RE
+from aimctl.core import secrets
+from aimctl.core.durations import parse_duration
+from aimctl.core.errors import OperatorError
+from aimctl.core.names import HOSTNAME_RE, NAME_RE
 
 MIN_KEY_BYTES = 16
-
-app = typer.Typer(help="The persona agent: heartbeats and service checks.", no_args_is_help=True)
-
-
-@app.callback()
-def _group() -> None:
-    """Persona agent commands."""
 
 
 def read_key_file(path: Path) -> bytes:
@@ -69,22 +65,25 @@ def parse_controller(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-@app.command()
-def run(
-    persona: Annotated[str, typer.Option(help="Persona name, as in the definitions.")],
-    controller: Annotated[str, typer.Option(help="HOST:PORT of the controller's heartbeat receiver.")],
-    key_file: Annotated[Path, typer.Option(help="File holding the persona's heartbeat key (mode 0600).")],
-    interval: Annotated[str, typer.Option(help="Heartbeat interval, e.g. 1s, 500ms.")] = "1s",
-    checks: Annotated[Path | None, typer.Option(help="YAML file of service checks.")] = None,
-    restarts: Annotated[
-        int | None,
-        typer.Option(
-            help="Restarts per failed service before reporting unhealthy (default 3, or the checks file's)."
-        ),
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Send signed heartbeats for PERSONA and watch its services until stopped."""
+def parser(prog: str = "aimctl-agent") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="The persona agent: heartbeats and service checks.")
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = commands.add_parser("run", help="Send signed heartbeats for PERSONA and watch its services until stopped.",
+                            description="Send signed heartbeats for PERSONA and watch its services until stopped.")
+    r.add_argument("--persona", required=True, help="Persona name, as in the definitions.")
+    r.add_argument("--controller", required=True, help="HOST:PORT of the controller's heartbeat receiver.")
+    r.add_argument("--key-file", required=True, type=Path, help="File holding the persona's heartbeat key (mode 0600).")
+    r.add_argument("--interval", default="1s", help="Heartbeat interval, e.g. 1s, 500ms (default 1s).")
+    r.add_argument("--checks", type=Path, help="YAML file of service checks.")
+    r.add_argument("--restarts", type=int,
+                   help="Restarts per failed service before reporting unhealthy (default 3, or the checks file's).")
+    r.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def run(persona: str, controller: str, key_file: Path, interval: str = "1s", checks: Path | None = None,
+        restarts: int | None = None, verbose: bool = False) -> int:
+    """Send signed heartbeats for PERSONA and watch its services until stopped; the exit status."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -106,8 +105,8 @@ def run(
         if not 0 <= budget <= 100:
             raise OperatorError("--restarts must be 0-100")
     except OperatorError as exc:
-        typer.echo(f"error: {secrets.mask(str(exc))}", err=True)
-        raise typer.Exit(2) from None
+        print(f"error: {secrets.mask(str(exc))}", file=sys.stderr)
+        return 2
 
     stop = threading.Event()
 
@@ -119,13 +118,17 @@ def run(
     try:
         run_agent(persona, target, key, interval_s, specs, budget, stop_event=stop)
     except OSError as exc:  # e.g. the controller's host name does not resolve
-        typer.echo(f"error: {persona}: cannot send heartbeats to {controller}: {exc}", err=True)
-        raise typer.Exit(2) from None
+        print(f"error: {persona}: cannot send heartbeats to {controller}: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
-def main() -> None:
-    app(prog_name="aimctl agent")
+def main(argv: Sequence[str] | None = None, prog: str = "aimctl-agent") -> int:
+    """The exit status: 0 after a stop, 2 for an operator's mistake (argparse's usage errors too)."""
+    args = parser(prog).parse_args(argv)
+    return run(args.persona, args.controller, args.key_file, args.interval, args.checks, args.restarts,
+               args.verbose)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

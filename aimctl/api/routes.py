@@ -25,8 +25,8 @@ def op_json(c: Controller, op_id: str) -> dict[str, Any]:
 def status(c: Controller) -> dict[str, Any]:
     now = time.monotonic()
     states = c.detector.states()
-    busy = {o.persona: o.id for o in c.journal.unfinished_operations()}
-    personas = {}
+    waiting = {o.persona: o for o in c.journal.unfinished_operations()}
+    personas: dict[str, dict[str, Any]] = {}
     for persona, server in sorted(c.journal.assignment().items()):
         seen = c.receiver.last_seen(persona)
         st = states.get(persona)
@@ -35,12 +35,23 @@ def status(c: Controller) -> dict[str, Any]:
             "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
             "health": seen[1].health.word if seen else None,
             "detector": st.state if st else "alive",
-            "operation": busy.get(persona),
+            "operation": waiting[persona].id if persona in waiting else None,
             "bmc": c.poller.answer(server)[0] if server else None,
         }
+        op = waiting.get(persona)
+        if op is not None and op.state != "running":
+            # What the operation waits for, and the operator's ways out (rule 7).
+            personas[persona]["waiting"] = {"state": op.state, "reason": op.result, "exits": exits(op)}
     quarantined = {s: dataclasses.asdict(v) for s, v in c.journal.quarantined().items()}
     return {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters(),
-            "paused_pools": dict(c.paused), "queued": sorted(c._pending)}
+            "paused_pools": dict(c.paused), "queued": sorted(c._pending),
+            "bmcs": {s: c.poller.answer(s)[0] for s in sorted(c.defs.servers)}}
+
+
+def exits(op: Any) -> list[str]:
+    if op.state == "waiting-approval":
+        return [f"aimctl approve {op.id}", f"aimctl abandon {op.id}"]
+    return [f"aimctl retry {op.id}", f"aimctl mark-fenced {op.id} SERVER", f"aimctl abandon {op.id}"]
 
 
 def build_api(c: Controller) -> Api:
@@ -66,6 +77,8 @@ def build_api(c: Controller) -> Api:
     def failover(r: Request) -> Any:
         persona = need(r.body, "persona")
         to = r.body.get("to") if isinstance(r.body, dict) else None
+        if to is not None and not isinstance(to, str):
+            raise ApiError(400, "'to' must be a server name")
         return {"id": c.start_failover(persona, "operator", f"requested by {actor(r)}", to=to, actor=actor(r))}
 
     def move(r: Request) -> Any:
@@ -94,6 +107,25 @@ def build_api(c: Controller) -> Api:
         c._refresh_capacity()
         return {"cleared": server}
 
+    def text(body: Any, key: str) -> str:
+        value = body.get(key) if isinstance(body, dict) else None
+        if value is None:
+            return ""
+        if not isinstance(value, str) or len(value) > 500:
+            raise ApiError(400, f"{key!r} must be a string of at most 500 characters")
+        return value
+
+    api.route("POST", "/v1/failovers/{id}/retry",
+              lambda r: dataclasses.asdict(c.retry(r.params["id"], actor(r), text(r.body, "note"))),
+              role="operator", summary="Run a needs-operator operation again from the step that stopped it")
+    api.route("POST", "/v1/failovers/{id}/mark-fenced",
+              lambda r: dataclasses.asdict(c.mark_fenced(r.params["id"], need(r.body, "server"), actor(r),
+                                                         text(r.body, "note"))),
+              role="operator", summary="Record that a body is out (pulled, power cut); the fence may proceed")
+    api.route("POST", "/v1/failovers/{id}/abandon",
+              lambda r: dataclasses.asdict(c.abandon(r.params["id"], actor(r), text(r.body, "persona_on") or "keep",
+                                                     text(r.body, "note"))),
+              role="operator", summary="End a waiting operation; the persona stays where the operator says")
     api.route("POST", "/v1/failover", failover, role="operator", summary="Fail a persona over now")
     api.route("POST", "/v1/move", move, role="operator", summary="Planned move of a persona to a server")
     api.route("POST", "/v1/failback", failback, role="operator", summary="Planned return of a persona to its home")

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aimctl.agent.cli import app as agent_app
+from aimctl.agent import cli as agent_cli
 from aimctl.cli.operator import app as operator_app
 from aimctl.errors import DefinitionError, OperatorError
 from aimctl.secrets import install_log_masking, mask
@@ -131,10 +131,16 @@ def plan_failover_cmd(persona: str,
         raise OperatorError(f"no standby can take {persona}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def agent(ctx: typer.Context) -> None:
+    """The persona agent (installed alone as aimctl-agent): aimctl agent run --help."""
+    # The agent parses its own arguments (standard library only, so persona hosts need none of ours).
+    raise typer.Exit(agent_cli.main(ctx.args, prog="aimctl agent"))
+
+
 def _mount_plugins() -> None:
-    """Sub-apps: the agent and the operator commands (imported normally: a broken import is a crash,
-    never a silently missing command), and plugins found by entry point (the lab, a separate package)."""
-    app.add_typer(agent_app, name="agent")
+    """Sub-apps: the operator commands (imported normally: a broken import is a crash, never a
+    silently missing command), and plugins found by entry point (the lab, a separate package)."""
     for cmd in operator_app.registered_commands:
         app.registered_commands.append(cmd)
     for grp in operator_app.registered_groups:

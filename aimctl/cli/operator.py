@@ -97,6 +97,11 @@ def status(state: StateOpt, as_json: JsonOpt = False) -> None:
         age = "-" if v["heartbeat_age_s"] is None else f"{v['heartbeat_age_s']:.1f}s"
         t.add_row(p, v["server"] or "-", age, v["health"] or "-", v["detector"], v["bmc"] or "-", v["operation"] or "-")
     out.print(t)
+    for p, v in st["personas"].items():
+        if v.get("waiting"):
+            w = v["waiting"]
+            out.print(f"{p}: {v['operation']} {w['state']}: {w['reason']}", highlight=False, markup=False)
+            out.print(f"  exits: {' | '.join(w['exits'])}", highlight=False, markup=False)
     for s, q in st["quarantined"].items():
         out.print(f"quarantined: {s} ({q['reason']}, by {q['by']})")
 
@@ -206,6 +211,46 @@ def move(persona: str, state: StateOpt, to: Annotated[str, typer.Option("--to")]
 def failback(persona: str, state: StateOpt, wait: WaitOpt = True, change: ChangeOpt = None) -> None:
     """Return PERSONA to its home server (its agent is stopped first, then it is fenced and moved)."""
     _started(state, client(state).post("/v1/failback", {"persona": persona, "change": change}), wait)
+
+
+NoteOpt = Annotated[str, typer.Option("--note", help="Why (kept in the audit log and the change record).")]
+
+
+@app.command()
+def retry(op_id: str, state: StateOpt, note: NoteOpt = "", wait: WaitOpt = True) -> None:
+    """Run a stopped (needs-operator) operation again from the step that stopped it, once you have
+    fixed what its reason names (a switch, a BMC, the storage, a standby you cleared)."""
+    client(state).post(f"/v1/failovers/{op_id}/retry", {"note": note})
+    out.print(f"retrying {op_id}")
+    if wait:
+        print_timeline(watch(state, op_id))
+
+
+@app.command("mark-fenced")
+def mark_fenced(op_id: str, server: str, state: StateOpt, note: NoteOpt = "", wait: WaitOpt = True) -> None:
+    """Record that SERVER is out (pulled from the rack, power cut at the PDU) so the fence that waits
+    on it can proceed. Your word replaces the power-off and quarantine read-backs; the storage fence
+    is still proven. Say it only after you have seen the body is out: it is audited under your name."""
+    client(state).post(f"/v1/failovers/{op_id}/mark-fenced", {"server": server, "note": note})
+    out.print(f"{server} recorded as out; {op_id} continues")
+    if wait:
+        print_timeline(watch(state, op_id))
+
+
+@app.command()
+def abandon(op_id: str, state: StateOpt,
+            persona_on: Annotated[str, typer.Option(
+                "--persona-on", help="Where the persona is now: its current server (default), 'none' (unassigned), "
+                                     "or the operation's standby once the old body's fence was confirmed.")] = "keep",
+            note: NoteOpt = "") -> None:
+    """End a stopped or waiting operation without touching any device, and release its leases.
+
+    By default the persona stays on its current server and is watched again: if that body is dead, a
+    new failover starts. With --persona-on none nobody watches it until you fail it over yourself
+    (aimctl failover PERSONA --to SERVER). A standby the operation had begun to configure is
+    quarantined (check it, then aimctl clear SERVER); so is an old body it had fenced."""
+    op = client(state).post(f"/v1/failovers/{op_id}/abandon", {"persona_on": persona_on, "note": note})
+    out.print(f"{op['id']}: {op['state']}: {op['result']}")
 
 
 @app.command()

@@ -66,12 +66,13 @@ def make_bootcfg(name: str, server: Server, boot_dir: Path, power: Power | None 
     return IpxeBootConfig(name, boot_dir, power or make_power(name, server))  # type: ignore[arg-type]
 
 
-def make_switch(name: str, sw: Switch) -> SwitchPorts:
+def make_switch(name: str, sw: Switch, command_timeout_s: float = 10.0) -> SwitchPorts:
     from aimctl.drivers.switch import NetmikoSwitch
 
     c = sw.credentials
     return NetmikoSwitch(name, sw.os, sw.address, sw.port, c.username, resolve(c.password),
-                         enable_password=resolve(c.enable) if c.enable else None)
+                         enable_password=resolve(c.enable) if c.enable else None,
+                         command_timeout_s=command_timeout_s)
 
 
 def make_storage(name: str, st: Storage) -> StorageAccess:
@@ -85,16 +86,17 @@ def make_storage(name: str, st: Storage) -> StorageAccess:
     else:
         if st.credentials is None:
             raise OperatorError(f"storage {name}: ssh management needs credentials")
-        runner = SshRunner.from_url(st.management, resolve(st.credentials.password))
+        runner = SshRunner.from_url(st.management, resolve(st.credentials.password), host_key=st.host_key)
     return TgtStorage(st.portal, st.port, runner)
 
 
 class Drivers:
     """One driver per device, built on first use and kept (sessions are reused across steps)."""
 
-    def __init__(self, defs: Any, boot_dir: Path) -> None:
+    def __init__(self, defs: Any, boot_dir: Path, switch_timeout_s: float = 10.0) -> None:
         self.defs = defs
         self.boot_dir = boot_dir
+        self.switch_timeout_s = switch_timeout_s  # how long one switch line may go unanswered
         self._lock = threading.RLock()  # a boot driver may build its server's power driver
         self._cache: dict[tuple[str, str], Any] = {}
 
@@ -113,7 +115,8 @@ class Drivers:
             server, srv, self.boot_dir, self.power(server) if srv.bmc.kind == "ipmi" else None))
 
     def switch(self, name: str) -> SwitchPorts:
-        return self._get("switch", name, lambda: make_switch(name, self.defs.switches[name]))  # type: ignore[no-any-return]
+        return self._get("switch", name, lambda: make_switch(  # type: ignore[no-any-return]
+            name, self.defs.switches[name], self.switch_timeout_s))
 
     def storage(self, name: str) -> StorageAccess:
         return self._get("storage", name, lambda: make_storage(name, self.defs.storage[name]))  # type: ignore[no-any-return]

@@ -86,9 +86,9 @@ class TgtStorage:
         if "tgtd closed the socket" in r.stderr:
             # tgtadm exits 0 when tgtd dies (or drops it) mid-answer: the output is not the answer.
             raise Unreachable(self.device, f"tgtd closed its control socket during {display(argv)} (did it crash?)")
-        if r.rc == 0:
+        if r.exit_status == 0:
             return r.stdout
-        msg = secrets.mask((r.stderr.strip() or r.stdout.strip() or f"exit status {r.rc}").splitlines()[-1])
+        msg = secrets.mask((r.stderr.strip() or r.stdout.strip() or f"exit status {r.exit_status}").splitlines()[-1])
         if any(s in msg for s in _DAEMON_DOWN):
             raise Unreachable(self.device, f"tgtd does not answer its control socket ({self.runner.where}): {msg}")
         if missing_ok and ("can't find" in msg or "does not exist" in msg):

@@ -19,6 +19,9 @@ class Settings:
     power_deadline_s: float = 30.0
     kill_deadline_s: float = 10.0
     boot_timer_override_s: float | None = None  # tests shorten the persona's boot timer
+    # A step that changes switches gets this long, retries included, to change all of them (or
+    # it restores the ones it changed): a switch that hangs must not hold a failover for long.
+    switch_deadline_s: float = 60.0
     heartbeat_poll_s: float = 0.05
 
 

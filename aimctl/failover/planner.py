@@ -12,10 +12,6 @@ from aimctl.drivers.protocols import PortIntent, PortMode
 from aimctl.errors import OperatorError
 from aimctl.loader import Definitions
 
-STEP_NAMES = ("confirm", "approve", "choose", "fence", "storage", "bootcfg", "switch", "power_on",
-              "heartbeat", "recovery", "done")
-
-
 @dataclass
 class Choice:
     server: str | None
@@ -71,6 +67,27 @@ def choose(defs: Definitions, persona: str, assignment: dict[str, str], quaranti
     else:
         why.append("first eligible standby by name")
     return Choice(pick, why, rejected)
+
+
+def check_request(defs: Definitions, persona: str, to: str | None, assignment: dict[str, str],
+                  quarantined: set[str], in_use: dict[str, str] | None = None) -> None:
+    """Refuse, before any operation is opened, a request that names an unknown persona or server, or
+    a target that can never take the persona (outside its pool, its own server, busy, quarantined,
+    unqualified, held by another operation: ``in_use``). What may pass by itself (a BMC that does
+    not answer right now) is left to the choose step, which then waits for an operator with the
+    reason."""
+    if persona not in defs.personas:
+        raise OperatorError(f"unknown persona {persona!r} (known: {', '.join(sorted(defs.personas))})")
+    if to is None:
+        return
+    if to not in defs.servers:
+        raise OperatorError(f"unknown server {to!r} (pool {defs.personas[persona].pool}: "
+                            f"{', '.join(defs.pools[defs.personas[persona].pool].members)})")
+    others = {p: s for p, s in assignment.items() if p != persona and s}
+    current = assignment.get(persona)
+    if to == current:
+        raise OperatorError(f"{persona} already runs on {to}")
+    choose(defs, persona, others | ({persona: current} if current else {}), quarantined, in_use, to=to)
 
 
 def _qual_text(defs: Definitions, persona: str) -> str:

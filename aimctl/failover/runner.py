@@ -11,7 +11,8 @@ A step ends in one of four ways:
   (a standby that did not heartbeat in time: fence it, choose the next one);
 - it raises ``NeedsOperator`` / ``AwaitingApproval`` -> the operation stops in that state and keeps
   its leases; calling ``run_steps`` again re-runs the same step;
-- it raises ``StepFailed`` -> the operation is failed (nothing left half-done that needs a human).
+- it raises ``StepFailed`` -> the operation is failed (nothing left half-done that needs a human);
+  ``Aborted`` is the same for an operation that should not have run (the body is alive after all).
 Any other exception means the world is in an unknown state: the operation stops in
 needs-operator, never guesses.
 """
@@ -32,12 +33,19 @@ C = TypeVar("C")
 
 
 class NeedsOperator(Exception):
-    """Stop here and ask a human; the reason is what the operator reads at 3 a.m."""
+    """Stop here and ask a human; the reason is what the operator reads at 3 a.m.
+
+    ``facts`` and ``server_marks`` are what the step learned before it stopped (e.g. a standby it
+    fenced and gave up on); they are committed with the failed result, in the same transaction.
+    """
 
     state = "needs-operator"
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, facts: Mapping[str, Any] | None = None,
+                 server_marks: Mapping[str, ServerMark] | None = None) -> None:
         self.reason = reason
+        self.facts = dict(facts or {})
+        self.server_marks = dict(server_marks or {})
         super().__init__(reason)
 
 
@@ -48,9 +56,17 @@ class AwaitingApproval(NeedsOperator):
 class StepFailed(Exception):
     """A permanent failure that leaves nothing for an operator to untangle."""
 
+    state = "failed"
+
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class Aborted(StepFailed):
+    """The operation should not go on and nothing was touched (e.g. the body is alive after all)."""
+
+    state = "aborted"
 
 
 class Retarget(Exception):
@@ -180,9 +196,11 @@ def run_steps(
             summary = str(last[0].detail.get("summary", "")) if last else ""
             return _stop(journal, op_id, "done", summary or f"completed {len(steps)} steps")
         op = journal.operation(op_id)
+        if op.state != "running":  # ended from outside (an operator abandoned it): act no further
+            return RunResult(op.id, op.state, op.result)
         attempt = progress.tried.get(step.name, 0) + 1
         resumed = attempt > 1
-        intent = dict(step.describe(ctx, op)) if step.describe else {}
+        intent = _describe(step, ctx, op)
         if resumed:
             intent["resumed"] = True
         journal.intent(op_id, step.name, intent)
@@ -198,9 +216,9 @@ def run_steps(
             tell(step.name, "result", "retarget", detail, time.monotonic() - started)
             continue
         except NeedsOperator as n:
-            return _fail(journal, op_id, step.name, n.state, n.reason, started, tell)
+            return _fail(journal, op_id, step.name, n.state, n.reason, started, tell, n.facts, n.server_marks)
         except StepFailed as f:
-            return _fail(journal, op_id, step.name, "failed", f.reason, started, tell)
+            return _fail(journal, op_id, step.name, f.state, f.reason, started, tell)
         except Exception as exc:
             log.exception("step %s of %s raised", step.name, op_id)
             reason = f"unexpected {type(exc).__name__}: {exc}"
@@ -212,12 +230,24 @@ def run_steps(
         tell(step.name, "result", outcome.status, outcome.detail, time.monotonic() - started)
 
 
+def _describe(step: Step[C], ctx: C, op: Operation) -> dict[str, Any]:
+    """The intent record: what the step says it is about to do. Words never stop a failover."""
+    if step.describe is None:
+        return {}
+    try:
+        return dict(step.describe(ctx, op))
+    except Exception as exc:  # noqa: BLE001 - logged; the step still runs and records its result
+        log.exception("describing step %s of %s failed", step.name, op.id)
+        return {"describe_failed": f"{type(exc).__name__}: {exc}"}
+
+
 def _fail(journal: Journal, op_id: str, step: str, state: str, reason: str, started: float,
-          tell: Callable[[str, str, str | None, Mapping[str, Any], float | None], None]) -> RunResult:
+          tell: Callable[[str, str, str | None, Mapping[str, Any], float | None], None],
+          facts: Mapping[str, Any] | None = None, server_marks: Mapping[str, ServerMark] | None = None) -> RunResult:
     # Two commits: a crash between them leaves a failed result in a running operation, and a
     # resume runs the step again, which fails again the same way.
     detail = {"reason": mask(reason), "stopped": state}
-    journal.result(op_id, step, "failed", detail)
+    journal.result(op_id, step, "failed", detail, facts=facts, server_marks=server_marks)
     tell(step, "result", "failed", detail, time.monotonic() - started)
     return _stop(journal, op_id, state, f"{step}: {reason}")
 

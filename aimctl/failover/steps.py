@@ -11,29 +11,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aimctl.drivers.protocols import IscsiBoot, PortIntent, PowerState
-from aimctl.failover.context import Ctx, parallel, targets_of
-from aimctl.failover.fence import apply_switches, power_off, storage_fence
-from aimctl.failover.planner import choose, port_intents, quarantine_intents
+from aimctl.errors import OperatorError
+from aimctl.failover.context import Ctx, targets_of
+from aimctl.failover.fence import fence_body, not_dead_after_all, operator_out
+from aimctl.failover.planner import choose, merge_intents, port_intents, quarantine_intents
+from aimctl.failover.ports import change_ports
+from aimctl.failover.describe import View, candidates, view_of
 from aimctl.failover.runner import (
+    Aborted,
     AwaitingApproval,
     NeedsOperator,
     Retarget,
     Step,
     StepCall,
-    StepFailed,
     StepOutcome,
 )
-from aimctl.journal import ServerMark, server_lease
+from aimctl.journal import Operation, ServerMark, server_lease
+from aimctl.loader import Definitions
 
 log = logging.getLogger(__name__)
-
-STEPS = ("confirm", "approve", "choose", "fence", "storage", "bootcfg", "switch", "power_on", "heartbeat",
-         "recovery", "done")
-
 
 # ---------------------------------------------------------------------------- the steps
 
@@ -61,7 +61,7 @@ def s_approve(ctx: Ctx, call: StepCall) -> StepOutcome:
     if op.kind == "failover" and time.time() - op.created > spec.confirm_timeout:
         if spec.on_confirm_timeout == "proceed":
             return StepOutcome.ok(approved_by=f"confirm timeout ({int(spec.confirm_timeout)}s): proceed")
-        raise StepFailed(f"not approved within the confirm timeout ({int(spec.confirm_timeout)}s): aborted")
+        raise Aborted(f"not approved within the confirm timeout ({int(spec.confirm_timeout)}s): aborted")
     raise AwaitingApproval(f"waiting for `aimctl approve {op.id}`")
 
 
@@ -73,17 +73,10 @@ def s_choose(ctx: Ctx, call: StepCall) -> StepOutcome:
     # Two failovers in one pool must never pick the same standby: the choice and the server lease
     # that claims it happen under one lock, and servers leased by other operations are skipped.
     with _choose_lock:
-        assignment = {p: s for p, s in ctx.journal.assignment().items() if s}
-        assignment[op.persona] = op.from_server or assignment.get(op.persona, "")
-        quarantined = set(ctx.journal.quarantined())
-        unavailable = dict(ctx.bmc_unhealthy())
-        for lease in ctx.journal.leases():
-            if lease.name.startswith("server:") and lease.holder != op.id:
-                unavailable[lease.name[7:]] = f"in use by {lease.holder}"
-        for s in op.facts.get("failed_standbys", []):
-            unavailable[s] = "failed to boot this persona in this operation"
-        wanted = op.facts.get("requested_to")
-        c = choose(ctx.defs, op.persona, assignment, quarantined, unavailable, to=wanted)
+        try:
+            c = choose(ctx.defs, op.persona, *candidates(ctx, op), to=op.facts.get("requested_to"))
+        except OperatorError as exc:  # e.g. the requested standby's BMC stopped answering
+            raise NeedsOperator(f"no standby: {exc}") from None
         if c.server is None:
             raise NeedsOperator("no standby: " + "; ".join(c.why + [f"{s}: {r}"
                                                                    for s, r in sorted(c.rejected.items())]))
@@ -98,6 +91,11 @@ def s_fence(ctx: Ctx, call: StepCall) -> StepOutcome:
     if not old:
         return StepOutcome.skipped("persona had no server")
     graceful = op.kind in ("move", "failback")
+    # An unplanned failover fences a body believed dead: a second source is asked first, before the
+    # hooks and again before any power-off. A planned one fences a live body on purpose.
+    unplanned = op.kind == "failover"
+    if unplanned and not operator_out(op, old):
+        not_dead_after_all(ctx, op, old, call.resumed)
     stopped = False
     hooks: list[dict[str, Any]] = []
     if not call.resumed:
@@ -109,30 +107,12 @@ def s_fence(ctx: Ctx, call: StepCall) -> StepOutcome:
             # Planned: the application stops cleanly first; the fence below still proves the body is out.
             stopped = ctx.stop_persona(op.persona, 30.0)
         hooks += ctx.run_hooks(op, "pre-fence")
-    jobs: dict[str, Callable[[], Any]] = {
-        "storage": lambda: storage_fence(ctx, op.persona, op.id),
-        "power": lambda: power_off(ctx, old),
-    }
-    res = parallel(ctx, jobs)
-    if isinstance(res["storage"], Exception):
-        raise NeedsOperator(f"storage fence not proven: {res['storage']}")
-    detail: dict[str, Any] = {"storage": res["storage"], "graceful": graceful, "agent_stopped": stopped,
-                              "hooks": hooks}
-    power_ok = not isinstance(res["power"], Exception)
-    detail["power"] = res["power"] if power_ok else f"not confirmed: {res['power']}"
-    try:
-        ctx.drivers.bootcfg(old).clear()
-        detail["bootcfg"] = f"cleared on {old}"
-    except Exception as exc:  # noqa: BLE001 - a dead BMC cannot clear; the CHAP rotation already locks it out
-        detail["bootcfg"] = f"not cleared: {exc}"
-    facts: dict[str, Any] = {"power_confirmed": power_ok}
-    if not power_ok:
-        try:
-            detail["quarantine"] = apply_switches(ctx, quarantine_intents(ctx.defs, old))
-            facts["quarantined_in_fence"] = True
-        except NeedsOperator as exc:
-            raise NeedsOperator(f"fence not confirmed: power-off not read back ({res['power']}) and "
-                                f"quarantine failed ({exc.reason}); nothing moved") from None
+    f = fence_body(ctx, op, old, key=op.id, quarantine_now=False, check_alive=unplanned, resumed=call.resumed)
+    detail: dict[str, Any] = {**f.detail, "graceful": graceful, "agent_stopped": stopped, "hooks": hooks}
+    facts: dict[str, Any] = {"power_confirmed": f.power_read_back}
+    if f.ports_quarantined:
+        facts["quarantined_in_fence"] = True
+        facts["ports_quarantined"] = sorted({*op.facts.get("ports_quarantined", []), old})
     return StepOutcome("ok", detail, facts=facts)
 
 
@@ -169,17 +149,21 @@ def s_bootcfg(ctx: Ctx, call: StepCall) -> StepOutcome:
     return StepOutcome.ok(server=to, initiator=b.initiator, target=b.target, lun=b.lun)
 
 
+def switch_intents(defs: Definitions, persona: str, old: str | None, new: str,
+                   facts: Mapping[str, Any]) -> dict[str, list[PortIntent]]:
+    """The switch step's port changes: the standby gets the persona's VLANs; every body this
+    operation gave up on (the old body, failed standbys) whose ports the fence did not already
+    quarantine goes to the quarantine VLAN, in the same sessions."""
+    done = set(facts.get("ports_quarantined", []))
+    given_up = [s for s in [old, *facts.get("failed_standbys", [])] if s and s != new]
+    return merge_intents(port_intents(defs, persona, new),
+                         *[quarantine_intents(defs, s) for s in dict.fromkeys(given_up) if s not in done])
+
+
 def s_switch(ctx: Ctx, call: StepCall) -> StepOutcome:
     op = call.op
-    to = op.facts["to"]
-    per: dict[str, list[PortIntent]] = {}
-    parts = [port_intents(ctx.defs, op.persona, to)]
-    if op.from_server and not op.facts.get("quarantined_in_fence"):
-        parts.append(quarantine_intents(ctx.defs, op.from_server))
-    for part in parts:
-        for sw, intents in part.items():
-            per.setdefault(sw, []).extend(intents)
-    return StepOutcome.ok(ports=apply_switches(ctx, per))
+    per = switch_intents(ctx.defs, op.persona, op.from_server, op.facts["to"], op.facts)
+    return StepOutcome.ok(ports=change_ports(ctx, per, "switch step"))
 
 
 def s_power_on(ctx: Ctx, call: StepCall) -> StepOutcome:
@@ -202,25 +186,40 @@ def s_heartbeat(ctx: Ctx, call: StepCall) -> StepOutcome:
         if ctx.heartbeat_since(op.persona, since):
             return StepOutcome.ok(server=to, waited_s=round(time.time() - since, 3))
         time.sleep(ctx.settings.heartbeat_poll_s)
-    # No heartbeat in time: this standby is fenced like any failed body, marked, and the next tried.
-    fenced: dict[str, Any] = {}
-    for name, job in (("power", lambda: power_off(ctx, to)),
-                      ("storage", lambda: storage_fence(ctx, op.persona, f"{op.id}-{to}")),
-                      ("bootcfg", lambda: ctx.drivers.bootcfg(to).clear())):
-        try:
-            fenced[name] = job()
-        except Exception as exc:  # noqa: BLE001
-            if name == "storage":
-                raise NeedsOperator(f"{to} did not heartbeat and its storage fence failed: {exc}") from None
-            fenced[name] = f"failed: {exc}"
-    failed = list(op.facts.get("failed_standbys", [])) + [to]
+    if ctx.heartbeat_since(op.persona, since):  # it came at the last moment: nothing to fence
+        return StepOutcome.ok(server=to, waited_s=round(time.time() - since, 3))
     pool = ctx.defs.pools[ctx.defs.personas[op.persona].pool]
+    failed_before = list(op.facts.get("failed_standbys", []))
+    if to in failed_before:
+        # This standby was fenced and given up already; the operation stopped for an operator.
+        if int(op.facts.get("retries", 0)) > int(op.facts.get("gave_up_at_retry", -1)):
+            # ... who asked to try again: choose afresh (bodies given up stay quarantined until cleared).
+            raise Retarget(f"operator retry: choosing a standby for {op.persona} again", "choose",
+                           facts={"failed_standbys": [], "given_up_standbys": failed_before})
+        raise NeedsOperator(_gave_up(op.persona, failed_before, timer))
+    # No heartbeat in time: this standby is fenced exactly like a dead body, marked, and the next tried.
+    mark = {to: ServerMark(quarantine=True, failed=True, reason=f"did not boot {op.persona} in {op.id}")}
+    try:
+        f = fence_body(ctx, op, to, key=f"{op.id}-{to}", quarantine_now=True, check_alive=False,
+                       resumed=call.resumed)
+    except NeedsOperator as exc:
+        raise NeedsOperator(f"{to} did not heartbeat {op.persona} within {int(timer)}s; {exc.reason}",
+                            server_marks=mark) from None
+    failed = failed_before + [to]
+    facts: dict[str, Any] = {"failed_standbys": failed,
+                             "fenced_standbys": {**op.facts.get("fenced_standbys", {}), to: f.detail}}
+    if f.ports_quarantined:
+        facts["ports_quarantined"] = sorted({*op.facts.get("ports_quarantined", []), to})
     if len(failed) > pool.max_retargets:
-        raise NeedsOperator(f"no heartbeat from {op.persona} on {', '.join(failed)} within {int(timer)}s each")
-    raise Retarget(f"no heartbeat from {op.persona} on {to} within {int(timer)}s; retargeting", "choose",
-                   facts={"failed_standbys": failed, "fenced_standby": fenced},
-                   server_marks={to: ServerMark(quarantine=True, failed=True,
-                                                reason=f"did not boot {op.persona} in {op.id}")})
+        facts["gave_up_at_retry"] = int(op.facts.get("retries", 0))
+        raise NeedsOperator(_gave_up(op.persona, failed, timer), facts=facts, server_marks=mark)
+    raise Retarget(f"no heartbeat from {op.persona} on {to} within {int(timer)}s; {to} fenced; retargeting",
+                   "choose", facts=facts, server_marks=mark)
+
+
+def _gave_up(persona: str, failed: list[str], timer: float) -> str:
+    return (f"no heartbeat from {persona} on {', '.join(failed)} within {int(timer)}s each (each fenced and "
+            f"quarantined); fix or clear a standby, then retry")
 
 
 def s_recovery(ctx: Ctx, call: StepCall) -> StepOutcome:
@@ -240,8 +239,142 @@ def s_done(ctx: Ctx, call: StepCall) -> StepOutcome:
     return StepOutcome("ok", {"summary": summary}, assignment={op.persona: to}, server_marks=marks)
 
 
+# ---------------------------------------------------------------------------- what each step is about to do
+# One function per step, from a View of the operation: the journal's intent records and `aimctl plan`
+# are both made of these lines. A step with nothing to do for this operation says nothing ([]).
+
+
+def d_confirm(v: View) -> list[str]:
+    if v.kind != "failover":
+        return [f"{v.kind} of {v.persona} from {v.old or 'no server'}: planned by an operator"]
+    bmc = v.defs.servers[v.old].bmc.kind if v.old else "?"
+    return [f"{v.persona} on {v.old}: missing heartbeats confirmed by a second source "
+            f"(BMC {bmc} reports off/failed, or SNMP linkDown on SCN channels)"]
+
+
+def d_approve(v: View) -> list[str]:
+    if v.kind != "failover":
+        change = v.facts.get("change")
+        return [f"wait for change {change} to be approved (`aimctl approve {change}`)"] if change else []
+    if v.spec.policy != "manual":
+        return []
+    return [f"wait for `aimctl approve` (confirm timeout {int(v.spec.confirm_timeout)}s, "
+            f"then {v.spec.on_confirm_timeout})"]
+
+
+def d_choose(v: View) -> list[str]:
+    if v.new is None:
+        return ["no standby: " + "; ".join(v.why), *[f"not {s}: {r}" for s, r in sorted(v.rejected.items())]]
+    return [f"{v.new}: " + "; ".join(v.why), *[f"not {s}: {r}" for s, r in sorted(v.rejected.items())]]
+
+
+def d_fence(v: View) -> list[str]:
+    if not v.old:
+        return []
+    spec, old = v.spec, v.old
+    srv = v.defs.servers[old]
+    out = [f"rotate CHAP account of {v.persona} on {t} ({spec.storage}); kill every session to it; "
+           f"prove a login with the old secret is refused" for t in [spec.boot.target, *(d.target for d in spec.data)]]
+    by = (v.facts.get("operator_fenced") or {}).get(old)
+    if by:
+        out.append(f"{old} recorded as out by {by.get('by', 'an operator')}: no power-off or quarantine here "
+                   f"(its ports go to quarantine in the switch step)")
+        return out
+    if v.kind != "failover":
+        out.insert(0, f"ask {v.persona}'s agent to stop it cleanly first")
+    else:
+        out.insert(0, f"ask a second source whether {old} is alive after all; if so, stop and touch nothing")
+    out += [f"power off {old} via {srv.bmc.kind} BMC {srv.bmc.address} (ForceOff) and read back Off",
+            f"clear iSCSI boot config of {old} (NIC {srv.boot_nic})",
+            f"if the power-off cannot be read back: quarantine {old}'s ports now (VLAN "
+            f"{v.defs.pools[v.defs.personas[v.persona].pool].quarantine_vlan}) and read back; else in the switch step",
+            "if neither is confirmed: stop in needs-operator, move nothing"]
+    return out
+
+
+def d_storage(v: View) -> list[str]:
+    spec = v.spec
+    return [f"{t}: ACL bound to {spec.initiator} only; CHAP account aimctl-{v.persona} with the new secret; read back"
+            for t in [spec.boot.target, *(d.target for d in spec.data)]]
+
+
+def d_bootcfg(v: View) -> list[str]:
+    if v.new is None:
+        return []
+    spec, srv = v.spec, v.defs.servers[v.new]
+    storage = v.defs.storage[spec.storage]
+    how = (f"Redfish iSCSIBoot on {srv.boot_nic}" if srv.bmc.kind == "redfish"
+           else f"iPXE sanboot script /boot/{v.new}.ipxe + next boot from network (IPMI)")
+    return [f"{v.new}: {how}: initiator {spec.initiator}, target {spec.boot.target} LUN {spec.boot.lun} "
+            f"at {storage.portal}:{storage.port}, CHAP aimctl-{v.persona}/<new secret>; read back"]
+
+
+def _intent_text(i: PortIntent) -> str:
+    return f"{i.port}: {i.mode.value} vlan {','.join(str(x) for x in i.vlans)}"
+
+
+def d_switch(v: View) -> list[str]:
+    if v.new is None:
+        return []
+    out = []
+    for sw, intents in sorted(switch_intents(v.defs, v.persona, v.old, v.new, v.facts).items()):
+        out.append(f"{sw} ({v.defs.switches[sw].os}, one session): " + "; ".join(_intent_text(i) for i in intents))
+        if v.render is not None:
+            out.extend(f"  {sw}> {line}" for line in v.render(sw, intents))
+        out.append(f"  {sw}: read back touched ports and compare; on mismatch restore and stop")
+    out.append(f"all switches or none: every touched port is captured first; a switch that still fails after "
+               f"retries within {int(v.switch_deadline_s)}s has every changed port put back as captured "
+               f"(read back), and the step stops in needs-operator")
+    return out
+
+
+def d_power_on(v: View) -> list[str]:
+    if v.new is None:
+        return []
+    return [f"power on {v.new} via {v.defs.servers[v.new].bmc.kind} BMC and read back On"]
+
+
+def d_heartbeat(v: View) -> list[str]:
+    if v.new is None:
+        return []
+    pool = v.defs.pools[v.defs.personas[v.persona].pool]
+    return [f"wait up to {int(v.boot_timer_s)}s for {v.persona}'s signed heartbeat from {v.new}; else fence "
+            f"{v.new} like a dead body (storage fence, power-off, ports to VLAN {pool.quarantine_vlan}, read back), "
+            f"mark it failed and retarget (at most {pool.max_retargets})"]
+
+
+def d_recovery(v: View) -> list[str]:
+    hooks = [f"{h.point}: {h.hook}" + (f" {h.dag} on {h.server}" if h.hook == "exchange-dag" else "")
+             for h in v.spec.recovery]
+    return hooks or ["no recovery hooks defined"]
+
+
+def d_done(v: View) -> list[str]:
+    if v.new is None:
+        return []
+    old = f"; {v.old} quarantined until cleared" if v.old and v.kind == "failover" else ""
+    return [f"assignment {v.persona} -> {v.new}{old}; change record closed"]
+
+
+Explain = Callable[[View], list[str]]
+StepFn = Callable[[Ctx, StepCall], StepOutcome]
+
+# The failover, in DESIGN.md's order: each step's action and its words.
+FAILOVER: tuple[tuple[str, StepFn, Explain], ...] = (
+    ("confirm", s_confirm, d_confirm), ("approve", s_approve, d_approve), ("choose", s_choose, d_choose),
+    ("fence", s_fence, d_fence), ("storage", s_storage, d_storage), ("bootcfg", s_bootcfg, d_bootcfg),
+    ("switch", s_switch, d_switch), ("power_on", s_power_on, d_power_on), ("heartbeat", s_heartbeat, d_heartbeat),
+    ("recovery", s_recovery, d_recovery), ("done", s_done, d_done),
+)
+STEPS = tuple(name for name, _, _ in FAILOVER)
+
+
+def _describer(name: str, explain: Explain) -> Callable[[Ctx, Operation], Mapping[str, Any]]:
+    def describe(ctx: Ctx, op: Operation) -> Mapping[str, Any]:
+        return {"actions": explain(view_of(ctx, op, name))}
+
+    return describe
+
+
 def failover_steps() -> list[Step[Ctx]]:
-    fns = {"confirm": s_confirm, "approve": s_approve, "choose": s_choose, "fence": s_fence, "storage": s_storage,
-           "bootcfg": s_bootcfg, "switch": s_switch, "power_on": s_power_on, "heartbeat": s_heartbeat,
-           "recovery": s_recovery, "done": s_done}
-    return [Step(n, fns[n]) for n in STEPS]
+    return [Step(name, fn, describe=_describer(name, explain)) for name, fn, explain in FAILOVER]

@@ -289,10 +289,17 @@ class Journal(StateMixin):
         facts: Mapping[str, Any] | None = None,
         assignment_change: Mapping[str, str | None] | None = None,
         server_marks: Mapping[str, ServerMark] | None = None,
+        end: tuple[str, str] | None = None,
     ) -> None:
-        """Append a step's result; facts, assignment and server marks change in the same transaction."""
+        """Append a step's result; facts, assignment and server marks change in the same transaction.
+
+        ``end=(state, result)`` also ends the operation there (a terminal state; its leases are
+        released): how an operator's abandon is recorded, so no crash can leave an abandoned
+        operation holding its persona."""
         if status not in STATUSES:
             raise ValueError(f"unknown step status {status!r} (want one of {', '.join(STATUSES)})")
+        if end is not None and end[0] not in TERMINAL:
+            raise ValueError(f"a result can only end an operation in a terminal state, not {end[0]!r}")
         full = dict(detail or {})
         if assignment_change:
             full["assignment"] = dict(assignment_change)
@@ -307,6 +314,10 @@ class Journal(StateMixin):
                 self._assign(db, persona, server, op_id, now)
             for server, m in (server_marks or {}).items():
                 self._mark(db, server, m, op_id, now)
+            if end is not None:
+                db.execute("UPDATE operations SET state = ?, result = ?, updated = ? WHERE id = ?",
+                           (end[0], mask(end[1]), now, op_id))
+                db.execute("DELETE FROM leases WHERE holder = ?", (op_id,))
         _after_record()
 
     def add_facts(self, op_id: str, facts: Mapping[str, Any]) -> None:

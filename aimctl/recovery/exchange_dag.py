@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from aimctl.drivers.ssh import CommandResult
 from aimctl.errors import DriverError, Rejected, Timeout
 from aimctl.recovery.exchange_ps import (
     ACTIVE_STATES,
@@ -170,14 +171,9 @@ def misplaced(copies: Iterable[Copy], databases: Iterable[Database]) -> list[str
 # ------------------------------------------------------------------------------ the flow
 
 
-@dataclass(frozen=True)
-class CommandResult:
-    exit_status: int
-    stdout: str
-    stderr: str
-
-
 class Shell(Protocol):
+    """Where the DAG commands run: ``aimctl.drivers.ssh.SshSession`` (a replay in the unit tests)."""
+
     def run(self, command: str, timeout_s: float) -> CommandResult: ...
 
 

@@ -1,10 +1,12 @@
 """Application recovery hooks: per persona, ordered, run at fixed points of a failover.
 
 Kinds: ``exchange-dag`` (DAG recovery over SSH), ``ssh-command`` (one command over SSH) and
-``script`` (a local executable given the failover's facts as ``AIMCTL_*`` variables). Each hook
-has a timeout and a number of retries; its output (masked, clipped) and result are returned as a
-``HookResult`` for the timeline and the change record. Passwords travel only inside the SSH
-protocol, never on a command line or in a script's environment.
+``script`` (a local executable given the failover's facts as ``AIMCTL_*`` variables). The hooks
+are the definitions' own classes (``aimctl.model``: fields, limits and defaults are said there
+once, checked when the definitions load); this module runs them. Each hook has a timeout and a
+number of retries; its output (masked, clipped) and result are returned as a ``HookResult`` for the
+timeline and the change record. Passwords travel only inside the SSH protocol
+(``aimctl.drivers.ssh``), never on a command line or in a script's environment.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, get_args
 
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
 from aimctl import secrets
+from aimctl.drivers.ssh import SshSession, SshTarget
 from aimctl.errors import OperatorError
-from aimctl.recovery.exchange_dag import Thresholds, UnsafeName, ps_name, run_exchange_dag
-from aimctl.recovery.sshshell import SshShell, check_host_key, parse_via
+from aimctl.model import ExchangeDagHook, HookPoint, ScriptHook, SshCommandHook
+from aimctl.recovery.exchange_dag import Thresholds, run_exchange_dag
 
-HookPoint = Literal["pre-fence", "post-boot", "post-recovery", "pre-failback"]
 POINTS: tuple[str, ...] = get_args(HookPoint)
 OUTPUT_LIMIT = 8000  # characters kept per hook result; the head and the tail say the most
 _FACT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -35,97 +37,20 @@ _PLACEHOLDER_RE = re.compile(r"\{(persona|old_server|new_server|failover_id|poin
 # environment may hold secret values (env: references) that a hook has no business reading.
 _SCRIPT_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
-
-class HookSpecError(OperatorError):
-    """A hook definition that cannot run; refused before anything is started."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Spec:
-    kind: ClassVar[str] = ""
-    point: HookPoint = "post-boot"
-    timeout_s: float = 600.0
-    retries: int = 0
-    retry_wait_s: float = 10.0
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if self.point not in POINTS:
-            raise HookSpecError(f"hook point {self.point!r} unknown (known: {', '.join(POINTS)})")
-        if not self.timeout_s > 0 or not 0 <= self.retries <= 10 or self.retry_wait_s < 0:
-            raise HookSpecError(f"{self.label}: timeout must be > 0, retries 0..10, retry wait >= 0")
-
-    @property
-    def label(self) -> str:
-        return self.name or self.kind
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExchangeDagHook(_Spec):
-    kind: ClassVar[str] = "exchange-dag"
-    dag: str
-    server: str  # the Exchange server name (EXCH1), not the persona name (exchange1)
-    via: str  # ssh://user@host:port of the Exchange management host
-    credentials: str  # secret reference, resolved when the hook runs
-    host_key: str = "known-hosts"  # "SHA256:<fp>" pinned, "known-hosts", or "auto" (lab only)
-    poll_s: float = 15.0
-    thresholds: Thresholds = field(default_factory=Thresholds)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        try:
-            ps_name(self.dag, "DAG"), ps_name(self.server, "server")
-        except UnsafeName as exc:
-            raise HookSpecError(str(exc)) from None
-        _check_ssh(self.via, self.credentials, self.host_key)
-
-    @property
-    def label(self) -> str:
-        return self.name or f"exchange-dag {self.dag}/{self.server}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SshCommandHook(_Spec):
-    kind: ClassVar[str] = "ssh-command"
-    via: str
-    command: str  # may use {persona} {old_server} {new_server} {failover_id} {point}
-    credentials: str
-    host_key: str = "known-hosts"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.command.strip() or "\x00" in self.command or len(self.command) > 4096:
-            raise HookSpecError(f"{self.label}: command must be 1..4096 characters without NUL")
-        _check_ssh(self.via, self.credentials, self.host_key)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScriptHook(_Spec):
-    kind: ClassVar[str] = "script"
-    path: str
-    args: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.path or "\x00" in self.path or any("\x00" in a for a in self.args):
-            raise HookSpecError(f"{self.label}: bad script path or argument")
-
-    @property
-    def label(self) -> str:
-        return self.name or f"script {Path(self.path).name}"
-
-
 HookSpec = ExchangeDagHook | SshCommandHook | ScriptHook
 
 
-def _check_ssh(via: str, credentials: str, host_key: str) -> None:
-    try:
-        parse_via(via)
-        check_host_key(host_key)
-    except OperatorError as exc:
-        raise HookSpecError(str(exc)) from None
-    if not secrets.is_reference(credentials):
-        raise HookSpecError("credentials must be a secret reference (env:NAME or file:PATH), never a value")
+class HookSpecError(OperatorError):
+    """A hook cannot run as asked (an unknown point, failover facts that are not plain names)."""
+
+
+def label(spec: HookSpec) -> str:
+    """How results and events name a hook."""
+    if isinstance(spec, ExchangeDagHook):
+        return f"exchange-dag {spec.dag}/{spec.server}"
+    if isinstance(spec, ScriptHook):
+        return f"script {Path(spec.path).name}"
+    return spec.hook
 
 
 @dataclass(frozen=True)
@@ -195,7 +120,7 @@ def run_hooks(
     ctx = replace(ctx, point=point)
     emit: Emit = (lambda m: on_event(secrets.mask(m))) if on_event else (lambda m: None)
     results: list[HookResult] = []
-    for spec in (s for s in specs if s.point == point):
+    for spec in (h for h in specs if h.point == point):
         result = _run_with_retries(spec, ctx, emit)
         results.append(result)
         emit(f"hook {result.name}: {'ok' if result.ok else 'failed: ' + (result.error or '')}")
@@ -209,16 +134,16 @@ def _run_with_retries(spec: HookSpec, ctx: HookContext, emit: Emit) -> HookResul
     tries: list[HookResult] = []
 
     def attempt() -> HookResult:
-        emit(f"hook {spec.label}: attempt {len(tries) + 1}/{spec.retries + 1}")
+        emit(f"hook {label(spec)}: attempt {len(tries) + 1}/{spec.retries + 1}")
         tries.append(_attempt(spec, ctx, emit))
         return tries[-1]
 
     def before_sleep(state: RetryCallState) -> None:
-        emit(f"hook {spec.label}: {tries[-1].error}; retrying in {spec.retry_wait_s:g}s")
+        emit(f"hook {label(spec)}: {tries[-1].error}; retrying in {spec.retry_wait:g}s")
 
     Retrying(
         stop=stop_after_attempt(spec.retries + 1),
-        wait=wait_fixed(spec.retry_wait_s),
+        wait=wait_fixed(spec.retry_wait),
         retry=retry_if_result(lambda r: not r.ok),
         before_sleep=before_sleep,
         retry_error_callback=lambda state: tries[-1],
@@ -249,9 +174,7 @@ def _attempt(spec: HookSpec, ctx: HookContext, emit: Emit) -> HookResult:
     except Exception as exc:  # noqa: BLE001 - a hook must end in a result, whatever a library throws
         ok, output, error = False, "", f"{type(exc).__name__}: {exc}"
     error = clip(error) if error else None
-    return HookResult(
-        spec.label, ok, started, time.time(), clip(output), error, spec.kind, spec.point, 1, data
-    )
+    return HookResult(label(spec), ok, started, time.time(), clip(output), error, spec.hook, spec.point, 1, data)
 
 
 def _run_script(spec: ScriptHook, ctx: HookContext) -> tuple[bool, str, str | None]:
@@ -269,14 +192,14 @@ def _run_script(spec: ScriptHook, ctx: HookContext) -> tuple[bool, str, str | No
         start_new_session=True,
     )
     try:
-        raw, _ = proc.communicate(timeout=spec.timeout_s)
+        raw, _ = proc.communicate(timeout=spec.timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         try:
             raw, _ = proc.communicate(timeout=5)
         except subprocess.TimeoutExpired:  # a child that left the session still holds the pipe
             raw = b""
-        return False, raw.decode(errors="replace"), f"timed out after {spec.timeout_s:g}s (killed)"
+        return False, raw.decode(errors="replace"), f"timed out after {spec.timeout:g}s (killed)"
     output = raw.decode(errors="replace")
     if proc.returncode != 0:
         return False, output, f"exited {proc.returncode}"
@@ -288,15 +211,16 @@ def _fill(command: str, ctx: HookContext) -> str:
     return _PLACEHOLDER_RE.sub(lambda m: facts[m.group(1)], command)
 
 
-def _shell(spec: ExchangeDagHook | SshCommandHook) -> SshShell:
+def _session(spec: ExchangeDagHook | SshCommandHook) -> SshSession:
     password = secrets.resolve(spec.credentials)  # in memory only; resolve() registers it for masking
-    return SshShell(parse_via(spec.via), password, spec.host_key, connect_timeout_s=min(30.0, spec.timeout_s))
+    return SshSession(SshTarget.parse(spec.via), password, host_key=spec.host_key,
+                      connect_timeout_s=min(30.0, spec.timeout))
 
 
 def _run_ssh_command(spec: SshCommandHook, ctx: HookContext) -> tuple[bool, str, str | None]:
     started = time.monotonic()
-    with _shell(spec) as shell:
-        r = shell.run(_fill(spec.command, ctx), max(0.1, spec.timeout_s - (time.monotonic() - started)))
+    with _session(spec) as shell:
+        r = shell.run(_fill(spec.command, ctx), max(0.1, spec.timeout - (time.monotonic() - started)))
     output = r.stdout + (f"\n[stderr]\n{r.stderr}" if r.stderr.strip() else "")
     return r.exit_status == 0, output, None if r.exit_status == 0 else f"exited {r.exit_status}"
 
@@ -307,10 +231,11 @@ def _run_dag(spec: ExchangeDagHook, emit: Emit, data: dict[str, Any]) -> tuple[b
 
     def log(msg: str) -> None:
         lines.append(msg)
-        emit(f"hook {spec.label}: {msg}")
+        emit(f"hook {label(spec)}: {msg}")
 
-    with _shell(spec) as shell:
-        left = max(0.0, spec.timeout_s - (time.monotonic() - started))
-        outcome = run_exchange_dag(shell, spec.dag, spec.server, left, spec.poll_s, spec.thresholds, log)
+    with _session(spec) as shell:
+        left = max(0.0, spec.timeout - (time.monotonic() - started))
+        # Copy-queue thresholds are not part of the definitions: Exchange's own healthy limits.
+        outcome = run_exchange_dag(shell, spec.dag, spec.server, left, spec.poll, Thresholds(), log)
     data.update(before=outcome.before, after=outcome.after, actions=outcome.actions)
     return outcome.ok, "\n".join(lines), outcome.error

@@ -7,28 +7,12 @@ from typing import Any
 
 from aimctl.journal import Operation
 from aimctl.loader import Definitions
-from aimctl.model import ExchangeDagHook, ScriptHook, SshCommandHook
 from aimctl.recovery import hooks as H
-
-
-def to_spec(h: Any) -> H.HookSpec:
-    """Definitions model -> runnable hook spec (validated again there, before anything runs)."""
-    common = {"point": h.point, "timeout_s": h.timeout, "retries": h.retries}
-    if isinstance(h, ExchangeDagHook):
-        return H.ExchangeDagHook(dag=h.dag, server=h.server, via=h.via, credentials=h.credentials,
-                                 host_key=h.host_key, poll_s=h.poll, **common)
-    if isinstance(h, SshCommandHook):
-        return H.SshCommandHook(via=h.via, command=h.command, credentials=h.credentials, host_key=h.host_key,
-                                **common)
-    if isinstance(h, ScriptHook):
-        return H.ScriptHook(path=h.path, args=tuple(h.args), **common)
-    raise TypeError(f"unknown hook {type(h).__name__}")
 
 
 def hook_runner(defs: Definitions, note: Callable[[Operation, str], None]) -> Callable[[Operation, str], list[dict[str, Any]]]:
     def run(op: Operation, point: str) -> list[dict[str, Any]]:
-        spec = defs.personas[op.persona].spec
-        specs = [to_spec(h) for h in spec.recovery if h.point == point]
+        specs = [h for h in defs.personas[op.persona].spec.recovery if h.point == point]
         if not specs:
             return []
         ctx = H.HookContext(op.persona, op.from_server or "", str(op.facts.get("to", "")), op.id)

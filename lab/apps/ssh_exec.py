@@ -38,7 +38,7 @@ class ExecServer:
 
     @property
     def host_key_fingerprint(self) -> str:
-        from aimctl.recovery.sshshell import fingerprint
+        from aimctl.drivers.ssh import fingerprint
 
         return fingerprint(self._key)
 
@@ -113,7 +113,7 @@ class ExecServer:
             pass
 
 
-class _Iface(paramiko.ServerInterface):  # type: ignore[misc]
+class _Iface(paramiko.ServerInterface):
     def __init__(self, server: ExecServer) -> None:
         self.server = server
 
@@ -122,12 +122,12 @@ class _Iface(paramiko.ServerInterface):  # type: ignore[misc]
 
     def check_auth_password(self, username: str, password: str) -> int:
         ok = self.server.check_password(username, password)
-        return int(paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED)
+        return int(paramiko.common.AUTH_SUCCESSFUL if ok else paramiko.common.AUTH_FAILED)
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         if kind == "session":
-            return int(paramiko.OPEN_SUCCEEDED)
-        return int(paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
+            return int(paramiko.common.OPEN_SUCCEEDED)
+        return int(paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
 
     def check_channel_exec_request(self, channel: Any, command: bytes) -> bool:
         # Answer on another thread: this one is the transport's and must send the reply first.

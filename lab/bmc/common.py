@@ -12,8 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -112,24 +111,23 @@ class DueTimer:
                 log.exception("applying a due change for %s failed", key)
 
 
-@dataclass
 class Faults:
-    """Per-server fault switches, read by request handlers on every request."""
+    """Per-server fault switches of one emulator, read by request handlers on every request."""
 
-    down: set[str] = field(default_factory=set)
-    slow: set[str] = field(default_factory=set)
-    lies: set[str] = field(default_factory=set)
+    def __init__(self, servers: Iterable[str]) -> None:
+        self._servers = frozenset(servers)
+        self._on: dict[str, set[str]] = {kind: set() for kind in FAULT_KINDS}
 
     def set(self, name: str, kind: str, on: bool) -> None:
+        if name not in self._servers:
+            raise KeyError(name)
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; want one of {', '.join(FAULT_KINDS)}")
-        bucket: set[str] = getattr(self, kind)
-        (bucket.add if on else bucket.discard)(name)
+        (self._on[kind].add if on else self._on[kind].discard)(name)
 
     def has(self, name: str, kind: str) -> bool:
-        bucket: set[str] = getattr(self, kind)
-        return name in bucket
+        return name in self._on[kind]
 
     def clear(self, name: str) -> None:
-        for kind in FAULT_KINDS:
-            getattr(self, kind).discard(name)
+        for names in self._on.values():
+            names.discard(name)

@@ -58,7 +58,7 @@ class IpmiLab:
         self._specs = {s.name: s for s in systems}
         self._servers = {s.name: _Server(on=s.power_on, boot_device=s.boot_device) for s in systems}
         self._lock = threading.RLock()
-        self._faults = Faults()
+        self._faults = Faults(self._servers)
         # chassis control requests each BMC received, for tests and status
         self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
         self._bmcs: dict[str, LabBmc] = {}
@@ -119,8 +119,9 @@ class IpmiLab:
         self._notifier.subscribe(cb)
 
     def set_boot_device(self, name: str, device: str) -> None:
-        """Set the next boot device directly (lab setup), as ``ipmitool chassis bootdev`` would."""
-        self._set_boot_device(name, device)
+        """The next boot device, as ``ipmitool chassis bootdev`` sets it (the BMC handler, lab setup)."""
+        with self._lock:
+            self._servers[name].boot_device = device
 
     def press_power_button(self, name: str) -> None:
         """Hard off now, as if someone held the power button (the controller is not told)."""
@@ -130,8 +131,6 @@ class IpmiLab:
         self._set_now(name, on)
 
     def set_fault(self, name: str, kind: str, on: bool) -> None:
-        if name not in self._servers:
-            raise KeyError(name)
         self._faults.set(name, kind, on)
 
     def faulted(self, name: str, kind: str) -> bool:
@@ -145,7 +144,8 @@ class IpmiLab:
         self._set_now(name, power_on)
 
     # --- used by the BMC handlers ---------------------------------------------------------
-    def _request_power(self, name: str, on: bool, cycle: bool = False) -> None:
+    def request_power(self, name: str, on: bool, cycle: bool = False) -> None:
+        """A chassis power command as a BMC received it: lands after ``power_delay_s``."""
         with self._lock:
             self.power_commands[name] += 1
             srv = self._servers[name]
@@ -157,10 +157,6 @@ class IpmiLab:
                 return
             srv.pending = on
         self._due.schedule(name, time.time() + self.power_delay_s)
-
-    def _set_boot_device(self, name: str, dev: str) -> None:
-        with self._lock:
-            self._servers[name].boot_device = dev
 
     def _land(self, name: str) -> None:
         with self._lock:

@@ -25,14 +25,28 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.session as ipmisession
 from pyghmi.ipmi.private import serversession
 
-if TYPE_CHECKING:
-    from lab.bmc.ipmi import IpmiLab
+
+class BmcOwner(Protocol):
+    """What a lab BMC asks of the lab that owns it (``lab.bmc.ipmi.IpmiLab``): the servers' truth."""
+
+    slow_s: float
+
+    def faulted(self, name: str, kind: str) -> bool: ...
+
+    def power(self, name: str) -> bool: ...
+
+    def request_power(self, name: str, on: bool, cycle: bool = False) -> None: ...
+
+    def boot_device(self, name: str) -> str: ...
+
+    def set_boot_device(self, name: str, device: str) -> None: ...
+
 
 # RMCP+ status codes (IPMI 2.0 table 13-15)
 _RMCP_NO_CIPHER_MATCH = 0x11
@@ -104,7 +118,7 @@ class _UdpSocket:
 
 
 class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
-    def __init__(self, lab: IpmiLab, name: str, authdata: dict[str, str]) -> None:
+    def __init__(self, lab: BmcOwner, name: str, authdata: dict[str, str]) -> None:
         super().__init__(authdata, port=0, address="127.0.0.1")
         # pyghmi keys server sessions by ``self.port``; with port 0 it must be the bound port.
         real: socket.socket = self.__dict__["serversocket"]  # set by IpmiServer.__init__
@@ -138,25 +152,25 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         return "on" if self.lab.power(self.name) else "off"
 
     def power_off(self) -> None:
-        self.lab._request_power(self.name, False)
+        self.lab.request_power(self.name, False)
 
     def power_shutdown(self) -> None:
-        self.lab._request_power(self.name, False)
+        self.lab.request_power(self.name, False)
 
     def power_on(self) -> None:
-        self.lab._request_power(self.name, True)
+        self.lab.request_power(self.name, True)
 
     def power_reset(self) -> None:
-        self.lab._request_power(self.name, True, cycle=True)
+        self.lab.request_power(self.name, True, cycle=True)
 
     def power_cycle(self) -> None:
-        self.lab._request_power(self.name, True, cycle=True)
+        self.lab.request_power(self.name, True, cycle=True)
 
     def get_boot_device(self) -> str:
         return self.lab.boot_device(self.name)
 
     def set_boot_device(self, bootdevice: str) -> None:
-        self.lab._set_boot_device(self.name, bootdevice)
+        self.lab.set_boot_device(self.name, bootdevice)
 
 
 def unregister(bmcs: list[LabBmc]) -> None:

@@ -73,7 +73,7 @@ class RedfishLab:
         self._uuids = {s.name: str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{s.name}.redfish.lab")) for s in systems}
         self._names = {u: n for n, u in self._uuids.items()}
         self._lock = threading.RLock()
-        self._faults = Faults()
+        self._faults = Faults(self._specs)
         self._power_seen: dict[str, bool] = {}
         # power requests each system received over Redfish (ComputerSystem.Reset), for tests and status
         self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
@@ -209,8 +209,6 @@ class RedfishLab:
             self._driver._update(u, power_state="On" if on else "Off", pending_power=None)
 
     def set_fault(self, name: str, kind: str, on: bool) -> None:
-        if name not in self._uuids:
-            raise KeyError(name)
         self._faults.set(name, kind, on)
 
     def faulted(self, name: str, kind: str) -> bool:
@@ -224,25 +222,41 @@ class RedfishLab:
             self._driver._update(u, boot_device="Hdd")
         self.set_power(name, power_on)
 
-    # --- helpers for the driver subclass, routes and middleware -----------------------------
+    # --- for the emulator plumbing (lab.bmc.redfish_emulator.EmulatorOwner) ---------------
+    @property
+    def lock(self) -> threading.RLock:
+        """Held around the fake driver's read-modify-write of its records, and by this class."""
+        return self._lock
+
     def _uuid_for(self, identity: str) -> str | None:
         if identity in self._names:
             return identity
         return self._uuids.get(identity)
 
-    def _name_for(self, identity: str) -> str | None:
+    def name_for(self, identity: str) -> str | None:
+        """The server name of a system id (UUID or name); None for an unknown one."""
         u = self._uuid_for(identity)
         return self._names.get(u) if u else None
 
-    def _faults_for_uuid(self, identity: str, kind: str) -> bool:
-        name = self._name_for(identity)
+    def faulted_system(self, identity: str, kind: str) -> bool:
+        name = self.name_for(identity)
         return name is not None and self.faulted(name, kind)
 
-    def _observe(self, u: str, on: bool) -> None:
+    def observe_power(self, u: str, on: bool) -> None:
         # caller holds the lock, so changes are published in the order they happened
         if self._power_seen.get(u) != on:
             self._power_seen[u] = on
             self._notifier.publish(self._names[u], on)
+
+    def count_power_command(self, u: str) -> None:
+        self.power_commands[self._names[u]] += 1
+
+    def land_at(self, u: str, when: float) -> None:
+        """Apply the system's pending power change at ``when`` (the fake driver applies it when read)."""
+        self._due.schedule(u, when)
+
+    def cancel_landing(self, u: str) -> None:
+        self._due.cancel(u)
 
     def _land(self, u: str) -> None:
         self._driver._get(u)  # the fake driver applies a due change when the system is read

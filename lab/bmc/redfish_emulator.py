@@ -18,19 +18,41 @@ import socket
 import ssl
 import struct
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
-
-if TYPE_CHECKING:
-    from lab.bmc.redfish import RedfishLab
 
 log = logging.getLogger("lab.redfish_bmc")
 _copies = itertools.count(1)
 _SYSTEM_IN_PATH = re.compile(r"^/redfish/v1/(?:Systems|Chassis|Managers)/([^/]+)")
+
+
+class EmulatorOwner(Protocol):
+    """What the plumbing asks of the lab that owns the emulator (``lab.bmc.redfish.RedfishLab``)."""
+
+    power_delay_s: float
+    slow_s: float
+
+    @property
+    def lock(self) -> threading.RLock: ...
+
+    def name_for(self, identity: str) -> str | None: ...
+
+    def faulted(self, name: str, kind: str) -> bool: ...
+
+    def faulted_system(self, identity: str, kind: str) -> bool: ...
+
+    def observe_power(self, uuid: str, on: bool) -> None: ...
+
+    def count_power_command(self, uuid: str) -> None: ...
+
+    def land_at(self, uuid: str, when: float) -> None: ...
+
+    def cancel_landing(self, uuid: str) -> None: ...
 
 
 def fresh_emulator_module() -> types.ModuleType:
@@ -46,32 +68,32 @@ def fresh_emulator_module() -> types.ModuleType:
     return mod
 
 
-def lab_driver_class(lab: RedfishLab, base: type) -> type:
+def lab_driver_class(lab: EmulatorOwner, base: type) -> type:
     class LabFakeDriver(base):  # type: ignore[misc]
         """sushy-tools' fake driver with a fixed power delay, a lock, change reports and lies."""
 
         def _get(self, identity: str) -> dict[str, Any]:
-            with lab._lock:
+            with lab.lock:
                 result: dict[str, Any] = super()._get(identity)
                 return result
 
         def _update(self, system: Any, **changes: Any) -> None:
-            with lab._lock:
+            with lab.lock:
                 if isinstance(system, str):
                     system = self._get(system)
                 super()._update(system, **changes)
-                lab._observe(system["uuid"], system["power_state"] == "On")
+                lab.observe_power(system["uuid"], system["power_state"] == "On")
 
         def get_power_state(self, identity: str) -> str:
             real: str = super().get_power_state(identity)
-            if lab._faults_for_uuid(identity, "lies"):
+            if lab.faulted_system(identity, "lies"):
                 return "On"
             return real
 
         def set_power_state(self, identity: str, state: str) -> None:
-            with lab._lock:
+            with lab.lock:
                 uuid = self._get(identity)["uuid"]
-                lab.power_commands[lab._names[uuid]] += 1
+                lab.count_power_command(uuid)
                 before = self._systems[uuid].get("pending_power")
                 super().set_power_state(identity, state)
                 system = self._systems[uuid]
@@ -81,12 +103,12 @@ def lab_driver_class(lab: RedfishLab, base: type) -> type:
                     # a new change: make it land after the lab's fixed delay
                     pending["apply_time"] = time.time() + lab.power_delay_s
                     self._systems[uuid] = system
-                    lab._due.schedule(uuid, pending["apply_time"])
+                    lab.land_at(uuid, pending["apply_time"])
                 elif pending and pending["power_state"] != want and "Restart" not in pending["power_state"]:
                     # already in the asked state with an opposite change pending: last command wins
                     system["pending_power"] = None
                     self._systems[uuid] = system
-                    lab._due.cancel(uuid)
+                    lab.cancel_landing(uuid)
 
     return LabFakeDriver
 
@@ -94,13 +116,13 @@ def lab_driver_class(lab: RedfishLab, base: type) -> type:
 class FaultMiddleware:
     """Outermost WSGI layer: per-system faults, before authentication."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], lab: RedfishLab) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], lab: EmulatorOwner) -> None:
         self.app = app
         self.lab = lab
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         m = _SYSTEM_IN_PATH.match(environ.get("PATH_INFO", ""))
-        name = self.lab._name_for(m.group(1)) if m else None
+        name = self.lab.name_for(m.group(1)) if m else None
         if name is not None:
             if self.lab.faulted(name, "down"):
                 return self._reset(environ, start_response)

@@ -276,6 +276,11 @@ class SwitchLab:
         """Most sessions that exchanged commands at the same time (interleaved commands)."""
         return self._switches[switch].max_shells
 
+    def stalled(self, switch: str) -> int:
+        """Open sessions that the ``hang`` fault has stopped answering."""
+        with self._lock:
+            return sum(1 for s in self._switches[switch].open_sessions if s.stalled)
+
     def vlans(self, switch: str) -> list[int]:
         return sorted(v.number for v in self._switches[switch].core.switch_configuration.vlans)
 

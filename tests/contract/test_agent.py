@@ -8,12 +8,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from aimctl.agent import cli as agent_cli
 from aimctl.agent import wire
@@ -23,17 +21,14 @@ from aimctl.agent.run import NONCE_WINDOW, REASON_REQUESTED, REASON_STOPPED, _is
 from aimctl.agent.wire import Health
 from aimctl.detect.heartbeat import HeartbeatReceiver
 from aimctl.errors import OperatorError
+from tests import waiting
 
 KEY = b"0123456789abcdef0123456789abcdef"
 INTERVAL = 0.05
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.01)
+def wait_for(cond: Callable[[], object]) -> None:
+    waiting.wait_for(cond, timeout_s=10.0, poll_s=0.01)
 
 
 @pytest.fixture
@@ -229,14 +224,21 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> No
         (["--checks", "/nonexistent/checks.yaml"], "cannot read checks file"),
     ],
 )
-def test_operator_mistakes_exit_2_without_traceback(tmp_path: Path, args: list[str], message: str) -> None:
-    # In process (CliRunner): the same command function, without a Python start-up per case.
+def test_operator_mistakes_exit_2_without_traceback(tmp_path: Path, args: list[str], message: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # In process: the same command function, without a Python start-up per case.
     opts = {"--persona": "web1", "--controller": "127.0.0.1:9", "--key-file": str(key_file(tmp_path, 0o600))}
     for flag, value in zip(args[::2], args[1::2]):
         opts[flag] = value
-    done = CliRunner().invoke(agent_cli.app, ["run", *[x for kv in opts.items() for x in kv]])
-    assert done.exit_code == 2, done.output
-    assert message in done.stderr and not isinstance(done.exception, OperatorError)
+    assert agent_cli.main(["run", *[x for kv in opts.items() for x in kv]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_usage_mistakes_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        agent_cli.main(["run", "--persona", "web1"])
+    assert done.value.code == 2 and "--controller" in capsys.readouterr().err
 
 
 def test_key_file_rules(tmp_path: Path) -> None:
@@ -249,7 +251,7 @@ def test_key_file_rules(tmp_path: Path) -> None:
         read_key_file(short)
 
 
-def test_bad_checks_file_exits_2(tmp_path: Path) -> None:
+def test_bad_checks_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     checks = tmp_path / "checks.yaml"
     checks.write_text("services:\n  - {name: mail, comand: 'true'}\n")
     key = str(key_file(tmp_path, 0o600))
@@ -264,9 +266,9 @@ def test_bad_checks_file_exits_2(tmp_path: Path) -> None:
         "--checks",
         str(checks),
     ]
-    done = CliRunner().invoke(agent_cli.app, argv)
-    assert done.exit_code == 2
-    assert "services[0]" in done.stderr and "comand" in done.stderr
+    assert agent_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "services[0]" in err and "comand" in err
 
 
 def test_agent_process_heartbeats_and_stops_on_sigterm(tmp_path: Path, receiver: HeartbeatReceiver) -> None:
@@ -302,3 +304,14 @@ def test_agent_process_heartbeats_and_stops_on_sigterm(tmp_path: Path, receiver:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_the_controllers_command_line_runs_the_same_agent(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aimctl.cli.main import app
+
+    key = str(key_file(tmp_path, 0o600))
+    done = CliRunner().invoke(app, ["agent", "run", "--persona", "Bad Name", "--controller", "127.0.0.1:9",
+                                    "--key-file", key])
+    assert done.exit_code == 2 and "bad name" in done.stderr

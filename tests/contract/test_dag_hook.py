@@ -7,10 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from aimctl.drivers.ssh import SshSession, SshTarget
 from aimctl.errors import AuthFailed
+from aimctl.model import ExchangeDagHook, SshCommandHook
 from aimctl.recovery.exchange_dag import Thresholds, run_exchange_dag
-from aimctl.recovery.hooks import ExchangeDagHook, HookContext, HookResult, SshCommandHook, run_hooks
-from aimctl.recovery.sshshell import SshShell, SshTarget
+from aimctl.recovery.hooks import HookContext, HookResult, run_hooks
 from lab.apps.dag_sim import DagSimulator
 
 pytestmark = pytest.mark.lab
@@ -31,15 +32,16 @@ def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[DagSimulator]:
 
 def hook(sim: DagSimulator, **kw: object) -> ExchangeDagHook:
     args: dict[str, object] = {
+        "hook": "exchange-dag",
         "dag": "DAG1",
         "server": "EXCH1",
         "via": f"ssh://administrator@127.0.0.1:{sim.port}",
         "credentials": "env:AIMCTL_TEST_EXCH_PW",
         "host_key": sim.host_key_fingerprint,
-        "poll_s": 0.1,
-        "timeout_s": 15.0,
+        "poll": "100ms",
+        "timeout": "15s",
     }
-    return ExchangeDagHook(**{**args, **kw})  # type: ignore[arg-type]
+    return ExchangeDagHook.model_validate({**args, **kw})
 
 
 def run(sim: DagSimulator, **kw: object) -> tuple[HookResult, list[str]]:
@@ -86,7 +88,7 @@ def test_failed_copy_is_suspended_then_resumed_then_rebalanced(sim: DagSimulator
 
 
 def test_suspended_copy_on_a_live_member_is_resumed(sim: DagSimulator) -> None:
-    shell = SshShell(SshTarget("administrator", "127.0.0.1", sim.port), PASSWORD, sim.host_key_fingerprint)
+    shell = SshSession(SshTarget("administrator", "127.0.0.1", sim.port), PASSWORD, host_key=sim.host_key_fingerprint)
     with shell:
         assert (
             shell.run("Suspend-MailboxDatabaseCopy -Identity 'DB02\\EXCH1' -Confirm:$false", 5).exit_status
@@ -99,7 +101,7 @@ def test_suspended_copy_on_a_live_member_is_resumed(sim: DagSimulator) -> None:
 def test_too_short_deadline_is_a_failed_result_naming_the_copies(sim: DagSimulator) -> None:
     sim.host_died("exchange1")
     sim.host_alive("exchange1")
-    r, _ = run(sim, timeout_s=0.4)
+    r, _ = run(sim, timeout="400ms")
     assert not r.ok and r.error is not None
     assert "deadline of 0s passed" in r.error or "deadline of 1s passed" in r.error
     assert "copies on EXCH1 not healthy" in r.error and "DB01\\EXCH1" in r.error
@@ -109,7 +111,7 @@ def test_too_short_deadline_is_a_failed_result_naming_the_copies(sim: DagSimulat
 
 def test_unreachable_management_host_fails_clearly_after_retries(sim: DagSimulator) -> None:
     sim.set_reachable(lambda: False)
-    r, events = run(sim, retries=1, retry_wait_s=0)
+    r, events = run(sim, retries=1, retry_wait="0s")
     assert not r.ok and r.attempts == 2
     assert r.error is not None and f"127.0.0.1:{sim.port}" in r.error and "SSH connection failed" in r.error
     assert sim.commands == [] and any("retrying" in e for e in events)
@@ -131,38 +133,32 @@ def test_wrong_dag_name_fails_fast(sim: DagSimulator) -> None:
 def test_pinned_host_key_mismatch_sends_no_credentials(sim: DagSimulator) -> None:
     r, _ = run(sim, host_key="SHA256:" + "A" * 43)
     assert not r.ok and "is not the pinned" in (r.error or "") and sim.commands == []
-    assert run(sim, host_key="auto")[0].ok  # the lab policy accepts any key
+    assert run(sim, host_key="auto-add")[0].ok  # asked for by name: any key (the lab's policy)
 
 
 def test_wrong_password_is_auth_failed_and_masked(sim: DagSimulator) -> None:
     with pytest.raises(AuthFailed, match="SSH login as administrator refused"):
-        SshShell(SshTarget("administrator", "127.0.0.1", sim.port), "not-the-password", "auto").connect()
+        SshSession(SshTarget("administrator", "127.0.0.1", sim.port), "not-the-password", host_key="auto-add").connect()
 
 
 def test_ssh_command_hook_substitutes_facts_and_reports_powershell_errors(sim: DagSimulator) -> None:
     via = f"ssh://administrator@127.0.0.1:{sim.port}"
-    spec = SshCommandHook(
-        via=via,
-        credentials="env:AIMCTL_TEST_EXCH_PW",
-        host_key="auto",
-        command="Test-ServiceHealth {persona} {failover_id}",
-        timeout_s=5,
-    )
+    spec = SshCommandHook.model_validate({
+        "hook": "ssh-command", "via": via, "credentials": "env:AIMCTL_TEST_EXCH_PW", "host_key": "auto-add",
+        "command": "Test-ServiceHealth {persona} {failover_id}", "timeout": "5s",
+    })
     [r] = run_hooks([spec], CTX, "post-boot")
     assert not r.ok and r.error == "exited 1" and "'Test-ServiceHealth' is not recognized" in r.output
     assert sim.commands == ["Test-ServiceHealth exchange1 fo-1"]
-    ok = SshCommandHook(
-        via=via,
-        credentials="env:AIMCTL_TEST_EXCH_PW",
-        host_key="auto",
-        timeout_s=5,
-        command="Resume-MailboxDatabaseCopy -Identity 'DB01\\EXCH2' -Confirm:$false",
-    )
+    ok = SshCommandHook.model_validate({
+        "hook": "ssh-command", "via": via, "credentials": "env:AIMCTL_TEST_EXCH_PW", "host_key": "auto-add",
+        "timeout": "5s", "command": "Resume-MailboxDatabaseCopy -Identity 'DB01\\EXCH2' -Confirm:$false",
+    })
     assert "isn't suspended" in run_hooks([ok], CTX, "post-boot")[0].output
 
 
 def test_simulator_answers_exchange_shaped_csv(sim: DagSimulator) -> None:
-    shell = SshShell(SshTarget("administrator", "127.0.0.1", sim.port), PASSWORD, sim.host_key_fingerprint)
+    shell = SshSession(SshTarget("administrator", "127.0.0.1", sim.port), PASSWORD, host_key=sim.host_key_fingerprint)
     with shell:
         from aimctl.recovery.exchange_dag import cmd_copy_status, cmd_databases
 

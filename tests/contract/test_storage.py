@@ -19,7 +19,8 @@ import paramiko
 import pytest
 
 from aimctl.drivers.protocols import StorageAccess
-from aimctl.drivers.runner import Arg, CommandResult, LocalRunner, SshRunner, fingerprint
+from aimctl.drivers.runner import Arg, CommandResult, LocalRunner, SshRunner
+from aimctl.drivers.ssh import fingerprint
 from aimctl.drivers.tgt import TgtStorage
 from aimctl.errors import DriverError, OperatorError, Rejected, Timeout, Unreachable
 from lab.storage.iscsi_session import AUTH, HeldSession, LoginFailed

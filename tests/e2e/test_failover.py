@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,50 +15,10 @@ import yaml
 
 from aimctl.errors import OperatorError
 from lab.controller_proc import ControllerProcess
-from lab.fixtures import LabHandle, lab  # noqa: F401 - the session lab fixture
+from lab.fixtures import LabHandle
+from tests.e2e.stories import X1_TARGETS, op_of, overlay_for, port_vlans, wait_op
 
 pytestmark = pytest.mark.lab
-
-X1_TARGETS = ("iqn.2026-01.lab.storage:exchange1-boot", "iqn.2026-01.lab.storage:exchange1-db")
-
-
-def overlay_for(labh: LabHandle, tmp: Path, **controller: Any) -> Path:
-    doc = labh.overlay()
-    doc["controller"].update({"power_deadline": 4.0, "boot_timer_override": 8.0, **controller})
-    path = tmp / "endpoints.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-@pytest.fixture
-def world(lab: LabHandle, tmp_path: Path) -> Iterator[tuple[LabHandle, ControllerProcess]]:  # noqa: F811
-    lab.reset()
-    ctrl = ControllerProcess(lab.definitions, overlay_for(lab, tmp_path), tmp_path / "ctrl")
-    ctrl.start()
-    try:
-        ctrl.wait(ctrl.all_alive, 20, "every persona heartbeating")
-        yield lab, ctrl
-    finally:
-        ctrl.stop()
-        verdict = lab.status()["observer"]
-        assert verdict["double_access"] == 0, verdict["evidence"][:5]
-
-
-def op_of(ctrl: ControllerProcess, persona: str) -> dict[str, Any] | None:
-    return next((o for o in ctrl.api.get("/v1/failovers") if o["persona"] == persona), None)
-
-
-def wait_op(ctrl: ControllerProcess, persona: str, states: tuple[str, ...], timeout_s: float = 60) -> dict[str, Any]:
-    def check() -> Any:
-        o = op_of(ctrl, persona)
-        return o if o and o["state"] in states else None
-
-    return ctrl.wait(check, timeout_s, f"{persona} operation in {states}")  # type: ignore[no-any-return]
-
-
-def port_vlans(st: dict[str, Any], server: str) -> dict[str, tuple[str, list[int]]]:
-    return {c: (x["mode"], x["vlans"]) for c, x in st["servers"][server]["channels"].items()}
-
 
 def test_power_button_failover(world: tuple[LabHandle, ControllerProcess]) -> None:
     lab, ctrl = world
@@ -134,21 +93,6 @@ def test_scn_partition_is_not_death(world: tuple[LabHandle, ControllerProcess]) 
     assert lab.status()["servers"]["r720-2"]["booted"] == "exchange2"
 
 
-def test_fence_not_confirmable_moves_nothing(world: tuple[LabHandle, ControllerProcess]) -> None:
-    lab, ctrl = world
-    lab.fault("bmc-lies", "r720-1")  # the BMC will say On whatever happens
-    lab.fault("switch-hang", "sw1")  # and the quarantine cannot be applied on sw1
-    lab.fault("power-button", "r720-1")
-    op = wait_op(ctrl, "exchange1", ("needs-operator", "done", "failed"), timeout_s=90)
-    assert op["state"] == "needs-operator", op
-    assert "fence" in op["result"]
-    st = ctrl.api.get("/v1/status")
-    assert st["personas"]["exchange1"]["server"] == "r720-1"
-    ls = lab.status()
-    assert ls["servers"]["r720-3"]["power"] == "off"
-    assert not ls["servers"]["r720-3"]["boot_config"].get("InitiatorName")
-
-
 def test_bmc_silent_presumed_dead_moves_through_fence(world: tuple[LabHandle, ControllerProcess]) -> None:
     lab, ctrl = world
     # The host is alive and holds its sessions; only its SCN and its BMC are gone.
@@ -211,6 +155,8 @@ def test_standby_fails_to_boot_retargets(world: tuple[LabHandle, ControllerProce
     ls = lab.status()
     assert ls["servers"]["r620-3"]["booted"] == "web2"
     assert ls["servers"]["r620-4"]["power"] == "off"
+    # The failed standby is fenced like a dead body: none of web2's VLANs stay on its ports.
+    assert all(v == ("access", [998]) for v in port_vlans(ls, "r620-4").values()), port_vlans(ls, "r620-4")
 
 
 def _final(lab: LabHandle, ctrl: ControllerProcess) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from aimctl.drivers.protocols import PowerState
+from aimctl.failover import fence as F
 from aimctl.failover import steps as W
 from aimctl.failover.context import Settings
 from aimctl.failover.runner import StepCall
@@ -33,6 +34,7 @@ def make_ctx(log: list[str], hook_ok: bool) -> Any:
                               bootcfg=lambda s: SimpleNamespace(clear=lambda: log.append("bootcfg-clear")))
     ctx = SimpleNamespace(run_hooks=run_hooks, drivers=drivers, pool=ThreadPoolExecutor(2),
                           stop_persona=lambda p, d: log.append("agent-stop") or True,
+                          alive_evidence=lambda p, s: None,
                           settings=Settings())
     return ctx
 
@@ -43,7 +45,7 @@ def op(kind: str) -> Operation:
 
 def test_failback_order_and_failed_hooks_do_not_block(monkeypatch: Any) -> None:
     log: list[str] = []
-    monkeypatch.setattr(W, "storage_fence", lambda ctx, p, key: log.append("storage-fence") or {"targets": []})
+    monkeypatch.setattr(F, "storage_fence", lambda ctx, p, key: log.append("storage-fence") or {"targets": []})
     out = W.s_fence(make_ctx(log, hook_ok=False), StepCall(op("failback"), resumed=False, attempt=1))
     assert log.index("hook:pre-failback") < log.index("agent-stop") < log.index("hook:pre-fence")
     assert log.index("hook:pre-fence") < log.index("storage-fence")
@@ -53,7 +55,7 @@ def test_failback_order_and_failed_hooks_do_not_block(monkeypatch: Any) -> None:
 
 def test_failover_runs_pre_fence_only_and_not_again_on_resume(monkeypatch: Any) -> None:
     log: list[str] = []
-    monkeypatch.setattr(W, "storage_fence", lambda ctx, p, key: {"targets": []})
+    monkeypatch.setattr(F, "storage_fence", lambda ctx, p, key: {"targets": []})
     W.s_fence(make_ctx(log, hook_ok=True), StepCall(op("failover"), resumed=False, attempt=1))
     assert [x for x in log if x.startswith("hook")] == ["hook:pre-fence"] and "agent-stop" not in log
     log.clear()

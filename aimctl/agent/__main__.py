@@ -1,0 +1,3 @@
+from aimctl.agent.cli import main
+
+raise SystemExit(main())
