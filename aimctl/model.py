@@ -194,7 +194,7 @@ def _check_ssh_url(value: str) -> str:
 
 
 def _editor_pattern(rx: re.Pattern[str]) -> Any:
-    """The same pattern for JSON Schema validators, so `aimctl schema` shows editors the rule: group
+    r"""The same pattern for JSON Schema validators, so `aimctl schema` shows editors the rule: group
     names dropped (ECMA writes them ``(?<n>``, Python ``(?P<n>``; validators use either engine) and
     ``\Z`` as ``$``."""
     return Field(json_schema_extra={"pattern": re.sub(r"\(\?P<[A-Za-z_]+>", "(", rx.pattern.replace(r"\Z", "$"))})
