@@ -186,10 +186,21 @@ def _problems_as_nobody(root: Path) -> list[str]:
         finally:
             os._exit(code)
     os.close(wfd)
-    with os.fdopen(rfd, "rb") as fh:
-        text = fh.read().decode()
+    import select
+    import signal
+
+    chunks: list[bytes] = []
+    with os.fdopen(rfd, "rb", buffering=0) as fh:
+        while True:  # with a deadline: a child stuck on a lock inherited through fork must not hang the run
+            ready, _, _ = select.select([fh], [], [], 60)
+            chunk = fh.read(65536) if ready else b""
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+            if not chunk:
+                break
+            chunks.append(chunk)
     os.waitpid(pid, 0)
-    return text.splitlines()
+    return b"".join(chunks).decode().splitlines()
 
 
 def test_unreadable_file_and_directory_are_named(tmp_path: Path) -> None:
