@@ -6,7 +6,11 @@ Observe -> decide -> act once -> say what happened, as a short loop; everything 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import os
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +20,7 @@ from typing import Any
 
 from aimctl.detect.alerts import FanOut, LoggingAlerts, WebhookAlerts
 from aimctl.detect.bmcpoll import BmcPoller
+from aimctl.detect.channels import EmailAlerts, SnmpTrapAlerts
 from aimctl.detect.detector import (
     Detector,
     Event,
@@ -27,15 +32,18 @@ from aimctl.detect.detector import (
     PersonaUnhealthy,
     PersonaUnreachable,
 )
-from aimctl.detect.heartbeat import HeartbeatReceiver
+from aimctl.detect.healthpoll import LinkFlaps
+from aimctl.detect.heartbeat import HeartbeatReceiver, MarkStore
 from aimctl.detect.observe import Observer
-from aimctl.detect.traps import TrapReceiver
+from aimctl.detect.recheck import DEATHS, UNHEALTHY, alive_evidence
+from aimctl.detect.storm import PoolLoad, Queued, plan_storm
+from aimctl.detect.traps import TrapReceiver, bmc_identities
 from aimctl.drivers.ifindex import ifindex
 from aimctl.drivers.registry import Drivers, make_power
 from aimctl.errors import OperatorError
 from aimctl.failover.chap import ChapStore
 from aimctl.failover.context import Ctx, Settings
-from aimctl.failover.planner import capacity, check_request
+from aimctl.failover.planner import check_request
 from aimctl.failover.resolve import KEEP, abandon_plan, mark_fenced_refusal, retry_refusal
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
@@ -43,10 +51,13 @@ from aimctl.journal import TERMINAL, Journal, Operation, ServerMark, persona_lea
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
+from aimctl.oversight import Oversight
+from aimctl.reconcile.repair import repair_steps
 from aimctl.records.audit import Audit
 from aimctl.records.changes import ChangeRecords
 from aimctl.records.metrics import Metrics
 from aimctl.records.sinks import JsonlSink, WebhookSink
+from aimctl.records.sentences import operation_sentence
 from aimctl.recovery.runner import hook_runner
 from aimctl.secrets import resolve_bytes
 
@@ -65,8 +76,37 @@ class NeedsOperatorAlert(Event):
     """An operation stopped and waits for a human."""
 
 
+@dataclass(frozen=True, slots=True)
+class NotDeadAlert(Event):
+    """A failover was not started, or stopped before touching anything: a second source says the body lives."""
+
+
 class StormBrake(OperatorError):
     """The pool already runs as many failovers as its storm brake allows."""
+
+
+def check_state_dir(state: Path) -> None:
+    """The controller's state dir exists (made 0700 if not), is a directory and can be read and written;
+    otherwise one line saying so (exit 2), never a traceback from deep inside the journal."""
+    if state.exists() and not state.is_dir():
+        raise OperatorError(f"state dir {state}: not a directory")
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise OperatorError(f"state dir {state}: cannot create it: {exc.strerror or exc}") from None
+    if not os.access(state, os.R_OK | os.W_OK | os.X_OK):
+        raise OperatorError(f"state dir {state}: not readable and writable by this user (uid {os.getuid()})")
+
+
+def heartbeat_receiver(listen: Listen, keys: dict[str, bytes], store: MarkStore) -> HeartbeatReceiver:
+    """The receiver with its replay memory in ``store`` (the journal): saved every flush, at most once
+    an interval, and after a restart the sequences a flush may have missed are refused too (one
+    interval's worth per flush, and two more for the burst an agent sends after a stall of its own)."""
+    flush_s = min(1.0, listen.heartbeat_interval)
+    guard = math.ceil(flush_s / listen.heartbeat_interval) + 2
+    return HeartbeatReceiver(*_hostport(listen.heartbeat), keys, store=store, flush_s=flush_s, replay_guard=guard)
+class WaitForRepair(StormBrake):
+    """A drift repair holds the persona for a moment: its failover stays queued, it is never dropped."""
 
 
 class Controller:
@@ -74,11 +114,14 @@ class Controller:
         self.defs = defs
         self.listen = listen
         self.state = state
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (state / "boot").mkdir(exist_ok=True)
-        self.journal = Journal(state / "journal.db")
-        if not any(self.journal.assignment().values()):
-            self.journal.seed_assignment(defs.homes())
+        check_state_dir(state)
+        try:
+            (state / "boot").mkdir(exist_ok=True)
+            self.journal = Journal(state / "journal.db")
+            if not any(self.journal.assignment().values()):
+                self.journal.seed_assignment(defs.homes())
+        except (OSError, sqlite3.Error) as exc:
+            raise OperatorError(f"state dir {state}: cannot open the journal: {exc}") from None
         self.audit = Audit(state / "audit.log")
         self.metrics = Metrics()
         sinks: list[Any] = [JsonlSink(state / "changes.jsonl")]
@@ -92,7 +135,7 @@ class Controller:
                                              switch_deadline_s=listen.switch_deadline)
         self.interval = listen.heartbeat_interval
         keys = {n: resolve_bytes(p.spec.heartbeat_key) for n, p in defs.personas.items()}
-        self.receiver = HeartbeatReceiver(*_hostport(listen.heartbeat), keys)
+        self.receiver = heartbeat_receiver(listen, keys, self.journal)
         # The poller gets its own BMC sessions: a slow poll must never queue behind a fence.
         self.poller = BmcPoller({s: make_power(s, v) for s, v in defs.servers.items()},
                                 interval_s=listen.bmc_poll_interval)
@@ -100,26 +143,49 @@ class Controller:
         for s, srv in defs.servers.items():
             for ch, cable in srv.channels.items():
                 links[(cable.switch, cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))] = (s, ch)
-        # One community for all switches; the receiver tells switches apart by sysName / address.
-        self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None}, links=links)
+        # One community for all switches and BMCs; the receiver tells devices apart by address / sysName.
+        # BMC alerts are a death signal (observe.py): the receiver must know which BMC is whose.
+        # Every linkDown is also counted per body: link flaps make a body suspect.
+        addresses, bmcs = bmc_identities({s: v.bmc.address for s, v in defs.servers.items()},
+                                         [sw.address for sw in defs.switches.values()])
+        self.flaps = LinkFlaps()
+        try:
+            self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None},
+                                      links=links, addresses=addresses, bmcs=bmcs,
+                                      on_link_change=self.flaps.on_link_change)
+        except OperatorError:
+            self.receiver.stop()
+            raise
         alert_sinks: list[Any] = [LoggingAlerts(log)]
         if listen.alert_webhook and listen.alert_webhook_secret:
             alert_sinks.append(WebhookAlerts(listen.alert_webhook, listen.alert_webhook_secret))
+        if listen.alert_smtp:
+            alert_sinks.append(EmailAlerts(listen.alert_smtp, listen.alert_mail_from, listen.alert_mail_to,
+                                           starttls=listen.alert_smtp_starttls, username=listen.alert_smtp_user,
+                                           password_ref=listen.alert_smtp_password))
+        if listen.alert_snmp:
+            alert_sinks.append(SnmpTrapAlerts(listen.alert_snmp, listen.alert_snmp_community,
+                                              listen.alert_snmp_enterprise))
+        self._alert_sinks = alert_sinks
         self.alerts = FanOut(alert_sinks)
         # Storm brake: deaths wait here while their pool is at its concurrency limit or paused.
-        self._pending: dict[str, tuple[str, str]] = {}
+        self._pending: dict[str, Queued] = {}
+        self._held: dict[str, str] = {}  # queued persona -> why it waits
         self._starting: set[str] = set()
         self._starter = ThreadPoolExecutor(4, thread_name_prefix="start")
-        self.paused: dict[str, str] = {}
-        self.detector = Detector(self, Params(miss_intervals=2.5))
+        self.paused: dict[str, str] = {}  # pools the storm brake paused, and why
+        self.operator_paused: dict[str, str] = {}  # pools an operator paused: the storm brake never resumes them
+        self.params = Params(miss_intervals=2.5)
+        self.detector = Detector(self, self.params)
         self.observer = Observer(self.receiver, self.poller, self.traps)
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self.oversight = Oversight(self)
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
-                       hook_runner(defs, self._hook_note), self.bmc_unhealthy,
+                       hook_runner(defs, self._hook_note), self.unavailable_bodies,
                        change_approved=self.changes.is_approved, stop_persona=self.stop_persona,
-                       settings=self.settings)
+                       alive_evidence=self.alive_evidence, settings=self.settings)
 
     # ------------------------------------------------------------------ observe
 
@@ -150,91 +216,207 @@ class Controller:
                 out[s] = f"BMC {answer}"
         return out
 
+    def unavailable_bodies(self) -> dict[str, str]:
+        """What the planner must skip: BMC unhealthy, suspect, hardware not as declared."""
+        return {**self.oversight.unavailable(), **self.bmc_unhealthy()}
+
     def snapshot(self, now: float) -> list[Observation]:
         """Watch every assigned persona that no running operation holds (its current body, its SCN
         channels), then read heartbeats, BMC answers and link state for it, all from memory. A persona
         whose operation waits for an operator or an approval is still watched, so status shows the
-        truth about it (rule 7); its deaths are not queued, the waiting operation already covers it."""
+        truth about it (rule 7); its deaths are not queued, the waiting operation already covers it.
+        A drift repair does not take a persona out of sight either (it only puts ports back)."""
         busy = self.acting_personas()
         want = {p: s for p, s in self.journal.assignment().items()
                 if s and p not in busy and p in self.defs.personas}
         current = self.observer.watches()
         for persona in current.keys() - want.keys():
             self.observer.unwatch(persona)
+            self.detector.forget(persona)
         for persona, server in want.items():
             w = current.get(persona)
             if w is None or w.server != server:
-                pool = self.defs.pools[self.defs.personas[persona].pool]
-                scn = pool.networks[pool.scn]
-                chans = [c for c in (scn.primary, scn.secondary) if c is not None]
-                self.observer.watch(persona, server, chans, self.interval, grace_s=max(10 * self.interval, 5.0))
+                self.observer.watch(persona, server, self._scn_channels(persona), self.interval,
+                                    grace_s=max(10 * self.interval, 5.0))
         obs = self.observer(now)
         for o in obs:
             self.metrics.set_heartbeat_age(o.persona, o.hb_age)
         return obs
+
+    def _scn_channels(self, persona: str) -> list[int]:
+        pool = self.defs.pools[self.defs.personas[persona].pool]
+        scn = pool.networks[pool.scn]
+        return [c for c in (scn.primary, scn.secondary) if c is not None]
+
+    def recheck(self, persona: str, server: str, trigger: str, verdict_body: bool = True) -> str | None:
+        """A sentence when a second source now says ``server`` (running ``persona``) is alive after all."""
+        ev = self.observer.evidence(persona, server, self._scn_channels(persona), self.interval, trigger,
+                                    verdict_body)
+        return alive_evidence(ev, self.params)
+
+    def alive_evidence(self, persona: str, server: str) -> str | None:
+        """``Ctx.alive_evidence``: asked at confirm and by the fence before any power-off. Only an
+        operation the detector opened is second-guessed; a planned move or an operator's failover is
+        the operator's decision."""
+        op = next((o for o in self.journal.unfinished_operations() if o.persona == persona), None)
+        if op is None or op.kind != "failover":
+            return None
+        trigger = str(op.facts.get("trigger", ""))
+        if trigger not in (*DEATHS, UNHEALTHY):
+            return None
+        why = self.recheck(persona, server, trigger, verdict_body=server == op.from_server)
+        if why:
+            log.warning("%s: %s on %s is not dead after all: %s", op.id, persona, server, why)
+        return why
 
     # ------------------------------------------------------------------ decide
 
     def emit(self, event: Event) -> None:
         """Detector events: deaths queue for failover (the storm brake drains them); all are alerted."""
         self.alerts.emit(event)
-        if isinstance(event, TRIGGERS) and event.persona not in self.busy_personas():
-            self._pending[event.persona] = (event.kind, event.reason)
+        if isinstance(event, TRIGGERS) and event.persona not in self.covered_personas():
+            w = self.observer.watches().get(event.persona)
+            server = w.server if w is not None else self.journal.assignment().get(event.persona)
+            self._pending[event.persona] = Queued(event.persona, self.defs.personas[event.persona].pool,
+                                                  event.kind, event.reason, server)
+            self.oversight.on_death(event.persona, time.monotonic())
 
     def _storm_brake(self) -> None:
-        """Pause automatic failover in a pool where too many personas are in trouble at once (a switch
-        or power event, not N independent deaths), page the operators once, and start queued failovers
-        only while the pool runs fewer than its limit."""
-        states = self.detector.states()
+        """Apply the storm brake's decision (``detect/storm.py``): pause or resume pools, drop queued
+        triggers that went stale, start the others (each re-checked before it opens an operation)."""
+        states = {p: st.state for p, st in self.detector.states().items()}
+        ops = self.journal.unfinished_operations()
+        busy = {o.persona for o in ops}
+        starting = set(self._starting)
+        pool_of = {p: d.pool for p, d in self.defs.personas.items()}
+        pools = {}
         for name, pool in self.defs.pools.items():
-            personas = [p.name for p in self.defs.pool_personas(name)]
-            if not personas:
-                continue
-            troubled = [p for p in personas if states.get(p) and states[p].state != "alive"]
-            share = 100 * len(troubled) / len(personas)
-            if share > pool.storm.pause_above_percent and len(troubled) > 1:
-                if name not in self.paused:
-                    why = (f"{len(troubled)} of {len(personas)} personas of pool {name} in trouble at once "
-                           f"({', '.join(sorted(troubled))}): automatic failover paused; an operator decides")
-                    self.paused[name] = why
-                    self.alerts.emit(PersonaUnreachable(",".join(sorted(troubled)), f"PAGE: {why}"))
-                    self.audit.record("controller", "storm.pause", name, {"troubled": sorted(troubled)})
-            elif name in self.paused:
-                # The storm subsided (what is left is within the pool's share): queued failovers go on.
-                del self.paused[name]
-                self.alerts.emit(PersonaRecovered(",".join(sorted(troubled)) or name,
-                                                  f"storm over in pool {name}: automatic failover resumes"))
-                self.audit.record("controller", "storm.resume", name, {"troubled": sorted(troubled)})
-        for persona, (trigger, evidence) in list(self._pending.items()):
-            if self.defs.personas[persona].pool in self.paused or persona in self._starting:
-                continue
+            personas = tuple(p.name for p in self.defs.pool_personas(name))
+            running = sum(1 for o in ops if pool_of.get(o.persona) == name) + \
+                sum(1 for p in starting if pool_of.get(p) == name and p not in busy)
+            troubled = {p for p in personas if states.get(p, "alive") != "alive"}
+            # Personas whose automatic failover already started died in this storm too: the detector
+            # forgot them when their operation took over, the brake must not.
+            troubled |= self._failing_over(name)
+            pools[name] = PoolLoad(personas, tuple(sorted(troubled)), running, pool.storm.max_concurrent,
+                                   pool.storm.pause_above_percent)
+        # A copy first: starter threads pop from the queue while this loop reads it. A death held by a
+        # drift repair is not "covered": it stays queued (start_failover raises WaitForRepair).
+        queued = [q for p, q in list(self._pending.items()) if p not in starting]
+        plan = plan_storm(pools, queued, states, self.journal.assignment(), self.covered_personas(),
+                          set(self.paused), set(self.operator_paused))
+        for name, why in plan.pause.items():
+            self.paused[name] = why
+            troubled_now = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaUnreachable(",".join(troubled_now), f"PAGE: {why}"))
+            self.audit.record("controller", "storm.pause", name, {"troubled": troubled_now})
+        for name, why in plan.resume.items():
+            self.paused.pop(name, None)
+            troubled_now = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaRecovered(",".join(troubled_now) or name, why))
+            self.audit.record("controller", "storm.resume", name, {"troubled": troubled_now})
+        for q, why in plan.drop:
+            if self._pending.get(q.persona) is q:
+                del self._pending[q.persona]
+            log.warning("queued %s of %s dropped: %s", q.trigger, q.persona, why)
+            self.audit.record("controller", "queue.drop", q.persona, {"trigger": q.trigger, "why": why})
+        # Why each held death waits: the plan's reasons, and a start refused since (repair, limit).
+        self._held = {**{p: w for p, w in self._held.items() if p in self._pending and p not in plan.hold
+                         and p not in {q.persona for q, _ in plan.start}}, **plan.hold}
+        for q, _why in plan.start:
             # Opening an operation writes the journal, the change record and the audit log (fsyncs):
             # done off the detector loop, so twenty deaths at once don't hold back the next tick.
-            self._starting.add(persona)
-            self._starter.submit(self._start_queued, persona, trigger, evidence)
+            self._starting.add(q.persona)
+            self._starter.submit(self._start_queued, q)
 
-    def _start_queued(self, persona: str, trigger: str, evidence: str) -> None:
+    def _start_queued(self, q: Queued) -> None:
         try:
-            self.start_failover(persona, trigger=trigger, evidence=evidence)
-            self._pending.pop(persona, None)
-        except StormBrake:
-            pass  # stays queued until a running failover of its pool ends
+            # Taken up now, perhaps long after the verdict: ask the sources again first.
+            alive = self.recheck(q.persona, q.server, q.trigger) if q.server else None
+            if alive:
+                self._pending.pop(q.persona, None)
+                self.alerts.emit(NotDeadAlert(q.persona, f"{q.trigger} not acted on: not dead after all: {alive}"))
+                self.audit.record("controller", "failover.not-dead", q.persona,
+                                  {"trigger": q.trigger, "evidence": q.evidence, "alive": alive})
+                return
+            self.start_failover(q.persona, trigger=q.trigger, evidence=q.evidence)
+            self._pending.pop(q.persona, None)
+            self._held.pop(q.persona, None)
+        except StormBrake as exc:
+            self._held[q.persona] = str(exc)  # stays queued until a running failover of its pool ends
         except OperatorError as exc:
-            log.error("failover of %s not started: %s", persona, exc)
-            self._pending.pop(persona, None)
+            log.error("failover of %s not started: %s", q.persona, exc)
+            self._pending.pop(q.persona, None)
+        except Exception:  # a start that crashed must not leave the persona marked as starting forever
+            log.exception("failover of %s not started", q.persona)
         finally:
-            self._starting.discard(persona)
+            self._starting.discard(q.persona)
+
+    # ------------------------------------------------------------------ tell
+
+    def status(self) -> dict[str, Any]:
+        """The status document (``/v1/status``, ``aimctl status``): per persona its body, heartbeat age
+        (by arrival), health, the detector's state and reason (also while an operation waits), the
+        BMC's reading, the operation holding it with its state and, when it waits, why; every BMC's
+        reading; the storm brake's pauses and queue; how often the detector caught itself stalled."""
+        now = time.monotonic()
+        states = self.detector.states()
+        watched = self.observer.watches()
+        ops = {o.persona: o for o in self.journal.unfinished_operations()}
+        personas: dict[str, dict[str, Any]] = {}
+        for persona, server in sorted(self.journal.assignment().items()):
+            seen = self.receiver.last_seen(persona)
+            st = states.get(persona)
+            op = ops.get(persona)
+            if persona not in watched:
+                detector, reason = "-", "not watched while its operation acts" if op else "not watched"
+            else:
+                detector, reason = (st.state if st else "alive"), self.detector.reason(persona)
+            personas[persona] = {
+                "server": server,
+                "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
+                "health": seen[1].health.word if seen else None,
+                "detector": detector,
+                "detector_reason": reason,
+                "bmc": self.poller.answer(server)[0] if server and server in self.defs.servers else None,
+                "operation": op.id if op else None,
+                "operation_state": op.state if op else None,
+                "queued": self._held.get(persona, "queued") if persona in self._pending else None,
+            }
+            if op is not None and op.state != "running":
+                # What the operation waits for (the API adds the operator's ways out, rule 7).
+                personas[persona]["waiting"] = {"state": op.state, "reason": op.result}
+        quarantined = {s: dataclasses.asdict(v) for s, v in self.journal.quarantined().items()}
+        return {"personas": personas, "quarantined": quarantined, "receiver": self.receiver.counters(),
+                "paused_pools": dict(self.paused), "operator_paused_pools": dict(self.operator_paused),
+                "queued": sorted(self._pending), "detector_stalls": self.detector.stalls,
+                "bmcs": {s: self.poller.answer(s)[0] for s in sorted(self.defs.servers)}}
+
+    def held_why(self, persona: str) -> str | None:
+        """Why a queued death has not become a failover yet (None when it is not held)."""
+        return self._held.get(persona) if persona in self._pending else None
 
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
 
     def acting_personas(self) -> set[str]:
-        return {op.persona for op in self.journal.unfinished_operations() if op.state == "running"}
+        return {op.persona for op in self.journal.unfinished_operations()
+                if op.state == "running" and op.kind != "repair"}
+
+    def covered_personas(self) -> set[str]:
+        """Personas whose death an operation already covers (a drift repair covers none)."""
+        return {op.persona for op in self.journal.unfinished_operations() if op.kind != "repair"}
+
+    def _failing_over(self, pool: str) -> set[str]:
+        return {o.persona for o in self.journal.unfinished_operations()
+                if o.kind == "failover" and o.facts.get("actor") == "controller"
+                and o.persona in self.defs.personas and self.defs.personas[o.persona].pool == pool}
 
     # ------------------------------------------------------------------ act
 
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
-                       to: str | None = None, actor: str = "controller", change: str | None = None) -> str:
+                       to: str | None = None, actor: str = "controller", change: str | None = None,
+                       facts: dict[str, Any] | None = None) -> str:
         with self._lock:
             # Names and targets are checked before anything is opened: a request that can never run
             # must not leave an operation holding the persona.
@@ -242,7 +424,10 @@ class Controller:
                       if lease.name.startswith("server:")}
             check_request(self.defs, persona, to, {p: s for p, s in self.journal.assignment().items() if s},
                           set(self.journal.quarantined()), in_use)
-            if persona in self.busy_personas():
+            holding = next((o for o in self.journal.unfinished_operations() if o.persona == persona), None)
+            if holding is not None and holding.kind == "repair" and kind == "failover":
+                raise WaitForRepair(f"{persona}: waiting for drift repair {holding.id} to end")
+            if holding is not None:
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool
             running = [o for o in self.journal.unfinished_operations()
@@ -250,13 +435,26 @@ class Controller:
             if kind == "failover" and len(running) >= self.defs.pools[pool].storm.max_concurrent:
                 raise StormBrake(f"storm brake: {len(running)} operations already running in pool {pool}")
             old = self.journal.assignment().get(persona)
-            facts: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor}
+            automatic = kind == "failover" and actor == "controller"
+            if automatic:
+                ok, why = self.oversight.rack_allows(persona, old)
+                if not ok:
+                    raise StormBrake(why)
+            verdict = self.oversight.escalation(persona) if automatic else None
+            opened: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor, **(facts or {})}
             if to:
-                facts["requested_to"] = to
+                opened["requested_to"] = to
             if change:
-                facts["change"] = change
+                opened["change"] = change
+            if verdict is not None and not verdict.allowed:
+                opened["escalation"] = [p.__dict__ for p in verdict.history]
             leases = [persona_lease(persona)] + ([server_lease(old)] if old else [])
-            op_id = self.journal.open_operation(kind, persona, facts, from_server=old, leases=leases)
+            op_id = self.journal.open_operation(kind, persona, opened, from_server=old, leases=leases)
+        if verdict is not None and not verdict.allowed:
+            # Beyond the escalation limit: journaled, stopped for a human, never run.
+            self.detector.forget(persona)
+            self.oversight.stop_escalated(op_id, verdict)
+            return op_id
         # Outside the lock: twenty deaths at once must not queue behind each other's fsyncs.
         self._spawn(op_id)
         self.audit.record(actor, f"{kind}.start", persona, {"op": op_id, "trigger": trigger, "evidence": evidence})
@@ -271,7 +469,10 @@ class Controller:
             if running is not None and running.is_alive():
                 return False
             # The workflow holds the persona from here: the detector starts afresh when it is handed back.
-            self.detector.forget(self.journal.operation(op_id).persona)
+            # (A drift repair holds only ports: the detector keeps its state and keeps watching.)
+            op = self.journal.operation(op_id)
+            if op.kind != "repair":
+                self.detector.forget(op.persona)
             t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
             self._threads[op_id] = t
             t.start()
@@ -280,27 +481,37 @@ class Controller:
     def _run_op(self, op_id: str) -> None:
         op = self.journal.operation(op_id)
         # Opening is idempotent: a resumed operation finds the change record it opened before.
-        self.changes.open(op, description=f"{op.kind} of {op.persona} from {op.from_server}: "
-                                          f"{op.facts.get('evidence', '')}")
+        rec = self.changes.open(op, description=f"{op.kind} of {op.persona or op.facts.get('subject')} from "
+                                                f"{op.from_server}: {op.facts.get('evidence', '')}",
+                                require_approval=False if op.kind == "repair" else None)
+        if op.facts.get("change_required") and not op.facts.get("change"):
+            # A planned move the pool gates on change approval waits for its own change record.
+            self.journal.add_facts(op_id, {"change": rec["number"]})
+        steps = repair_steps() if op.kind == "repair" else failover_steps()
         try:
-            res = run_steps(self.journal, op_id, failover_steps(), self.ctx, listener=self._on_step,
-                            max_retargets=4)
+            res = run_steps(self.journal, op_id, steps, self.ctx, listener=self._on_step, max_retargets=4)
         except Exception:
             log.exception("operation %s crashed", op_id)
             return
         log.warning("operation %s: %s %s", op_id, res.state, res.result)
         if res.state in TERMINAL:
             op = self.journal.operation(op_id)
+            if res.state == "aborted" and "not dead after all" in res.result:
+                self.alerts.emit(NotDeadAlert(op.persona, f"{op_id} stopped before touching anything: {res.result}"))
+                self.audit.record("controller", "failover.not-dead", op.persona, {"op": op_id, "result": res.result})
             if op.facts.get("recovery_failed"):
                 self.alerts.emit(RecoveryFailed(op.persona, f"{op_id}: {res.result}; see its recovery step"))
-            self.metrics.failover_finished(res.state)
+            if op.kind != "repair":
+                self.metrics.failover_finished(res.state)
             self.changes.close(op_id, f"{res.state}: {res.result}")
             self.journal.release_leases(op_id)
+            if op.kind == "repair":
+                self.oversight.repair_finished(self.journal.operation(op_id))
             self._refresh_capacity()
         elif res.state == "needs-operator":
-            self.alerts.emit(NeedsOperatorAlert(self.journal.operation(op_id).persona,
-                                                f"{op_id} needs an operator: {res.result}; exits: "
-                                                f"aimctl retry|abandon|mark-fenced {op_id}"))
+            stopped = self.journal.operation(op_id)
+            self.alerts.emit(NeedsOperatorAlert(stopped.persona, f"{operation_sentence(dataclasses.asdict(stopped))}; "
+                                                                 f"exits: aimctl retry|abandon|mark-fenced {op_id}"))
 
     def _on_step(self, ev: StepEvent) -> None:
         self.metrics.observe_step(ev)
@@ -410,10 +621,8 @@ class Controller:
         return self.journal.operation(op_id)
 
     def _refresh_capacity(self) -> None:
-        assignment = {p: s for p, s in self.journal.assignment().items() if s}
-        q = set(self.journal.quarantined())
-        for pool in self.defs.pools:
-            self.metrics.set_spare_capacity(pool, capacity(self.defs, pool, assignment, q)[0])
+        """N+k per pool from live state (the spare accounting sets the metric and alerts on k = 0)."""
+        self.oversight.refresh_spares()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -422,7 +631,7 @@ class Controller:
         self.receiver.start()
         self.poller.start()
         self.traps.start()
-        self._refresh_capacity()
+        self.oversight.start()
 
     def resume(self) -> None:
         for op in self.journal.unfinished_operations():
@@ -437,9 +646,12 @@ class Controller:
             self.detector.tick(now, self.snapshot)
             self._storm_brake()
             self._approval_timeouts()
+            self.oversight.tick(now)
 
     def _approval_timeouts(self) -> None:
         for op in self.journal.unfinished_operations():
+            if op.persona not in self.defs.personas:
+                continue  # a repair of a quarantined body has no persona
             spec = self.defs.personas[op.persona].spec
             if op.state == "waiting-approval" and time.time() - op.created > spec.confirm_timeout \
                     and not (op.id in self._threads and self._threads[op.id].is_alive()):
@@ -447,9 +659,16 @@ class Controller:
 
     def stop(self) -> None:
         self._stop.set()
-        for part in (self.traps, self.poller, self.receiver):
+        for part in (self.oversight, self.traps, self.poller, self.receiver):
             try:
                 part.stop()
             except Exception:
                 log.exception("stopping %s", type(part).__name__)
         self.changes.shutdown()
+        for sink in self._alert_sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing alert sink %s", type(sink).__name__)

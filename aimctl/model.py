@@ -168,6 +168,22 @@ def _check_vlan(value: int) -> int:
 
 
 Vlan = Annotated[int, AfterValidator(_check_vlan), WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 4094})]
+
+
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+
+
+def _check_mac(value: str) -> str:
+    """A NIC MAC in any common spelling; kept as ``aa:bb:cc:dd:ee:ff`` so comparisons are plain."""
+    v = value.strip().lower()
+    if not _MAC_RE.match(v):
+        raise ValueError(f"not a MAC address: {value!r} (write e.g. 52:54:00:aa:00:01)")
+    digits = re.sub(r"[^0-9a-f]", "", v)
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+
+
+Mac = Annotated[str, AfterValidator(_check_mac)]
 Channel = Annotated[int, Field(ge=1, le=64)]
 # Entries of one kind in one file (servers, personas...): beyond any real pool, far below a bomb.
 MAX_ENTRIES = 100_000
@@ -302,6 +318,11 @@ class Server(Strict):
     memory_gb: Annotated[int, Field(ge=1)]
     boot_nic: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     channels: Annotated[dict[Channel, Cable], *Capped(64, "channels")]
+    # Blast radius: bodies sharing a rack (top-of-rack switch) or a PDU can die together.
+    rack: Name | None = None
+    pdu: Name | None = None
+    # Declared NIC MACs, compared with what the BMC reports (a swapped board shows here first).
+    nic_macs: Annotated[list[Mac], Field(max_length=64)] = Field(default_factory=list)
 
 
 # The keys of switch_templates/os.yaml: adding an OS there makes it a valid `os:` here.
@@ -455,6 +476,82 @@ class Persona(Strict):
 class Storm(Strict):
     max_concurrent: Annotated[int, Field(ge=1)] = 2
     pause_above_percent: Annotated[int, Field(ge=1, le=100)] = 50
+    # Blast radius by rack: at most this many automatic failovers at once out of one rack (None:
+    # only the pool's limit), and this many deaths in one rack within ``rack_window`` are one
+    # rack event (likely power or the top-of-rack switch), paged once.
+    per_rack: Annotated[int, Field(ge=1)] | None = None
+    rack_event: Annotated[int, Field(ge=2)] = 2
+    rack_window: Duration = 60.0
+
+
+class Escalation(Strict):
+    """At most ``max_failovers`` automatic failovers of one persona in ``window``; beyond, an operator
+    decides: a body that kills every standby it lands on must not eat the pool."""
+
+    max_failovers: Annotated[int, Field(ge=1, le=100)] = 2
+    window: Duration = 3600.0
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+def _check_clock(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", value):
+        raise ValueError(f"not a time of day: {value!r} (write HH:MM, 00:00 to 23:59)")
+    return value
+
+
+ClockTime = Annotated[str, AfterValidator(_check_clock)]
+
+
+def _check_zone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (write e.g. UTC, Europe/Berlin)") from None
+    return value
+
+
+class ChangeWindow(Strict):
+    """When planned work may run: ``start``-``end`` (local to ``zone``) on ``days``; a window whose
+    end is before its start runs past midnight into the next day."""
+
+    days: list[Weekday] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    start: ClockTime
+    end: ClockTime
+    zone: Annotated[str, AfterValidator(_check_zone)] = "UTC"
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ChangeWindow:
+        if self.start == self.end:
+            raise ValueError("change window start and end are the same time")
+        if not self.days:
+            raise ValueError("change window has no days")
+        return self
+
+
+class Preempt(Strict):
+    """What a *suspect* body (failing, not dead) leads to: an alert, or a planned move of its persona."""
+
+    action: Literal["alert", "move"] = "alert"
+    # The planned move waits for its change record to be approved (`aimctl approve CHG...`).
+    change_approval: bool = False
+    window: ChangeWindow | None = None
+    # The lowest BMC health that makes a body suspect.
+    health: Literal["warning", "critical"] = "warning"
+    # N linkDown traps on a body's ports within ``flap_window`` make it suspect.
+    link_flaps: Annotated[int, Field(ge=2, le=1000)] = 3
+    flap_window: Duration = 300.0
+    # Ids from the predictive-event table (aimctl/detect/predictive_events.yaml); empty: all of them.
+    events: list[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]] = []
+
+
+class Drift(Strict):
+    """Which drift the controller may repair by itself (journaled, read back, recorded): ``ports`` of a
+    running persona, a ``quarantine``d body's ports and power, the ``bootcfg`` of a running persona's
+    body. Storage ACL and CHAP drift is never on this list: a second initiator may be an attack."""
+
+    repair: list[Literal["ports", "quarantine", "bootcfg"]] = []
 
 
 class PoolFile(InventoryFile):
@@ -469,6 +566,9 @@ class PoolFile(InventoryFile):
     personas: Annotated[dict[Name, Persona], *Capped(MAX_ENTRIES, "personas")] = Field(default_factory=dict)
     storm: Storm = Field(default_factory=Storm)
     max_retargets: Annotated[int, Field(ge=0, le=10)] = 2
+    escalation: Escalation = Escalation()
+    preempt: Preempt = Preempt()
+    drift: Drift = Drift()
 
     @model_validator(mode="after")
     def _scn_known(self) -> PoolFile:

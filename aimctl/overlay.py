@@ -90,6 +90,20 @@ class Listen(Strict):
     alert_webhook_secret: SecretRef | None = None
     change_webhook: str | None = None
     change_webhook_secret: SecretRef | None = None
+    # E-mail alerts through an SMTP relay (HOST:PORT), and SNMP alert traps out (HOST:PORT).
+    alert_smtp: str | None = None
+    alert_mail_from: str = "aimctl@localhost"
+    alert_mail_to: list[str] = []
+    alert_smtp_starttls: bool = False
+    alert_smtp_user: str | None = None
+    alert_smtp_password: SecretRef | None = None
+    alert_snmp: str | None = None
+    alert_snmp_community: str = "public"
+    alert_snmp_enterprise: str = "1.3.6.1.4.1.32473.1"
+    # The watchful parts: drift passes (jittered), BMC health/event-log polls.
+    drift_interval: float = 300.0
+    drift_jitter: float = 0.1
+    health_interval: float = 60.0
 
 
 class Overlay(Strict):

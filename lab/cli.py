@@ -124,11 +124,15 @@ def fault(kind: Annotated[str, typer.Argument(help=", ".join(ops.FAULTS))],
           target: Annotated[str, typer.Argument(help="server, switch, storage, or SERVER:CHANNEL")],
           state: StateOpt, clear: Annotated[bool, typer.Option("--clear")] = False,
           after: Annotated[int | None, typer.Option(
-              "--after", help="switch-hang: config lines each session still gets before the hang")] = None) -> None:
+              "--after", help="switch-hang: config lines each session still gets before the hang")] = None,
+          delay: Annotated[float | None, typer.Option("--delay", help="bmc-slow: seconds per request.")] = None,
+          ) -> None:
     """Inject (or --clear) a fault."""
     body: dict[str, Any] = {"kind": kind, "target": target, "clear": clear}
     if after is not None:
         body["after"] = after
+    if delay is not None:
+        body["delay_s"] = delay
     r = control.call(state, "fault", body)
     out.print(f"{kind} on {target}: {'active' if r['active'] else 'cleared'}")
 

@@ -65,11 +65,16 @@ class _Server(ThreadingHTTPServer):
         if action == "status":
             return ops.status(self.lab)
         if action == "fault":
-            after = body.get("after")
+            after, delay = body.get("after"), body.get("delay_s")
             return ops.fault(self.lab, body["kind"], body["target"], bool(body.get("clear")),
-                             after=int(after) if after is not None else None)
+                             after=int(after) if after is not None else None,
+                             delay_s=float(delay) if delay is not None else None)
         if action == "reset":
             return ops.reset(self.lab)
+        if action == "mail":
+            return self.lab.mailbox.read()
+        if action == "alert-traps":
+            return self.lab.trap_inbox.read()
         raise OperatorError(f"unknown lab action {action!r}")
 
 

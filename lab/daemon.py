@@ -28,6 +28,7 @@ from aimctl.drivers.tgt import LocalRunner, TgtStorage
 from aimctl.loader import Definitions, load
 from lab import control
 from lab.apps.dag_sim import DagSimulator
+from lab.apps.inbox import Mailbox, TrapInbox
 from lab.bmc.ipmi import IpmiLab, IpmiSystemSpec
 from lab.bmc.redfish import RedfishLab, RedfishSystemSpec
 from lab.hosts.simulator import BootConfig, Host, PersonaRuntime, parse_ipxe, redfish_boot
@@ -91,11 +92,16 @@ class Lab:
             write_secret(self.secret_dir / f"{name}.chap", self.chap[name])
         redfish = [s for s, v in d.servers.items() if v.bmc.kind == "redfish"]
         ipmi = [s for s, v in d.servers.items() if v.bmc.kind == "ipmi"]
-        self.redfish = RedfishLab([RedfishSystemSpec(s, power_on=False, boot_nic=d.servers[s].boot_nic)
+        self.redfish = RedfishLab([RedfishSystemSpec(s, power_on=False, boot_nic=d.servers[s].boot_nic,
+                                                     model=d.servers[s].model, cores=d.servers[s].cores,
+                                                     memory_gb=d.servers[s].memory_gb,
+                                                     macs=list(d.servers[s].nic_macs) or None)
                                    for s in redfish], self.state / "redfish", {LAB_USER: self.passwords["bmc"]},
-                                  power_delay_s=self.power_delay_s, tls=True)
+                                  power_delay_s=self.power_delay_s, per_system_ports=True, tls=True)
         self.redfish_port = self.redfish.start() if redfish else 0
-        self.ipmi = IpmiLab([IpmiSystemSpec(s, power_on=False) for s in ipmi], {LAB_USER: self.passwords["bmc"]},
+        self.ipmi = IpmiLab([IpmiSystemSpec(s, power_on=False, model=d.servers[s].model, cores=d.servers[s].cores,
+                                            memory_gb=d.servers[s].memory_gb) for s in ipmi],
+                            {LAB_USER: self.passwords["bmc"]},
                             power_delay_s=self.power_delay_s)
         self.ipmi_ports = self.ipmi.start() if ipmi else {}
         ports: dict[str, list[str]] = {}
@@ -115,6 +121,11 @@ class Lab:
         self.storage = TgtStorage("127.0.0.1", self.tgt_port, LocalRunner(env=self.tgt.admin_env))
         self._provision_storage()
         self.traps = TrapSender("127.0.0.1", self.controller["snmp"], "public")
+        # Where the controller's alerts land: a real SMTP server and a real trap receiver.
+        self.mailbox = Mailbox()
+        self.mail_port = self.mailbox.start()
+        self.trap_inbox = TrapInbox("public")
+        self.trap_inbox_port = self.trap_inbox.start()
         self.relay = ScnRelay(("127.0.0.1", self.controller["heartbeat"]), self._scn_reachable)
         for s in d.servers:
             self.relay.add_server(s)
@@ -299,7 +310,7 @@ class Lab:
             if v.bmc.kind == "redfish":
                 # HTTPS with the lab's self-signed certificate, verified against it (as production
                 # verifies a BMC's certificate against its CA).
-                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish_port, "tls": True,
+                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish.port_of(s), "tls": True,
                                       "ca_file": str(self.redfish.state_dir / "cert.pem"),
                                       "system_id": self.redfish.system_path(s).rsplit("/", 1)[-1],
                                       "credentials": bmc_cred}}
@@ -330,7 +341,10 @@ class Lab:
                            "snmp": f"127.0.0.1:{self.controller['snmp']}",
                            "api": f"127.0.0.1:{self.controller['api']}",
                            "snmp_community": "public", "heartbeat_interval": self.heartbeat_s,
-                           "bmc_poll_interval": min(1.0, self.heartbeat_s)},
+                           "bmc_poll_interval": min(1.0, self.heartbeat_s),
+                           "alert_smtp": f"127.0.0.1:{self.mail_port}", "alert_mail_from": "aimctl@lab.test",
+                           "alert_mail_to": ["oncall@lab.test"],
+                           "alert_snmp": f"127.0.0.1:{self.trap_inbox_port}", "alert_snmp_community": "public"},
             "lab": {"control": f"127.0.0.1:{control.port_of(self.state)}", "power_delay_s": self.power_delay_s,
                     "boot_s": self.boot_s},
         }
@@ -344,7 +358,8 @@ class Lab:
         self.stop_event.set()
         for h in self.hosts.values():
             h.drop_all()
-        for part in ("observer", "relay", "traps", "dag", "switches", "redfish", "ipmi", "tgt"):
+        for part in ("observer", "relay", "traps", "mailbox", "trap_inbox", "dag", "switches", "redfish", "ipmi",
+                     "tgt"):
             obj = getattr(self, part, None)
             if obj is None:
                 continue

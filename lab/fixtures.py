@@ -34,14 +34,25 @@ class LabHandle:
     def status(self) -> Any:
         return self.call("status")
 
-    def fault(self, kind: str, target: str, clear: bool = False, after: int | None = None) -> Any:
+    def fault(self, kind: str, target: str, clear: bool = False, after: int | None = None,
+              delay_s: float | None = None) -> Any:
         body: dict[str, Any] = {"kind": kind, "target": target, "clear": clear}
         if after is not None:
             body["after"] = after
+        if delay_s is not None:
+            body["delay_s"] = delay_s
         return self.call("fault", body)
 
     def reset(self) -> Any:
         return self.call("reset")
+
+    def mail(self) -> list[dict[str, Any]]:
+        """Alert mails the lab's SMTP server received since the last reset."""
+        return list(self.call("mail"))
+
+    def alert_traps(self) -> list[dict[str, str]]:
+        """Alert traps the lab's trap receiver got since the last reset (OID -> value)."""
+        return list(self.call("alert-traps"))
 
 
 def start_lab(definitions: Path | None = None, **kw: Any) -> LabHandle:

@@ -10,7 +10,10 @@ from aimctl.errors import OperatorError
 from lab.network.traps import cable_ifindex
 
 FAULTS = ("power-button", "bmc-down", "bmc-slow", "bmc-lies", "switch-hang", "storage-error", "scn-partition",
-          "boot-fail", "link-down")
+          "boot-fail", "link-down", "bmc-alert", "health-degrade", "event-log", "link-flap", "vlan-change", "acl-add",
+          "hw-mismatch", "switch-reject")
+INTRUDER = "iqn.2026-01.lab.intruder:{persona}"
+FLAPS = 4  # linkDown/linkUp pairs a link-flap sends
 
 
 def _server_bmc(lab: Any, server: str) -> Any:
@@ -42,18 +45,24 @@ def status(lab: Any) -> dict[str, Any]:
         targets[iqn] = {"acl": list(view.acl), "accounts": list(view.accounts),
                         "sessions": [{"initiator": i, "alias": a} for i, a in view.nexus]}
     return {"servers": servers, "targets": targets, "observer": lab.observer.verdict(),
+            "alerts": {"mail": len(lab.mailbox.read()), "traps": len(lab.trap_inbox.read())},
             "relay": {"forwarded": dict(lab.relay.forwarded), "dropped": dict(lab.relay.dropped)},
             "dag": lab.dag.distribution() if lab.dag else None,
             "faults": [{"kind": k, "target": t} for (t, k), on in lab.faults.items() if on]}
 
 
-def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = None) -> dict[str, Any]:
+def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = None,
+          delay_s: float | None = None) -> dict[str, Any]:
     """``after``: for ``switch-hang``, how many config lines of each session still pass before the
-    switch stops answering (a hang in the middle of a change); 0 by default (the first line)."""
+    switch stops answering (a hang in the middle of a change); 0 by default (the first line).
+    ``delay_s``: for bmc-slow, seconds added to every request of that BMC (default 0.5; past the
+    drivers' 5 s timeout every request fails)."""
     if kind not in FAULTS:
         raise OperatorError(f"unknown fault {kind!r} (one of: {', '.join(FAULTS)})")
     if after is not None and (kind != "switch-hang" or not 0 <= after <= 10000):
         raise OperatorError("--after N (0..10000) applies to switch-hang only")
+    if delay_s is not None and (kind != "bmc-slow" or not 0 < delay_s <= 120):
+        raise OperatorError("--delay S (0..120 seconds) applies to bmc-slow only")
     on = not clear
     d = lab.defs
     if kind == "power-button" and "," in target:
@@ -71,11 +80,21 @@ def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = Non
         else:
             _server_bmc(lab, target).press_power_button(target)
     elif kind in ("bmc-down", "bmc-slow", "bmc-lies"):
-        _server_bmc(lab, target).set_fault(target, kind.split("-", 1)[1], on)
+        _server_bmc(lab, target).set_fault(target, kind.split("-", 1)[1], on, delay_s)
+    elif kind == "bmc-alert":
+        # The host crashed under a live BMC: the BMC sends its alert trap, naming itself by its server.
+        _server_bmc(lab, target)
+        if not clear:
+            lab.traps.bmc_alert(target)
+        return {"ok": True, "kind": kind, "target": target, "active": False}
     elif kind == "switch-hang":
         if target not in d.switches:
             raise OperatorError(f"unknown switch {target!r}")
         lab.switches.set_fault(target, "hang", on, after=after or 0)
+    elif kind == "switch-reject":
+        if target not in d.switches:
+            raise OperatorError(f"unknown switch {target!r}")
+        lab.switches.set_fault(target, "reject", on)  # the first config command of each session is refused
     elif kind == "storage-error":
         lab.tgt.set_fault("storage-error", on)
     elif kind == "scn-partition":
@@ -84,6 +103,16 @@ def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = Non
     elif kind == "boot-fail":
         _server_bmc(lab, target)
         lab.hosts[target].boot_fail = on
+    elif kind in ("health-degrade", "event-log", "hw-mismatch", "link-flap"):
+        _body_fault(lab, kind, target, on)
+    elif kind == "vlan-change":
+        _vlan_change(lab, target)
+    elif kind == "acl-add":
+        if target not in d.personas:
+            raise OperatorError(f"acl-add wants a persona, got {target!r}")
+        t = d.personas[target].spec.boot.target
+        intruder = INTRUDER.format(persona=target)
+        (lab.storage.bind if on else lab.storage.unbind)(t, intruder)
     elif kind == "link-down":
         server, _, ch = target.partition(":")
         srv = d.servers.get(server)
@@ -96,6 +125,51 @@ def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = Non
             lab.traps.link(cable.switch, cable_ifindex(d, cable), not on)
     lab.faults[(target, kind)] = on
     return {"ok": True, "kind": kind, "target": target, "active": on}
+
+
+def _body_fault(lab: Any, kind: str, target: str, on: bool) -> None:
+    """Hardware that starts failing: ``health-degrade SERVER[:critical]``, ``event-log SERVER[:EVENT]``,
+    ``hw-mismatch SERVER`` (a DIMM drops out), ``link-flap SERVER[:CHANNEL]`` (linkDown/linkUp pairs)."""
+    server, _, arg = target.partition(":")
+    bmc = _server_bmc(lab, server)
+    hw = bmc.hardware
+    if kind == "health-degrade":
+        if lab.defs.servers[server].bmc.kind != "redfish":
+            raise OperatorError(f"{server}: an IPMI BMC reports no summary health; use event-log")
+        hw.set_health(server, ("Critical" if arg == "critical" else "Warning") if on else "OK")
+    elif kind == "event-log":
+        if on:
+            try:
+                hw.log(server, arg or "correctable-ecc-limit")
+            except ValueError as exc:
+                raise OperatorError(str(exc)) from None
+        else:
+            hw.clear_log(server)
+    elif kind == "hw-mismatch":
+        (hw.lose_memory if on else hw.reset)(server)
+    elif kind == "link-flap" and on:
+        srv = lab.defs.servers[server]
+        ch = int(arg) if arg else max(srv.channels)  # not an SCN channel by default: flaps, not death
+        cable = srv.channels[ch]
+        for _ in range(FLAPS):
+            for up in (False, True):
+                lab.switches.set_link(cable.switch, cable.port, up)
+                lab.traps.link(cable.switch, cable_ifindex(lab.defs, cable), up)
+
+
+def _vlan_change(lab: Any, target: str) -> None:
+    """Someone edits a port behind aimctl's back: a trunk loses its first VLAN, else the port goes to VLAN 1."""
+    server, _, ch = target.partition(":")
+    srv = lab.defs.servers.get(server)
+    if srv is None or not ch.isdigit() or int(ch) not in srv.channels:
+        raise OperatorError(f"vlan-change wants SERVER:CHANNEL, got {target!r}")
+    cable = srv.channels[int(ch)]
+    st = lab.switches.port_state(cable.switch, cable.port)
+    if st.mode is PortMode.TRUNK and len(st.vlans) > 1:
+        intent = PortIntent(cable.port, PortMode.TRUNK, tuple(sorted(st.vlans))[1:])
+    else:
+        intent = PortIntent(cable.port, PortMode.ACCESS, (1,))
+    lab.switches.reset_port(cable.switch, cable.port, intent)
 
 
 def home_port_intents(lab: Any) -> dict[str, list[PortIntent]]:
@@ -138,6 +212,8 @@ def reset(lab: Any, wait_s: float = 30.0) -> dict[str, Any]:
             lab.dag.reset()
             lab.dag_up.clear()
         lab.observer.reset()
+        lab.mailbox.clear()
+        lab.trap_inbox.clear()
         lab.home_all(power=True)
     wait_homes(lab, wait_s)
     return {"ok": True, "reset_s": round(time.monotonic() - t0, 3)}

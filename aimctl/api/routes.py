@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import TYPE_CHECKING, Any
 
 from aimctl.api.app import Api, ApiError, Request
 from aimctl.errors import OperatorError
 from aimctl.overlay import api_hostport
+from aimctl.records.sentences import detector_sentence, operation_sentence, step_sentence
 
 if TYPE_CHECKING:
     from aimctl.daemon import Controller
@@ -18,34 +18,40 @@ def op_json(c: Controller, op_id: str) -> dict[str, Any]:
     op = c.journal.operation(op_id)
     d = dataclasses.asdict(op)
     d["timeline"] = c.journal.steps(op_id)
+    for step in d["timeline"]:
+        step["sentence"] = step_sentence(step["step"], step["status"], step["detail"], d)
+    d["sentence"] = operation_sentence(d)
     d["change"] = c.changes.for_operation(op_id)
     return d
 
 
+def persona_why(c: Controller, persona: str, state: str, op: dict[str, Any] | None) -> str:
+    """Where a persona stands and why, in one sentence (including why it was *not* failed over)."""
+    if op is not None:
+        return operation_sentence(op)
+    why = c.detector.why(persona)
+    text = detector_sentence(persona, state, why[0] if why else "", why[1] if why else None)
+    if persona in c._pending:
+        pool = c.defs.personas[persona].pool
+        held = c.operator_paused.get(pool) or c.paused.get(pool) or c.held_why(persona) or "starting"
+        text += f"; failover queued, not started: {held}"
+    elif state in ("dead", "presumed-dead", "unhealthy") and c.defs.personas[persona].pool in c.paused:
+        text += f"; not failed over: {c.paused[c.defs.personas[persona].pool]}"
+    return text
+
+
 def status(c: Controller) -> dict[str, Any]:
-    now = time.monotonic()
-    states = c.detector.states()
+    doc = c.status()
     waiting = {o.persona: o for o in c.journal.unfinished_operations()}
-    personas: dict[str, dict[str, Any]] = {}
-    for persona, server in sorted(c.journal.assignment().items()):
-        seen = c.receiver.last_seen(persona)
-        st = states.get(persona)
-        personas[persona] = {
-            "server": server,
-            "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
-            "health": seen[1].health.word if seen else None,
-            "detector": st.state if st else "alive",
-            "operation": waiting[persona].id if persona in waiting else None,
-            "bmc": c.poller.answer(server)[0] if server else None,
-        }
-        op = waiting.get(persona)
-        if op is not None and op.state != "running":
-            # What the operation waits for, and the operator's ways out (rule 7).
-            personas[persona]["waiting"] = {"state": op.state, "reason": op.result, "exits": exits(op)}
-    quarantined = {s: dataclasses.asdict(v) for s, v in c.journal.quarantined().items()}
-    return {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters(),
-            "paused_pools": dict(c.paused), "queued": sorted(c._pending),
-            "bmcs": {s: c.poller.answer(s)[0] for s in sorted(c.defs.servers)}}
+    for persona, v in doc["personas"].items():
+        held = waiting.get(persona)
+        v["why"] = persona_why(c, persona, v["detector"] if v["detector"] != "-" else "alive",
+                               dataclasses.asdict(held) if held is not None else None)
+        if v.get("waiting"):
+            v["waiting"]["exits"] = exits(c.journal.operation(v["operation"]))
+    watch = c.oversight.status()
+    doc.update(pools=watch["pools"], suspects=watch["suspects"], drift_open=watch["drift_open"])
+    return doc
 
 
 def exits(op: Any) -> list[str]:
@@ -67,6 +73,15 @@ def build_api(c: Controller) -> Api:
         return str(body[key])
 
     api.route("GET", "/v1/status", lambda r: status(c), summary="Personas: server, heartbeat age, detector state")
+    api.route("GET", "/v1/drift", lambda r: c.oversight.drift(),
+              summary="Drift findings (what differs from the definitions, where, since when) and the last pass")
+
+    def drift_check(r: Request) -> Any:
+        res = c.oversight.reconciler.run_pass()
+        return {"checks": res.checks, "findings": len(res.found), "new": len(res.new),
+                "resolved": len(res.resolved), "unchecked": res.unchecked, "duration_s": round(res.duration_s, 3)}
+
+    api.route("POST", "/v1/drift/check", drift_check, role="operator", summary="Run a drift pass now")
     api.route("GET", "/v1/failovers", lambda r: [dataclasses.asdict(o) for o in c.journal.operations(
         int(r.query.get("limit", "50")))], summary="Recent operations")
     api.route("GET", "/v1/failovers/{id}", lambda r: op_json(c, r.params["id"]), summary="One operation with its timeline")

@@ -45,15 +45,16 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
         overlay: Annotated[Path | None, typer.Option("--overlay", help="Endpoints overlay (lab).")] = None) -> None:
     """Run the controller: detector, workflow and the local API, until SIGTERM."""
     from aimctl.api.routes import build_api
-    from aimctl.daemon import Controller
+    from aimctl.daemon import Controller, check_state_dir
+    from aimctl.errors import ListenError
     from aimctl.loader import load
-    from aimctl.overlay import Overlay, apply, load_overlay
+    from aimctl.overlay import Overlay, api_hostport, apply, load_overlay
 
+    check_state_dir(state)  # the environment first: a wrong --state is said before anything is loaded
     defs = load(definitions)
     ov = load_overlay(overlay) if overlay else Overlay()
     if overlay:
         defs = apply(defs, ov, str(overlay))
-    state.mkdir(parents=True, exist_ok=True)
     logging.getLogger().setLevel(os.environ.get("AIMCTL_LOG", "INFO"))
     handler = logging.FileHandler(state / "controller.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -63,10 +64,15 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     logging.getLogger().addHandler(handler)
     # The composition: the daemon wires the parts; the API is built on it here, where it is started,
     # so the daemon never imports the API.
-    c = Controller(defs, ov.controller, state)
+    c = Controller(defs, ov.controller, state)  # binds the heartbeat and SNMP ports (ListenError)
     api = build_api(c)
+    try:
+        api.start()  # the last port to bind, before anything starts polling or acting
+    except OSError as exc:
+        c.stop()
+        host, port = api_hostport(ov.controller.api)
+        raise ListenError.from_oserror("the API", "TCP", host, port, exc) from None
     c.start()
-    api.start()
     c.resume()
     stop = threading.Event()
     def on_signal(*_: object) -> None:
@@ -95,15 +101,57 @@ def status(state: StateOpt, as_json: JsonOpt = False) -> None:
         t.add_column(col)
     for p, v in st["personas"].items():
         age = "-" if v["heartbeat_age_s"] is None else f"{v['heartbeat_age_s']:.1f}s"
-        t.add_row(p, v["server"] or "-", age, v["health"] or "-", v["detector"], v["bmc"] or "-", v["operation"] or "-")
+        op = v["operation"] or "-"
+        if v.get("operation_state"):
+            op = f"{op} ({v['operation_state']})"
+        t.add_row(p, v["server"] or "-", age, v["health"] or "-", v["detector"], v["bmc"] or "-", op)
     out.print(t)
-    for p, v in st["personas"].items():
+    for v in st["personas"].values():
+        out.print(f"  {v.get('why', '')}", highlight=False, markup=False)
         if v.get("waiting"):
             w = v["waiting"]
-            out.print(f"{p}: {v['operation']} {w['state']}: {w['reason']}", highlight=False, markup=False)
             out.print(f"  exits: {' | '.join(w['exits'])}", highlight=False, markup=False)
+    for pool, why in {**st.get("paused_pools", {}), **st.get("operator_paused_pools", {})}.items():
+        out.print(f"pool {pool} paused: {why}", highlight=False, markup=False)
+    t = Table(title="spares (N+k from live state)")
+    for col in ("pool", "k", "per persona", "usable standbys", "not counted"):
+        t.add_column(col)
+    for pool, sp in sorted(st.get("pools", {}).items()):
+        t.add_row(pool, str(sp["k"]), ", ".join(f"{p}:{n}" for p, n in sorted(sp["per_persona"].items())) or "-",
+                  ", ".join(sp["counted"]) or "-",
+                  "; ".join(f"{s}: {why}" for s, why in sorted(sp["excluded"].items())) or "-")
+    out.print(t)
     for s, q in st["quarantined"].items():
         out.print(f"quarantined: {s} ({q['reason']}, by {q['by']})")
+    for _, v in sorted(st.get("suspects", {}).items()):
+        out.print(f"suspect: {v['sentence']}", highlight=False, markup=False)
+    if st.get("drift_open"):
+        out.print(f"drift: {st['drift_open']} open finding(s) (aimctl drift)")
+
+
+@app.command()
+def drift(state: StateOpt, as_json: JsonOpt = False,
+          now: Annotated[bool, typer.Option("--now", help="Run a drift pass first.")] = False) -> None:
+    """What differs from the definitions: switch ports, storage ACL/CHAP, boot config, power, hardware."""
+    c = client(state)
+    if now:
+        c.post("/v1/drift/check")
+    d = c.get("/v1/drift")
+    if as_json:
+        out.print_json(json.dumps(d))
+        return
+    t = Table(title=f"drift findings ({d['passes']} passes, every {d['interval_s']:.0f}s)")
+    for col in ("kind", "where", "what", "expected", "observed", "since", "repair"):
+        t.add_column(col)
+    for f in d["findings"]:
+        where = ", ".join(x for x in (f["device"], f["persona"] or f["server"]) if x)
+        t.add_row(f["kind"], where, f["what"], f["expected"], f["observed"], _t(f["since"]), f["repair_op"] or "-")
+    out.print(t)
+    last = d.get("last_pass")
+    if last:
+        unread = "; ".join(f"{dev}: {why}" for dev, why in last["unchecked"].items()) or "none"
+        out.print(f"last pass: {last['checks']} checks in {last['duration_s']}s; devices not read: {unread}",
+                  highlight=False, markup=False)
 
 
 @app.command()
@@ -125,14 +173,14 @@ def failovers(state: StateOpt, as_json: JsonOpt = False) -> None:
 def print_timeline(op: dict[str, Any]) -> None:
     t = Table(title=f"{op['id']}: {op['kind']} of {op['persona']} {op['from_server']} -> {op['facts'].get('to')}"
                     f" [{op['state']}]")
-    for col in ("step", "start", "end", "duration", "result"):
+    for col in ("step", "start", "end", "duration", "status", "why"):
         t.add_column(col)
     for s in op["timeline"]:
         dur = "-" if s["duration_s"] is None else f"{s['duration_s']:.3f}s"
-        why = s["detail"].get("reason") or s["detail"].get("summary") or ""
-        t.add_row(s["step"], _t(s["started"]), _t(s["ended"]), dur, f"{s['status']} {why}".strip())
+        why = s.get("sentence") or s["detail"].get("reason") or s["detail"].get("summary") or ""
+        t.add_row(s["step"], _t(s["started"]), _t(s["ended"]), dur, s["status"], why)
     out.print(t)
-    out.print(f"result: {op['state']}: {op['result']}")
+    out.print(op.get("sentence") or f"result: {op['state']}: {op['result']}", highlight=False, markup=False)
 
 
 @app.command()

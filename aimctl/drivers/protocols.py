@@ -93,6 +93,16 @@ class StorageAccess(Protocol):
     def login_refused(self, target: str, initiator: str, user: str, secret: str) -> bool:
         """Try a real login with these credentials; True when the target refuses it."""
 
+    def read_access(self, targets: list[str]) -> dict[str, TargetAccess]:
+        """ACL and CHAP accounts of several targets in one read (drift passes); a target that does
+        not exist is missing from the answer."""
+
+
+@dataclass(frozen=True)
+class TargetAccess:
+    acl: tuple[str, ...]
+    chap_users: tuple[str, ...]
+
 
 class PortMode(str, Enum):
     ACCESS = "access"
@@ -133,3 +143,55 @@ class SwitchPorts(Protocol):
     def apply(self, intents: list[PortIntent]) -> list[PortState]: ...
 
     def read(self, ports: list[str]) -> list[PortState]: ...
+
+
+# ---------------------------------------------------------------------------- hardware, from the BMC
+
+Health = str  # "ok" | "warning" | "critical" | "unknown" (ours; drivers translate at the edge)
+
+
+@dataclass(frozen=True)
+class HardwareFacts:
+    """What the BMC says the body is. ``None``: this BMC cannot say (IPMI FRU has no core count)."""
+
+    model: str | None = None
+    cores: int | None = None
+    memory_gb: int | None = None
+    macs: tuple[str, ...] | None = None  # lower-case aa:bb:cc:dd:ee:ff
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One BMC event-log entry (Redfish LogEntry or IPMI SEL record), in our words.
+
+    ``sensor`` is the IPMI sensor-type name (``memory``, ``power-supply``, ``fan``, ``drive-slot``...)
+    or the Redfish SensorType lower-cased; ``offset`` the IPMI event offset (event data 1, low
+    nibble) when known; ``event_type`` the IPMI event/reading type code.
+    """
+
+    id: str
+    message: str = ""
+    message_id: str = ""
+    severity: str = ""
+    sensor: str = ""
+    event_type: int | None = None
+    offset: int | None = None
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class BodyHealth:
+    health: Health
+    entries: tuple[LogEntry, ...] = ()
+
+
+@runtime_checkable
+class Hardware(Protocol):
+    """A body's inventory and health as its BMC reports them (reads only)."""
+
+    def facts(self, macs: bool = True) -> HardwareFacts:
+        """Inventory; ``macs=False`` skips the NIC listing (a few requests on Redfish) when no MAC
+        is declared to compare with."""
+
+    def health(self) -> BodyHealth:
+        """Summary health and the event log's entries (newest last; bounded by the driver)."""

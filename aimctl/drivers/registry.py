@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from aimctl.drivers.protocols import BootConfig, PortIntent, Power, StorageAccess, SwitchPorts
+from aimctl.drivers.protocols import BootConfig, Hardware, PortIntent, Power, StorageAccess, SwitchPorts
 from aimctl.errors import OperatorError
 from aimctl.model import Server, Storage, Switch
 from aimctl.secrets import resolve
@@ -66,6 +66,23 @@ def make_bootcfg(name: str, server: Server, boot_dir: Path, power: Power | None 
     return IpxeBootConfig(name, boot_dir, power or make_power(name, server))  # type: ignore[arg-type]
 
 
+def make_hardware(name: str, server: Server, power: Power | None = None) -> Hardware:
+    """Inventory and health reads; IPMI shares the server's power driver (one pyghmi session)."""
+    b = server.bmc
+    if b.kind == "redfish":
+        from aimctl.drivers.redfish import RedfishClient
+        from aimctl.drivers.redfish_hw import RedfishHardware
+
+        client = RedfishClient(_bmc_url(server), b.system_id or "System.Embedded.1", b.credentials.username,
+                               resolve(b.credentials.password), verify_tls=_verify(name, server), name=name)
+        return RedfishHardware(client)
+    from aimctl.drivers.ipmi import IpmiPower
+    from aimctl.drivers.ipmi_hw import IpmiHardware
+
+    p = power if isinstance(power, IpmiPower) else make_power(name, server)
+    return IpmiHardware(p)  # type: ignore[arg-type]
+
+
 def make_switch(name: str, sw: Switch, command_timeout_s: float = 10.0) -> SwitchPorts:
     from aimctl.drivers.switch import NetmikoSwitch
 
@@ -106,6 +123,11 @@ class Drivers:
                 self._cache[(kind, name)] = make()
             return self._cache[(kind, name)]
 
+    def instances(self, kind: str) -> dict[str, Any]:
+        """The drivers of one kind built so far (``switch``, ``power``...), by device name."""
+        with self._lock:
+            return {name: drv for (k, name), drv in self._cache.items() if k == kind}
+
     def power(self, server: str) -> Power:
         return self._get("power", server, lambda: make_power(server, self.defs.servers[server]))  # type: ignore[no-any-return]
 
@@ -113,6 +135,11 @@ class Drivers:
         srv = self.defs.servers[server]
         return self._get("boot", server, lambda: make_bootcfg(  # type: ignore[no-any-return]
             server, srv, self.boot_dir, self.power(server) if srv.bmc.kind == "ipmi" else None))
+
+    def hardware(self, server: str) -> Hardware:
+        srv = self.defs.servers[server]
+        return self._get("hardware", server, lambda: make_hardware(  # type: ignore[no-any-return]
+            server, srv, self.power(server) if srv.bmc.kind == "ipmi" else None))
 
     def switch(self, name: str) -> SwitchPorts:
         return self._get("switch", name, lambda: make_switch(  # type: ignore[no-any-return]

@@ -46,7 +46,7 @@ import threading
 import time
 
 from aimctl import secrets
-from aimctl.drivers.protocols import Session
+from aimctl.drivers.protocols import Session, TargetAccess
 from aimctl.drivers.runner import Arg, LocalRunner, Runner, Secret, SshRunner, display
 from aimctl.drivers.tgt_show import TargetView, parse_accounts, parse_conns, parse_targets
 from aimctl.errors import OperatorError, Rejected, StateMismatch, Timeout, Unreachable
@@ -140,6 +140,12 @@ class TgtStorage:
     def initiators(self, target: str) -> list[str]:
         self._check_iqn(target, "target")
         return list(self._view(target).acl)
+
+    def read_access(self, targets: list[str]) -> dict[str, TargetAccess]:
+        for t in targets:
+            self._check_iqn(t, "target")
+        views = self.targets_of()  # one tgtadm for every target
+        return {t: TargetAccess(tuple(views[t].acl), tuple(views[t].accounts)) for t in targets if t in views}
 
     # ------------------------------------------------------------------ CHAP
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from aimctl.errors import OperatorError
 from aimctl.journal import schema
+from aimctl.journal.findings import FindingsMixin, StoredFinding
 from aimctl.journal.state import (  # re-exported: one import for callers
     Lease,
     LeaseHeld,
@@ -58,13 +59,14 @@ __all__ = [
     "Record",
     "ServerMark",
     "ServerStatus",
+    "StoredFinding",
     "UnknownOperation",
     "commits",
     "persona_lease",
     "server_lease",
 ]
 
-KINDS = {"failover": "fo", "move": "mv", "failback": "fb"}
+KINDS = {"failover": "fo", "move": "mv", "failback": "fb", "repair": "rp"}
 STATES = ("running", "needs-operator", "waiting-approval", "done", "failed", "aborted")
 UNFINISHED = ("running", "needs-operator", "waiting-approval")
 TERMINAL = ("done", "failed", "aborted")
@@ -151,7 +153,7 @@ def _dumps(value: Mapping[str, Any] | None) -> str:
         raise ValueError(f"journal detail is not JSON-serialisable: {exc}") from None
 
 
-class Journal(StateMixin):
+class Journal(StateMixin, FindingsMixin):
     def __init__(
         self,
         path: Path | str,

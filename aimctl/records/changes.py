@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 Change = Callable[[dict[str, Any], float], None]
 
 OPEN_STATES = ("new", "implement", "review")
-TITLES = {"failover": "Failover", "move": "Planned move", "failback": "Failback"}
+TITLES = {"failover": "Failover", "move": "Planned move", "failback": "Failback", "repair": "Drift repair"}
 
 
 class UnknownChange(OperatorError):
@@ -74,7 +74,8 @@ class ChangeRecords:
             "number": "",
             "correlation_id": op.id,
             "type": "emergency" if op.kind == "failover" else "normal",
-            "short_description": f"{TITLES.get(op.kind, op.kind)} of persona {op.persona}{where}",
+            "short_description": f"{TITLES.get(op.kind, op.kind)} of "
+                                 f"{f'persona {op.persona}' if op.persona else 'a body'}{where}",
             "description": mask(description or f"aimctl operation {op.id} ({op.kind}) on persona {op.persona}."),
             "state": "new",
             "approval": "requested" if require_approval else "not-required",

@@ -117,13 +117,22 @@ class Faults:
     def __init__(self, servers: Iterable[str]) -> None:
         self._servers = frozenset(servers)
         self._on: dict[str, set[str]] = {kind: set() for kind in FAULT_KINDS}
+        self._delay: dict[str, float] = {}  # "slow": seconds per request, per server
 
-    def set(self, name: str, kind: str, on: bool) -> None:
+    def set(self, name: str, kind: str, on: bool, delay_s: float | None = None) -> None:
         if name not in self._servers:
             raise KeyError(name)
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; want one of {', '.join(FAULT_KINDS)}")
         (self._on[kind].add if on else self._on[kind].discard)(name)
+        if kind == "slow":
+            if on and delay_s is not None:
+                self._delay[name] = delay_s
+            else:
+                self._delay.pop(name, None)
+
+    def delay_for(self, name: str, default_s: float) -> float:
+        return self._delay.get(name, default_s)
 
     def has(self, name: str, kind: str) -> bool:
         return name in self._on[kind]
@@ -131,3 +140,4 @@ class Faults:
     def clear(self, name: str) -> None:
         for names in self._on.values():
             names.discard(name)
+        self._delay.pop(name, None)

@@ -14,7 +14,10 @@ Everything here extends the emulator from the outside (LAB.md):
 * a SessionService (tokens, as real BMCs hand out) from ``lab.redfish_sessions``; Basic auth
   from a bcrypt htpasswd file keeps working;
 * a WSGI wrapper outside the auth layer injects faults per system ("down": the connection is
-  reset; "slow": +``slow_s`` per request; "lies": power reads On).
+  reset; "slow": +``slow_s`` (or the fault's own delay) per request; "lies": power reads On);
+* with ``per_system_ports``, each system also gets a listener of its own, as each real server has
+  its own BMC: every request on that port is that BMC's (service root and session login included),
+  so a slow BMC is slow from its first contact on.
 
 The pieces that plug into the emulator (module copy, driver subclass, fault layer) are in
 ``lab.redfish_emulator``; the NIC resources in ``lab.redfish_nic``.
@@ -37,9 +40,10 @@ import bcrypt
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from aimctl.drivers.protocols import IscsiBoot
-from lab.bmc import redfish_nic
+from lab.bmc import redfish_hw, redfish_nic
 from lab.bmc.common import DueTimer, Faults, Notifier
 from lab.bmc.redfish_emulator import FaultMiddleware, QuietHandler, fresh_emulator_module, lab_driver_class, serve_tls
+from lab.bmc.hardware import HardwareState
 from lab.bmc.redfish_sessions import SessionLayer
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,10 @@ class RedfishSystemSpec:
     name: str
     power_on: bool = False
     boot_nic: str = "NIC.Integrated.1-1"
+    model: str = "PowerEdge R720"
+    cores: int = 16
+    memory_gb: int = 192
+    macs: list[str] | None = None  # declared MACs; else the lab makes one up
 
 
 class RedfishLab:
@@ -63,8 +71,12 @@ class RedfishLab:
         power_delay_s: float = 1.0,
         tls: bool = False,
         slow_s: float = 0.5,
+        per_system_ports: bool = False,
     ) -> None:
         self.power_delay_s = power_delay_s
+        self.per_system_ports = per_system_ports
+        self._bmc_servers: dict[str, tuple[BaseWSGIServer, threading.Thread]] = {}
+        self._port_names: dict[str, str] = {}  # listener port (as WSGI's SERVER_PORT) -> system name
         self.slow_s = slow_s  # added to every request for a system while "slow" is on
         self.tls = tls
         self.state_dir = Path(state_dir)
@@ -78,6 +90,7 @@ class RedfishLab:
         # power requests each system received over Redfish (ComputerSystem.Reset), for tests and status
         self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
         self.iscsi = redfish_nic.IscsiStore()
+        self.hardware = HardwareState()
         self._notifier = Notifier("redfish-lab")
         self._due = DueTimer("redfish-lab", self._land)
         self._module: types.ModuleType | None = None
@@ -107,15 +120,21 @@ class RedfishLab:
         for name, spec in self._specs.items():
             self.iscsi.add(self._uuids[name], spec.boot_nic)
         redfish_nic.register_routes(app, self.iscsi, self._uuid_for)
+        for name, spec in self._specs.items():
+            macs = spec.macs or [n["mac"] for n in self._fake_system(spec)["nics"]]
+            self.hardware.add(name, spec.model, spec.cores, spec.memory_gb, macs)
+        redfish_hw.register_routes(app, self.hardware, self.name_for)
         basic = app.wsgi_app  # the emulator behind its Basic-auth layer (when users are set)
         inner = basic.app if self._users else basic
         app.wsgi_app = FaultMiddleware(SessionLayer(basic, inner, self._users), self)
         self._driver = app.systems  # build the driver (and its SQLite) before the first request
         for u in self._uuids.values():
             self._power_seen[u] = self._driver._get(u)["power_state"] == "On"
+        # One certificate for every listener (the overlay names one CA file for the lab's BMCs).
+        ssl_context = self._ssl_context() if self.tls else None
         self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
-        if self.tls:
-            serve_tls(self._server, self._ssl_context())
+        if ssl_context is not None:
+            serve_tls(self._server, ssl_context)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -123,9 +142,32 @@ class RedfishLab:
             daemon=True,
         )
         self._thread.start()
+        if self.per_system_ports:
+            for name in self._specs:
+                srv = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+                if ssl_context is not None:
+                    serve_tls(srv, ssl_context)
+                th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                                      name=f"redfish-lab-{name}", daemon=True)
+                th.start()
+                self._bmc_servers[name] = (srv, th)
+                self._port_names[str(srv.server_port)] = name
         return int(self._server.server_port)
 
+    def port_of(self, name: str) -> int:
+        """The port of ``name``'s own BMC listener (``per_system_ports``), else the shared one."""
+        got = self._bmc_servers.get(name)
+        return int(got[0].server_port) if got else self.port
+
+    def name_for_port(self, port: str) -> str | None:
+        return self._port_names.get(port)
+
     def stop(self) -> None:
+        for srv, th in self._bmc_servers.values():
+            srv.shutdown()
+            srv.server_close()
+            th.join(timeout=5)
+        self._bmc_servers.clear()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -208,14 +250,19 @@ class RedfishLab:
             self._due.cancel(u)
             self._driver._update(u, power_state="On" if on else "Off", pending_power=None)
 
-    def set_fault(self, name: str, kind: str, on: bool) -> None:
-        self._faults.set(name, kind, on)
+    def set_fault(self, name: str, kind: str, on: bool, delay_s: float | None = None) -> None:
+        """``delay_s``: for "slow", seconds added to every request (default ``slow_s``)."""
+        self._faults.set(name, kind, on, delay_s)
+
+    def slow_for(self, name: str) -> float:
+        return self._faults.delay_for(name, self.slow_s)
 
     def faulted(self, name: str, kind: str) -> bool:
         return self._faults.has(name, kind)
 
     def reset(self, name: str, power_on: bool) -> None:
         self._faults.clear(name)
+        self.hardware.reset(name)
         u = self._uuids[name]
         self.iscsi.clear(u)
         with self._lock:
@@ -263,6 +310,8 @@ class RedfishLab:
 
     def _fake_system(self, spec: RedfishSystemSpec) -> dict[str, Any]:
         n = list(self._specs).index(spec.name) + 1
+        nics = [{"mac": m, "ip": f"10.99.{n // 256}.{n % 256}"} for m in spec.macs] if spec.macs else \
+            [{"mac": f"52:54:00:aa:{n // 256:02x}:{n % 256:02x}", "ip": f"10.99.{n // 256}.{n % 256}"}]
         return copy.deepcopy(
             {
                 "uuid": self._uuids[spec.name],
@@ -271,7 +320,7 @@ class RedfishLab:
                 "boot_device": "Hdd",
                 "boot_mode": "UEFI",
                 "external_notifier": False,
-                "nics": [{"mac": f"52:54:00:aa:{n // 256:02x}:{n % 256:02x}", "ip": f"10.99.{n // 256}.{n % 256}"}],
+                "nics": nics,
             }
         )
 
