@@ -123,7 +123,7 @@ CASES = [
      "kind: redfish, tls: false, ca_file: /etc/aimctl/bmc-ca.pem, address: 10.0.0.11,", "servers.r720-1.bmc",
      "need tls: true"),
     ("inventory/exchange-site.yaml", "kind: redfish, address: 10.0.0.11,",
-     "kind: redfish, ca_file: bmc-ca.pem, address: 10.0.0.11,", "servers.r720-1.bmc.ca_file", "pattern"),
+     "kind: redfish, ca_file: bmc-ca.pem, address: 10.0.0.11,", "servers.r720-1.bmc.ca_file", "not an absolute path"),
     ("inventory/exchange-site.yaml", "kind: redfish, address: 10.0.0.11,",
      "kind: redfish, vendor: acme, address: 10.0.0.11,", "servers.r720-1.bmc.vendor", "unknown Redfish vendor"),
 ]
