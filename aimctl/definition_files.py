@@ -43,10 +43,12 @@ LIMITS = Limits()
 
 @dataclass(frozen=True)
 class DefinitionFile:
+    """A file that was read whole and passed the checks. Its bytes are not kept (a tree's files are
+    parsed one at a time, read again then, so only one file's bytes are ever held)."""
+
     path: Path
     shown: str
-    data: bytes
-    digest: bytes  # sha256 of ``data`` (the cache key is made of these)
+    digest: bytes  # sha256 of the bytes (the cache key is made of these); b"" when not asked for
 
 
 def _mb(n: int) -> str:
@@ -159,8 +161,9 @@ def read_bounded(path: Path, shown: str, max_bytes: int, problems: Problems) -> 
         os.close(fd)
 
 
-def collect(root: Path, limits: Limits, problems: Problems) -> list[DefinitionFile]:
-    """Every definition file under ``root`` with its bytes; problems for the ones that cannot be."""
+def collect(root: Path, limits: Limits, problems: Problems, digests: bool = False) -> list[DefinitionFile]:
+    """Every definition file under ``root`` that can be read and is within the limits; problems for
+    the ones that cannot be. With ``digests``, each file's sha256 (for a cache key)."""
     paths = _listing(root, limits, problems)
     if not paths and not problems:
         raise OperatorError(f"{root}: no *.yaml definition files found")
@@ -179,8 +182,14 @@ def collect(root: Path, limits: Limits, problems: Problems) -> list[DefinitionFi
             problems.add_at(shown, f"the definitions add up to more than {_mb(limits.max_tree_bytes)} "
                                    f"(the limit for one tree) at this file")
             break
-        out.append(DefinitionFile(path, shown, data, hashlib.sha256(data).digest()))
+        out.append(DefinitionFile(path, shown, hashlib.sha256(data).digest() if digests else b""))
     return out
+
+
+def text_of(f: DefinitionFile, limits: Limits, problems: Problems) -> str | None:
+    """The file's text, read again (bounded) when it is parsed."""
+    data = read_bounded(f.path, f.shown, limits.max_file_bytes, problems)
+    return decode(data, f.shown, problems) if data is not None else None
 
 
 EMPTY = "empty definition file (a pool file has pool:, an inventory file servers:, switches: or storage:)"

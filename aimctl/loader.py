@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from aimctl import definition_cache, netos, redfish_vendors
-from aimctl.definition_files import EMPTY, LIMITS, DefinitionFile, Limits, collect, decode, read_bounded
+from aimctl.definition_files import EMPTY, LIMITS, DefinitionFile, Limits, collect, text_of
 from aimctl.errors import DefinitionError
 from aimctl.model import MAX_ENTRIES, InventoryFile, Name, Persona, PoolFile, Server, Storage, Switch
 from aimctl.yaml_source import Problems, Source, parse
@@ -132,8 +132,9 @@ def _validate(model: type[BaseModel], data: dict[Any, Any], src: Source, problem
     return result if problems.count == before else None
 
 
-def _mapping(f: DefinitionFile, problems: Problems, empty_ok: bool = False) -> tuple[dict[Any, Any], Source] | None:
-    text = decode(f.data, f.shown, problems)
+def _mapping(f: DefinitionFile, problems: Problems, limits: Limits = LIMITS,
+             empty_ok: bool = False) -> tuple[dict[Any, Any], Source] | None:
+    text = text_of(f, limits, problems)
     parsed = parse(text, f.shown, problems) if text is not None else None
     if parsed is None:
         return None
@@ -152,8 +153,7 @@ def _mapping(f: DefinitionFile, problems: Problems, empty_ok: bool = False) -> t
 def read_mapping(path: Path, limits: Limits = LIMITS) -> tuple[dict[Any, Any], Source]:
     """One YAML mapping file (an overlay, say) with the loader's limits; DefinitionError otherwise."""
     problems = Problems(limits.max_problems)
-    data = read_bounded(path, str(path), limits.max_file_bytes, problems)
-    got = _mapping(DefinitionFile(path, str(path), data, b""), problems, empty_ok=True) if data is not None else None
+    got = _mapping(DefinitionFile(path, str(path), b""), problems, limits, empty_ok=True)
     if got is None:
         raise problems.error()
     return got
@@ -162,14 +162,12 @@ def read_mapping(path: Path, limits: Limits = LIMITS) -> tuple[dict[Any, Any], S
 # ---------------------------------------------------------------------------- the tree
 
 
-def _load(root: Path, files: list[DefinitionFile], problems: Problems) -> Definitions:
+def _load(root: Path, files: list[DefinitionFile], problems: Problems, limits: Limits) -> Definitions:
     defs = Definitions(root=root)
     pool_src: dict[str, Source] = {}
     inv_src: dict[tuple[str, str], Source] = {}
-    files.reverse()
-    while files:
-        f = files.pop()  # its bytes go as soon as it is parsed (the text stays, for positions)
-        got = _mapping(f, problems)
+    for f in files:
+        got = _mapping(f, problems, limits)
         if got is None:
             continue
         data, src = got
@@ -232,9 +230,9 @@ def _content_key(files: list[DefinitionFile]) -> str:
     return h.hexdigest()
 
 
-def _read_tree(root: Path, limits: Limits) -> tuple[list[DefinitionFile], Problems]:
+def _read_tree(root: Path, limits: Limits, digests: bool) -> tuple[list[DefinitionFile], Problems]:
     problems = Problems(limits.max_problems)
-    files = collect(root, limits, problems)
+    files = collect(root, limits, problems, digests)
     return files, problems
 
 
@@ -247,25 +245,26 @@ def load(root: Path | str, use_cache: bool = False, limits: Limits = LIMITS) -> 
     asks for the cache.
     """
     root = Path(root)
-    files, problems = _read_tree(root, limits)
+    files, problems = _read_tree(root, limits, digests=use_cache)
     if problems:
         # Listing problems first, then what the files that could be read say, so one run shows
         # everything (not when the tree is refused for its sheer number of files).
         if len(files) <= limits.max_files:
-            _load_quiet(root, files, problems)
+            _load_quiet(root, files, problems, limits)
         raise problems.error()
     if not use_cache:
-        return _load(root, files, problems)
+        return _load(root, files, problems, limits)
     key = _content_key(files)
     defs = definition_cache.read(key, "full.pickle")
     if isinstance(defs, Definitions):
         defs.root = root
         return defs
-    return _load_and_cache(root, files, problems, key)
+    return _load_and_cache(root, files, problems, key, limits)
 
 
-def _load_and_cache(root: Path, files: list[DefinitionFile], problems: Problems, key: str) -> Definitions:
-    defs = _load(root, files, problems)
+def _load_and_cache(root: Path, files: list[DefinitionFile], problems: Problems, key: str,
+                    limits: Limits) -> Definitions:
+    defs = _load(root, files, problems, limits)
     cached: dict[str, Any] = {f"pool-{pool}.pickle": _pool_slice(defs, pool) for pool in defs.pools}
     cached["index.pickle"] = {n: x.pool for n, x in defs.personas.items()}
     cached["full.pickle"] = defs
@@ -273,9 +272,9 @@ def _load_and_cache(root: Path, files: list[DefinitionFile], problems: Problems,
     return defs
 
 
-def _load_quiet(root: Path, files: list[DefinitionFile], problems: Problems) -> None:
+def _load_quiet(root: Path, files: list[DefinitionFile], problems: Problems, limits: Limits) -> None:
     try:
-        _load(root, files, problems)
+        _load(root, files, problems, limits)
     except DefinitionError:
         pass
 
@@ -286,7 +285,7 @@ def load_for_persona(root: Path | str, persona: str, limits: Limits = LIMITS) ->
     Served from the cache only when the whole tree validated before; otherwise a full load.
     """
     root = Path(root)
-    files, problems = _read_tree(root, limits)
+    files, problems = _read_tree(root, limits, digests=True)
     if problems:
         return load(root, limits=limits)  # says what is wrong
     key = _content_key(files)
@@ -296,14 +295,15 @@ def load_for_persona(root: Path | str, persona: str, limits: Limits = LIMITS) ->
         if isinstance(part, Definitions):
             part.root = root
             return part
-    return _load_and_cache(root, files, problems, key)
+    return _load_and_cache(root, files, problems, key, limits)
 
 
 def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[tuple[str, str], Source],
                   problems: Problems) -> None:
     # Cabling: a switch port carries one server channel, and its name must fit the switch's OS.
-    seen_ports: dict[tuple[str, str], str] = {}
-    seen_ifindex: dict[tuple[str, int], str] = {}
+    # (switch, port) / (switch, ifIndex) -> (server, channel); named only when a problem is shown
+    seen_ports: dict[tuple[str, str], tuple[str, int]] = {}
+    seen_ifindex: dict[str, set[int]] = {}  # per switch: small ints, no per-port objects at 10,000 personas
     os_rows = netos.table()
     for sname, srv in defs.servers.items():
         src = inv_src[("servers", sname)]
@@ -326,14 +326,16 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
                     problems.add(src, path + ("port",), f"no ifIndex rule of {sw.os} numbers port {cable.port!r}: "
                                                          "set ifindex: on this cable (traps name ports by ifIndex)")
                 else:
-                    twin = seen_ifindex.get((cable.switch, index))
-                    if twin:
+                    indexes = seen_ifindex.setdefault(cable.switch, set())
+                    if index in indexes:
+                        twin = _ifindex_owner(defs, os_rows, cable.switch, index)
                         problems.add(src, path + ("port",), f"{cable.switch} ifIndex {index} is also {twin}'s: "
                                                              "a link trap could not tell them apart")
-                    seen_ifindex[(cable.switch, index)] = f"{sname} channel {ch}"
+                    indexes.add(index)
             if other:
-                problems.add(src, path + ("port",), f"{cable.switch} {cable.port} is already cabled to {other}")
-            seen_ports[(cable.switch, cable.port)] = f"{sname} channel {ch}"
+                problems.add(src, path + ("port",), f"{cable.switch} {cable.port} is already cabled to "
+                                                     f"{other[0]} channel {other[1]}")
+            seen_ports[(cable.switch, cable.port)] = (sname, ch)
     initiators: dict[str, str] = {}
     addresses: dict[ipaddress.IPv4Address, str] = {}
     for pname, pool in defs.pools.items():
@@ -418,3 +420,17 @@ def _vlans_fit_switches(defs: Definitions, pname: str, pool: PoolFile, src: Sour
             why = row.vlan_problem(vlan) if row is not None else None
             if why:
                 problems.add(src, path, f"{why} (switch {switch} of pool {pname})")
+
+
+def _ifindex_owner(defs: Definitions, os_rows: dict[str, netos.NetOs], switch: str, index: int) -> str:
+    """The first server channel cabled to ``switch`` at ``index`` (looked for only when two collide)."""
+    for sname, srv in defs.servers.items():
+        for ch, cable in srv.channels.items():
+            row = os_rows.get(defs.switches[switch].os)
+            if cable.switch == switch and row is not None and row.valid_port(cable.port):
+                try:
+                    if (cable.ifindex or row.ifindex(cable.port)) == index:
+                        return f"{sname} channel {ch}"
+                except ValueError:
+                    continue
+    return "another port"
