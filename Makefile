@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-APT_PACKAGES := tgt libiscsi-bin libiscsi-dev python3-venv python3-dev build-essential
+APT_PACKAGES := tgt libiscsi-bin libiscsi-dev python3-venv python3-dev build-essential bind9 bind9-utils
 
 .PHONY: setup apt test test-unit demo bench lint clean
 

@@ -47,7 +47,8 @@ from aimctl.failover.planner import check_request
 from aimctl.failover.resolve import KEEP, abandon_plan, mark_fenced_refusal, retry_refusal
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
-from aimctl.journal import TERMINAL, Journal, Operation, ServerMark, persona_lease, server_lease
+from aimctl.journal import BACKGROUND_KINDS, TERMINAL, Journal, Operation, ServerMark, persona_lease, server_lease
+from aimctl.lifecycle.service import Lifecycle, Preempting
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
@@ -62,6 +63,11 @@ from aimctl.recovery.runner import hook_runner
 from aimctl.secrets import resolve_bytes
 
 log = logging.getLogger("aimctl.controller")
+
+# Operations that leave the persona running on its body: a drift repair holds only ports, an archive
+# or a rehearsal copies and boots beside it. The detector keeps watching such a persona, and its death
+# is not "covered" by them: it queues a failover, which pre-empts or waits for them.
+WATCHED_KINDS = ("repair", *BACKGROUND_KINDS)
 
 TRIGGERS = (PersonaDead, PersonaPresumedDead, PersonaUnhealthy)
 
@@ -186,6 +192,8 @@ class Controller:
                        hook_runner(defs, self._hook_note), self.unavailable_bodies,
                        change_approved=self.changes.is_approved, stop_persona=self.stop_persona,
                        alive_evidence=self.alive_evidence, settings=self.settings)
+        # Archives, restores, rehearsals and gold-image personas: operations of their own kinds.
+        self.lifecycle = Lifecycle(self)
 
     # ------------------------------------------------------------------ observe
 
@@ -342,8 +350,9 @@ class Controller:
             self.start_failover(q.persona, trigger=q.trigger, evidence=q.evidence)
             self._pending.pop(q.persona, None)
             self._held.pop(q.persona, None)
-        except StormBrake as exc:
-            self._held[q.persona] = str(exc)  # stays queued until a running failover of its pool ends
+        except (StormBrake, Preempting) as exc:
+            # Stays queued until a running failover of its pool ends, or what it pre-empts has stopped.
+            self._held[q.persona] = str(exc)
         except OperatorError as exc:
             log.error("failover of %s not started: %s", q.persona, exc)
             self._pending.pop(q.persona, None)
@@ -392,20 +401,26 @@ class Controller:
                 "queued": sorted(self._pending), "detector_stalls": self.detector.stalls,
                 "bmcs": {s: self.poller.answer(s)[0] for s in sorted(self.defs.servers)}}
 
+    def queued_personas(self) -> set[str]:
+        """Personas whose death waits in the storm brake's queue."""
+        return set(self._pending)
+
     def held_why(self, persona: str) -> str | None:
         """Why a queued death has not become a failover yet (None when it is not held)."""
         return self._held.get(persona) if persona in self._pending else None
 
     def busy_personas(self) -> set[str]:
-        return {op.persona for op in self.journal.unfinished_operations()}
+        """Personas an operation has taken off their body (archives and rehearsals leave them running:
+        the detector keeps watching those)."""
+        return {op.persona for op in self.journal.unfinished_operations() if op.kind not in BACKGROUND_KINDS}
 
     def acting_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()
-                if op.state == "running" and op.kind != "repair"}
+                if op.state == "running" and op.kind not in WATCHED_KINDS}
 
     def covered_personas(self) -> set[str]:
-        """Personas whose death an operation already covers (a drift repair covers none)."""
-        return {op.persona for op in self.journal.unfinished_operations() if op.kind != "repair"}
+        """Personas whose death an operation already covers (a repair, archive or rehearsal covers none)."""
+        return {op.persona for op in self.journal.unfinished_operations() if op.kind not in WATCHED_KINDS}
 
     def _failing_over(self, pool: str) -> set[str]:
         return {o.persona for o in self.journal.unfinished_operations()
@@ -417,6 +432,11 @@ class Controller:
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
                        to: str | None = None, actor: str = "controller", change: str | None = None,
                        facts: dict[str, Any] | None = None) -> str:
+        if persona not in self.defs.personas:
+            raise OperatorError(f"unknown persona {persona!r}")
+        # An archive or rehearsal in the way stops first (a rehearsal tears down); queued deaths retry
+        # on the next tick meanwhile, an operator's request waits a little.
+        self.lifecycle.yield_to(persona, kind, wait_s=0.0 if actor == "controller" else 30.0)
         with self._lock:
             # Names and targets are checked before anything is opened: a request that can never run
             # must not leave an operation holding the persona.
@@ -430,8 +450,8 @@ class Controller:
             if holding is not None:
                 raise OperatorError(f"{persona} already has an operation in progress")
             pool = self.defs.personas[persona].pool
-            running = [o for o in self.journal.unfinished_operations()
-                       if self.defs.personas.get(o.persona) and self.defs.personas[o.persona].pool == pool]
+            running = [o for o in self.journal.unfinished_operations() if o.kind not in BACKGROUND_KINDS
+                       and self.defs.personas.get(o.persona) and self.defs.personas[o.persona].pool == pool]
             if kind == "failover" and len(running) >= self.defs.pools[pool].storm.max_concurrent:
                 raise StormBrake(f"storm brake: {len(running)} operations already running in pool {pool}")
             old = self.journal.assignment().get(persona)
@@ -469,9 +489,10 @@ class Controller:
             if running is not None and running.is_alive():
                 return False
             # The workflow holds the persona from here: the detector starts afresh when it is handed back.
-            # (A drift repair holds only ports: the detector keeps its state and keeps watching.)
+            # (A drift repair holds only ports, an archive or a rehearsal leaves the persona running
+            # where it is: the detector keeps its state and keeps watching.)
             op = self.journal.operation(op_id)
-            if op.kind != "repair":
+            if op.kind not in WATCHED_KINDS:
                 self.detector.forget(op.persona)
             t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
             self._threads[op_id] = t
@@ -480,6 +501,12 @@ class Controller:
 
     def _run_op(self, op_id: str) -> None:
         op = self.journal.operation(op_id)
+        if self.lifecycle.handles(op.kind):
+            done = self.lifecycle.run(op_id)
+            if done is not None and done.state == "needs-operator":
+                self.alerts.emit(NeedsOperatorAlert(op.persona, f"{op_id} needs an operator: {done.result}; exits: "
+                                                                f"aimctl retry|abandon {op_id}"))
+            return
         # Opening is idempotent: a resumed operation finds the change record it opened before.
         rec = self.changes.open(op, description=f"{op.kind} of {op.persona or op.facts.get('subject')} from "
                                                 f"{op.from_server}: {op.facts.get('evidence', '')}",
@@ -647,12 +674,16 @@ class Controller:
             self._storm_brake()
             self._approval_timeouts()
             self.oversight.tick(now)
+            self.lifecycle.tick()
 
     def _approval_timeouts(self) -> None:
         for op in self.journal.unfinished_operations():
-            if op.persona not in self.defs.personas:
-                continue  # a repair of a quarantined body has no persona
-            spec = self.defs.personas[op.persona].spec
+            # A repair of a quarantined body has no persona; one being made from a gold image is not
+            # defined yet.
+            pd = self.defs.personas.get(op.persona)
+            if pd is None:
+                continue
+            spec = pd.spec
             if op.state == "waiting-approval" and time.time() - op.created > spec.confirm_timeout \
                     and not (op.id in self._threads and self._threads[op.id].is_alive()):
                 self._spawn(op.id)

@@ -19,7 +19,18 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from aimctl import definition_cache, netos, redfish_vendors
 from aimctl.definition_files import EMPTY, LIMITS, DefinitionFile, Limits, collect, text_of
 from aimctl.errors import DefinitionError
-from aimctl.model import MAX_ENTRIES, InventoryFile, Name, Persona, PoolFile, Server, Storage, Switch
+from aimctl.model import (
+    MAX_ENTRIES,
+    InventoryFile,
+    Name,
+    Persona,
+    PoolFile,
+    Server,
+    Storage,
+    Switch,
+    dns_placeholders,
+)
+from aimctl.validation import is_rehearsal_initiator
 from aimctl.yaml_source import Problems, Source, parse
 
 __all__ = ["LIMITS", "Definitions", "Limits", "PersonaDef", "Source", "load", "load_for_persona", "read_mapping",
@@ -298,6 +309,18 @@ def load_for_persona(root: Path | str, persona: str, limits: Limits = LIMITS) ->
     return _load_and_cache(root, files, problems, key, limits)
 
 
+def _lifecycle_checks(pool: PoolFile, src: Source, production: dict[int, str], problems: Problems) -> None:
+    rh = pool.rehearsal
+    if rh.vlan is not None and rh.vlan in production:
+        problems.add(src, ("rehearsal", "vlan"), f"rehearsal VLAN {rh.vlan} is {production[rh.vlan]}: a rehearsal "
+                                                 "must be isolated from every production VLAN")
+    if (rh.every is not None or rh.on) and rh.vlan is None:
+        problems.add(src, ("rehearsal",), "rehearsals need an isolated VLAN (rehearsal.vlan)")
+    for i, m in enumerate(rh.on):
+        if m not in pool.members:
+            problems.add(src, ("rehearsal", "on", i), f"{m!r} is not a member of pool {pool.pool}")
+
+
 def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[tuple[str, str], Source],
                   problems: Problems) -> None:
     # Cabling: a switch port carries one server channel, and its name must fit the switch's OS.
@@ -338,8 +361,13 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
             seen_ports[(cable.switch, cable.port)] = (sname, ch)
     initiators: dict[str, str] = {}
     addresses: dict[ipaddress.IPv4Address, str] = {}
+    production: dict[int, str] = {}
+    for pname, pool in defs.pools.items():
+        production.update({n.vlan: f"network {k} of pool {pname}" for k, n in pool.networks.items()})
+        production.setdefault(pool.quarantine_vlan, f"the quarantine VLAN of pool {pname}")
     for pname, pool in defs.pools.items():
         src = pool_src[pname]
+        _lifecycle_checks(pool, src, production, problems)
         vlans = {n.vlan: k for k, n in pool.networks.items()}
         if pool.quarantine_vlan in vlans:
             problems.add(src, ("quarantine_vlan",), f"quarantine VLAN {pool.quarantine_vlan} is also network "
@@ -376,6 +404,17 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
                 problems.add(src, base + ("initiator",), f"initiator {p.initiator} is also used by persona "
                                                           f"{initiators[p.initiator]}")
             initiators[p.initiator] = name
+            if is_rehearsal_initiator(p.initiator):
+                problems.add(src, base + ("initiator",), "an initiator name ending in -rehearsal is reserved for "
+                                                         "rehearsals of a persona")
+            for i, h in enumerate(p.recovery):
+                if h.hook != "dns-update":
+                    continue
+                for j, r in enumerate(h.records):
+                    for ph in dns_placeholders(r.name) + dns_placeholders(r.value):
+                        if ph.startswith("address:") and ph[8:] not in p.addresses:
+                            problems.add(src, base + ("recovery", i, "records", j),
+                                         f"{{{ph}}}: persona {name} has no address on network {ph[8:]!r}")
             if pool.scn not in p.addresses:
                 problems.add(src, base + ("addresses",), f"no address on the SCN network {pool.scn!r} "
                                                           f"(heartbeats travel there)")

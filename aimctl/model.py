@@ -204,6 +204,19 @@ def Capped(n: int, what: str) -> Any:  # noqa: N802 - reads as a type annotation
     return (Field(max_length=n), at_most(n, what))
 
 
+def _check_abs_path(value: str) -> str:
+    if not re.fullmatch(r"/[A-Za-z0-9_.:+/-]{1,400}", value) or any(p in ("..", ".") for p in value.split("/")) \
+            or "//" in value:
+        raise ValueError(f"not an absolute path of [A-Za-z0-9_.:+/-] without '..': {value!r}")
+    return value
+
+
+# A checked function, not a pydantic pattern: a counted repetition that long compiles into a Rust
+# regex of megabytes, paid by every process that imports the model.
+AbsPath = Annotated[str, AfterValidator(_check_abs_path),
+                    WithJsonSchema({"type": "string", "pattern": r"^/[A-Za-z0-9_.:+/-]{1,400}$"})]
+
+
 def _check_ssh_url(value: str) -> str:
     ssh_url_parts(value)
     return value
@@ -259,17 +272,6 @@ def _enum_of(schema: Callable[[], dict[str, Any]]) -> Any:
 RedfishVendor = Annotated[str, AfterValidator(_row_of("Redfish vendor", redfish_vendors.names,
                                                       lambda: "bootcfg/redfish_vendors.json")),
                           _enum_of(redfish_vendors.schema_enum)]
-def _check_abs_path(value: str) -> str:
-    if not re.fullmatch(r"/[A-Za-z0-9_.:+/-]{1,400}", value) or any(p in ("..", ".") for p in value.split("/")) \
-            or "//" in value:
-        raise ValueError(f"not an absolute path of [A-Za-z0-9_.:+/-] without '..': {value!r}")
-    return value
-
-
-# A checked function, not a pydantic pattern: a counted repetition that long compiles into a Rust
-# regex of megabytes, paid by every process that imports the model.
-AbsPath = Annotated[str, AfterValidator(_check_abs_path),
-                    WithJsonSchema({"type": "string", "pattern": r"^/[A-Za-z0-9_.:+/-]{1,400}$"})]
 
 
 class Bmc(Strict):
@@ -358,6 +360,9 @@ class Storage(Strict):
     host_key: HostKey = "known-hosts"  # of the ssh:// management host
     # A tgtd listening on a non-default control socket (TGT_IPC_SOCKET); local management only.
     control_socket: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./-]{1,200}$")] | None = None
+    # Where snapshots, gold images and clones live on the storage host. On the LUNs' filesystem a
+    # snapshot shares their extents (xfs, btrfs: reflink) and the freeze lasts milliseconds.
+    snapshot_dir: AbsPath = "/var/lib/aimctl/snapshots"
 
 
 class InventoryFile(Strict):
@@ -453,7 +458,57 @@ class ScriptHook(_Hook):
                     Field(max_length=64)] = []
 
 
-Hook = Annotated[ExchangeDagHook | SshCommandHook | ScriptHook, Field(discriminator="hook")]
+_DNS_NAME = r"(@|[A-Za-z0-9_{}:-]{1,63}(\.[A-Za-z0-9_{}:-]{1,63})*\.?)"
+DnsName = Annotated[str, StringConstraints(pattern=rf"^{_DNS_NAME}$")]
+# {persona}, {server} (the body it runs on now), {address:NETWORK} (its address on a pool network).
+_DNS_PLACEHOLDER = re.compile(r"\{(persona|server|address:[a-z][a-z0-9-]{0,62})\}")
+
+
+def dns_placeholders(text: str) -> list[str]:
+    return _DNS_PLACEHOLDER.findall(text)
+
+
+class DnsRecord(Strict):
+    name: DnsName  # relative to the zone ("mail", "@") or absolute ("mail.example.com.")
+    type: Literal["A", "AAAA", "CNAME", "MX", "TXT"]
+    ttl: Annotated[Pause, Field(ge=0, le=604800)] = 300.0  # 0s is a TTL (no caching)
+    value: Annotated[str, StringConstraints(pattern=r'^[A-Za-z0-9 ._:{}@"=/+-]{1,255}$')]
+
+    @model_validator(mode="after")
+    def _value_fits(self) -> DnsRecord:
+        for text in (self.name, self.value):
+            left = _DNS_PLACEHOLDER.sub("", text)
+            if "{" in left or "}" in left:
+                raise ValueError(f"unknown placeholder in {text!r} (known: {{persona}}, {{server}}, "
+                                 "{address:NETWORK})")
+        if dns_placeholders(self.value):
+            return self
+        if self.type in ("A", "AAAA"):
+            try:
+                ip = ipaddress.ip_address(self.value)
+            except ValueError:
+                raise ValueError(f"{self.type} value {self.value!r} is not an IP address") from None
+            if (ip.version == 4) != (self.type == "A"):
+                raise ValueError(f"{self.type} value {self.value!r} is an IPv{ip.version} address")
+        elif self.type == "MX" and not re.fullmatch(r"\d{1,5} \S+", self.value):
+            raise ValueError(f"MX value {self.value!r}: want 'PREFERENCE HOST'")
+        return self
+
+
+class DnsUpdateHook(_Hook):
+    """RFC 2136 dynamic update of the persona's records, signed with TSIG, read back by a query."""
+
+    hook: Literal["dns-update"]
+    server: Host  # the zone's primary
+    port: Annotated[int, Field(ge=1, le=65535)] = 53
+    zone: DnsName
+    key_name: DnsName
+    key_algorithm: Literal["hmac-sha256", "hmac-sha384", "hmac-sha512"] = "hmac-sha256"
+    credentials: SecretRef  # the TSIG key's secret (base64), as a reference like every secret
+    records: Annotated[list[DnsRecord], Field(min_length=1, max_length=64)]
+
+
+Hook = Annotated[ExchangeDagHook | SshCommandHook | ScriptHook | DnsUpdateHook, Field(discriminator="hook")]
 
 
 class ServiceCheck(Strict):
@@ -564,6 +619,27 @@ class Drift(Strict):
     repair: list[Literal["ports", "quarantine", "bootcfg"]] = []
 
 
+class ArchivePolicy(Strict):
+    """Scheduled snapshots of each persona's boot and data LUNs, frozen together."""
+
+    every: Duration | None = None  # e.g. 24h; none: only `aimctl archive PERSONA`
+    keep: Annotated[Duration, Field(gt=0)] = 259200.0  # older archives are deleted; the newest always stays
+
+
+class RehearsalPolicy(Strict):
+    """Spare rehearsals: a standby boots a copy of the persona's latest archive, isolated, then is released."""
+
+    every: Duration | None = None  # e.g. 7d; none: only `aimctl rehearse PERSONA`
+    # Alert when a persona's last good rehearsal is older than this (default: twice ``every``).
+    stale_after: Duration | None = None
+    # The isolated VLAN a rehearsal body's ports are put in: never a production or quarantine VLAN.
+    # The controller's heartbeat receiver must be reachable from it (rehearsal heartbeats are signed
+    # as such and never count as the persona's own).
+    vlan: Vlan | None = None
+    on: list[Name] = []  # standbys to rehearse on, in this order (default: as a failover would choose)
+    healthy_beats: Annotated[int, Field(ge=1, le=100)] = 3  # consecutive healthy rehearsal heartbeats = good
+
+
 class PoolFile(InventoryFile):
     """A pool; it may carry its own inventory (servers/switches/storage) in the same file."""
 
@@ -579,6 +655,8 @@ class PoolFile(InventoryFile):
     escalation: Escalation = Escalation()
     preempt: Preempt = Preempt()
     drift: Drift = Drift()
+    archives: ArchivePolicy = ArchivePolicy()
+    rehearsal: RehearsalPolicy = RehearsalPolicy()
 
     @model_validator(mode="after")
     def _scn_known(self) -> PoolFile:

@@ -57,9 +57,12 @@ class StoragePatch(Strict):
     port: Port | None = None
     management: str | None = None
     control_socket: str | None = None
+    snapshot_dir: AbsPath | None = None
 
 
 class HookPatch(Strict):
+    server: Host | None = None  # dns-update: the zone's primary
+    port: Port | None = None
     via: SshUrl | None = None
     credentials: SecretRef | None = None
     host_key: HostKey | None = None

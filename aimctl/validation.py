@@ -10,6 +10,9 @@ import re
 
 from aimctl.core.names import HOSTNAME_RE as HOSTNAME_RE  # re-exported: the controller checks both here
 from aimctl.core.names import NAME_RE as NAME_RE
+from aimctl.core.names import REHEARSAL_SUFFIX as REHEARSAL_SUFFIX  # re-exported
+from aimctl.core.names import is_rehearsal_initiator as is_rehearsal_initiator
+from aimctl.core.names import rehearsal_initiator as rehearsal_initiator
 
 # RFC 3720 3.2.6.3.1: iqn.YYYY-MM.reversed.domain[:unique]; lower-case, no spaces.
 IQN_RE = re.compile(r"^iqn\.\d{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[a-z0-9.:_-]{1,200})?\Z")

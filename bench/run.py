@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ["plan", "power", "switch", "heartbeat", "lab", "failover", "drift"]
+BENCHES = ["plan", "power", "switch", "heartbeat", "lab", "failover", "drift", "lifecycle"]
 
 ROWS = [  # (file, key, goal text)
     ("plan", "validate_cold_s", "<= 10 s"), ("plan", "plan_warm_s", "<= 1 s"), ("plan", "peak_rss_mb", "<= 500 MB"),
@@ -23,6 +23,9 @@ ROWS = [  # (file, key, goal text)
     ("drift", "reference_pass_s", ""), ("drift", "reference_sessions_per_switch", "1 each"),
     ("drift", "generated_pass_s", ""), ("drift", "sessions_per_switch", "1 each"),
     ("drift", "cpu_s_per_1000_personas", ""), ("drift", "verdict_cpu_s_per_1000_personas", ""),
+    ("lifecycle", "snapshot_over_cp", ""), ("lifecycle", "snapshot_over_cp_sparse", ""),
+    ("lifecycle", "frozen_filled_s", ""), ("lifecycle", "clone_over_cp", ""), ("lifecycle", "rehearsal_s", ""),
+    ("lifecycle", "rehearsal_over_boot", ""),
 ]
 NOTES = """
 Notes:
@@ -50,6 +53,18 @@ Notes:
   for the BMC reads (boot config, power, inventory: about 2 ms of CPU per Redfish GET; the lab emulator
   closes every connection, so each GET also reconnects); the verdict itself (`verdict_cpu_s_per_1000_personas`)
   is a small part. In the controller, power comes from the BMC poller's answers instead of a read.
+- `lifecycle.snapshot_over_cp` is a snapshot of a filled 1 GiB LUN (freeze, drain, copy, fsync,
+  rename, size read-back, thaw) against a plain `cp` of its file (no fsync; `cp` + `sync` is in the
+  JSON and slower than the snapshot). This machine's ext4 has no reflink: the copy is real, and
+  `frozen_filled_s` — how long the persona's target refused I/O — is the copy's own time (commands
+  arriving meanwhile are retried by the initiator after its SCSI timeout). On xfs or btrfs the copy
+  shares extents and the freeze is milliseconds whatever the size. `_sparse`: both take milliseconds
+  (cp skips the holes); the snapshot's ~30 ms are its dozen tgtadm and coreutils round trips.
+  Figures move by up to 2x between runs on this shared 2-core machine.
+- `lifecycle.rehearsal_over_boot` is a whole spare rehearsal (clone, boot config, ports to the
+  rehearsal VLAN, power on, boot, 3 healthy rehearsal heartbeats, teardown) against the persona's
+  boot in the lab (power-on read back to its first heartbeat: 1 s power delay, 5 s boot, 1 s
+  heartbeats); per-step medians are in `bench/results/lifecycle.json`.
 """
 
 

@@ -75,6 +75,8 @@ class _Server(ThreadingHTTPServer):
             return self.lab.mailbox.read()
         if action == "alert-traps":
             return self.lab.trap_inbox.read()
+        if action == "adopt":
+            return self.lab.adopt(body["persona"], body["initiator"], body["key_file"], body.get("data", []))
         raise OperatorError(f"unknown lab action {action!r}")
 
 

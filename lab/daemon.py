@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
+from aimctl.drivers import snapnames
 from aimctl.drivers.tgt import LocalRunner, TgtStorage
+from aimctl.drivers.tgt_snap import TgtSnapshots
 from aimctl.loader import Definitions, load
 from lab import control
 from lab.apps.dag_sim import DagSimulator
@@ -119,7 +121,10 @@ class Lab:
         self.tgt = TgtLab(self.state / "tgt")
         self.tgt_port = self.tgt.start()
         self.storage = TgtStorage("127.0.0.1", self.tgt_port, LocalRunner(env=self.tgt.admin_env))
+        self.snapshot_dir = self.tgt.dir / "snapshots"
+        self.snapshots = TgtSnapshots(self.storage, str(self.snapshot_dir))
         self._provision_storage()
+        self._provision_gold()
         self.traps = TrapSender("127.0.0.1", self.controller["snmp"], "public")
         # Where the controller's alerts land: a real SMTP server and a real trap receiver.
         self.mailbox = Mailbox()
@@ -133,8 +138,9 @@ class Lab:
         self._start_dag()
         self.observer = AccessObserver(self.tgt.admin_env, interval_s=0.1)
         self.observer.start()
+        self.runtimes = self._runtimes()  # one table for every host: a persona adopted later boots anywhere
         for s in d.servers:
-            self.hosts[s] = Host(s, self._boot_reader(s), self._runtimes(), ("127.0.0.1", self.relay.port(s)),
+            self.hosts[s] = Host(s, self._boot_reader(s), self.runtimes, ("127.0.0.1", self.relay.port(s)),
                                  self.boot_s, self.tcp_timeout_s, on_persona=self._persona_changed)
         self.redfish.subscribe(self._power_changed)
         self.ipmi.subscribe(self._power_changed)
@@ -148,8 +154,25 @@ class Lab:
         log.info("lab up in %.2fs", self.up_s)
 
     def _runtimes(self) -> dict[str, PersonaRuntime]:
-        return {n: PersonaRuntime(n, [(x.target, x.lun) for x in p.spec.data], self.keys[n], self.heartbeat_s)
+        return {n: PersonaRuntime(n, [(x.target, x.lun) for x in p.spec.data], self.keys[n], self.heartbeat_s,
+                                  p.spec.initiator)
                 for n, p in self.defs.personas.items()}
+
+    def _provision_gold(self) -> None:
+        """One gold image per pool, named after it: a generalized boot LUN (label ``gold:<pool>``, it takes
+        its identity from its initiator name), snapshotted as ``gold.<pool>``."""
+        for pool in self.defs.pools:
+            target = f"iqn.2026-01.lab.storage:gold-{pool}"
+            self.tgt.add_lun(LunSpec(target, 1, 16, f"gold:{pool}"))
+            self.snapshots.snapshot(snapnames.set_id(snapnames.gold_label(pool)), [(target, 1)])
+
+    def adopt(self, persona: str, initiator: str, key_file: str, data: list[tuple[str, int]]) -> dict[str, Any]:
+        """A persona made after the lab started (from a gold image): the stand-in for the operator
+        installing its agent's key. Hosts can boot it from then on."""
+        key = Path(key_file).read_text().strip().encode()
+        self.runtimes[persona] = PersonaRuntime(persona, [(t, int(n)) for t, n in data], key, self.heartbeat_s,
+                                                initiator)
+        return {"ok": True, "persona": persona}
 
     def _provision_storage(self) -> None:
         for name, p in self.defs.personas.items():
@@ -178,6 +201,11 @@ class Lab:
         with ThreadPoolExecutor(max_workers=8) as pool:
             for f in [pool.submit(one, n, t) for n, t in jobs]:
                 f.result()
+        # Rehearsal targets a story left behind (scratch clones only: nothing else is ever deleted).
+        scratch = f"{self.snapshot_dir}/scratch/"
+        for name, view in self.storage.targets_of().items():
+            if view.backing and all(p.startswith(scratch) for p in view.backing.values()):
+                self.snapshots.delete_clone(name)
 
     def _start_dag(self) -> None:
         members: dict[str, str] = {}
@@ -218,7 +246,16 @@ class Lab:
         host = self.hosts.get(server)
         if host is None or not host.status.power:
             return False
-        return self._carries(server, self.defs.pools[self.defs.server_pool[server]].scn)
+        pool = self.defs.pools[self.defs.server_pool[server]]
+        if self._carries(server, pool.scn):
+            return True
+        # The isolated rehearsal VLAN reaches the controller's heartbeat receiver (nothing else).
+        vlan = pool.rehearsal.vlan
+        scn = pool.networks[pool.scn]
+        srv = self.defs.servers[server]
+        return vlan is not None and any(
+            (cable := srv.channels.get(ch)) is not None and self.switches.carries(cable.switch, cable.port, vlan)
+            for ch in (scn.primary, scn.secondary) if ch is not None)
 
     # ------------------------------------------------------------------ events
 
@@ -335,7 +372,8 @@ class Lab:
             "switches": {n: {"address": "127.0.0.1", "port": p, "credentials": sw_cred}
                          for n, p in self.switch_ports.items()},
             "storage": {n: {"portal": "127.0.0.1", "port": self.tgt_port, "management": "local",
-                            "control_socket": self.tgt.env["TGT_IPC_SOCKET"]} for n in d.storage},
+                            "control_socket": self.tgt.env["TGT_IPC_SOCKET"], "snapshot_dir": str(self.snapshot_dir)}
+                        for n in d.storage},
             "personas": personas,
             "controller": {"heartbeat": f"127.0.0.1:{self.controller['heartbeat']}",
                            "snmp": f"127.0.0.1:{self.controller['snmp']}",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,11 @@ class LabHandle:
     def alert_traps(self) -> list[dict[str, str]]:
         """Alert traps the lab's trap receiver got since the last reset (OID -> value)."""
         return list(self.call("alert-traps"))
+
+    def adopt(self, persona: str, initiator: str, key_file: Path, data: Sequence[tuple[str, int]] = ()) -> Any:
+        """Hosts may boot ``persona`` (made after the lab started) with this agent key."""
+        return self.call("adopt", {"persona": persona, "initiator": initiator, "key_file": str(key_file),
+                                   "data": [list(x) for x in data]})
 
 
 def start_lab(definitions: Path | None = None, **kw: Any) -> LabHandle:

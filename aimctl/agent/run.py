@@ -78,11 +78,14 @@ def run_agent(
     stop_event: threading.Event | None = None,
     on_shutdown: Callable[[str], None] | None = None,
     boot_id: int | None = None,
+    rehearsal: bool = False,
 ) -> str:
     """Run until stopped; return why (``REASON_STOPPED`` or ``REASON_REQUESTED``).
 
     ``checks`` are CheckSpecs or objects shaped like the model's ServiceCheck. ``on_shutdown(reason)``
     runs after the last heartbeat (the lab's host simulator uses it to end the persona).
+    ``rehearsal`` (from the boot facts, ``aimctl.agent.bootfacts``): heartbeats are signed as a
+    rehearsal's, and no service is restarted (started) by the agent: checks only report.
     """
     if not key:
         raise ValueError("empty heartbeat key")
@@ -90,7 +93,8 @@ def run_agent(
         raise ValueError("interval must be positive")
     stop_event = stop_event or threading.Event()
     specs = [c if isinstance(c, CheckSpec) else CheckSpec.from_obj(c) for c in checks]
-    pilot = AutoPilot(specs, restarts=restarts)
+    pilot = AutoPilot(specs, restarts=0 if rehearsal else restarts)
+    kind = wire.KIND_REHEARSAL if rehearsal else wire.KIND_HEARTBEAT
     boot = boot_id if boot_id is not None else int.from_bytes(os.urandom(8), "big")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -115,7 +119,7 @@ def run_agent(
     def send(health: wire.Health, why: str) -> None:
         nonlocal seq
         seq += 1
-        packet = wire.encode(key, wire.Heartbeat(persona, boot, seq, time.time(), health, why))
+        packet = wire.encode(key, wire.Heartbeat(persona, boot, seq, time.time(), health, why, kind))
         try:
             sock.send(packet)
         except OSError as exc:  # e.g. ICMP port unreachable from a controller that is restarting

@@ -145,4 +145,45 @@ def build_api(c: Controller) -> Api:
     api.route("POST", "/v1/move", move, role="operator", summary="Planned move of a persona to a server")
     api.route("POST", "/v1/failback", failback, role="operator", summary="Planned return of a persona to its home")
     api.route("POST", "/v1/servers/{server}/clear", clear, role="admin", summary="Clear a quarantined server")
+    lifecycle_routes(api, c, actor, need)
     return api
+
+
+def lifecycle_routes(api: Api, c: Controller, actor: Any, need: Any) -> None:
+    """Archives and restore, gold-image personas, spare rehearsals (logic in ``aimctl.lifecycle``)."""
+    lc = c.lifecycle
+
+    def opt(r: Request, key: str) -> str | None:
+        v = r.body.get(key) if isinstance(r.body, dict) else None
+        if v is not None and not isinstance(v, str):
+            raise ApiError(400, f"field {key!r} must be a string")
+        return v
+
+    def new_persona(r: Request) -> Any:
+        return lc.new_persona(need(r.body, "name"), need(r.body, "pool"), need(r.body, "gold"), actor(r),
+                              initiator=opt(r, "initiator"), target=opt(r, "target"), home=opt(r, "home"))
+
+    def start_persona(r: Request) -> Any:
+        name = r.params["name"]
+        if name not in c.defs.personas:
+            raise OperatorError(f"unknown persona {name!r}: add its stanza to the definitions and restart the "
+                                "controller first")
+        to = opt(r, "on") or c.defs.personas[name].spec.home
+        return {"id": c.start_failover(name, "planned", f"first start by {actor(r)}", kind="move", to=to,
+                                       actor=actor(r), change=opt(r, "change"))}
+
+    api.route("GET", "/v1/archives/{persona}", lambda r: lc.archives(r.params["persona"]),
+              summary="A persona's archives (snapshot sets of its boot and data LUNs)")
+    api.route("POST", "/v1/archives", lambda r: {"id": lc.start_archive(need(r.body, "persona"), actor(r))},
+              role="operator", summary="Archive a persona now")
+    api.route("POST", "/v1/restore", lambda r: {"id": lc.start_restore(need(r.body, "persona"), need(r.body, "at"),
+                                                                       actor(r), opt(r, "change"))},
+              role="operator", summary="Restore a persona's LUNs to an archive (by id or time) and boot it")
+    api.route("POST", "/v1/rehearse", lambda r: {"id": lc.start_rehearsal(need(r.body, "persona"), actor(r),
+                                                                          on=opt(r, "on"))},
+              role="operator", summary="Rehearse a persona on a standby now")
+    api.route("GET", "/v1/rehearsals", lambda r: lc.rehearsals(), summary="Last rehearsal result per persona")
+    api.route("POST", "/v1/personas", new_persona, role="operator",
+              summary="Make a persona's boot LUN from a gold image; returns its stanza to review")
+    api.route("POST", "/v1/personas/{name}/start", start_persona, role="operator",
+              summary="Start a persona that runs nowhere on a standby (its first start)")

@@ -8,6 +8,7 @@ a method that changes something returns only after it has *observed* the change,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol, runtime_checkable
@@ -102,6 +103,52 @@ class StorageAccess(Protocol):
 class TargetAccess:
     acl: tuple[str, ...]
     chap_users: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A point-in-time copy of one LUN. LUNs snapshotted together share a ``set`` (see
+    ``aimctl.drivers.snapnames``): one freeze, so their writes are in the same order as on the
+    running persona (crash-consistent across its boot and data LUNs)."""
+
+    id: str  # "<set>+<target>+<lun>"
+    set: str  # "<label>+<stamp>"
+    label: str  # a persona's name, or "gold.<image>"
+    target: str
+    lun: int
+    created: float  # epoch seconds, from the stamp
+    size: int  # bytes
+    method: str = ""  # how it was made, when it was just made: "reflink" or "copy"
+    frozen_s: float = 0.0  # how long the source targets refused I/O while it was made
+
+
+@runtime_checkable
+class Snapshots(Protocol):
+    """Copies of a target's LUNs, and targets made from them.
+
+    Next to ``StorageAccess`` and as narrow: it never changes who may log in (the caller binds the
+    ACL and CHAP of a clone through ``StorageAccess``). Every write is read back: a snapshot by its
+    size, a restore and a clone by comparing their bytes with the snapshot's.
+    """
+
+    def snapshot(self, set_id: str, luns: Sequence[tuple[str, int]]) -> list[Snapshot]:
+        """Freeze the LUNs' targets together, copy each LUN, thaw. Re-running with the same
+        ``set_id`` (a resumed operation) makes the same snapshots again."""
+
+    def snapshots(self, label: str | None = None) -> list[Snapshot]:
+        """Complete snapshots, oldest first (a copy cut short by a crash is never listed)."""
+
+    def restore(self, snapshot_id: str, target: str, lun: int) -> None:
+        """Write the snapshot back into the LUN in place; refused while anyone is logged in."""
+
+    def clone(self, snapshot_id: str, target: str, lun: int, scratch: bool = True) -> None:
+        """A new target with the snapshot's copy as LUN ``lun`` and an empty ACL (nobody can log in).
+        ``scratch`` clones (rehearsals) are the only targets ``delete_clone`` will remove."""
+
+    def delete(self, snapshot_id: str) -> None: ...
+
+    def delete_clone(self, target: str) -> None:
+        """Drop the scratch clone's sessions, delete the target and its copy; refused for any other."""
 
 
 class PortMode(str, Enum):

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from aimctl.drivers.protocols import BootConfig, Hardware, PortIntent, Power, StorageAccess, SwitchPorts
+from aimctl.drivers.protocols import BootConfig, Hardware, PortIntent, Power, Snapshots, StorageAccess, SwitchPorts
 from aimctl.errors import OperatorError
 from aimctl.model import Server, Storage, Switch
 from aimctl.secrets import resolve
@@ -107,6 +107,16 @@ def make_storage(name: str, st: Storage) -> StorageAccess:
     return TgtStorage(st.portal, st.port, runner)
 
 
+def make_snapshots(name: str, st: Storage, storage: StorageAccess) -> Snapshots:
+    """Snapshots of ``st``'s LUNs, sharing ``storage``'s runner and lock (one tgtd, one session)."""
+    from aimctl.drivers.tgt import TgtStorage
+    from aimctl.drivers.tgt_snap import TgtSnapshots
+
+    if not isinstance(storage, TgtStorage):
+        raise OperatorError(f"storage {name}: no snapshot driver for kind {st.kind!r}")
+    return TgtSnapshots(storage, st.snapshot_dir)
+
+
 class Drivers:
     """One driver per device, built on first use and kept (sessions are reused across steps)."""
 
@@ -147,3 +157,7 @@ class Drivers:
 
     def storage(self, name: str) -> StorageAccess:
         return self._get("storage", name, lambda: make_storage(name, self.defs.storage[name]))  # type: ignore[no-any-return]
+
+    def snapshots(self, name: str) -> Snapshots:
+        return self._get("snapshots", name, lambda: make_snapshots(  # type: ignore[no-any-return]
+            name, self.defs.storage[name], self.storage(name)))

@@ -95,6 +95,19 @@ class TgtStorage:
             return ""
         raise Rejected(self.device, f"{display(argv)}: {msg}")
 
+    def tgtadm(self, *args: Arg, missing_ok: bool = False) -> str:
+        """One checked tgtadm call (for the snapshot driver, which shares this target's runner and lock)."""
+        return self._tgtadm(*args, missing_ok=missing_ok)
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held across a change of several tgtadm steps (a CHAP rotation, a new target's tid)."""
+        return self._lock
+
+    def forget_accounts(self, candidates: set[str]) -> None:
+        """Delete those of ``candidates`` that are bound to no target any more."""
+        self._forget_unbound(candidates)
+
     def targets_of(self) -> dict[str, TargetView]:
         return parse_targets(self._tgtadm("--op", "show", "--mode", "target"))
 

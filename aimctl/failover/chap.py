@@ -18,7 +18,8 @@ from aimctl.secrets import register, resolve
 SECRET_LEN = 16
 
 
-def _write(path: Path, value: str) -> None:
+def write_private(path: Path, value: str) -> None:
+    """Write ``value`` to ``path`` as a 0600 file (its directory 0700), atomically and synced."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -42,7 +43,7 @@ class ChapStore:
         if not path.exists():
             if initial_ref is None:
                 raise OperatorError(f"persona {persona}: no CHAP secret known (set initial_chap in its definition)")
-            _write(path, resolve(initial_ref))
+            write_private(path, resolve(initial_ref))
         value = path.read_text()
         register(value)
         return value
@@ -51,7 +52,7 @@ class ChapStore:
         """The secret this operation rotates to: generated once, then read back on every resume."""
         path = self.dir / f"{persona}.{op_id}"
         if not path.exists():
-            _write(path, secrets.token_urlsafe(SECRET_LEN)[:SECRET_LEN])
+            write_private(path, secrets.token_urlsafe(SECRET_LEN)[:SECRET_LEN])
         value = path.read_text()
         register(value)
         return value
@@ -59,5 +60,5 @@ class ChapStore:
     def commit(self, persona: str, op_id: str) -> None:
         path = self.dir / f"{persona}.{op_id}"
         if path.exists():
-            _write(self.dir / f"{persona}.current", path.read_text())
+            write_private(self.dir / f"{persona}.current", path.read_text())
             path.unlink()

@@ -5,6 +5,7 @@ Callers import from here, never from a backend module: SQLite is the embedded ba
 """
 
 from aimctl.journal.sqlite import (
+    BACKGROUND_KINDS,
     CRASH_EXIT_CODE,
     KINDS,
     STATES,
@@ -26,6 +27,7 @@ from aimctl.journal.sqlite import (
 )
 
 __all__ = [
+    "BACKGROUND_KINDS",
     "CRASH_EXIT_CODE",
     "KINDS",
     "STATES",

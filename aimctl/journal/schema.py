@@ -81,11 +81,13 @@ MIGRATIONS: list[list[str]] = [
             updated REAL NOT NULL)""",
     ],
     [
-        # Version 3: drift repairs are operations too (kind 'repair'). SQLite cannot change a CHECK,
-        # so the table is rebuilt (foreign keys are off during migrations, see ``migrate``).
+        # Version 3: drift repairs and the persona lifecycle are operations too. SQLite cannot change a
+        # CHECK in place: the table is rebuilt (its documented 12-step procedure; ``migrate`` turns
+        # foreign keys off around it and checks them before committing).
         """CREATE TABLE operations_v2 (
             id TEXT PRIMARY KEY,
-            kind TEXT NOT NULL CHECK (kind IN ('failover', 'move', 'failback', 'repair')),
+            kind TEXT NOT NULL CHECK (kind IN ('failover', 'move', 'failback', 'repair', 'archive', 'restore',
+                                               'rehearsal', 'provision')),
             persona TEXT NOT NULL,
             from_server TEXT,
             to_server TEXT,
@@ -95,7 +97,8 @@ MIGRATIONS: list[list[str]] = [
             created REAL NOT NULL,
             updated REAL NOT NULL,
             facts TEXT NOT NULL DEFAULT '{}')""",
-        "INSERT INTO operations_v2 SELECT * FROM operations",
+        "INSERT INTO operations_v2 SELECT id, kind, persona, from_server, to_server, state, result, created,"
+        " updated, facts FROM operations",
         "DROP TABLE operations",
         "ALTER TABLE operations_v2 RENAME TO operations",
         "CREATE INDEX operations_state ON operations(state)",

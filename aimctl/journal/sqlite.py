@@ -46,6 +46,7 @@ from aimctl.journal.state import (  # re-exported: one import for callers
 from aimctl.secrets import mask
 
 __all__ = [
+    "BACKGROUND_KINDS",
     "CRASH_EXIT_CODE",
     "KINDS",
     "STATES",
@@ -66,7 +67,11 @@ __all__ = [
     "server_lease",
 ]
 
-KINDS = {"failover": "fo", "move": "mv", "failback": "fb", "repair": "rp"}
+KINDS = {"failover": "fo", "move": "mv", "failback": "fb", "repair": "rp", "archive": "ar", "restore": "rs",
+         "rehearsal": "rh", "provision": "pv"}
+# Kinds that leave the persona running where it is: the detector keeps watching it, and a failover
+# of the persona (or, for a rehearsal, of its pool) pre-empts them.
+BACKGROUND_KINDS = ("archive", "rehearsal")
 STATES = ("running", "needs-operator", "waiting-approval", "done", "failed", "aborted")
 UNFINISHED = ("running", "needs-operator", "waiting-approval")
 TERMINAL = ("done", "failed", "aborted")

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 Change = Callable[[dict[str, Any], float], None]
 
 OPEN_STATES = ("new", "implement", "review")
-TITLES = {"failover": "Failover", "move": "Planned move", "failback": "Failback", "repair": "Drift repair"}
+TITLES = {"failover": "Failover", "move": "Planned move", "failback": "Failback", "repair": "Drift repair",
+          "restore": "Restore", "rehearsal": "Spare rehearsal", "provision": "New persona from a gold image"}
 
 
 class UnknownChange(OperatorError):

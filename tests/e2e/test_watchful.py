@@ -163,8 +163,9 @@ def test_escalation_limit_stops_a_body_killing_every_standby(story: Callable[...
     assert first["facts"]["to"] == "r620-4"
     ctrl.wait(ctrl.all_alive, 20, "web2 heartbeating on r620-4")
     lab.fault("power-button", "r620-4")  # the persona kills its new body too
-    stop = ctrl.wait(lambda: next((o for o in ops(ctrl, "web2") if o["id"] != first["id"]), None), 30,
-                     "the second death")
+    # Opened, then stopped at once: wait for it to settle (a failover that ran would end "done" instead).
+    stop = ctrl.wait(lambda: next((o for o in ops(ctrl, "web2") if o["id"] != first["id"]
+                                   and o["state"] != "running"), None), 30, "the second death")
     assert stop["state"] == "needs-operator", stop
     assert "already had 1 automatic failovers" in stop["result"] and first["id"] in stop["result"]
     assert [h["op_id"] for h in stop["facts"]["escalation"]] == [first["id"]]

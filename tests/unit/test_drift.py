@@ -230,13 +230,14 @@ def test_findings_in_the_journal(tmp_path: Path) -> None:
 def test_bad_pool_policy_is_refused_naming_file_line_and_field(defs_copy: Path) -> None:
     from aimctl.errors import DefinitionError
 
+    line = len((defs_copy / "exchange.yaml").read_text().splitlines()) + 1
     with open(defs_copy / "exchange.yaml", "a") as fh:
         fh.write('preempt: {action: moev, window: {start: "25:00", end: "04:00", zone: Mars/Olympus}}\n'
                  "drift: {repair: [acl]}\n")
     with pytest.raises(DefinitionError) as e:
         load(defs_copy, use_cache=False)
     text = "\n".join(e.value.problems)
-    assert "exchange.yaml:44:11: preempt.action: Input should be 'alert' or 'move'" in text
+    assert f"exchange.yaml:{line}:11: preempt.action: Input should be 'alert' or 'move'" in text
     assert "preempt.window.start: not a time of day: '25:00' (write HH:MM, 00:00 to 23:59)" in text
     assert "preempt.window.zone: unknown time zone 'Mars/Olympus'" in text
     assert "drift.repair.0: Input should be 'ports', 'quarantine' or 'bootcfg'" in text  # never acl
