@@ -29,6 +29,11 @@ ROWS = [  # (file, key, goal text)
 ]
 NOTES = """
 Notes:
+- The lab's Redfish BMCs serve HTTPS with a self-signed certificate that the controller verifies
+  (its path is in the lab overlay). The lab's HTTP server closes every connection, so each Redfish
+  request is a fresh TLS handshake (real BMCs keep connections): measured A/B on one tree, a single
+  failover took 10.17 s over TLS against 10.06 s over plain HTTP, and the 20-body `mass_ratio`
+  2.17 against 1.97.
 - `plan.bad_tree_*` are the worst of the hostile definition trees in `tests/badtrees.py` (a file over
   the size limit, 99,000 bad servers in one file, 233,000 entries, an alias bomb, nesting 200,000
   deep, 20,001 files, a tree just under the 12 MiB limit wrong only in its last persona...), each
