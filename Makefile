@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-APT_PACKAGES := tgt libiscsi-bin libiscsi-dev python3-venv python3-dev build-essential bind9 bind9-utils
+APT_PACKAGES := tgt libiscsi-bin libiscsi-dev etcd-server python3-venv python3-dev build-essential bind9 bind9-utils
 
-.PHONY: setup apt test test-unit demo bench lint clean
+.PHONY: setup apt test test-unit demo bench soak lint clean
 
 setup: apt $(STAMP)
 
@@ -41,6 +41,10 @@ demo: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# Longer than `make test` affords: the leader killed at 60 seeded random moments of the failover.
+soak: setup
+	AIMCTL_CLUSTER_TRIALS=60 $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_cluster.py -k random
 
 # ruff; mypy --strict on aimctl and lab; the import contracts (layers, slim agent, no cycles) in pyproject.toml.
 lint: setup

@@ -8,7 +8,7 @@ or cabling — so a test lab cannot drift from the operator's definitions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, ValidationError
 
@@ -128,14 +128,23 @@ def _patch(obj: Any, patch: Strict) -> Any:
     return obj.model_copy(update=upd)
 
 
-def load_overlay(path: Path) -> Overlay:
+M = TypeVar("M", bound=Strict)
+
+
+def load_model(path: Path, model: type[M]) -> M:
+    """A YAML file as ``model``, read with the loader's limits; every problem reported as
+    FILE:LINE:COL: field: message."""
     data, src = read_mapping(path)
     try:
-        return Overlay.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = Problems()
         validation_problems(exc, data, src, problems)
         raise problems.error() from None
+
+
+def load_overlay(path: Path) -> Overlay:
+    return load_model(path, Overlay)
 
 
 def apply(defs: Definitions, ov: Overlay, where: str = "overlay") -> Definitions:

@@ -41,7 +41,7 @@ from aimctl.drivers.protocols import PowerState
 from aimctl.drivers.registry import Drivers
 from aimctl.errors import OperatorError
 from aimctl.failover.planner import choose
-from aimctl.journal import Journal, LeaseHeld, Operation, persona_lease, server_lease
+from aimctl.journal import JournalStore, LeaseHeld, Operation, persona_lease, server_lease
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.reconcile.loop import PassResult, Reconciler, RepairRequest, repair_requests
@@ -60,7 +60,7 @@ class Host(Protocol):
     """What the oversight needs of the controller that wires it (``aimctl.daemon.Controller``)."""
 
     defs: Definitions
-    journal: Journal
+    journal: JournalStore
     listen: Listen
     state: Path
     alerts: Any  # an EventSink

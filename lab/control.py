@@ -77,6 +77,10 @@ class _Server(ThreadingHTTPServer):
             return self.lab.trap_inbox.read()
         if action == "adopt":
             return self.lab.adopt(body["persona"], body["initiator"], body["key_file"], body.get("data", []))
+        if action == "cluster-up":
+            return ops.cluster_up(self.lab, body)
+        if action == "cluster-down":
+            return ops.cluster_down(self.lab)
         raise OperatorError(f"unknown lab action {action!r}")
 
 

@@ -76,6 +76,7 @@ class Lab:
         self.controller = {"heartbeat": free_port(socket.SOCK_DGRAM), "snmp": free_port(socket.SOCK_DGRAM),
                            "api": free_port()}
         self.faults: dict[tuple[str, str], bool] = {}
+        self.cluster: Any = None  # lab.cluster.members.LabCluster once `cluster-up` ran
 
     # ------------------------------------------------------------------ start
 
@@ -394,6 +395,11 @@ class Lab:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.cluster is not None:
+            try:
+                self.cluster.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                log.warning("stopping the controller cluster: %s", exc)
         for h in self.hosts.values():
             h.drop_all()
         for part in ("observer", "relay", "traps", "mailbox", "trap_inbox", "dag", "switches", "redfish", "ipmi",

@@ -74,3 +74,15 @@ def lab() -> Iterator[LabHandle]:
         yield handle
     finally:
         cli.stop(handle.state)
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real etcd member for the session (tests use their own key prefixes)."""
+    from lab.cluster.etcd import EtcdCluster
+
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd"), 1).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop(remove=True)

@@ -11,7 +11,9 @@ from lab.network.traps import cable_ifindex
 
 FAULTS = ("power-button", "bmc-down", "bmc-slow", "bmc-lies", "switch-hang", "storage-error", "scn-partition",
           "boot-fail", "link-down", "bmc-alert", "health-degrade", "event-log", "link-flap", "vlan-change", "acl-add",
-          "hw-mismatch", "switch-reject")
+          "hw-mismatch", "switch-reject", "controller-kill", "controller-pause", "etcd-member-kill",
+          "controller-etcd-cut")
+CLUSTER_FAULTS = ("controller-kill", "controller-pause", "etcd-member-kill", "controller-etcd-cut")
 INTRUDER = "iqn.2026-01.lab.intruder:{persona}"
 FLAPS = 4  # linkDown/linkUp pairs a link-flap sends
 
@@ -44,8 +46,10 @@ def status(lab: Any) -> dict[str, Any]:
     for iqn, view in lab.tgt.show_targets().items():
         targets[iqn] = {"acl": list(view.acl), "accounts": list(view.accounts),
                         "sessions": [{"initiator": i, "alias": a} for i, a in view.nexus]}
+    cluster = getattr(lab, "cluster", None)
     return {"servers": servers, "targets": targets, "observer": lab.observer.verdict(),
             "alerts": {"mail": len(lab.mailbox.read()), "traps": len(lab.trap_inbox.read())},
+            "cluster": cluster.status() if cluster is not None else None,
             "relay": {"forwarded": dict(lab.relay.forwarded), "dropped": dict(lab.relay.dropped)},
             "dag": lab.dag.distribution() if lab.dag else None,
             "faults": [{"kind": k, "target": t} for (t, k), on in lab.faults.items() if on]}
@@ -74,7 +78,12 @@ def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = Non
             for f in [pool.submit(fault, lab, kind, n, clear) for n in names]:
                 f.result()
         return {"ok": True, "kind": kind, "target": target, "active": on}
-    if kind == "power-button":
+    if kind in CLUSTER_FAULTS:
+        cluster = getattr(lab, "cluster", None)
+        if cluster is None:
+            raise OperatorError(f"{kind}: no controller cluster in this lab (aimctl lab up --etcd 3 --controllers 3)")
+        cluster.fault(kind, target, on)
+    elif kind == "power-button":
         if clear:
             _server_bmc(lab, target).set_power(target, True)
         else:
@@ -170,6 +179,34 @@ def _vlan_change(lab: Any, target: str) -> None:
     else:
         intent = PortIntent(cable.port, PortMode.ACCESS, (1,))
     lab.switches.reset_port(cable.switch, cable.port, intent)
+
+
+def cluster_up(lab: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """Start (or, with a new ``name``, restart on a fresh journal) the lab's controller cluster."""
+    from lab.cluster.members import LabCluster
+
+    with lab.lock:
+        if lab.cluster is None:
+            lab.cluster = LabCluster(lab, lab.state / "cluster", int(body.get("etcd", 3)),
+                                     int(body.get("controllers", 3)), str(body.get("name", "lab")),
+                                     body.get("controller"), body.get("timing"), body.get("definitions"))
+            try:
+                return dict(lab.cluster.start())
+            except BaseException:
+                lab.cluster.stop()
+                lab.cluster = None
+                raise
+        return dict(lab.cluster.restart(body.get("name"), body.get("controller"), body.get("timing")))
+
+
+def cluster_down(lab: Any) -> dict[str, Any]:
+    with lab.lock:
+        if lab.cluster is not None:
+            lab.cluster.stop()
+            lab.cluster = None
+        for key in [k for k in lab.faults if k[1] in CLUSTER_FAULTS]:
+            del lab.faults[key]
+    return {"ok": True}
 
 
 def home_port_intents(lab: Any) -> dict[str, list[PortIntent]]:

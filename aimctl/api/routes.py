@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from aimctl.api.app import Api, ApiError, Request
 from aimctl.errors import OperatorError
+from aimctl.journal import JournalUnavailable
 from aimctl.overlay import api_hostport
 from aimctl.records.sentences import detector_sentence, operation_sentence, step_sentence
 
@@ -42,15 +44,21 @@ def persona_why(c: Controller, persona: str, state: str, op: dict[str, Any] | No
 
 def status(c: Controller) -> dict[str, Any]:
     doc = c.status()
-    waiting = {o.persona: o for o in c.journal.unfinished_operations()}
+    waiting = c.journal_view()[0]  # clustered: as last read, so status answers while etcd is down
     for persona, v in doc["personas"].items():
         held = waiting.get(persona)
         v["why"] = persona_why(c, persona, v["detector"] if v["detector"] != "-" else "alive",
                                dataclasses.asdict(held) if held is not None else None)
         if v.get("waiting"):
-            v["waiting"]["exits"] = exits(c.journal.operation(v["operation"]))
-    watch = c.oversight.status()
-    doc.update(pools=watch["pools"], suspects=watch["suspects"], drift_open=watch["drift_open"])
+            # From the status itself: status never waits on the journal's store (etcd may be down).
+            v["waiting"]["exits"] = exits(SimpleNamespace(id=v["operation"], state=v["operation_state"]))
+    try:
+        if c.journal_error:
+            raise JournalUnavailable(c.journal_error)  # known down: do not wait on it again
+        watch = c.oversight.status()
+        doc.update(pools=watch["pools"], suspects=watch["suspects"], drift_open=watch["drift_open"])
+    except JournalUnavailable as exc:
+        doc.update(pools=None, suspects=None, drift_open=None, oversight_error=str(exc))
     return doc
 
 
@@ -63,6 +71,7 @@ def exits(op: Any) -> list[str]:
 def build_api(c: Controller) -> Api:
     host, port = api_hostport(c.listen.api)
     api = Api(c.state, audit=c.audit, metrics=c.metrics, host=host, port=port)
+    api.write_redirect = c.write_redirect  # followers send writes to the leader
 
     def actor(req: Request) -> str:
         return f"{req.identity.name}({req.identity.role})" if req.identity else "anonymous"
@@ -122,6 +131,10 @@ def build_api(c: Controller) -> Api:
         c._refresh_capacity()
         return {"cleared": server}
 
+    api.route("GET", "/v1/cluster",
+              lambda r: c.cluster_status(probe=r.query.get("probe") != "0") or {"member": None, "role": "embedded"},
+              summary="Cluster: members, leader, fencing token, lease time left, last renewals"
+                      " (?probe=0: from memory, without asking each etcd endpoint)")
     def text(body: Any, key: str) -> str:
         value = body.get(key) if isinstance(body, dict) else None
         if value is None:

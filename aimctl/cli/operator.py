@@ -22,6 +22,8 @@ from aimctl.errors import OperatorError
 app = typer.Typer()
 controller_app = typer.Typer(no_args_is_help=True, help="The controller daemon.")
 app.add_typer(controller_app, name="controller")
+cluster_app = typer.Typer(no_args_is_help=True, help="Controllers on etcd: leader, members, fencing token.")
+app.add_typer(cluster_app, name="cluster")
 out = Console(soft_wrap=True)
 
 StateOpt = Annotated[Path, typer.Option("--state", envvar="AIMCTL_STATE", help="Controller state dir (CTRLDIR).")]
@@ -39,10 +41,37 @@ def _t(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3] if ts else "-"
 
 
+def cluster_config(config: Path | None, cluster: str | None, member: str | None,
+                   key: Path | None) -> Any:
+    """The cluster settings from the config file, with the command line's flags winning; None: embedded."""
+    from aimctl.cluster.config import ClusterConfig, load_controller_config
+
+    cfg = load_controller_config(config).cluster if config else None
+    if cluster is None and cfg is None:
+        if member or key:
+            raise OperatorError("--member and --cluster-key need --cluster etcd://HOST:PORT[,...] (or a config file)")
+        return None
+    flags = {k: v for k, v in (("etcd", cluster), ("member", member), ("key_file", key)) if v is not None}
+    try:
+        if cfg is None:
+            return ClusterConfig.model_validate(flags)
+        # Flags win over the file; each is checked as the file's value would be.
+        checked = ClusterConfig.model_validate({"etcd": cfg.etcd, **flags})
+        return cfg.model_copy(update={k: getattr(checked, k) for k in flags})
+    except ValueError as exc:
+        raise OperatorError(f"cluster settings: {exc}") from None
+
+
 @controller_app.command("run")
 def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
         state: StateOpt,
-        overlay: Annotated[Path | None, typer.Option("--overlay", help="Endpoints overlay (lab).")] = None) -> None:
+        overlay: Annotated[Path | None, typer.Option("--overlay", help="Endpoints overlay (lab).")] = None,
+        config: Annotated[Path | None, typer.Option("--config", help="Controller config file (YAML; cluster:).")] = None,
+        cluster: Annotated[str | None, typer.Option(
+            "--cluster", help="etcd://HOST:PORT[,HOST:PORT...]: run as a member of a cluster.")] = None,
+        member: Annotated[str | None, typer.Option("--member", help="This member's name (default: host name).")] = None,
+        cluster_key: Annotated[Path | None, typer.Option(
+            "--cluster-key", help="AES key file sealing secrets in etcd (same on every member).")] = None) -> None:
     """Run the controller: detector, workflow and the local API, until SIGTERM."""
     from aimctl.api.routes import build_api
     from aimctl.daemon import Controller, check_state_dir
@@ -51,6 +80,7 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     from aimctl.overlay import Overlay, api_hostport, apply, load_overlay
 
     check_state_dir(state)  # the environment first: a wrong --state is said before anything is loaded
+    cluster_cfg = cluster_config(config, cluster, member, cluster_key)
     defs = load(definitions)
     ov = load_overlay(overlay) if overlay else Overlay()
     if overlay:
@@ -64,7 +94,7 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     logging.getLogger().addHandler(handler)
     # The composition: the daemon wires the parts; the API is built on it here, where it is started,
     # so the daemon never imports the API.
-    c = Controller(defs, ov.controller, state)  # binds the heartbeat and SNMP ports (ListenError)
+    c = Controller(defs, ov.controller, state, cluster=cluster_cfg)
     api = build_api(c)
     try:
         api.start()  # the last port to bind, before anything starts polling or acting
@@ -81,7 +111,8 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    out.print(f"controller running; API {api.url}; state {state}")
+    role = f"; cluster member {c.cluster.member} on {cluster_cfg.etcd}" if c.cluster else ""
+    out.print(f"controller running; API {api.url}; state {state}{role}")
     try:
         c.loop()
     finally:
@@ -306,3 +337,49 @@ def clear(server: str, state: StateOpt) -> None:
     """Clear a quarantined server so it can be a standby again (admin)."""
     client(state).post(f"/v1/servers/{server}/clear")
     out.print(f"cleared {server}")
+
+
+@cluster_app.command("status")
+def cluster_status(state: StateOpt, as_json: JsonOpt = False) -> None:
+    """Members, leader, fencing token, lease time left, each member's last renewal (any member answers)."""
+    st = client(state).get("/v1/cluster")
+    if as_json:
+        out.print_json(json.dumps(st))
+        return
+    if st.get("role") == "embedded":
+        out.print("embedded controller (no cluster): it always leads; its journal is CTRLDIR/journal.db")
+        return
+    lead = st["leader"]
+    left = "-" if st["lease_left_s"] is None else f"{st['lease_left_s']:.1f}s"
+    out.print(f"leader: {lead['member'] or 'NONE'} (token {lead['token']}, since {_t(lead['since'])}), "
+              f"api {lead['api'] or '-'}")
+    out.print(f"this member: {st['member']} [{st['role']}{', acting' if st['acting'] else ''}]"
+              f" lease left {left}; etcd {'reachable' if st['etcd_reachable'] else 'UNREACHABLE'}")
+    if st["why_not_acting"]:
+        out.print(f"not acting: {st['why_not_acting']}")
+    t = Table(title="members")
+    for col in ("member", "role", "api", "pid", "last renew"):
+        t.add_column(col)
+    for m in sorted(st["members"], key=lambda m: m["member"]):
+        t.add_row(m["member"], m.get("role", "?"), m.get("api") or "-", str(m.get("pid", "-")), _t(m.get("last_renew")))
+    out.print(t)
+    t = Table(title="etcd endpoints")
+    for col in ("endpoint", "ok", "version / error"):
+        t.add_column(col)
+    for e in st["etcd"]:
+        t.add_row(e["endpoint"], "yes" if e["ok"] else "NO", e.get("version") or e.get("error", ""))
+    out.print(t)
+    out.print(f"elections {st['elections']}, demotions {st['demotions']}, leader changes seen "
+              f"{st['leader_changes_seen']}, refused writes {st['refused_writes']}")
+
+
+@cluster_app.command("keygen")
+def cluster_keygen(path: Annotated[Path, typer.Argument(help="Where to write the key (0600; never overwritten).")]) -> None:
+    """Make the AES-256 key that seals secrets (CHAP) in etcd; copy it to every member."""
+    from aimctl.journal.secretbox import make_key_file
+
+    try:
+        make_key_file(path)
+    except FileExistsError:
+        raise OperatorError(f"{path} exists; a key is never overwritten (secrets sealed with it would be lost)") from None
+    out.print(f"wrote {path} (0600)")

@@ -7,6 +7,7 @@ log line or error can carry them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +116,34 @@ def make_snapshots(name: str, st: Storage, storage: StorageAccess) -> Snapshots:
     if not isinstance(storage, TgtStorage):
         raise OperatorError(f"storage {name}: no snapshot driver for kind {st.kind!r}")
     return TgtSnapshots(storage, st.snapshot_dir)
+class Guarded:
+    """A driver whose every method first asks ``guard`` (which raises to refuse): a controller that
+    stopped leading makes no device call, even from a thread that was mid-step when it lost the lead."""
+
+    def __init__(self, driver: Any, guard: Callable[[], None]) -> None:
+        self._driver, self._guard = driver, guard
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._driver, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._guard()
+            return attr(*args, **kwargs)
+
+        return call
 
 
 class Drivers:
     """One driver per device, built on first use and kept (sessions are reused across steps)."""
 
-    def __init__(self, defs: Any, boot_dir: Path, switch_timeout_s: float = 10.0) -> None:
+    def __init__(self, defs: Any, boot_dir: Path, switch_timeout_s: float = 10.0,
+                 guard: Callable[[], None] | None = None) -> None:
         self.defs = defs
         self.boot_dir = boot_dir
         self.switch_timeout_s = switch_timeout_s  # how long one switch line may go unanswered
+        self._guard = guard
         self._lock = threading.RLock()  # a boot driver may build its server's power driver
         self._cache: dict[tuple[str, str], Any] = {}
 
@@ -131,7 +151,10 @@ class Drivers:
         with self._lock:
             if (kind, name) not in self._cache:
                 self._cache[(kind, name)] = make()
-            return self._cache[(kind, name)]
+            driver = self._cache[(kind, name)]
+        # Hardware health is only ever read (every member's poller keeps it warm); the rest can change
+        # the world and asks the guard first.
+        return Guarded(driver, self._guard) if self._guard is not None and kind != "hardware" else driver
 
     def instances(self, kind: str) -> dict[str, Any]:
         """The drivers of one kind built so far (``switch``, ``power``...), by device name."""

@@ -121,9 +121,6 @@ class StateMixin(JournalParts):
                 (by, self.now(), server),
             )
 
-    def quarantined(self) -> dict[str, ServerStatus]:
-        return {k: v for k, v in self.servers().items() if v.quarantined}
-
     def servers(self) -> dict[str, ServerStatus]:
         rows = self.query("SELECT * FROM servers ORDER BY name")
         return {
@@ -141,13 +138,6 @@ class StateMixin(JournalParts):
         )
 
     # -- leases -------------------------------------------------------------------------------
-
-    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        try:
-            self.acquire_leases([name], holder, ttl_s)
-        except LeaseHeld:
-            return False
-        return True
 
     def acquire_leases(self, names: Sequence[str], holder: str, ttl_s: float) -> None:
         """All or nothing; re-acquiring a lease one already holds renews it (resume re-takes its own)."""

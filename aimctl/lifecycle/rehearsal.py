@@ -224,7 +224,7 @@ def s_teardown(lc: LCtx, call: StepCall) -> StepOutcome:
             detail["ports"] = change_ports(ctx, put_back(f["ports_before"]), f"ports of {to} back")
     except NeedsOperator as exc:
         problems.append(f"ports of {to} not put back: {exc.reason}")
-    (ctx.chap.dir / f"{chap_key(op.persona)}.{op.id}").unlink(missing_ok=True)
+    ctx.chap.discard(chap_key(op.persona), op.id)
     marks: dict[str, ServerMark] = {}
     if problems:
         marks[to] = ServerMark(f"rehearsal {op.id} of {op.persona} left it unsure: {problems[0]}", quarantine=True)

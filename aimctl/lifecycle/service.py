@@ -27,11 +27,11 @@ from aimctl.detect.heartbeat import HeartbeatReceiver
 from aimctl.drivers.registry import Drivers
 from aimctl.drivers import snapnames
 from aimctl.errors import OperatorError
-from aimctl.failover.chap import write_private
+from aimctl.secrets import write_private
 from aimctl.failover.planner import standbys
 from aimctl.failover.context import Ctx
 from aimctl.failover.runner import RunResult, Step, StepEvent, run_steps
-from aimctl.journal import BACKGROUND_KINDS, TERMINAL, Journal, Operation, persona_lease, server_lease
+from aimctl.journal import BACKGROUND_KINDS, TERMINAL, JournalStore, Operation, persona_lease, server_lease
 from aimctl.lifecycle import policy
 from aimctl.lifecycle.archive import archive_steps
 from aimctl.lifecycle.context import LCtx
@@ -65,7 +65,7 @@ class Controls(Protocol):
     """What the lifecycle uses of the controller that runs it (``aimctl.daemon.Controller``)."""
 
     defs: Definitions
-    journal: Journal
+    journal: JournalStore
     ctx: Ctx
     drivers: Drivers
     receiver: HeartbeatReceiver

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from aimctl.journal import Journal, StoredFinding
+from aimctl.journal import JournalStore, StoredFinding
 from aimctl.loader import Definitions
 from aimctl.reconcile.expect import expected
 from aimctl.reconcile.read import PowerSource, read_world
@@ -73,7 +73,7 @@ def repair_requests(defs: Definitions, found: list[Finding], busy: set[str]) -> 
 
 
 class Reconciler:
-    def __init__(self, defs: Definitions, journal: Journal, drivers: object, interval_s: float = 300.0,
+    def __init__(self, defs: Definitions, journal: JournalStore, drivers: object, interval_s: float = 300.0,
                  jitter: float = 0.1, on_pass: Callable[[PassResult], None] | None = None, workers: int = 8,
                  power: PowerSource | None = None) -> None:
         self.defs = defs
@@ -89,6 +89,9 @@ class Reconciler:
         self._lock = threading.Lock()  # one pass at a time (the loop's, or one asked for by the API)
         self.last: PassResult | None = None
         self.passes = 0
+        # Clustered: only the leader reads the switches and stores findings (a follower's drivers
+        # refuse every call, and etcd its writes); the controller sets this to its ``leads``.
+        self.active: Callable[[], bool] = lambda: True
 
     def next_delay(self) -> float:
         """The interval, jittered so many controllers (or pools) never read every switch in step."""
@@ -106,6 +109,8 @@ class Reconciler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.next_delay()):
+            if not self.active():
+                continue
             try:
                 self.run_pass()
             except Exception:  # a pass that crashed is logged; the next one runs on time

@@ -58,6 +58,36 @@ class Metrics:
             ["server"], registry=self.registry,
         )
 
+        self.cluster_leader = Gauge(
+            "aimctl_cluster_leader", "1 while this controller leads the cluster and acts (embedded: always 1)",
+            registry=self.registry,
+        )
+        self.leadership_changes = Counter(
+            "aimctl_cluster_leadership_changes", "Times this controller was elected or demoted", ["event"],
+            registry=self.registry,
+        )
+        self.refused_writes = Counter(
+            "aimctl_cluster_refused_writes", "Journal writes etcd refused (stale fencing token)",
+            registry=self.registry,
+        )
+        self.journal_available = Gauge(
+            "aimctl_journal_available", "1 while the journal's store answers (0: no operation can start)",
+            registry=self.registry,
+        )
+        self.journal_available.set(1)
+
+    def set_leader(self, leading: bool) -> None:
+        self.cluster_leader.set(1 if leading else 0)
+
+    def leadership_event(self, event: str) -> None:
+        self.leadership_changes.labels(event=event).inc()
+
+    def refused_write(self) -> None:
+        self.refused_writes.inc()
+
+    def set_journal_available(self, ok: bool) -> None:
+        self.journal_available.set(1 if ok else 0)
+
     def observe_step(self, event: StepEvent) -> None:
         """A ``run_steps`` listener: every step result with a duration lands in the histogram."""
         if event.phase == "result" and event.duration_s is not None:
