@@ -17,11 +17,17 @@ __all__ = ["AuthFailed", "DefinitionError", "DriverError", "ListenError", "Opera
 
 
 class DefinitionError(OperatorError):
-    """One or more problems in the definitions, each already formatted as FILE:LINE:COL: path: msg."""
+    """One or more problems in the definitions, each already formatted as FILE:LINE:COL: path: msg.
 
-    def __init__(self, problems: list[str]) -> None:
+    ``problems`` are the ones shown (a bad tree may have millions: only the first few hundred are
+    kept); ``total`` counts all of them.
+    """
+
+    def __init__(self, problems: list[str], total: int | None = None) -> None:
         self.problems = problems
-        super().__init__("\n".join(problems))
+        self.total = max(total or 0, len(problems))
+        more = self.total - len(problems)
+        super().__init__("\n".join(problems + ([f"... and {more} more problem(s)"] if more else [])))
 
 
 class DriverError(OperatorError):

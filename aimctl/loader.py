@@ -1,79 +1,43 @@
-"""Load ``personas/``: every problem at once, each as ``FILE:LINE:COL: field.path: message``.
+"""Load ``personas/``: every problem at once (up to a cap), each as ``FILE:LINE:COL: field.path: message``.
 
-Speed matters at 10,000 personas: YAML is composed by libyaml (``CSafeLoader``) into nodes, turned
-into plain data in one Python walk that also remembers where each key sits, then validated by
-pydantic. Constructing through PyYAML's Python constructors would cost most of the budget.
+Speed matters at 10,000 personas, and so does a bad tree: the files are found and read within
+limits (``aimctl.definition_files``), parsed by a native YAML parser with bounded alias expansion
+(``aimctl.yaml_source``), validated by pydantic, then checked across files here. Positions are
+worked out only for the problems that are shown.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from aimctl.errors import DefinitionError, OperatorError
-from aimctl.model import InventoryFile, Persona, PoolFile, Server, Storage, Switch
-from aimctl.model import dns_placeholders
-from aimctl.validation import is_rehearsal_initiator, valid_port
+from aimctl import definition_cache, netos, redfish_vendors
+from aimctl.definition_files import EMPTY, LIMITS, DefinitionFile, Limits, collect, text_of
+from aimctl.errors import DefinitionError
+from aimctl.model import (
+    MAX_ENTRIES,
+    InventoryFile,
+    Name,
+    Persona,
+    PoolFile,
+    Server,
+    Storage,
+    Switch,
+    dns_placeholders,
+)
+from aimctl.validation import is_rehearsal_initiator
+from aimctl.yaml_source import Problems, Source, parse
 
-try:
-    _Loader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - libyaml missing; still correct, only slower
-    _Loader = yaml.SafeLoader
-try:
-    # A native YAML 1.2 parser: about 15x faster than PyYAML's composer on large trees.
-    from yaml_rs import loads as _fast_loads
-except ImportError:  # pragma: no cover - falls back to PyYAML only
-    _fast_loads = None  # type: ignore[assignment]
+__all__ = ["LIMITS", "Definitions", "Limits", "PersonaDef", "Source", "load", "load_for_persona", "read_mapping",
+           "validation_problems"]
 
-Path_ = tuple[Any, ...]
-CACHE_VERSION = "1"
-
-
-class Source:
-    """Where a definition came from, so any check can point at the line.
-
-    Positions are worked out only when a problem must be reported: the fast parser gives plain
-    data, and a file is composed a second time, by PyYAML with marks, only if it has an error.
-    """
-
-    def __init__(self, file: str, text: str, positions: dict[Path_, tuple[int, int]] | None = None) -> None:
-        self.file = file
-        self._text = text
-        self._positions = positions
-
-    @property
-    def positions(self) -> dict[Path_, tuple[int, int]]:
-        if self._positions is None:
-            composed = _compose_text(self._text, self.file, [])
-            self._positions = composed[1] if composed else {(): (1, 1)}
-        return self._positions
-
-    def at(self, path: Path_, message: str) -> str:
-        line, col = self._find(path)
-        dotted = ".".join(str(p) for p in path) or "<file>"
-        return f"{self.file}:{line}:{col}: {dotted}: {message}"
-
-    def _find(self, path: Path_) -> tuple[int, int]:
-        # Walk up until a recorded ancestor: a missing field is reported at its parent.
-        pos = self.positions
-        p = tuple(path)
-        while p:
-            if p in pos:
-                return pos[p]
-            p = p[:-1]
-        return pos.get((), (1, 1))
-
-    def __getstate__(self) -> dict[str, object]:
-        # The cache keeps definitions, not source texts.
-        return {"file": self.file, "_text": "", "_positions": {}}
+CACHE_VERSION = "2"
+INVENTORY_KEYS = ("servers", "switches", "storage")
 
 
 @dataclass
@@ -101,111 +65,25 @@ class Definitions:
         return [p for p in self.personas.values() if p.pool == pool]
 
 
-# ---------------------------------------------------------------------------- YAML → data + positions
+# ---------------------------------------------------------------------------- one file
 
 
-def _to_data(node: yaml.Node, path: Path_, pos: dict[Path_, tuple[int, int]], src: str, errors: list[str]) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for knode, vnode in node.value:
-            key = _scalar(knode)
-            if isinstance(key, (list, dict)) or not isinstance(knode, yaml.ScalarNode):
-                errors.append(f"{src}:{knode.start_mark.line + 1}:{knode.start_mark.column + 1}: "
-                              f"{'.'.join(map(str, path)) or '<file>'}: a key must be a plain value")
-                continue
-            sub = path + (key,)
-            pos[sub] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
-            if key in out:
-                errors.append(f"{src}:{pos[sub][0]}:{pos[sub][1]}: {'.'.join(map(str, sub))}: duplicate key")
-            out[key] = _to_data(vnode, sub, pos, src, errors)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        items = []
-        for i, child in enumerate(node.value):
-            sub = path + (i,)
-            pos[sub] = (child.start_mark.line + 1, child.start_mark.column + 1)
-            items.append(_to_data(child, sub, pos, src, errors))
-        return items
-    return _scalar(node)
+def validation_problems(exc: ValidationError, data: Any, src: Source, problems: Problems,
+                        prefix: tuple[Any, ...] = ()) -> None:
+    """pydantic's errors as positioned problems; past the cap they are only counted.
 
-
-# YAML 1.2 core schema (as the fast parser): "yes"/"on" stay strings.
-_BOOL = {"true": True, "false": False}
-
-
-def _scalar(node: yaml.Node) -> Any:
-    if not isinstance(node, yaml.ScalarNode):
-        return None
-    v = node.value
-    if node.style:  # quoted: always a string
-        return v
-    tag = node.tag
-    if tag.endswith(":int"):
-        try:
-            return int(v, 0) if not v.startswith("0") or v == "0" or v.startswith("0x") else int(v)
-        except ValueError:
-            return v
-    if tag.endswith(":float"):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    if tag.endswith(":bool"):
-        return _BOOL.get(v.lower(), v)
-    if tag.endswith(":null"):
-        return None
-    return v
-
-
-def _read(path: Path, shown: str, errors: list[str]) -> str | None:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        errors.append(f"{shown}:1:1: <file>: not a YAML text file (not UTF-8 at byte {exc.start})")
-    except OSError as exc:
-        errors.append(f"{shown}:1:1: <file>: cannot read: {exc.strerror}")
-    return None
-
-
-def _compose_text(text: str, shown: str, errors: list[str]) -> tuple[Any, dict[Path_, tuple[int, int]]] | None:
-    """The slow, position-keeping path: PyYAML nodes (with marks) to data."""
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        errors.append(f"{shown}:{line}:{col}: <file>: not valid YAML: {problem}")
-        return None
-    pos: dict[Path_, tuple[int, int]] = {(): (1, 1)}
-    if node is None:
-        return {}, pos
-    data = _to_data(node, (), pos, shown, errors)
-    return data, pos
-
-
-def _parse(text: str, shown: str, errors: list[str]) -> tuple[Any, Source] | None:
-    """Fast path first (a native YAML 1.2 parser); on any trouble, the slow path says where."""
-    if _fast_loads is not None:
-        try:
-            return _fast_loads(text) or {}, Source(shown, text)
-        except Exception:  # noqa: BLE001 - the slow path below reports the problem with its position
-            pass
-    before = len(errors)
-    composed = _compose_text(text, shown, errors)
-    if composed is None or len(errors) > before:
-        if composed is not None or len(errors) > before:
-            return None
-        errors.append(f"{shown}:1:1: <file>: not valid YAML")
-        return None
-    return composed[0], Source(shown, text, composed[1])
-
-
-def _pydantic_errors(exc: ValidationError, data: Any, src: Source) -> list[str]:
-    out = []
-    for err in exc.errors(include_url=False):
+    ``data`` is what was validated, found at ``prefix`` in the file.
+    """
+    if problems.full:
+        problems.skipped(exc.error_count())
+        return
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    for n, err in enumerate(errors):
+        if problems.full:
+            problems.skipped(len(errors) - n)
+            return
         # Drop loc parts that are not keys in the data (union tags, "function-after"...).
-        path: list[Any] = []
+        path: list[Any] = list(prefix)
         cur = data
         for part in err["loc"]:
             if isinstance(cur, dict) and part in cur:
@@ -226,58 +104,115 @@ def _pydantic_errors(exc: ValidationError, data: Any, src: Source) -> list[str]:
             msg = "required field is missing"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        out.append(src.at(tuple(path), msg))
-    return out
+        problems.add(src, tuple(path), msg)
 
 
-# ---------------------------------------------------------------------------- loading
+# The big tables of a file are validated a chunk of entries at a time: the errors of a hundred
+# thousand bad entries are never held at once (pydantic keeps every error of one validation in
+# memory), and once the cap of shown problems is reached the rest are only counted.
+_CHUNK = 256
+_ENTRY_TABLES: dict[str, TypeAdapter[Any]] = {
+    "servers": TypeAdapter(dict[Name, Server]),
+    "switches": TypeAdapter(dict[Name, Switch]),
+    "storage": TypeAdapter(dict[Name, Storage]),
+    "personas": TypeAdapter(dict[Name, Persona]),
+}
 
 
-def _files(root: Path) -> list[Path]:
-    if not root.exists():
-        raise OperatorError(f"{root}: definitions directory does not exist")
-    if not root.is_dir():
-        raise OperatorError(f"{root}: not a directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-    if not files:
-        raise OperatorError(f"{root}: no *.yaml definition files found")
-    return files
-
-
-# A cache made by other model code must never be served: the key covers the code that made it.
-_CODE_KEY = hashlib.sha256(b"".join(Path(__file__).with_name(n).read_bytes()
-                                    for n in ("model.py", "loader.py", "validation.py"))).digest()
-
-
-def content_key(root: Path) -> str:
-    """A hash of every definition file's name and bytes: the cache key for ``load``."""
-    h = hashlib.sha256(CACHE_VERSION.encode() + _CODE_KEY)
-    for f in _files(root):
-        h.update(str(f.relative_to(root)).encode() + b"\0")
-        h.update(f.read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("AIMCTL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "aimctl")
-    return Path(base)
-
-
-def _write_pickle(path: Path, obj: object) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(path)
-
-
-def _read_pickle(path: Path) -> Any:
+def _validate(model: type[BaseModel], data: dict[Any, Any], src: Source, problems: Problems) -> Any:
+    shell = dict(data)
+    before = problems.count
+    for key, adapter in _ENTRY_TABLES.items():
+        entries = data.get(key)
+        if key not in model.model_fields or not isinstance(entries, dict) or len(entries) > MAX_ENTRIES:
+            continue  # the model says what is wrong with the table as a whole
+        good: dict[Any, Any] = {}
+        items = list(entries.items())
+        for i in range(0, len(items), _CHUNK):
+            chunk = dict(items[i:i + _CHUNK])
+            try:
+                good.update(adapter.validate_python(chunk))
+            except ValidationError as exc:
+                validation_problems(exc, chunk, src, problems, (key,))
+        shell[key] = good
     try:
-        with path.open("rb") as fh:
-            return pickle.load(fh)
-    except Exception:  # noqa: BLE001 - a stale or torn cache file is only a lost shortcut
+        result = model.model_validate(shell)
+    except ValidationError as exc:
+        validation_problems(exc, shell, src, problems)
         return None
+    return result if problems.count == before else None
+
+
+def _mapping(f: DefinitionFile, problems: Problems, limits: Limits = LIMITS,
+             empty_ok: bool = False) -> tuple[dict[Any, Any], Source] | None:
+    text = text_of(f, limits, problems)
+    parsed = parse(text, f.shown, problems) if text is not None else None
+    if parsed is None:
+        return None
+    data, src = parsed
+    if empty_ok and data is None:
+        return {}, src
+    if data is None or data == {}:
+        problems.add_at(f.shown, EMPTY)
+        return None
+    if not isinstance(data, dict):
+        problems.add(src, (), "a definition file must be one mapping (pool: ... or servers:/switches:/storage:)")
+        return None
+    return data, src
+
+
+def read_mapping(path: Path, limits: Limits = LIMITS) -> tuple[dict[Any, Any], Source]:
+    """One YAML mapping file (an overlay, say) with the loader's limits; DefinitionError otherwise."""
+    problems = Problems(limits.max_problems)
+    got = _mapping(DefinitionFile(path, str(path), b""), problems, limits, empty_ok=True)
+    if got is None:
+        raise problems.error()
+    return got
+
+
+# ---------------------------------------------------------------------------- the tree
+
+
+def _load(root: Path, files: list[DefinitionFile], problems: Problems, limits: Limits) -> Definitions:
+    defs = Definitions(root=root)
+    pool_src: dict[str, Source] = {}
+    inv_src: dict[tuple[str, str], Source] = {}
+    for f in files:
+        got = _mapping(f, problems, limits)
+        if got is None:
+            continue
+        data, src = got
+        if "pool" in data:
+            pf = _validate(PoolFile, data, src, problems)
+            if pf is None:
+                continue
+            if pf.pool in defs.pools:
+                problems.add(src, ("pool",), f"pool {pf.pool!r} is also defined in {pool_src[pf.pool].file}")
+                continue
+            defs.pools[pf.pool] = pf
+            pool_src[pf.pool] = src
+            for name, p in pf.personas.items():
+                if name in defs.personas:
+                    problems.add(src, ("personas", name), f"persona {name!r} is defined twice")
+                    continue
+                defs.personas[name] = PersonaDef(name, pf.pool, p)
+            inv: InventoryFile | None = pf
+        else:
+            inv = _validate(InventoryFile, data, src, problems)
+        if inv is not None:
+            for kind, table in (("servers", inv.servers), ("switches", inv.switches), ("storage", inv.storage)):
+                target: dict[str, Any] = getattr(defs, kind)
+                for name, obj in table.items():
+                    if name in target:
+                        problems.add(src, (kind, name), f"{kind} entry {name!r} is defined twice "
+                                                        f"(also in {inv_src[(kind, name)].file})")
+                        continue
+                    target[name] = obj
+                    inv_src[(kind, name)] = src
+    _cross_checks(defs, pool_src, inv_src, problems)
+    if problems:
+        raise problems.error()
+    return defs
 
 
 def _pool_slice(defs: Definitions, pool: str) -> Definitions:
@@ -292,139 +227,138 @@ def _pool_slice(defs: Definitions, pool: str) -> Definitions:
                        warnings=[w for w in defs.warnings if f"pool {pool} " in w])
 
 
-def load(root: Path | str, use_cache: bool = True) -> Definitions:
-    """Load and validate every definition under ``root``; raise DefinitionError listing all problems.
+# A cache made by other model code, or against other OS/vendor tables, must never be served.
+_CODE_KEY = hashlib.sha256(b"".join(Path(__file__).with_name(n).read_bytes() for n in (
+    "model.py", "loader.py", "validation.py", "netos.py", "redfish_vendors.py", "yaml_source.py",
+    "definition_files.py"))).digest()
 
-    A validated tree is cached keyed by the content of all files (whole, and sliced per pool), so
-    asking again after no change costs a hash of the files and an unpickle, not a re-validation.
+
+def _content_key(files: list[DefinitionFile]) -> str:
+    h = hashlib.sha256(CACHE_VERSION.encode() + _CODE_KEY)
+    h.update(netos.table_bytes() + b"\0" + redfish_vendors.table_bytes() + b"\0")
+    for f in files:
+        h.update(f.shown.encode() + b"\0" + f.digest)
+    return h.hexdigest()
+
+
+def _read_tree(root: Path, limits: Limits, digests: bool) -> tuple[list[DefinitionFile], Problems]:
+    problems = Problems(limits.max_problems)
+    files = collect(root, limits, problems, digests)
+    return files, problems
+
+
+def load(root: Path | str, use_cache: bool = False, limits: Limits = LIMITS) -> Definitions:
+    """Load and validate every definition under ``root``; raise DefinitionError listing the problems.
+
+    With ``use_cache`` (the operator's CLI), a tree that validated before is served from the
+    per-user cache keyed by the content of all files (``aimctl.definition_cache``): asking again
+    after no change costs a read and a hash of the files, not a validation. The controller never
+    asks for the cache.
     """
     root = Path(root)
+    files, problems = _read_tree(root, limits, digests=use_cache)
+    if problems:
+        # Listing problems first, then what the files that could be read say, so one run shows
+        # everything (not when the tree is refused for its sheer number of files).
+        if len(files) <= limits.max_files:
+            _load_quiet(root, files, problems, limits)
+        raise problems.error()
     if not use_cache:
-        return _load(root)
-    cache = _cache_dir() / content_key(root)
-    defs = _read_pickle(cache / "full.pickle")
+        return _load(root, files, problems, limits)
+    key = _content_key(files)
+    defs = definition_cache.read(key, "full.pickle")
     if isinstance(defs, Definitions):
         defs.root = root
         return defs
-    defs = _load(root)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        for pool in defs.pools:
-            _write_pickle(cache / f"pool-{pool}.pickle", _pool_slice(defs, pool))
-        _write_pickle(cache / "index.pickle", {n: x.pool for n, x in defs.personas.items()})
-        _write_pickle(cache / "full.pickle", defs)
-    except OSError:
-        pass
+    return _load_and_cache(root, files, problems, key, limits)
+
+
+def _load_and_cache(root: Path, files: list[DefinitionFile], problems: Problems, key: str,
+                    limits: Limits) -> Definitions:
+    defs = _load(root, files, problems, limits)
+    cached: dict[str, Any] = {f"pool-{pool}.pickle": _pool_slice(defs, pool) for pool in defs.pools}
+    cached["index.pickle"] = {n: x.pool for n, x in defs.personas.items()}
+    cached["full.pickle"] = defs
+    definition_cache.write(key, cached)
     return defs
 
 
-def load_for_persona(root: Path | str, persona: str) -> Definitions:
+def _load_quiet(root: Path, files: list[DefinitionFile], problems: Problems, limits: Limits) -> None:
+    try:
+        _load(root, files, problems, limits)
+    except DefinitionError:
+        pass
+
+
+def load_for_persona(root: Path | str, persona: str, limits: Limits = LIMITS) -> Definitions:
     """The validated definitions of ``persona``'s pool only (for planning one persona fast).
 
-    Only ever served from a cache of a tree that validated whole; otherwise it is a full load.
+    Served from the cache only when the whole tree validated before; otherwise a full load.
     """
     root = Path(root)
-    cache = _cache_dir() / content_key(root)
-    index = _read_pickle(cache / "index.pickle")
+    files, problems = _read_tree(root, limits, digests=True)
+    if problems:
+        return load(root, limits=limits)  # says what is wrong
+    key = _content_key(files)
+    index = definition_cache.read(key, "index.pickle")
     if isinstance(index, dict) and persona in index:
-        part = _read_pickle(cache / f"pool-{index[persona]}.pickle")
+        part = definition_cache.read(key, f"pool-{index[persona]}.pickle")
         if isinstance(part, Definitions):
             part.root = root
             return part
-    return load(root)
+    return _load_and_cache(root, files, problems, key, limits)
 
 
-def _validate(model: type[BaseModel], data: Any, src: Source, errors: list[str]) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errors.extend(_pydantic_errors(exc, data, src))
-        return None
-
-
-def _load(root: Path) -> Definitions:
-    errors: list[str] = []
-    defs = Definitions(root=root)
-    pool_src: dict[str, Source] = {}
-    inv_src: dict[tuple[str, str], Source] = {}
-    for f in _files(root):
-        shown = str(f)
-        text = _read(f, shown, errors)
-        if text is None:
-            continue
-        parsed = _parse(text, shown, errors)
-        if parsed is None:
-            continue
-        data, src = parsed
-        if not isinstance(data, dict):
-            errors.append(src.at((), "a definition file must be a mapping (pool: ... or servers:/switches:/storage:)"))
-            continue
-        if "pool" in data:
-            pf = _validate(PoolFile, data, src, errors)
-            if pf is None:
-                continue
-            if pf.pool in defs.pools:
-                errors.append(src.at(("pool",), f"pool {pf.pool!r} is also defined in {pool_src[pf.pool].file}"))
-                continue
-            defs.pools[pf.pool] = pf
-            pool_src[pf.pool] = src
-            for name, p in pf.personas.items():
-                if name in defs.personas:
-                    errors.append(src.at(("personas", name), f"persona {name!r} is defined twice"))
-                    continue
-                defs.personas[name] = PersonaDef(name, pf.pool, p)
-            inv: InventoryFile | None = pf
-        else:
-            inv = _validate(InventoryFile, data, src, errors)
-        if inv is not None:
-            for kind, table in (("servers", inv.servers), ("switches", inv.switches), ("storage", inv.storage)):
-                target: dict[str, Any] = getattr(defs, kind)
-                for name, obj in table.items():
-                    if name in target:
-                        errors.append(src.at((kind, name), f"{kind} entry {name!r} is defined twice "
-                                                           f"(also in {inv_src[(kind, name)].file})"))
-                        continue
-                    target[name] = obj
-                    inv_src[(kind, name)] = src
-    errors.extend(_cross_checks(defs, pool_src, inv_src))
-    if errors:
-        raise DefinitionError(errors)
-    return defs
-
-
-def _lifecycle_checks(pool: PoolFile, src: Source, production: dict[int, str]) -> list[str]:
-    errs = []
+def _lifecycle_checks(pool: PoolFile, src: Source, production: dict[int, str], problems: Problems) -> None:
     rh = pool.rehearsal
     if rh.vlan is not None and rh.vlan in production:
-        errs.append(src.at(("rehearsal", "vlan"), f"rehearsal VLAN {rh.vlan} is {production[rh.vlan]}: a rehearsal "
-                                                  "must be isolated from every production VLAN"))
+        problems.add(src, ("rehearsal", "vlan"), f"rehearsal VLAN {rh.vlan} is {production[rh.vlan]}: a rehearsal "
+                                                 "must be isolated from every production VLAN")
     if (rh.every is not None or rh.on) and rh.vlan is None:
-        errs.append(src.at(("rehearsal",), "rehearsals need an isolated VLAN (rehearsal.vlan)"))
+        problems.add(src, ("rehearsal",), "rehearsals need an isolated VLAN (rehearsal.vlan)")
     for i, m in enumerate(rh.on):
         if m not in pool.members:
-            errs.append(src.at(("rehearsal", "on", i), f"{m!r} is not a member of pool {pool.pool}"))
-    return errs
+            problems.add(src, ("rehearsal", "on", i), f"{m!r} is not a member of pool {pool.pool}")
 
 
-def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[tuple[str, str], Source]) -> list[str]:
-    errs: list[str] = []
+def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[tuple[str, str], Source],
+                  problems: Problems) -> None:
     # Cabling: a switch port carries one server channel, and its name must fit the switch's OS.
-    seen_ports: dict[tuple[str, str], str] = {}
+    # (switch, port) / (switch, ifIndex) -> (server, channel); named only when a problem is shown
+    seen_ports: dict[tuple[str, str], tuple[str, int]] = {}
+    seen_ifindex: dict[str, set[int]] = {}  # per switch: small ints, no per-port objects at 10,000 personas
+    os_rows = netos.table()
     for sname, srv in defs.servers.items():
         src = inv_src[("servers", sname)]
         for ch, cable in srv.channels.items():
             path = ("servers", sname, "channels", ch)
             sw = defs.switches.get(cable.switch)
             if sw is None:
-                errs.append(src.at(path + ("switch",), f"unknown switch {cable.switch!r}"))
+                problems.add(src, path + ("switch",), f"unknown switch {cable.switch!r}")
                 continue
-            if not valid_port(sw.os, cable.port):
-                errs.append(src.at(path + ("port",), f"port {cable.port!r} is not a valid {sw.os} port name "
-                                                     f"on switch {cable.switch}"))
+            row = os_rows.get(sw.os)
             other = seen_ports.get((cable.switch, cable.port))
+            if row is None or not row.valid_port(cable.port):
+                problems.add(src, path + ("port",), f"port {cable.port!r} is not a valid {sw.os} port name "
+                                                     f"on switch {cable.switch}")
+            elif not other:
+                # SNMP traps name a port by ifIndex only: each cabled port needs one, unique per switch.
+                try:
+                    index = cable.ifindex or row.ifindex(cable.port)
+                except ValueError:
+                    problems.add(src, path + ("port",), f"no ifIndex rule of {sw.os} numbers port {cable.port!r}: "
+                                                         "set ifindex: on this cable (traps name ports by ifIndex)")
+                else:
+                    indexes = seen_ifindex.setdefault(cable.switch, set())
+                    if index in indexes:
+                        twin = _ifindex_owner(defs, os_rows, cable.switch, index)
+                        problems.add(src, path + ("port",), f"{cable.switch} ifIndex {index} is also {twin}'s: "
+                                                             "a link trap could not tell them apart")
+                    indexes.add(index)
             if other:
-                errs.append(src.at(path + ("port",), f"{cable.switch} {cable.port} is already cabled to {other}"))
-            seen_ports[(cable.switch, cable.port)] = f"{sname} channel {ch}"
+                problems.add(src, path + ("port",), f"{cable.switch} {cable.port} is already cabled to "
+                                                     f"{other[0]} channel {other[1]}")
+            seen_ports[(cable.switch, cable.port)] = (sname, ch)
     initiators: dict[str, str] = {}
     addresses: dict[ipaddress.IPv4Address, str] = {}
     production: dict[int, str] = {}
@@ -433,66 +367,67 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
         production.setdefault(pool.quarantine_vlan, f"the quarantine VLAN of pool {pname}")
     for pname, pool in defs.pools.items():
         src = pool_src[pname]
-        errs.extend(_lifecycle_checks(pool, src, production))
+        _lifecycle_checks(pool, src, production, problems)
         vlans = {n.vlan: k for k, n in pool.networks.items()}
         if pool.quarantine_vlan in vlans:
-            errs.append(src.at(("quarantine_vlan",), f"quarantine VLAN {pool.quarantine_vlan} is also network "
-                                                     f"{vlans[pool.quarantine_vlan]!r}"))
+            problems.add(src, ("quarantine_vlan",), f"quarantine VLAN {pool.quarantine_vlan} is also network "
+                                                     f"{vlans[pool.quarantine_vlan]!r}")
         needed = {ch for n in pool.networks.values() for ch in (n.primary, n.secondary) if ch is not None}
         for i, m in enumerate(pool.members):
             member = defs.servers.get(m)
             if member is None:
-                errs.append(src.at(("members", i), f"unknown server {m!r}"))
+                problems.add(src, ("members", i), f"unknown server {m!r}")
                 continue
             if m in defs.server_pool:
-                errs.append(src.at(("members", i), f"server {m!r} is already a member of pool {defs.server_pool[m]!r}"))
+                problems.add(src, ("members", i), f"server {m!r} is already a member of pool {defs.server_pool[m]!r}")
                 continue
             defs.server_pool[m] = pname
             for ch in sorted(needed - set(member.channels)):
                 nets = [k for k, n in pool.networks.items() if ch in (n.primary, n.secondary)]
-                errs.append(src.at(("members", i), f"server {m} has no channel {ch}, which network(s) "
-                                                   f"{', '.join(nets)} of this pool use"))
+                problems.add(src, ("members", i), f"server {m} has no channel {ch}, which network(s) "
+                                                   f"{', '.join(nets)} of this pool use")
+        _vlans_fit_switches(defs, pname, pool, src, problems)
         for i, m in enumerate(pool.standby_preference):
             if m not in pool.members:
-                errs.append(src.at(("standby_preference", i), f"{m!r} is not a member of pool {pname}"))
+                problems.add(src, ("standby_preference", i), f"{m!r} is not a member of pool {pname}")
         homes: dict[str, str] = {}
         for name, p in pool.personas.items():
             base = ("personas", name)
             if p.home not in pool.members:
-                errs.append(src.at(base + ("home",), f"home server {p.home!r} is not a member of pool {pname}"))
+                problems.add(src, base + ("home",), f"home server {p.home!r} is not a member of pool {pname}")
             elif p.home in homes:
-                errs.append(src.at(base + ("home",), f"server {p.home} is already home of persona {homes[p.home]}"))
+                problems.add(src, base + ("home",), f"server {p.home} is already home of persona {homes[p.home]}")
             homes[p.home] = name
             if p.storage not in defs.storage:
-                errs.append(src.at(base + ("storage",), f"unknown storage {p.storage!r}"))
+                problems.add(src, base + ("storage",), f"unknown storage {p.storage!r}")
             if p.initiator in initiators:
-                errs.append(src.at(base + ("initiator",), f"initiator {p.initiator} is also used by persona "
-                                                          f"{initiators[p.initiator]}"))
+                problems.add(src, base + ("initiator",), f"initiator {p.initiator} is also used by persona "
+                                                          f"{initiators[p.initiator]}")
             initiators[p.initiator] = name
             if is_rehearsal_initiator(p.initiator):
-                errs.append(src.at(base + ("initiator",), "an initiator name ending in -rehearsal is reserved for "
-                                                          "rehearsals of a persona"))
+                problems.add(src, base + ("initiator",), "an initiator name ending in -rehearsal is reserved for "
+                                                         "rehearsals of a persona")
             for i, h in enumerate(p.recovery):
                 if h.hook != "dns-update":
                     continue
                 for j, r in enumerate(h.records):
                     for ph in dns_placeholders(r.name) + dns_placeholders(r.value):
                         if ph.startswith("address:") and ph[8:] not in p.addresses:
-                            errs.append(src.at(base + ("recovery", i, "records", j),
-                                               f"{{{ph}}}: persona {name} has no address on network {ph[8:]!r}"))
+                            problems.add(src, base + ("recovery", i, "records", j),
+                                         f"{{{ph}}}: persona {name} has no address on network {ph[8:]!r}")
             if pool.scn not in p.addresses:
-                errs.append(src.at(base + ("addresses",), f"no address on the SCN network {pool.scn!r} "
-                                                          f"(heartbeats travel there)"))
+                problems.add(src, base + ("addresses",), f"no address on the SCN network {pool.scn!r} "
+                                                          f"(heartbeats travel there)")
             for net, addr in p.addresses.items():
                 n = pool.networks.get(net)
                 apath = base + ("addresses", net)
                 if n is None:
-                    errs.append(src.at(apath, f"network {net!r} is not defined in pool {pname}"))
+                    problems.add(src, apath, f"network {net!r} is not defined in pool {pname}")
                     continue
                 if addr not in n.subnet:
-                    errs.append(src.at(apath, f"{addr} is outside {net} subnet {n.subnet}"))
+                    problems.add(src, apath, f"{addr} is outside {net} subnet {n.subnet}")
                 if addr in addresses:
-                    errs.append(src.at(apath, f"address {addr} is also used by {addresses[addr]}"))
+                    problems.add(src, apath, f"address {addr} is also used by {addresses[addr]}")
                 addresses[addr] = f"persona {name}"
         standbys = [m for m in pool.members if m not in homes and m in defs.servers]
         if not standbys:
@@ -500,9 +435,41 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
         else:
             for name, p in pool.personas.items():
                 if not any(p.qualification.met_by(defs.servers[s]) for s in standbys):
-                    errs.append(src.at(("personas", name, "qualification"),
-                                       f"no standby of pool {pname} ({', '.join(standbys)}) meets this qualification"))
+                    problems.add(src, ("personas", name, "qualification"),
+                                       f"no standby of pool {pname} ({', '.join(standbys)}) meets this qualification")
     for sname in defs.servers:
         if sname not in defs.server_pool:
             defs.warnings.append(f"{inv_src[('servers', sname)].file}: server {sname} is in no pool")
-    return errs
+
+
+def _vlans_fit_switches(defs: Definitions, pname: str, pool: PoolFile, src: Source, problems: Problems) -> None:
+    """Every VLAN of the pool must be one each switch its members are cabled to can carry."""
+    oses: dict[str, str] = {}  # OS name -> one switch of that OS, for the message
+    for m in pool.members:
+        for cable in getattr(defs.servers.get(m), "channels", {}).values():
+            sw = defs.switches.get(cable.switch)
+            if sw is not None:
+                oses.setdefault(sw.os, cable.switch)
+    rows = netos.table()
+    wanted: list[tuple[tuple[str, ...], int]] = [(("networks", k, "vlan"), n.vlan) for k, n in pool.networks.items()]
+    wanted.append((("quarantine_vlan",), pool.quarantine_vlan))
+    for os_name, switch in sorted(oses.items()):
+        row = rows.get(os_name)
+        for path, vlan in wanted:
+            why = row.vlan_problem(vlan) if row is not None else None
+            if why:
+                problems.add(src, path, f"{why} (switch {switch} of pool {pname})")
+
+
+def _ifindex_owner(defs: Definitions, os_rows: dict[str, netos.NetOs], switch: str, index: int) -> str:
+    """The first server channel cabled to ``switch`` at ``index`` (looked for only when two collide)."""
+    for sname, srv in defs.servers.items():
+        for ch, cable in srv.channels.items():
+            row = os_rows.get(defs.switches[switch].os)
+            if cable.switch == switch and row is not None and row.valid_port(cable.port):
+                try:
+                    if (cable.ifindex or row.ifindex(cable.port)) == index:
+                        return f"{sname} channel {ch}"
+                except ValueError:
+                    continue
+    return "another port"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,9 +20,11 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
+from aimctl import netos, redfish_vendors
 from aimctl.core.durations import parse_duration
 from aimctl.validation import (
     HOST_KEY_RE,
@@ -36,8 +39,74 @@ from aimctl.validation import (
 
 # ---------------------------------------------------------------------------- scalar types
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+MAX_DURATION_S = 366 * 86400.0
+# The rule for editors (JSON Schema patterns are ECMA-262): a unit, and not zero.
+DURATION_PATTERN = r"^\s*(?=[0-9.]*[1-9])[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)\s*$"
+
+
+PAUSE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)\s*$"
+
+
+def definition_duration(value: object) -> float:
+    """A timer, timeout or poll interval in a definition: written with its unit, more than 0, at most
+    a year. A timer of 0 fires at once (a boot timer of 0s fences every standby it boots)."""
+    seconds = definition_pause(value)
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be more than 0")
+    return seconds
+
+
+def definition_pause(value: object) -> float:
+    """A wait that may be none (between retries): written with its unit, at most a year."""
+    seconds = parse_duration(value)
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"duration {value!r} is longer than a year (a typo?)")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(definition_duration),
+                     WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
+                                     "description": "a duration with its unit: 90s, 20m, 1h, 500ms, 2d (more than 0)"})]
+PositiveDuration = Duration  # every timer, timeout and poll interval in a definition is more than 0
+Pause = Annotated[float, BeforeValidator(definition_pause),
+                  WithJsonSchema({"type": "string", "pattern": PAUSE_PATTERN,
+                                  "description": "a wait with its unit, 0s for none: 10s, 1m"})]
+
+
+def _text_of(kind: str) -> Any:
+    """IP addresses and networks are written as strings; an integer is not an address (strict input)."""
+    def check(value: object) -> object:
+        if not isinstance(value, str):
+            raise ValueError(f"{kind} must be written as a string, got {type(value).__name__} {value!r}")
+        return value
+    return check
+
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
+def _parse_ipv4(value: object) -> object:
+    # Built from its integer: ipaddress's own parser costs ~30 us an address, most of validating a
+    # 10,000-persona tree; anything the pattern does not take goes to it for its error message.
+    if isinstance(value, str):
+        m = _IPV4_RE.fullmatch(value)
+        if m:
+            a, b, c, d = (int(x) for x in m.groups())
+            return ipaddress.IPv4Address((a << 24) | (b << 16) | (c << 8) | d)
+        return ipaddress.IPv4Address(value)
+    return value
+
+
+def _parse_ipv4_net(value: object) -> object:
+    return ipaddress.IPv4Network(value) if isinstance(value, str) else value
+
+
+Ipv4 = Annotated[ipaddress.IPv4Address, BeforeValidator(_parse_ipv4), BeforeValidator(_text_of("an IPv4 address")),
+                 WithJsonSchema({"type": "string", "format": "ipv4"})]
+Ipv4Net = Annotated[ipaddress.IPv4Network, BeforeValidator(_parse_ipv4_net),
+                    BeforeValidator(_text_of("an IPv4 subnet")),
+                    WithJsonSchema({"type": "string", "pattern": r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$"})]
 
 
 def _check_secret_ref(value: str) -> str:
@@ -48,7 +117,9 @@ def _check_secret_ref(value: str) -> str:
     return value
 
 
-SecretRef = Annotated[str, AfterValidator(_check_secret_ref)]
+SecretRef = Annotated[str, AfterValidator(_check_secret_ref),
+                     WithJsonSchema({"type": "string", "pattern": r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$",
+                                     "description": "a secret reference: env:NAME or file:PATH, never a value"})]
 
 
 def _check_iqn(value: str) -> str:
@@ -57,7 +128,8 @@ def _check_iqn(value: str) -> str:
     return value
 
 
-Iqn = Annotated[str, AfterValidator(_check_iqn)]
+Iqn = Annotated[str, AfterValidator(_check_iqn),
+               WithJsonSchema({"type": "string", "pattern": r"^iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.:_-]+$"})]
 
 
 def _check_name(value: str) -> str:
@@ -66,22 +138,27 @@ def _check_name(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+Name = Annotated[str, AfterValidator(_check_name), WithJsonSchema({"type": "string", "pattern": NAME_PATTERN})]
 
 
 def _check_host(value: str) -> str:
-    host = value
-    try:
-        ipaddress.ip_address(host)
+    if _IPV4_RE.fullmatch(value):
         return value
-    except ValueError:
-        pass
-    if not HOSTNAME_RE.match(host):
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+            return value
+        except ValueError:
+            pass
+    if not HOSTNAME_RE.match(value):
         raise ValueError(f"not a host name or IP address: {value!r}")
     return value
 
 
-Host = Annotated[str, AfterValidator(_check_host)]
+Host = Annotated[str, AfterValidator(_check_host),
+                WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 253,
+                                "description": "a host name or an IP address"})]
 
 
 def _check_vlan(value: int) -> int:
@@ -90,7 +167,8 @@ def _check_vlan(value: int) -> int:
     return value
 
 
-Vlan = Annotated[int, AfterValidator(_check_vlan)]
+Vlan = Annotated[int, AfterValidator(_check_vlan), WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 4094})]
+
 
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
@@ -107,7 +185,23 @@ def _check_mac(value: str) -> str:
 
 Mac = Annotated[str, AfterValidator(_check_mac)]
 Channel = Annotated[int, Field(ge=1, le=64)]
+# Entries of one kind in one file (servers, personas...): beyond any real pool, far below a bomb.
+MAX_ENTRIES = 100_000
 PsName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]  # Rust regex: $ is end of text
+
+
+def at_most(n: int, what: str) -> Any:
+    """A size cap checked *before* the items are: pydantic checks a dict's length only after
+    validating every item, so a million bad entries would cost a million errors in memory."""
+    def check(value: object) -> object:
+        if isinstance(value, (dict, list)) and len(value) > n:
+            raise ValueError(f"{len(value):,} {what}: at most {n:,} are allowed")
+        return value
+    return BeforeValidator(check)
+
+
+def Capped(n: int, what: str) -> Any:  # noqa: N802 - reads as a type annotation
+    return (Field(max_length=n), at_most(n, what))
 
 
 def _check_abs_path(value: str) -> str:
@@ -117,7 +211,10 @@ def _check_abs_path(value: str) -> str:
     return value
 
 
-AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
+# A checked function, not a pydantic pattern: a counted repetition that long compiles into a Rust
+# regex of megabytes, paid by every process that imports the model.
+AbsPath = Annotated[str, AfterValidator(_check_abs_path),
+                    WithJsonSchema({"type": "string", "pattern": r"^/[A-Za-z0-9_.:+/-]{1,400}$"})]
 
 
 def _check_ssh_url(value: str) -> str:
@@ -126,8 +223,10 @@ def _check_ssh_url(value: str) -> str:
 
 
 def _editor_pattern(rx: re.Pattern[str]) -> Any:
-    """The same pattern in JSON Schema's dialect (ECMA), so `aimctl schema` shows editors the rule."""
-    return Field(json_schema_extra={"pattern": rx.pattern.replace(r"\Z", "$").replace("(?P<", "(?<")})
+    r"""The same pattern for JSON Schema validators, so `aimctl schema` shows editors the rule: group
+    names dropped (ECMA writes them ``(?<n>``, Python ``(?P<n>``; validators use either engine) and
+    ``\Z`` as ``$``."""
+    return Field(json_schema_extra={"pattern": re.sub(r"\(\?P<[A-Za-z_]+>", "(", rx.pattern.replace(r"\Z", "$"))})
 
 
 # ssh://user@host[:port] and known-hosts | SHA256:<fingerprint> | auto-add: validation's patterns.
@@ -141,7 +240,9 @@ def _check_management(value: str) -> str:
 
 class Strict(BaseModel):
     # extra="forbid" is what turns a typo ("boot_timmer") into an error instead of a silent default.
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    # strict: values are taken as written, never coerced: `vlan: true` is not VLAN 1, `lun: "1"` is
+    # not 1 and `tls: "no"` is not false.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 # ---------------------------------------------------------------------------- inventory
@@ -153,13 +254,67 @@ class Credentials(Strict):
     enable: SecretRef | None = None
 
 
+def _row_of(what: str, names: Callable[[], list[str]], where: Callable[[], object]) -> Callable[[str], str]:
+    """A check that a value names a row of a data table (read when checked: the table may change)."""
+    def check(value: str) -> str:
+        known = names()
+        if value not in known:
+            raise ValueError(f"unknown {what} {value!r} (rows of {where()}: {', '.join(known)})")
+        return value
+    return check
+
+
+def _enum_of(schema: Callable[[], dict[str, Any]]) -> Any:
+    return Field(json_schema_extra=lambda s: s.update(schema()))
+
+
+# A row of bootcfg/redfish_vendors.json.
+RedfishVendor = Annotated[str, AfterValidator(_row_of("Redfish vendor", redfish_vendors.names,
+                                                      lambda: "bootcfg/redfish_vendors.json")),
+                          _enum_of(redfish_vendors.schema_enum)]
+
+
 class Bmc(Strict):
     kind: Literal["redfish", "ipmi"]
     address: Host
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     credentials: Credentials
     system_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
+    # Redfish over HTTPS (false: plain HTTP, said explicitly). The certificate is verified against
+    # the system's CAs, or against ``ca_file`` (a private CA, or a BMC's own self-signed
+    # certificate); ``verify_tls: false`` is the explicit, per-BMC opt-out.
     tls: bool = True
+    verify_tls: bool = True
+    ca_file: AbsPath | None = None
+    # The row of bootcfg/redfish_vendors.json for this BMC; default: chosen from the BMC's
+    # Manufacturer/Model when the boot config is first used.
+    vendor: RedfishVendor | None = None
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> Bmc:
+        if self.kind != "redfish":
+            extra = [f for f in ("ca_file", "vendor", "verify_tls") if f in self.model_fields_set]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: only for Redfish BMCs")
+        why = self.tls_problem()
+        if why:
+            raise ValueError(why)
+        return self
+
+    def tls_problem(self) -> str | None:
+        """Why the TLS settings contradict each other, or None (checked again after an overlay)."""
+        if self.ca_file is not None and not self.verify_tls:
+            return ("ca_file and verify_tls: false contradict each other (verify against the CA, or opt out "
+                    "of verification)")
+        if not self.tls and (self.ca_file is not None or not self.verify_tls):
+            return "ca_file/verify_tls need tls: true (plain HTTP has no certificate)"
+        return None
+
+    def verify(self) -> bool | str:
+        """What the HTTPS client checks the certificate against (requests' ``verify``)."""
+        if not self.verify_tls:
+            return False
+        return self.ca_file or True
 
 
 class Cable(Strict):
@@ -177,15 +332,18 @@ class Server(Strict):
     # The address the site's DHCP reserves for the boot NIC: the controller serves this server's iPXE
     # script (which carries a CHAP secret) to that address only.
     boot_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
-    channels: dict[Channel, Cable]
+    channels: Annotated[dict[Channel, Cable], *Capped(64, "channels")]
     # Blast radius: bodies sharing a rack (top-of-rack switch) or a PDU can die together.
     rack: Name | None = None
     pdu: Name | None = None
     # Declared NIC MACs, compared with what the BMC reports (a swapped board shows here first).
-    nic_macs: list[Mac] = []
+    nic_macs: Annotated[list[Mac], Field(max_length=64)] = Field(default_factory=list)
 
 
-NetworkOs = Literal["dell_powerconnect", "dell_os6", "cisco_ios", "arista_eos"]
+# The keys of switch_templates/os.yaml: adding an OS there makes it a valid `os:` here.
+NetworkOs = Annotated[str, AfterValidator(_row_of("network OS", netos.names,
+                                                  netos.table_name)),
+                      _enum_of(netos.schema_enum)]
 
 
 class Switch(Strict):
@@ -211,9 +369,9 @@ class Storage(Strict):
 
 
 class InventoryFile(Strict):
-    servers: dict[Name, Server] = {}
-    switches: dict[Name, Switch] = {}
-    storage: dict[Name, Storage] = {}
+    servers: Annotated[dict[Name, Server], *Capped(MAX_ENTRIES, "servers")] = Field(default_factory=dict)
+    switches: Annotated[dict[Name, Switch], *Capped(MAX_ENTRIES, "switches")] = Field(default_factory=dict)
+    storage: Annotated[dict[Name, Storage], *Capped(MAX_ENTRIES, "storage entries")] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- pools and personas
@@ -221,7 +379,7 @@ class InventoryFile(Strict):
 
 class Network(Strict):
     vlan: Vlan
-    subnet: ipaddress.IPv4Network
+    subnet: Ipv4Net
     primary: Channel
     secondary: Channel | None = None
     mode: Literal["trunk", "access"] = "trunk"
@@ -239,7 +397,7 @@ class Lun(Strict):
 
 
 class Qualification(Strict):
-    models: list[str] = []
+    models: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=64)] = Field(default_factory=list)
     min_cores: Annotated[int, Field(ge=0)] = 0
     min_memory_gb: Annotated[int, Field(ge=0)] = 0
 
@@ -266,7 +424,7 @@ class _Hook(Strict):
     point: HookPoint = "post-boot"
     timeout: PositiveDuration = 600.0
     retries: Annotated[int, Field(ge=0, le=10)] = 0
-    retry_wait: Duration = 10.0  # between attempts
+    retry_wait: Pause = 10.0  # between attempts (0s: at once)
 
 
 class ExchangeDagHook(_Hook):
@@ -299,7 +457,8 @@ class SshCommandHook(_Hook):
 class ScriptHook(_Hook):
     hook: Literal["script"]
     path: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./-]{1,255}$")]
-    args: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.=:/,@+-]{0,128}$")]] = []
+    args: Annotated[list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.=:/,@+-]{0,128}$")]],
+                    Field(max_length=64)] = []
 
 
 _DNS_NAME = r"(@|[A-Za-z0-9_{}:-]{1,63}(\.[A-Za-z0-9_{}:-]{1,63})*\.?)"
@@ -315,7 +474,7 @@ def dns_placeholders(text: str) -> list[str]:
 class DnsRecord(Strict):
     name: DnsName  # relative to the zone ("mail", "@") or absolute ("mail.example.com.")
     type: Literal["A", "AAAA", "CNAME", "MX", "TXT"]
-    ttl: Annotated[Duration, Field(ge=0, le=604800)] = 300.0
+    ttl: Annotated[Pause, Field(ge=0, le=604800)] = 300.0  # 0s is a TTL (no caching)
     value: Annotated[str, StringConstraints(pattern=r'^[A-Za-z0-9 ._:{}@"=/+-]{1,255}$')]
 
     @model_validator(mode="after")
@@ -368,18 +527,18 @@ class Persona(Strict):
     storage: Name
     initiator: Iqn
     boot: Lun
-    data: list[Lun] = []
-    addresses: dict[Name, ipaddress.IPv4Address]
+    data: Annotated[list[Lun], Field(max_length=64)] = Field(default_factory=list)
+    addresses: Annotated[dict[Name, Ipv4], *Capped(64, "addresses")]
     boot_timer: Duration = 900.0
     policy: Literal["automatic", "manual"] = "automatic"
     confirm_timeout: Duration = 900.0
     on_confirm_timeout: Literal["proceed", "abort"] = "abort"
-    qualification: Qualification = Qualification()
+    qualification: Qualification = Field(default_factory=Qualification)
     heartbeat_key: SecretRef
     # The CHAP secret the persona's targets hold before the controller first rotates it.
     initial_chap: SecretRef | None = None
-    services: list[ServiceCheck] = []
-    recovery: list[Hook] = []
+    services: Annotated[list[ServiceCheck], Field(max_length=64)] = Field(default_factory=list)
+    recovery: Annotated[list[Hook], Field(max_length=32)] = Field(default_factory=list)
 
 
 class Storm(Strict):
@@ -488,13 +647,13 @@ class PoolFile(InventoryFile):
     """A pool; it may carry its own inventory (servers/switches/storage) in the same file."""
 
     pool: Name
-    members: list[Name]
-    standby_preference: list[Name] = []
+    members: Annotated[list[Name], Field(max_length=MAX_ENTRIES)]
+    standby_preference: Annotated[list[Name], Field(max_length=MAX_ENTRIES)] = Field(default_factory=list)
     quarantine_vlan: Vlan
     scn: Name = "scn"
-    networks: dict[Name, Network]
-    personas: dict[Name, Persona] = {}
-    storm: Storm = Storm()
+    networks: Annotated[dict[Name, Network], *Capped(256, "networks")]
+    personas: Annotated[dict[Name, Persona], *Capped(MAX_ENTRIES, "personas")] = Field(default_factory=dict)
+    storm: Storm = Field(default_factory=Storm)
     max_retargets: Annotated[int, Field(ge=0, le=10)] = 2
     escalation: Escalation = Escalation()
     preempt: Preempt = Preempt()
@@ -507,3 +666,48 @@ class PoolFile(InventoryFile):
         if self.scn not in self.networks:
             raise ValueError(f"scn network {self.scn!r} is not one of this pool's networks")
         return self
+
+
+# ---------------------------------------------------------------------------- JSON Schema for editors
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+def _as_written(node: Any) -> None:
+    """Make pydantic's schema describe the YAML as written: name-keyed maps as propertyNames (not
+    patternProperties, which leave other keys free), duration defaults as duration strings."""
+    if isinstance(node, dict):
+        pp = node.get("patternProperties")
+        if isinstance(pp, dict) and len(pp) == 1 and "additionalProperties" not in node:
+            (pattern, value), = pp.items()
+            del node["patternProperties"]
+            node["propertyNames"] = {"pattern": pattern}
+            node["additionalProperties"] = value
+        if node.get("pattern") in (DURATION_PATTERN, PAUSE_PATTERN) and isinstance(node.get("default"), int | float):
+            node["default"] = _duration_text(float(node["default"]))
+        for value in node.values():
+            _as_written(value)
+    elif isinstance(node, list):
+        for value in node:
+            _as_written(value)
+
+
+def definition_schema() -> dict[str, Any]:
+    """The JSON Schema of one definition file (a pool file or an inventory file), as written in YAML.
+
+    Network OS names and Redfish vendors are the rows of their tables at the time of export.
+    """
+    from pydantic import TypeAdapter
+
+    doc: dict[str, Any] = TypeAdapter(PoolFile | InventoryFile).json_schema(mode="validation")
+    _as_written(doc)
+    defs = doc["$defs"]
+    defs["Server"]["properties"]["channels"]["propertyNames"] = {"pattern": "^([1-9]|[1-5][0-9]|6[0-4])$"}
+    defs["InventoryFile"]["minProperties"] = 1
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "aimctl definition file (a pool file or an inventory file)", **doc}

@@ -13,9 +13,21 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, ValidationError
 
-from aimctl.errors import DefinitionError, OperatorError
-from aimctl.loader import Definitions, PersonaDef, Source
-from aimctl.model import AbsPath, Credentials, Host, HostKey, PositiveDuration, SecretRef, SshUrl, Strict
+from aimctl.errors import OperatorError
+from aimctl.loader import Definitions, PersonaDef, Source, read_mapping, validation_problems
+from aimctl.model import (
+    MAX_ENTRIES,
+    AbsPath,
+    Capped,
+    Credentials,
+    Host,
+    HostKey,
+    PositiveDuration,
+    SecretRef,
+    SshUrl,
+    Strict,
+)
+from aimctl.yaml_source import Problems
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -24,6 +36,9 @@ class BmcPatch(Strict):
     address: Host | None = None
     port: Port | None = None
     tls: bool | None = None
+    # Where the BMC's certificate is checked against, or the explicit opt-out (the lab's self-signed BMCs).
+    verify_tls: bool | None = None
+    ca_file: AbsPath | None = None
     system_id: str | None = None
     credentials: Credentials | None = None
 
@@ -61,7 +76,7 @@ class HookPatch(Strict):
 class PersonaPatch(Strict):
     heartbeat_key: SecretRef | None = None
     initial_chap: SecretRef | None = None
-    recovery: dict[int, HookPatch] = {}
+    recovery: Annotated[dict[int, HookPatch], *Capped(32, "hooks")] = {}
 
 
 class Listen(Strict):
@@ -100,12 +115,12 @@ class Listen(Strict):
 
 
 class Overlay(Strict):
-    servers: dict[str, ServerPatch] = {}
-    switches: dict[str, SwitchPatch] = {}
-    storage: dict[str, StoragePatch] = {}
-    personas: dict[str, PersonaPatch] = {}
+    servers: Annotated[dict[str, ServerPatch], *Capped(MAX_ENTRIES, "servers")] = {}
+    switches: Annotated[dict[str, SwitchPatch], *Capped(MAX_ENTRIES, "switches")] = {}
+    storage: Annotated[dict[str, StoragePatch], *Capped(MAX_ENTRIES, "storage entries")] = {}
+    personas: Annotated[dict[str, PersonaPatch], *Capped(MAX_ENTRIES, "personas")] = {}
     controller: Listen = Listen()
-    lab: dict[str, Any] = {}
+    lab: Annotated[dict[str, Any], *Capped(1000, "lab settings")] = {}
 
 
 def _patch(obj: Any, patch: Strict) -> Any:
@@ -122,19 +137,15 @@ M = TypeVar("M", bound=Strict)
 
 
 def load_model(path: Path, model: type[M]) -> M:
-    """A YAML file as ``model``; every problem reported as FILE:LINE:COL: field: message."""
-    from aimctl.loader import _parse, _pydantic_errors, _read
-
-    errors: list[str] = []
-    text = _read(path, str(path), errors)
-    parsed = _parse(text, str(path), errors) if text is not None else None
-    if parsed is None:
-        raise DefinitionError(errors)
-    data, src = parsed
+    """A YAML file as ``model``, read with the loader's limits; every problem reported as
+    FILE:LINE:COL: field: message."""
+    data, src = read_mapping(path)
     try:
-        return model.model_validate(data or {})
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise DefinitionError(_pydantic_errors(exc, data, src)) from None
+        problems = Problems()
+        validation_problems(exc, data, src, problems)
+        raise problems.error() from None
 
 
 def load_overlay(path: Path) -> Overlay:
@@ -153,6 +164,9 @@ def apply(defs: Definitions, ov: Overlay, where: str = "overlay") -> Definitions
     for name, sp in ov.servers.items():
         known(out.servers, name, "server")
         out.servers[name] = _patch(out.servers[name], sp)
+        why = out.servers[name].bmc.tls_problem()
+        if why:
+            raise OperatorError(f"{where}: server {name}: bmc: {why}")
     for name, wp in ov.switches.items():
         known(out.switches, name, "switch")
         out.switches[name] = _patch(out.switches[name], wp)

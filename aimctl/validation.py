@@ -33,15 +33,7 @@ HOST_KEY_ANY = ("auto-add", "auto")
 CHAP_USER_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}\Z")
 CHAP_SECRET_RE = re.compile(r"^[A-Za-z0-9._~+/=:@-]{1,255}\Z")
 
-# Port names by network OS (netmiko device type). Kept as data: adding an OS adds a row.
-PORT_RE: dict[str, re.Pattern[str]] = {
-    # PowerConnect 62xx: unit/g|xg port, e.g. 1/g1, 1/xg4
-    "dell_powerconnect": re.compile(r"^[1-9]/(g|xg)[1-9][0-9]?\Z"),
-    # DNOS6 (N-series): Gi1/0/1, Te1/0/1, Fo1/0/1
-    "dell_os6": re.compile(r"^(Gi|Te|Tw|Fo)[1-9]/0/[1-9][0-9]?\Z"),
-    "cisco_ios": re.compile(r"^(FastEthernet|GigabitEthernet|TenGigabitEthernet|Fa|Gi|Te)[0-9](/[0-9]{1,2}){1,2}\Z"),
-    "arista_eos": re.compile(r"^Ethernet[1-9][0-9]{0,2}(/[1-9])?\Z"),
-}
+# Port names are per network OS: ``aimctl.netos`` (rows of switch_templates/os.yaml).
 
 
 def ssh_url_parts(url: str) -> tuple[str, str, int]:
@@ -61,9 +53,3 @@ def check_host_key(policy: str) -> str:
 
 def valid_vlan(vlan: int) -> bool:
     return isinstance(vlan, int) and not isinstance(vlan, bool) and 1 <= vlan <= 4094
-
-
-def valid_port(os_name: str, port: str) -> bool:
-    pat = PORT_RE.get(os_name)
-    return bool(pat and pat.match(port))
-

@@ -100,7 +100,7 @@ class Lab:
                                                      memory_gb=d.servers[s].memory_gb,
                                                      macs=list(d.servers[s].nic_macs) or None)
                                    for s in redfish], self.state / "redfish", {LAB_USER: self.passwords["bmc"]},
-                                  power_delay_s=self.power_delay_s, per_system_ports=True)
+                                  power_delay_s=self.power_delay_s, per_system_ports=True, tls=True)
         self.redfish_port = self.redfish.start() if redfish else 0
         self.ipmi = IpmiLab([IpmiSystemSpec(s, power_on=False, model=d.servers[s].model, cores=d.servers[s].cores,
                                             memory_gb=d.servers[s].memory_gb) for s in ipmi],
@@ -346,7 +346,10 @@ class Lab:
         servers: dict[str, dict[str, Any]] = {}
         for s, v in d.servers.items():
             if v.bmc.kind == "redfish":
-                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish.port_of(s), "tls": False,
+                # HTTPS with the lab's self-signed certificate, verified against it (as production
+                # verifies a BMC's certificate against its CA).
+                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish.port_of(s), "tls": True,
+                                      "ca_file": str(self.redfish.state_dir / "cert.pem"),
                                       "system_id": self.redfish.system_path(s).rsplit("/", 1)[-1],
                                       "credentials": bmc_cred}}
             else:

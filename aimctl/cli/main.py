@@ -63,7 +63,8 @@ def validate(directory: Annotated[Path | None, typer.Argument(help="Definitions 
     from aimctl.failover.planner import capacity, standbys
     from aimctl.loader import load
 
-    defs = load(directory or _default_defs())
+    # The per-user cache (owner-checked) makes asking again after no change cheap.
+    defs = load(directory or _default_defs(), use_cache=True)
     assignment, quarantined = current_state(defs, state)
     table = Table(title=f"definitions in {defs.root}")
     for col in ("pool", "servers", "actives", "standbys", "personas", "N+k", "per persona", "warnings"):
@@ -83,14 +84,11 @@ def validate(directory: Annotated[Path | None, typer.Argument(help="Definitions 
 
 @app.command()
 def schema() -> None:
-    """Print the JSON Schema of definition files (for editors)."""
-    from pydantic import TypeAdapter
+    """Print the JSON Schema of definition files, as written (for editors and CI validators)."""
+    from aimctl.model import definition_schema
 
-    from aimctl.model import InventoryFile, PoolFile
-
-    doc = TypeAdapter(PoolFile | InventoryFile).json_schema()
-    doc["title"] = "aimctl definition file (a pool file or an inventory file)"
-    out.print_json(json.dumps(doc))
+    # Plain JSON on stdout (no colours, no wrapping): made to be piped into a file or a validator.
+    sys.stdout.write(json.dumps(definition_schema(), indent=2) + "\n")
 
 
 def switch_renderer(defs: Any) -> Any:
@@ -167,7 +165,10 @@ def main() -> None:
     except DefinitionError as exc:
         for p in exc.problems:
             err.print(mask(p), highlight=False, markup=False)
-        err.print(f"{len(exc.problems)} problem(s) found; nothing was changed.", highlight=False)
+        if exc.total > len(exc.problems):
+            err.print(f"... and {exc.total - len(exc.problems)} more not shown (the first {len(exc.problems)} "
+                      "are above)", highlight=False, markup=False)
+        err.print(f"{exc.total} problem(s) found; nothing was changed.", highlight=False)
         sys.exit(2)
     except OperatorError as exc:
         err.print(f"error: {mask(str(exc))}", highlight=False, markup=False)

@@ -1,4 +1,7 @@
-"""Small netmiko subclasses, one per network OS, for what the stock classes get wrong.
+"""Small netmiko subclasses for what the stock classes get wrong on some OSes.
+
+A row of ``switch_templates/os.yaml`` names one (``quirks:``) only when it needs one; an OS without
+it runs on netmiko's own class for its device type.
 
 Each override is a quirk seen on the lab switches (fake-switches) and is harmless on the real
 OS: leaving config mode with repeated ``exit`` works everywhere, reading the prompt to check the

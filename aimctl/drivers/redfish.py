@@ -9,6 +9,7 @@ goes through ``secrets.mask``.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -56,7 +57,7 @@ class RedfishClient:
         system_id_or_path: str,
         username: str,
         password: str,
-        verify_tls: bool = False,
+        verify_tls: bool | str = True,
         timeout_s: float = 5.0,
         name: str | None = None,
     ) -> None:
@@ -68,6 +69,8 @@ class RedfishClient:
         self._username = username
         self._password = password
         secrets.register(password)
+        # requests' ``verify``: True (the system's CAs), a CA bundle path, or False (an explicit,
+        # per-BMC opt-out in the inventory; never the default).
         self._verify = verify_tls
         self._timeout = timeout_s
         self._lock = threading.Lock()
@@ -127,6 +130,10 @@ class RedfishClient:
         detail = secrets.mask(str(exc))[:300]
         if isinstance(exc, sushy_exc.AccessError):
             return AuthFailed(self.device, f"{what}: BMC refused the credentials (HTTP {exc.status_code})")
+        if _is_tls_failure(exc):
+            return Unreachable(self.device, f"{what}: TLS to {self.url} failed ({_tls_reason(exc)}); the BMC's "
+                                            "certificate is verified: give its CA (bmc.ca_file) or, knowingly, "
+                                            "bmc.verify_tls: false")
         if isinstance(exc, sushy_exc.ConnectionError | requests.RequestException | OSError):
             return Unreachable(self.device, f"{what}: no answer from {self.url}: {detail}")
         if isinstance(exc, sushy_exc.HTTPError):
@@ -134,6 +141,26 @@ class RedfishClient:
                 return Unreachable(self.device, f"{what}: BMC unavailable (HTTP {exc.status_code})")
             return Rejected(self.device, f"{what}: BMC answered HTTP {exc.status_code}: {detail}")
         return DriverError(self.device, f"{what}: unexpected {type(exc).__name__}: {detail}")
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLError | requests.exceptions.SSLError):
+            return True
+        cur = cur.__cause__ or cur.__context__ or (cur.args[0] if cur.args and isinstance(cur.args[0], BaseException)
+                                                   else None)
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc) or "SSLError" in str(exc)
+
+
+def _tls_reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("certificate verify failed: ", "SSLError("):
+        if marker in text:
+            return text.split(marker, 1)[1].split(")")[0].split("'")[0].strip()[:120] or "handshake refused"
+    return "handshake refused"
 
 
 class RedfishPower:
@@ -145,7 +172,7 @@ class RedfishPower:
         system_id_or_path: str,
         username: str,
         password: str,
-        verify_tls: bool = False,
+        verify_tls: bool | str = True,
         timeout_s: float = 5.0,
         poll_s: float = 0.05,
         name: str | None = None,

@@ -1,7 +1,9 @@
 """Redfish iSCSI boot: the boot NIC function's ``iSCSIBoot`` plus the system's boot override.
 
 Payloads come from ``bootcfg/redfish_iscsiboot.json.j2``; BMC-family differences (which URI takes
-the write, what "blank" looks like) are rows of ``bootcfg/redfish_vendors.json``, not code.
+the write, what "blank" looks like) are rows of ``bootcfg/redfish_vendors.json``, not code. The row
+is the inventory's ``bmc.vendor``, or else the one the BMC's ComputerSystem Manufacturer/Model
+selects (``aimctl.redfish_vendors.choose``), read once on first use.
 
 The NIC function URI follows Dell iDRAC's layout unless given:
 ``/redfish/v1/Chassis/<system-id>/NetworkAdapters/<adapter>/NetworkDeviceFunctions/<port>-1``
@@ -11,14 +13,17 @@ for a boot NIC port named like ``NIC.Integrated.1-1``.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-from aimctl import secrets
+from aimctl import redfish_vendors, secrets
 from aimctl.drivers.bootvalues import DEFAULT_BOOTCFG_DIR, check_iscsi_boot, template_env
 from aimctl.drivers.protocols import IscsiBoot
 from aimctl.drivers.redfish import RedfishClient
 from aimctl.errors import Rejected, StateMismatch
+
+log = logging.getLogger(__name__)
 
 # CHAPSecret is write-only in the DMTF schema (GET returns null), so read-back compares every
 # other field we wrote; the storage fence proves the secret itself with a real login.
@@ -43,8 +48,8 @@ class RedfishBootConfig:
         *,
         boot_nic: str = "NIC.Integrated.1-1",
         nic_function_path: str | None = None,
-        vendor: str = "generic",
-        verify_tls: bool = False,
+        vendor: str | None = None,
+        verify_tls: bool | str = True,
         timeout_s: float = 5.0,
         name: str | None = None,
         bootcfg_dir: Path | None = None,
@@ -52,12 +57,26 @@ class RedfishBootConfig:
         self.client = RedfishClient(address, system_id_or_path, username, password, verify_tls, timeout_s, name)
         self.device = self.client.device
         self.nic_path = nic_function_path or _default_nic_path(self.client.system_path, boot_nic)
-        vendors = json.loads(((bootcfg_dir or DEFAULT_BOOTCFG_DIR) / "redfish_vendors.json").read_text())
-        if vendor not in vendors or vendor.startswith("_"):
-            known = ", ".join(k for k in vendors if not k.startswith("_"))
-            raise Rejected(self.device, f"unknown Redfish vendor {vendor!r} (known: {known})")
-        self.vendor: dict[str, Any] = vendors[vendor]
+        self._vendors = redfish_vendors.table(bootcfg_dir or DEFAULT_BOOTCFG_DIR)
+        if vendor is not None and vendor not in self._vendors.rows:
+            raise Rejected(self.device, f"unknown Redfish vendor {vendor!r} (known: {', '.join(self._vendors.rows)})")
+        self._vendor_name = vendor  # None: chosen from the BMC's Manufacturer/Model on first use
         self._template = template_env(bootcfg_dir).get_template("redfish_iscsiboot.json.j2")
+
+    @property
+    def vendor_name(self) -> str:
+        """The vendor row in use: the inventory's, else the one the BMC's own identity selects."""
+        if self._vendor_name is None:
+            system = self.client.call("read Manufacturer/Model", lambda: self.client.system(False))
+            manufacturer, model = getattr(system, "manufacturer", None), getattr(system, "model", None)
+            self._vendor_name = redfish_vendors.choose(self._vendors, None, manufacturer, model)
+            log.info("%s: Redfish vendor row %s (Manufacturer %r, Model %r)", self.device, self._vendor_name,
+                     manufacturer, model)
+        return self._vendor_name
+
+    @property
+    def vendor(self) -> dict[str, Any]:
+        return self._vendors.rows[self.vendor_name]
 
     def render(self, boot: IscsiBoot | None) -> dict[str, Any]:
         """The exact payloads ``write``/``clear`` send (secrets included: do not log unmasked)."""

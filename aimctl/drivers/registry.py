@@ -29,6 +29,18 @@ def _bmc_url(server: Server) -> str:
     return f"{scheme}://{b.address}" + (f":{b.port}" if b.port else "")
 
 
+def _verify(name: str, server: Server) -> bool | str:
+    """The certificate check for a Redfish BMC: a CA file must be readable now, not at 3 a.m."""
+    verify = server.bmc.verify()
+    if isinstance(verify, str):
+        try:
+            with open(verify, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise OperatorError(f"server {name}: bmc.ca_file {verify}: cannot read: {exc.strerror}") from None
+    return verify
+
+
 def make_power(name: str, server: Server, timeout_s: float = 5.0) -> Power:
     b = server.bmc
     password = resolve(b.credentials.password)
@@ -36,7 +48,7 @@ def make_power(name: str, server: Server, timeout_s: float = 5.0) -> Power:
         from aimctl.drivers.redfish import RedfishPower
 
         return RedfishPower(_bmc_url(server), b.system_id or "System.Embedded.1", b.credentials.username, password,
-                            timeout_s=timeout_s, name=name)
+                            verify_tls=_verify(name, server), timeout_s=timeout_s, name=name)
     from aimctl.drivers.ipmi import IpmiPower
 
     return IpmiPower(b.address, b.port or 623, b.credentials.username, password, timeout_s=timeout_s, name=name)
@@ -48,7 +60,8 @@ def make_bootcfg(name: str, server: Server, boot_dir: Path, power: Power | None 
         from aimctl.drivers.redfish_boot import RedfishBootConfig
 
         return RedfishBootConfig(_bmc_url(server), b.system_id or "System.Embedded.1", b.credentials.username,
-                                 resolve(b.credentials.password), boot_nic=server.boot_nic, name=name)
+                                 resolve(b.credentials.password), boot_nic=server.boot_nic, vendor=b.vendor,
+                                 verify_tls=_verify(name, server), name=name)
     from aimctl.drivers.ipxe import IpxeBootConfig
 
     return IpxeBootConfig(name, boot_dir, power or make_power(name, server))  # type: ignore[arg-type]
@@ -62,7 +75,7 @@ def make_hardware(name: str, server: Server, power: Power | None = None) -> Hard
         from aimctl.drivers.redfish_hw import RedfishHardware
 
         client = RedfishClient(_bmc_url(server), b.system_id or "System.Embedded.1", b.credentials.username,
-                               resolve(b.credentials.password), name=name)
+                               resolve(b.credentials.password), verify_tls=_verify(name, server), name=name)
         return RedfishHardware(client)
     from aimctl.drivers.ipmi import IpmiPower
     from aimctl.drivers.ipmi_hw import IpmiHardware

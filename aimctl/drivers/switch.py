@@ -29,7 +29,7 @@ from typing import Any
 import paramiko
 from netmiko.exceptions import NetmikoAuthenticationException, NetmikoTimeoutException, ReadTimeout
 
-from aimctl.drivers.netmiko_quirks import PROMPT_END, QUIRK_CLASSES
+from aimctl.drivers.netmiko_quirks import PROMPT_END
 from aimctl.drivers.protocols import PortIntent, PortState
 from aimctl.drivers.switch_os import (
     Line,
@@ -43,14 +43,12 @@ from aimctl.drivers.switch_os import (
 from aimctl.errors import (
     AuthFailed,
     DriverError,
-    OperatorError,
     Rejected,
     StateMismatch,
     Timeout,
     Unreachable,
 )
 from aimctl.secrets import mask, register
-from aimctl.validation import valid_port
 
 __all__ = ["NetmikoSwitch", "render_lines", "switch_lock"]
 
@@ -83,9 +81,7 @@ class NetmikoSwitch:
                  templates_dir: Path | None = None) -> None:
         self.name, self.os, self.host, self.port = name, os, host, port
         self.profile: OsProfile = load_profile(os, str(templates_dir) if templates_dir else None)
-        if self.profile.quirks not in QUIRK_CLASSES:
-            raise OperatorError(f"network OS {os}: unknown netmiko class {self.profile.quirks!r}")
-        self._cls = QUIRK_CLASSES[self.profile.quirks]
+        self._cls = self.profile.netmiko_class()
         self._username, self._password, self._enable = username, password, enable_password
         for secret in (password, enable_password):
             if secret:
@@ -105,7 +101,7 @@ class NetmikoSwitch:
 
     def read(self, ports: list[str]) -> list[PortState]:
         for p in ports:
-            if not isinstance(p, str) or not valid_port(self.os, p):
+            if not self.profile.row.valid_port(p):
                 raise Rejected(self.name, f"port {p!r} is not a {self.os} port name")
         with self._session() as conn:
             seen = self._read_observed(conn, ports)

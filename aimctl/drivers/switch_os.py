@@ -12,7 +12,6 @@ whole with its file and line, before any switch is touched.
 from __future__ import annotations
 
 import io
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,21 +21,20 @@ from typing import Any
 
 import jinja2
 import textfsm
-import yaml
 
+from aimctl import netos
 from aimctl.drivers.protocols import PortIntent, PortMode, PortState
 from aimctl.errors import OperatorError, Rejected
-from aimctl.validation import DESCRIPTION_RE, valid_port, valid_vlan
+from aimctl.validation import DESCRIPTION_RE, valid_vlan
 
-TEMPLATES_ENV = "AIMCTL_SWITCH_TEMPLATES"
+TEMPLATES_ENV = netos.TEMPLATES_ENV
 ALL_VLANS: tuple[int, ...] = tuple(range(1, 4095))
 TEMPLATES = ("ensure_vlans.j2", "set_trunk.j2", "set_access_vlan.j2", "quarantine.j2", "show_port.j2")
 _PRINTABLE = re.compile(r"^[\x20-\x7e]{1,240}\Z")
 
 
 def default_templates_dir() -> Path:
-    env = os.environ.get(TEMPLATES_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "switch_templates"
+    return netos.templates_dir()
 
 
 @dataclass(frozen=True)
@@ -55,22 +53,18 @@ class Observed:
 
 
 class OsProfile:
-    def __init__(self, name: str, row: dict[str, Any], folder: Path) -> None:
-        self.name = name
+    def __init__(self, row: netos.NetOs, folder: Path) -> None:
+        self.name = row.name
+        self.row = row
         self.folder = folder
-        where = folder.parent / "os.yaml"
-        try:
-            self.quirks = str(row["quirks"])
-            self.config_enter = str(row["config_enter"])
-            self.config_exit = str(row["config_exit"])
-            self.after_enable = tuple(str(c) for c in row.get("after_enable") or ())
-            self.native_vlan = bool(row["native_vlan"])
-            self.vlan_max = int(row["vlan_max"])
-            self.trunk_unset_all = {"all": True, "none": False}[row["trunk_unset"]]
-            self.aliases: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-                (re.compile(str(a)), str(r)) for a, r in row.get("port_aliases") or ())
-        except (KeyError, TypeError, ValueError, re.error) as exc:
-            raise OperatorError(f"{where}: {name}: bad or missing field: {exc}") from None
+        self.quirks = row.quirks
+        self.config_enter = row.config_enter
+        self.config_exit = row.config_exit
+        self.after_enable = row.after_enable
+        self.native_vlan = row.native_vlan
+        self.vlan_max = row.vlan_max
+        self.trunk_unset_all = row.trunk_unset_all
+        self.aliases = row.port_aliases
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
             trim_blocks=True, lstrip_blocks=True, autoescape=False)
@@ -80,7 +74,7 @@ class OsProfile:
             except jinja2.TemplateSyntaxError as exc:
                 raise OperatorError(f"{folder / t}:{exc.lineno}: {exc.message}") from None
             except jinja2.TemplateNotFound:
-                raise OperatorError(f"{folder / t}: missing template for {name}") from None
+                raise OperatorError(f"{folder / t}: missing template for {self.name}") from None
         self.errors = self._load_errors(folder / "errors.txt")
         self.fsm_text = self._read(folder / "show_port.textfsm")
         try:
@@ -106,6 +100,22 @@ class OsProfile:
                 raise OperatorError(f"{path}:{n}: bad pattern: {exc}") from None
         return tuple(out)
 
+    def netmiko_class(self) -> type[Any]:
+        """The connection class: the row's quirk class, else netmiko's own class for the device type."""
+        from netmiko.ssh_dispatcher import CLASS_MAPPER
+
+        from aimctl.drivers.netmiko_quirks import QUIRK_CLASSES
+
+        if self.quirks is not None:
+            if self.quirks not in QUIRK_CLASSES:
+                raise OperatorError(f"{self.folder.parent / 'os.yaml'}: {self.name}.quirks: unknown netmiko class "
+                                    f"{self.quirks!r} (known: {', '.join(sorted(QUIRK_CLASSES))})")
+            return QUIRK_CLASSES[self.quirks]
+        if self.name not in CLASS_MAPPER:
+            raise OperatorError(f"{self.folder.parent / 'os.yaml'}: {self.name}: not a netmiko device type, "
+                                "and no quirks class is named")
+        return CLASS_MAPPER[self.name]
+
     # -- names and validation ---------------------------------------------------------------------
     def canon(self, port: str) -> str:
         """One spelling per port, whatever the source (``ethernet 1/g1`` and ``1/g1`` agree)."""
@@ -119,7 +129,7 @@ class OsProfile:
         """Refuse any value that is not plainly a port, a VLAN or a description (rule 6)."""
         seen: set[str] = set()
         for i in intents:
-            if not isinstance(i.port, str) or not valid_port(self.name, i.port):
+            if not self.row.valid_port(i.port):
                 raise Rejected(device, f"port {i.port!r} is not a {self.name} port name")
             if self.canon(i.port) in seen:
                 raise Rejected(device, f"port {i.port!r} appears twice in one batch")
@@ -131,6 +141,9 @@ class OsProfile:
             for v in (*i.vlans, *((i.native_vlan,) if i.native_vlan is not None else ())):
                 if not valid_vlan(v) or v > self.vlan_max:
                     raise Rejected(device, f"port {i.port}: VLAN {v!r} is not in 1..{self.vlan_max}")
+                reserved = self.row.vlan_problem(v)
+                if reserved:
+                    raise Rejected(device, f"port {i.port}: {reserved}")
             if i.mode is PortMode.ACCESS and len(i.vlans) != 1:
                 raise Rejected(device, f"port {i.port}: an access port takes exactly one VLAN, got {i.vlans!r}")
             if i.native_vlan is not None and (i.mode is not PortMode.TRUNK or not self.native_vlan):
@@ -260,17 +273,16 @@ def intent_from(observed: Observed) -> PortIntent | None:
     return PortIntent(s.port, s.mode, s.vlans, s.native_vlan, description)
 
 
-@lru_cache(maxsize=32)
 def load_profile(os_name: str, templates_dir: str | None = None) -> OsProfile:
+    """The profile of ``os_name`` from ``templates_dir`` (default ``$AIMCTL_SWITCH_TEMPLATES`` or the
+    tree's ``switch_templates/``); built again only when its ``os.yaml`` row changes."""
     root = Path(templates_dir) if templates_dir else default_templates_dir()
-    table_path = root / "os.yaml"
-    try:
-        table = yaml.safe_load(table_path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise OperatorError(f"{table_path}: cannot load the network-OS table: {exc}") from None
-    if os_name not in table:
-        raise OperatorError(f"{table_path}: no network OS {os_name!r} (known: {', '.join(sorted(table))})")
-    return OsProfile(os_name, table[os_name], root / os_name)
+    return _profile(netos.get(os_name, root), str(root / os_name))
+
+
+@lru_cache(maxsize=32)
+def _profile(row: netos.NetOs, folder: str) -> OsProfile:
+    return OsProfile(row, Path(folder))
 
 
 def render_lines(os_name: str, intents: Sequence[PortIntent]) -> list[str]:

@@ -42,7 +42,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from aimctl.drivers.protocols import IscsiBoot
 from lab.bmc import redfish_hw, redfish_nic
 from lab.bmc.common import DueTimer, Faults, Notifier
-from lab.bmc.redfish_emulator import FaultMiddleware, QuietHandler, fresh_emulator_module, lab_driver_class
+from lab.bmc.redfish_emulator import FaultMiddleware, QuietHandler, fresh_emulator_module, lab_driver_class, serve_tls
 from lab.bmc.hardware import HardwareState
 from lab.bmc.redfish_sessions import SessionLayer
 
@@ -130,10 +130,11 @@ class RedfishLab:
         self._driver = app.systems  # build the driver (and its SQLite) before the first request
         for u in self._uuids.values():
             self._power_seen[u] = self._driver._get(u)["power_state"] == "On"
+        # One certificate for every listener (the overlay names one CA file for the lab's BMCs).
         ssl_context = self._ssl_context() if self.tls else None
-        self._server = make_server(
-            "127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler, ssl_context=ssl_context
-        )
+        self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+        if ssl_context is not None:
+            serve_tls(self._server, ssl_context)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -143,8 +144,9 @@ class RedfishLab:
         self._thread.start()
         if self.per_system_ports:
             for name in self._specs:
-                srv = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler,
-                                  ssl_context=ssl_context)
+                srv = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+                if ssl_context is not None:
+                    serve_tls(srv, ssl_context)
                 th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
                                       name=f"redfish-lab-{name}", daemon=True)
                 th.start()

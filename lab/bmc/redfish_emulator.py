@@ -15,6 +15,7 @@ import itertools
 import logging
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -23,7 +24,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from werkzeug.serving import WSGIRequestHandler
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
 log = logging.getLogger("lab.redfish_bmc")
 _copies = itertools.count(1)
@@ -151,7 +152,34 @@ class FaultMiddleware:
 
 
 class QuietHandler(WSGIRequestHandler):
-    """Access lines go to debug logging instead of stderr (tests and the lab daemon stay readable)."""
+    """Access lines go to debug logging instead of stderr (tests and the lab daemon stay readable).
+
+    Over TLS, the handshake runs here, in the connection's own thread (the listening socket is
+    wrapped with ``do_handshake_on_connect=False``, see ``serve_tls``): a client that connects and
+    stalls, or refuses the certificate half-way, holds its own thread for a few seconds, never the
+    accept loop every other request waits on.
+    """
+
+    def handle(self) -> None:
+        conn = self.connection
+        if isinstance(conn, ssl.SSLSocket):
+            try:
+                conn.settimeout(HANDSHAKE_S)
+                conn.do_handshake()
+                conn.settimeout(None)
+            except OSError as exc:  # ssl.SSLError and socket timeouts are OSErrors
+                log.debug("TLS handshake from %s failed: %s", self.client_address, exc)
+                return
+        super().handle()
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         log.debug("%s %s -> %s", self.command, self.path, code)
+
+
+HANDSHAKE_S = 5.0
+
+
+def serve_tls(server: BaseWSGIServer, ctx: ssl.SSLContext) -> None:
+    """Serve ``server`` (made without TLS) over TLS, handshakes in the connection threads."""
+    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    server.ssl_context = ctx

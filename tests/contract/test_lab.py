@@ -21,13 +21,16 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.lab
 
 
-def _bmc(labh: LabHandle, server: str) -> tuple[str, str, str, str]:
+def _bmc(labh: LabHandle, server: str) -> tuple[str, str, str, str, str]:
+    """URL, system id, user, password and the CA file the overlay gives (the lab BMCs speak HTTPS)."""
     b = labh.overlay()["servers"][server]["bmc"]
+    assert b["tls"] is True and b["ca_file"]
     return (
-        f"http://127.0.0.1:{b['port']}",
+        f"https://127.0.0.1:{b['port']}",
         b["system_id"],
         b["credentials"]["username"],
         resolve(b["credentials"]["password"]),
+        b["ca_file"],
     )
 
 
@@ -63,9 +66,9 @@ def test_homes_run_and_status_reads_everything(lab: LabHandle) -> None:  # noqa:
 
 
 def _boot_standby(lab: LabHandle, initiator: str, chap_secret: str) -> dict:  # type: ignore[type-arg]
-    url, sysid, user, pw = _bmc(lab, "r720-3")
+    url, sysid, user, pw, ca = _bmc(lab, "r720-3")
     tgt = lab.overlay()["storage"]["array1"]
-    RedfishBootConfig(url, sysid, user, pw, boot_nic="NIC.Integrated.1-1").write(
+    RedfishBootConfig(url, sysid, user, pw, boot_nic="NIC.Integrated.1-1", verify_tls=ca).write(
         IscsiBoot(
             initiator,
             "iqn.2026-01.lab.storage:exchange2-boot",
@@ -76,7 +79,7 @@ def _boot_standby(lab: LabHandle, initiator: str, chap_secret: str) -> dict:  # 
             chap_secret,
         )
     )
-    RedfishPower(url, sysid, user, pw).on(10)
+    RedfishPower(url, sysid, user, pw, verify_tls=ca).on(10)
     return _wait(
         lambda: (lambda v: v if v["state"] in ("running", "boot-failed") else None)(lab.status()["servers"]["r720-3"]),
         20,

@@ -143,7 +143,7 @@ def test_native_vlan(rig: Any) -> None:
 def test_third_party_netmiko_client_reads_running_config(rig: Any, lab: Any) -> None:
     _, ports = lab
     rig.switch().apply([at(ACCESS, rig.p[1])])
-    conn = QUIRK_CLASSES[load_profile(rig.os).quirks](
+    conn = load_profile(rig.os).netmiko_class()(
         host="127.0.0.1", port=ports[rig.name], username=USER, password=PASSWORD, secret=ENABLE,
         use_keys=False, allow_agent=False, read_timeout_override=5)
     try:
@@ -160,7 +160,7 @@ def test_quirks_enter_and_leave_config_mode_fast(rig: Any, lab: Any) -> None:
     _, ports = lab
     profile = load_profile(rig.os)
     t0 = time.monotonic()
-    conn = QUIRK_CLASSES[profile.quirks](
+    conn = profile.netmiko_class()(
         host="127.0.0.1", port=ports[rig.name], username=USER, password=PASSWORD, secret=ENABLE,
         use_keys=False, allow_agent=False, read_timeout_override=3)
     try:

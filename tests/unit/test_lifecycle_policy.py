@@ -212,7 +212,7 @@ def defs(tmp_path: Path) -> Path:
     ("rehearsal: {vlan: 3999}", "rehearsal: {vlan: 4005}", "rehearsal.vlan", "network scn of pool web"),
     ("rehearsal: {vlan: 3999}", "rehearsal: {every: 7d}", "rehearsal", "need an isolated VLAN"),
     ("rehearsal: {vlan: 3999}", "rehearsal: {vlan: 3999, on: [r620-4]}", "rehearsal.on.0", "not a member"),
-    ("archives: {keep: 72h}", "archives: {keep: 0s}", "archives.keep", "greater than 0"),
+    ("archives: {keep: 72h}", "archives: {keep: 0s}", "archives.keep", "must be more than 0"),
     ("initiator: iqn.1991-05.com.microsoft:exchange2", "initiator: iqn.1991-05.com.microsoft:exchange2-rehearsal",
      "personas.exchange2.initiator", "reserved for rehearsals"),
 ])

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aimctl.validation import HOSTNAME_RE, IQN_RE, NAME_RE, PS_NAME_RE, valid_port, valid_vlan
+from aimctl.netos import valid_port
+from aimctl.validation import HOSTNAME_RE, IQN_RE, NAME_RE, PS_NAME_RE, valid_vlan
 
 EVIL_SUFFIXES = ["\n", "\nreload", "; shutdown", "$(reboot)", "`id`", " ", "'", "\r\n", "\x00"]
 
