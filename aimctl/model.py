@@ -108,6 +108,11 @@ Ipv4Net = Annotated[ipaddress.IPv4Network, BeforeValidator(_parse_ipv4_net),
                     BeforeValidator(_text_of("an IPv4 subnet")),
                     WithJsonSchema({"type": "string", "pattern": r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$"})]
 
+IpAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address,
+                      BeforeValidator(lambda v: ipaddress.ip_address(v) if isinstance(v, str) else v),
+                      BeforeValidator(_text_of("an IP address")),
+                      WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})]
+
 
 def _check_secret_ref(value: str) -> str:
     if not (value.startswith("env:") or value.startswith("file:")) or len(value) < 5:
@@ -331,7 +336,7 @@ class Server(Strict):
     boot_nic: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     # The address the site's DHCP reserves for the boot NIC: the controller serves this server's iPXE
     # script (which carries a CHAP secret) to that address only.
-    boot_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    boot_address: IpAddress | None = None
     channels: Annotated[dict[Channel, Cable], *Capped(64, "channels")]
     # Blast radius: bodies sharing a rack (top-of-rack switch) or a PDU can die together.
     rack: Name | None = None
