@@ -49,6 +49,7 @@ from aimctl.records.metrics import Metrics
 from aimctl.records.sinks import JsonlSink, WebhookSink
 from aimctl.recovery.runner import hook_runner
 from aimctl.secrets import resolve_bytes
+from aimctl.validation import CHANGE_RE
 
 log = logging.getLogger("aimctl.controller")
 
@@ -244,6 +245,11 @@ class Controller:
                           set(self.journal.quarantined()), in_use)
             if persona in self.busy_personas():
                 raise OperatorError(f"{persona} already has an operation in progress")
+            if change is not None:
+                if not isinstance(change, str) or not CHANGE_RE.match(change):
+                    raise OperatorError(f"change number {str(change)[:40]!r} refused: want CHG and 4 to 12 digits")
+                if self.changes.exists(change):
+                    raise OperatorError(f"change {change} already records another operation")
             pool = self.defs.personas[persona].pool
             running = [o for o in self.journal.unfinished_operations()
                        if self.defs.personas.get(o.persona) and self.defs.personas[o.persona].pool == pool]
@@ -280,8 +286,9 @@ class Controller:
     def _run_op(self, op_id: str) -> None:
         op = self.journal.operation(op_id)
         # Opening is idempotent: a resumed operation finds the change record it opened before.
-        self.changes.open(op, description=f"{op.kind} of {op.persona} from {op.from_server}: "
-                                          f"{op.facts.get('evidence', '')}")
+        self.changes.open(op, number=op.facts.get("change"),
+                          description=f"{op.kind} of {op.persona} from {op.from_server}: "
+                                      f"{op.facts.get('evidence', '')}")
         try:
             res = run_steps(self.journal, op_id, failover_steps(), self.ctx, listener=self._on_step,
                             max_retargets=4)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aimctl.errors import OperatorError
-from lab import control, ops
+from lab import control, faults, ops
 
 app = typer.Typer(no_args_is_help=True, help="The lab: real protocol servers on 127.0.0.1, built from the definitions.")
 out = Console(soft_wrap=True)
@@ -119,18 +119,30 @@ def reset(state: StateOpt) -> None:
     out.print(f"lab reset in {r['reset_s']}s")
 
 
-@app.command()
+def _fault_help() -> str:
+    return "\n\n".join(f"{k.name} {k.target}: {k.help}" for k in faults.CATALOGUE)
+
+
+@app.command(help="Inject (or --clear) a fault.\n\n" + _fault_help())
 def fault(kind: Annotated[str, typer.Argument(help=", ".join(ops.FAULTS))],
-          target: Annotated[str, typer.Argument(help="server, switch, storage, or SERVER:CHANNEL")],
+          target: Annotated[str, typer.Argument(help="server, switch, storage, controller, DAG member, or "
+                                                     "SERVER:CHANNEL")],
           state: StateOpt, clear: Annotated[bool, typer.Option("--clear")] = False,
           after: Annotated[int | None, typer.Option(
-              "--after", help="switch-hang: config lines each session still gets before the hang")] = None) -> None:
-    """Inject (or --clear) a fault."""
-    body: dict[str, Any] = {"kind": kind, "target": target, "clear": clear}
-    if after is not None:
-        body["after"] = after
+              "--after", help="switch-hang: config lines each session still gets before the hang")] = None,
+          delay: Annotated[float | None, typer.Option(
+              "--delay", help="bmc-slow: seconds per request; controller-kill: seconds from now")] = None,
+          percent: Annotated[float | None, typer.Option("--percent", help="scn-loss: share of packets lost")] = None,
+          period: Annotated[float | None, typer.Option("--period", help="scn-flap: seconds per down+up")] = None,
+          rate: Annotated[int | None, typer.Option("--rate", help="trap-storm: traps a second")] = None,
+          seconds: Annotated[float | None, typer.Option("--seconds", help="controller-stall: how long")] = None,
+          ) -> None:
+    opts = {"after": after, "delay_s": delay, "percent": percent, "period_s": period, "rate": rate,
+            "seconds": seconds}
+    body: dict[str, Any] = {"kind": kind, "target": target, "clear": clear,
+                            **{k: v for k, v in opts.items() if v is not None}}
     r = control.call(state, "fault", body)
-    out.print(f"{kind} on {target}: {'active' if r['active'] else 'cleared'}")
+    out.print(f"{kind} on {target}: {'active' if r['active'] else 'cleared' if clear else 'done'}")
 
 
 @app.command()

@@ -55,11 +55,14 @@ class ChangeRecords:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def open(self, op: Operation, *, require_approval: bool | None = None, description: str = "") -> dict[str, Any]:
+    def open(self, op: Operation, *, require_approval: bool | None = None, description: str = "",
+             number: str | None = None) -> dict[str, Any]:
         """The change record for ``op``, created on first call (idempotent: resume calls it again).
 
         Failovers are emergency changes; planned moves and failbacks are normal changes and need
-        approval unless ``require_approval`` says otherwise.
+        approval unless ``require_approval`` says otherwise. ``number``: the operator's own change
+        number (``move --change CHG...``), adopted instead of a new one, so that approving that
+        number releases the operation gated on it.
         """
         existing = self.for_operation(op.id)
         if existing is not None:
@@ -92,8 +95,13 @@ class ChangeRecords:
             row = db.execute("SELECT record FROM changes WHERE op_id = ?", (op.id,)).fetchone()
             if row is not None:
                 return dict(json.loads(row[0]))
-            last = db.execute("SELECT MAX(CAST(substr(number, 4) AS INTEGER)) FROM changes").fetchone()[0]
-            record["number"] = f"CHG{(last or 1000000) + 1:07d}"
+            if number:
+                if db.execute("SELECT 1 FROM changes WHERE number = ?", (number,)).fetchone():
+                    raise OperatorError(f"change {number} already records another operation")
+                record["number"] = number
+            else:
+                last = db.execute("SELECT MAX(CAST(substr(number, 4) AS INTEGER)) FROM changes").fetchone()[0]
+                record["number"] = f"CHG{(last or 1000000) + 1:07d}"
             db.execute(
                 "INSERT INTO changes(number, op_id, record, created, updated) VALUES (?,?,?,?,?)",
                 (record["number"], op.id, json.dumps(record), now, now),
@@ -147,6 +155,9 @@ class ChangeRecords:
     def is_approved(self, number: str) -> bool:
         rec = self.get(number)
         return rec["approval"] in ("approved", "not-required")
+
+    def exists(self, number: str) -> bool:
+        return bool(self.journal.query("SELECT 1 FROM changes WHERE number = ?", (number,)))
 
     def get(self, number: str) -> dict[str, Any]:
         rows = self.journal.query("SELECT record FROM changes WHERE number = ?", (number,))

@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
-FAULT_KINDS = ("down", "slow", "lies")
+# down: no answer; slow: every request waits (0.5 s, or the delay given); lies: power reads On;
+# auth: the BMC's credentials changed (every login and request refused as unauthorized);
+# phantom: power commands are accepted and read back as asked, but the body's power never changes.
+FAULT_KINDS = ("down", "slow", "lies", "auth", "phantom")
 
 PowerCallback = Callable[[str, bool], None]
 
@@ -114,20 +117,45 @@ class DueTimer:
 class Faults:
     """Per-server fault switches of one emulator, read by request handlers on every request."""
 
-    def __init__(self, servers: Iterable[str]) -> None:
+    def __init__(self, servers: Iterable[str], slow_s: float = 0.5) -> None:
         self._servers = frozenset(servers)
         self._on: dict[str, set[str]] = {kind: set() for kind in FAULT_KINDS}
+        self.default_slow_s = slow_s
+        self._slow: dict[str, float] = {}
+        # phantom: the power state the BMC says it set (what it reads back), per server
+        self._claims: dict[str, bool] = {}
 
-    def set(self, name: str, kind: str, on: bool) -> None:
+    def set(self, name: str, kind: str, on: bool, delay_s: float | None = None) -> None:
         if name not in self._servers:
             raise KeyError(name)
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; want one of {', '.join(FAULT_KINDS)}")
         (self._on[kind].add if on else self._on[kind].discard)(name)
+        if kind == "slow":
+            if on and delay_s is not None:
+                self._slow[name] = delay_s
+            else:
+                self._slow.pop(name, None)
+        if kind == "phantom" and not on:
+            self._claims.pop(name, None)
 
     def has(self, name: str, kind: str) -> bool:
         return name in self._on[kind]
 
+    def slow_delay(self, name: str) -> float:
+        """Seconds each request of a slow BMC waits."""
+        return self._slow.get(name, self.default_slow_s)
+
+    def claim(self, name: str, on: bool) -> None:
+        """A phantom BMC took a power command: from now on it reads back ``on``."""
+        self._claims[name] = on
+
+    def claimed(self, name: str) -> bool | None:
+        """What a phantom BMC reads back (None: no command taken yet, it tells the truth)."""
+        return self._claims.get(name) if name in self._on["phantom"] else None
+
     def clear(self, name: str) -> None:
         for names in self._on.values():
             names.discard(name)
+        self._slow.pop(name, None)
+        self._claims.pop(name, None)

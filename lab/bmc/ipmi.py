@@ -52,13 +52,13 @@ class IpmiLab:
         slow_s: float = 0.5,
     ) -> None:
         self.power_delay_s = power_delay_s
-        self.slow_s = slow_s  # added to every IPMI command answer while "slow" is on
+        self.slow_s = slow_s  # added to every IPMI command answer while "slow" is on (unless a delay is given)
         self.state_dir = state_dir  # unused: IPMI state lives in memory; kept for symmetry
         self._users = dict(users)
         self._specs = {s.name: s for s in systems}
         self._servers = {s.name: _Server(on=s.power_on, boot_device=s.boot_device) for s in systems}
         self._lock = threading.RLock()
-        self._faults = Faults(self._servers)
+        self._faults = Faults(self._servers, slow_s)
         # chassis control requests each BMC received, for tests and status
         self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
         self._bmcs: dict[str, LabBmc] = {}
@@ -130,11 +130,18 @@ class IpmiLab:
     def set_power(self, name: str, on: bool) -> None:
         self._set_now(name, on)
 
-    def set_fault(self, name: str, kind: str, on: bool) -> None:
-        self._faults.set(name, kind, on)
+    def set_fault(self, name: str, kind: str, on: bool, delay_s: float | None = None) -> None:
+        self._faults.set(name, kind, on, delay_s)
 
     def faulted(self, name: str, kind: str) -> bool:
         return self._faults.has(name, kind)
+
+    def slow_delay(self, name: str) -> float:
+        return self._faults.slow_delay(name)
+
+    def claimed(self, name: str) -> bool | None:
+        """What a phantom BMC reads back instead of the truth (None: the truth)."""
+        return self._faults.claimed(name)
 
     def reset(self, name: str, power_on: bool) -> None:
         """Back to a clean server: no faults, default boot device, the given power, nothing pending."""
@@ -148,6 +155,10 @@ class IpmiLab:
         """A chassis power command as a BMC received it: lands after ``power_delay_s``."""
         with self._lock:
             self.power_commands[name] += 1
+            if self._faults.has(name, "phantom"):
+                # Taken and read back as asked; the body's power never changes.
+                self._faults.claim(name, on)
+                return
             srv = self._servers[name]
             if cycle and srv.on:
                 self._apply(name, False)

@@ -14,7 +14,9 @@ Everything here extends the emulator from the outside (LAB.md):
 * a SessionService (tokens, as real BMCs hand out) from ``lab.redfish_sessions``; Basic auth
   from a bcrypt htpasswd file keeps working;
 * a WSGI wrapper outside the auth layer injects faults per system ("down": the connection is
-  reset; "slow": +``slow_s`` per request; "lies": power reads On).
+  reset; "slow": +``slow_s`` (or the delay given) per request; "lies": power reads On; "auth": 401 for
+  every request, the BMC's credentials changed; "phantom": power commands are taken and read back
+  as asked, but the power never changes).
 
 The pieces that plug into the emulator (module copy, driver subclass, fault layer) are in
 ``lab.redfish_emulator``; the NIC resources in ``lab.redfish_nic``.
@@ -65,7 +67,7 @@ class RedfishLab:
         slow_s: float = 0.5,
     ) -> None:
         self.power_delay_s = power_delay_s
-        self.slow_s = slow_s  # added to every request for a system while "slow" is on
+        self.slow_s = slow_s  # added to every request for a system while "slow" is on (unless a delay is given)
         self.tls = tls
         self.state_dir = Path(state_dir)
         self._users = dict(users)
@@ -73,7 +75,7 @@ class RedfishLab:
         self._uuids = {s.name: str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{s.name}.redfish.lab")) for s in systems}
         self._names = {u: n for n, u in self._uuids.items()}
         self._lock = threading.RLock()
-        self._faults = Faults(self._specs)
+        self._faults = Faults(self._specs, slow_s)
         self._power_seen: dict[str, bool] = {}
         # power requests each system received over Redfish (ComputerSystem.Reset), for tests and status
         self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
@@ -178,6 +180,10 @@ class RedfishLab:
     def subscribe(self, cb: Callable[[str, bool], None]) -> None:
         self._notifier.subscribe(cb)
 
+    def watch_boot_writes(self, cb: Callable[[str, dict[str, Any]], None]) -> None:
+        """``cb(server, changes)`` after each iSCSIBoot PATCH a Redfish client applied."""
+        self.iscsi.watchers.append(lambda u, changes: cb(self._names[u], changes))
+
     def set_iscsi_boot(self, name: str, boot: IscsiBoot) -> None:
         """Configure the firmware directly (lab setup: a server's home persona before the controller runs)."""
         u = self._uuids[name]
@@ -209,8 +215,11 @@ class RedfishLab:
             self._due.cancel(u)
             self._driver._update(u, power_state="On" if on else "Off", pending_power=None)
 
-    def set_fault(self, name: str, kind: str, on: bool) -> None:
-        self._faults.set(name, kind, on)
+    def set_fault(self, name: str, kind: str, on: bool, delay_s: float | None = None) -> None:
+        self._faults.set(name, kind, on, delay_s)
+
+    def slow_delay(self, name: str) -> float:
+        return self._faults.slow_delay(name)
 
     def faulted(self, name: str, kind: str) -> bool:
         return self._faults.has(name, kind)
@@ -242,6 +251,15 @@ class RedfishLab:
     def faulted_system(self, identity: str, kind: str) -> bool:
         name = self.name_for(identity)
         return name is not None and self.faulted(name, kind)
+
+    def claimed_system(self, identity: str) -> bool | None:
+        name = self.name_for(identity)
+        return None if name is None else self._faults.claimed(name)
+
+    def claim_system(self, identity: str, on: bool) -> None:
+        name = self.name_for(identity)
+        if name is not None:
+            self._faults.claim(name, on)
 
     def observe_power(self, u: str, on: bool) -> None:
         # caller holds the lock, so changes are published in the order they happened

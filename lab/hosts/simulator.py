@@ -6,7 +6,13 @@ to the persona's LUNs over real iSCSI with the configured initiator name, CHAP s
 server name as alias, reads the persona label from the boot LUN, and starts the persona agent.
 Power cut: the agent stops at once and the sessions freeze without logout — a dead server's
 half-open TCP — until the target kills them or the lab TCP timeout passes. That is what makes
-fencing matter, and what the access observer sees.
+fencing matter, and what the access observer sees. A running body whose boot-LUN session the
+target kills (a storage fence of a body that was alive after all) loses its system disk: the OS
+stops, and its agent with it, as a SAN-booted server's does.
+
+The agent runs the lab's service check: a TCP port the lab listens on for this body (``service``),
+with a restart command that only counts restarts; ``service-fail`` closes the port, so the agent
+restarts, gives up and reports the persona unhealthy (restart, then failover).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aimctl.agent.checks import CheckSpec
 from aimctl.agent.run import REASON_REQUESTED, run_agent
 from lab.storage.iscsi_session import HeldSession
 
@@ -82,7 +89,8 @@ class Host:
     def __init__(self, server: str, read_boot: Callable[[], BootConfig | None],
                  personas: dict[str, PersonaRuntime], agent_target: tuple[str, int],
                  boot_s: float, tcp_timeout_s: float,
-                 on_persona: Callable[[str, str, bool], None] | None = None) -> None:
+                 on_persona: Callable[[str, str, bool], None] | None = None,
+                 service: CheckSpec | None = None) -> None:
         self.server = server
         self._read_boot = read_boot
         self._personas = personas
@@ -90,6 +98,7 @@ class Host:
         self.boot_s = boot_s
         self.tcp_timeout_s = tcp_timeout_s
         self._on_persona = on_persona or (lambda server, persona, up: None)
+        self.service = service
         self.status = HostStatus()
         self.boot_fail = False
         self._lock = threading.Lock()
@@ -168,6 +177,7 @@ class Host:
         threading.Thread(target=run_agent, name=f"agent-{persona}", daemon=True,
                          kwargs={"persona": persona, "controller": self._agent_target, "key": rt.key,
                                  "interval_s": rt.interval_s, "stop_event": stop,
+                                 "checks": [self.service] if self.service else [], "restarts": 3,
                                  "on_shutdown": self._agent_ended}).start()
         self._set("running", persona)
         self._on_persona(self.server, persona, True)
@@ -180,6 +190,22 @@ class Host:
 
     def _cut(self) -> None:
         self._stop_persona(graceful=False)
+
+    def _crash(self, why: str) -> None:
+        """The OS dies under a powered body (its boot LUN was taken away): no logout, no agent."""
+        with self._lock:
+            persona = self.status.booted
+            if self._agent_stop:
+                self._agent_stop.set()
+                self._agent_stop = None
+            for s in self._sessions:
+                s.drop()
+            self._sessions = []
+            self.status.booted = None
+            self.status.sessions = []
+        self._set("crashed", why)
+        if persona:
+            self._on_persona(self.server, persona, False)
 
     def shutdown(self) -> None:
         """Graceful stop asked by the controller through the agent (planned failback): log out cleanly."""
@@ -210,8 +236,12 @@ class Host:
             self._on_persona(self.server, persona, False)
 
     def tick(self) -> None:
-        """Frozen sessions die when the lab TCP timeout passes (or earlier, if the target killed them)."""
+        """Frozen sessions die when the lab TCP timeout passes (or earlier, if the target killed them);
+        a running persona whose boot-LUN session the target killed crashes."""
         now = time.monotonic()
+        boot = self._sessions[0] if self._sessions else None
+        if boot is not None and self.status.booted and not boot.alive:
+            self._crash(f"lost its boot LUN {boot.target} (the target dropped the session)")
         with self._lock:
             keep = []
             for t, s in self._frozen:

@@ -90,19 +90,22 @@ class TrapSender:
         self.sent = 0
         self.failed = 0
 
-    async def _send(self, trap_oid: str, binds: list[ObjectType]) -> None:
+    async def _send(self, trap_oid: str, binds: list[ObjectType], community: str | None = None) -> None:
         if self._engine is None:
             self._engine = SnmpEngine()
             self._transport = await UdpTransportTarget.create(self.target, timeout=1, retries=0)
         error, status, _i, _ = await send_notification(
-            self._engine, CommunityData(self.community, mpModel=1), self._transport, ContextData(), "trap",
+            self._engine, CommunityData(community or self.community, mpModel=1), self._transport, ContextData(),
+            "trap",
             NotificationType(ObjectIdentity(trap_oid)).add_varbinds(*binds))
         if error or status:
             self.failed += 1
         else:
             self.sent += 1
 
-    def link(self, switch: str, ifindex: int, up: bool) -> None:
+    def link(self, switch: str, ifindex: int, up: bool, community: str | None = None) -> None:
+        """linkUp/linkDown for ``ifindex`` (``community``: another than the configured one, as a
+        misconfigured switch would send)."""
         status = 1 if up else 2
         binds = [
             ObjectType(ObjectIdentity(f"{IF_INDEX}.{ifindex}"), rfc1902.Integer32(ifindex)),
@@ -110,7 +113,7 @@ class TrapSender:
             ObjectType(ObjectIdentity(f"{IF_OPER_STATUS}.{ifindex}"), rfc1902.Integer32(status)),
             ObjectType(ObjectIdentity(SYS_NAME), rfc1902.OctetString(switch)),
         ]
-        asyncio.run_coroutine_threadsafe(self._send(LINK_UP if up else LINK_DOWN, binds), self._loop)
+        asyncio.run_coroutine_threadsafe(self._send(LINK_UP if up else LINK_DOWN, binds, community), self._loop)
 
     def stop(self) -> None:
         async def close() -> None:
