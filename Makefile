@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_PACKAGES := tgt libiscsi-bin libiscsi-dev python3-venv python3-dev build-essential
 
-.PHONY: setup apt test test-unit demo bench lint clean
+.PHONY: setup apt test test-unit demo bench soak lint clean
 
 setup: apt $(STAMP)
 
@@ -41,6 +41,14 @@ demo: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# The chaos soak: random faults from the lab's catalogue for SOAK_MINUTES, invariants after every
+# round (`make test` runs a 2-minute one). A violation prints the seed and the round to replay.
+SOAK_MINUTES ?= 30
+SOAK_SEED ?= 1
+soak: setup
+	$(VENV)/bin/aimctl lab chaos --minutes $(SOAK_MINUTES) --seed $(SOAK_SEED) --out bench/results/soak.json
+	$(PY) bench/run.py --table
 
 # ruff; mypy --strict on aimctl and lab; the import contracts (layers, slim agent, no cycles) in pyproject.toml.
 lint: setup

@@ -18,9 +18,16 @@ ROWS = [  # (file, key, goal text)
     ("heartbeat", "detect_intervals", "<= 3"), ("lab", "up_s", "<= 20 s"), ("lab", "reset_s", "<= 3 s"),
     ("failover", "total_s", ""), ("failover", "irreducible_s", ""), ("failover", "overhead_ratio", "<= 1.25"),
     ("failover", "mass_ratio", "<= 2.0"),
+    ("soak", "minutes", ">= 30"), ("soak", "rounds", ""), ("soak", "fault_kinds", ">= 15"),
+    ("soak", "violations", "0"), ("soak", "needs_operator", ""), ("soak", "controller_restarts", ""),
+    ("soak", "double_access", "0"),
 ]
 NOTES = """
 Notes:
+- `soak` is written by `make soak` (30 minutes, not part of `make bench`): the chaos soak's rounds,
+  the faults injected per kind (`faults` in `bench/results/soak.json`), the operations that stopped
+  for an operator and were answered through the command line, and every invariant violation with
+  its seed and round.
 - `heartbeat.verified_per_s_one_core` is per second of the receiver thread's CPU time (the wall-clock
   figure, `verified_per_s_wall`, depends on what else the 2 cores run; both are in the JSON).
 - `failover.total_s` runs from the power button to the persona's first heartbeat on the standby with

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -143,6 +144,41 @@ def fault(kind: Annotated[str, typer.Argument(help=", ".join(ops.FAULTS))],
                             **{k: v for k, v in opts.items() if v is not None}}
     r = control.call(state, "fault", body)
     out.print(f"{kind} on {target}: {'active' if r['active'] else 'cleared' if clear else 'done'}")
+
+
+@app.command()
+def chaos(minutes: Annotated[float, typer.Option("--minutes", help="How long to run (a round in progress ends).")] = 2.0,
+          seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed makes the same choices.")] = 1,
+          state: Annotated[Path | None, typer.Option(
+              "--state", help="A running lab to use (LABDIR); without it a lab is started for the soak.")] = None,
+          definitions: Annotated[Path, typer.Option("--definitions", "-d")] = Path("personas"),
+          out: Annotated[Path | None, typer.Option("--out", help="Write the figures as JSON here.")] = None,
+          fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first violation.")] = False,
+          ) -> None:
+    """The chaos soak: random faults on random bodies, a real controller acting, an operator answering
+    through the real command line, invariants checked after every round."""
+    from lab.chaos.soak import run
+
+    if not 0 < minutes <= 24 * 60:
+        raise OperatorError("--minutes must be more than 0 and at most a day")
+    own = state is None
+    lab_state = state or Path(tempfile.mkdtemp(prefix="aimctl-chaos-"))
+    if own:
+        out_print(f"starting a lab in {lab_state}")
+        start(lab_state, definitions, power_delay=0.5, boot=1.0, heartbeat=0.5, resync=1.0)
+    try:
+        r = run(lab_state, definitions, minutes, seed, out=out, fail_fast=fail_fast, say=out_print)
+    finally:
+        if own:
+            stop(lab_state)
+    out_print(f"{r.rounds} rounds in {r.elapsed_s / 60:.1f} min; faults {dict(r.faults)}; "
+              f"needs-operator {r.needs_operator}; violations {len(r.violations)}")
+    if r.violations:
+        raise typer.Exit(1)
+
+
+def out_print(line: str) -> None:
+    out.print(line, highlight=False, markup=False)
 
 
 @app.command()

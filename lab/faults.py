@@ -53,7 +53,8 @@ class Kind:
 
 
 CATALOGUE: tuple[Kind, ...] = (
-    Kind("power-button", "SERVER[,SERVER...]", "hard off now, as if the power button were held (--clear: power on)"),
+    Kind("power-button", "SERVER[,SERVER...]", "hard off now, as if the power button were held (an event; "
+                                               "--clear powers the body on)", one_shot=True),
     Kind("bmc-down", "SERVER", "the BMC does not answer"),
     Kind("bmc-slow", "SERVER", "every BMC request waits --delay seconds (default 0.5); past the drivers' timeout "
                                "nothing answers in time", (DELAY,)),

@@ -43,7 +43,11 @@ def status(c: Controller) -> dict[str, Any]:
             # What the operation waits for, and the operator's ways out (rule 7).
             personas[persona]["waiting"] = {"state": op.state, "reason": op.result, "exits": exits(op)}
     quarantined = {s: dataclasses.asdict(v) for s, v in c.journal.quarantined().items()}
-    return {"personas": personas, "quarantined": quarantined, "receiver": c.receiver.counters(),
+    wall = c.journal.now()
+    # Who holds what, and for how long yet: an operation that waits must still hold its leases.
+    leases = [{"name": x.name, "holder": x.holder, "expires_in_s": round(x.expires - wall, 1)}
+              for x in c.journal.leases()]
+    return {"personas": personas, "quarantined": quarantined, "leases": leases, "receiver": c.receiver.counters(),
             "paused_pools": dict(c.paused), "queued": sorted(c._pending),
             "bmcs": {s: c.poller.answer(s)[0] for s in sorted(c.defs.servers)}}
 

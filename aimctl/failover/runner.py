@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from aimctl.errors import DriverError
 from aimctl.journal import TERMINAL, Journal, Operation, Record, ServerMark
 from aimctl.secrets import mask
 
@@ -219,6 +220,12 @@ def run_steps(
             return _fail(journal, op_id, step.name, n.state, n.reason, started, tell, n.facts, n.server_marks)
         except StepFailed as f:
             return _fail(journal, op_id, step.name, f.state, f.reason, started, tell)
+        except DriverError as exc:
+            # A device that did not answer or refused: expected in the field, and its message names
+            # the device and what it said. The world may be half-way: an operator decides.
+            log.warning("step %s of %s: %s", step.name, op_id, exc)
+            reason = f"{exc}; fix it, then `aimctl retry {op_id}` (or abandon it)"
+            return _fail(journal, op_id, step.name, "needs-operator", reason, started, tell)
         except Exception as exc:
             log.exception("step %s of %s raised", step.name, op_id)
             reason = f"unexpected {type(exc).__name__}: {exc}"

@@ -17,6 +17,7 @@ restarts, gives up and reports the persona unhealthy (restart, then failover).
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
 import threading
@@ -267,8 +268,11 @@ class Host:
 
 
 def fetch_ipxe(url: str, timeout_s: float = 3.0) -> BootConfig | None:
+    """The controller's script for this body, or None when no controller answers there. The port is
+    only reserved for the controller until it starts: something else may hold it meanwhile (another
+    lab's switch answering with an SSH banner), which is no answer either."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return parse_ipxe(resp.read().decode())
-    except OSError:
+            return parse_ipxe(resp.read().decode(errors="replace"))
+    except (OSError, http.client.HTTPException):
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -67,7 +68,8 @@ def port_vlans(st: dict[str, Any], server: str) -> dict[str, tuple[str, list[int
 def aimctl(ctrl: ControllerProcess, *args: str, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
     """The real ``aimctl`` command line against the story's controller, as an operator runs it."""
     return subprocess.run([sys.executable, "-m", "aimctl.cli", *args, "--state", str(ctrl.state)],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=timeout_s)
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=timeout_s,
+                          env={**os.environ, "COLUMNS": "250"})  # a wide terminal: tables are not cut
 
 
 def restarted(ctrl: ControllerProcess, timeout_s: float = 10) -> ControllerProcess:
