@@ -6,7 +6,11 @@ Observe -> decide -> act once -> say what happened, as a short loop; everything 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import os
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +31,11 @@ from aimctl.detect.detector import (
     PersonaUnhealthy,
     PersonaUnreachable,
 )
-from aimctl.detect.heartbeat import HeartbeatReceiver
+from aimctl.detect.heartbeat import HeartbeatReceiver, MarkStore
 from aimctl.detect.observe import Observer
-from aimctl.detect.traps import TrapReceiver
+from aimctl.detect.recheck import DEATHS, UNHEALTHY, alive_evidence
+from aimctl.detect.storm import PoolLoad, Queued, plan_storm
+from aimctl.detect.traps import TrapReceiver, bmc_identities
 from aimctl.drivers.ifindex import ifindex
 from aimctl.drivers.registry import Drivers, make_power
 from aimctl.errors import OperatorError
@@ -66,8 +72,35 @@ class NeedsOperatorAlert(Event):
     """An operation stopped and waits for a human."""
 
 
+@dataclass(frozen=True, slots=True)
+class NotDeadAlert(Event):
+    """A failover was not started, or stopped before touching anything: a second source says the body lives."""
+
+
 class StormBrake(OperatorError):
     """The pool already runs as many failovers as its storm brake allows."""
+
+
+def check_state_dir(state: Path) -> None:
+    """The controller's state dir exists (made 0700 if not), is a directory and can be read and written;
+    otherwise one line saying so (exit 2), never a traceback from deep inside the journal."""
+    if state.exists() and not state.is_dir():
+        raise OperatorError(f"state dir {state}: not a directory")
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise OperatorError(f"state dir {state}: cannot create it: {exc.strerror or exc}") from None
+    if not os.access(state, os.R_OK | os.W_OK | os.X_OK):
+        raise OperatorError(f"state dir {state}: not readable and writable by this user (uid {os.getuid()})")
+
+
+def heartbeat_receiver(listen: Listen, keys: dict[str, bytes], store: MarkStore) -> HeartbeatReceiver:
+    """The receiver with its replay memory in ``store`` (the journal): saved every flush, at most once
+    an interval, and after a restart the sequences a flush may have missed are refused too (one
+    interval's worth per flush, and two more for the burst an agent sends after a stall of its own)."""
+    flush_s = min(1.0, listen.heartbeat_interval)
+    guard = math.ceil(flush_s / listen.heartbeat_interval) + 2
+    return HeartbeatReceiver(*_hostport(listen.heartbeat), keys, store=store, flush_s=flush_s, replay_guard=guard)
 
 
 class Controller:
@@ -75,11 +108,14 @@ class Controller:
         self.defs = defs
         self.listen = listen
         self.state = state
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (state / "boot").mkdir(exist_ok=True)
-        self.journal = Journal(state / "journal.db")
-        if not any(self.journal.assignment().values()):
-            self.journal.seed_assignment(defs.homes())
+        check_state_dir(state)
+        try:
+            (state / "boot").mkdir(exist_ok=True)
+            self.journal = Journal(state / "journal.db")
+            if not any(self.journal.assignment().values()):
+                self.journal.seed_assignment(defs.homes())
+        except (OSError, sqlite3.Error) as exc:
+            raise OperatorError(f"state dir {state}: cannot open the journal: {exc}") from None
         self.audit = Audit(state / "audit.log")
         self.metrics = Metrics()
         sinks: list[Any] = [JsonlSink(state / "changes.jsonl")]
@@ -93,7 +129,7 @@ class Controller:
                                              switch_deadline_s=listen.switch_deadline)
         self.interval = listen.heartbeat_interval
         keys = {n: resolve_bytes(p.spec.heartbeat_key) for n, p in defs.personas.items()}
-        self.receiver = HeartbeatReceiver(*_hostport(listen.heartbeat), keys)
+        self.receiver = heartbeat_receiver(listen, keys, self.journal)
         # The poller gets its own BMC sessions: a slow poll must never queue behind a fence.
         self.poller = BmcPoller({s: make_power(s, v) for s, v in defs.servers.items()},
                                 interval_s=listen.bmc_poll_interval)
@@ -101,18 +137,29 @@ class Controller:
         for s, srv in defs.servers.items():
             for ch, cable in srv.channels.items():
                 links[(cable.switch, cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))] = (s, ch)
-        # One community for all switches; the receiver tells switches apart by sysName / address.
-        self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None}, links=links)
+        # One community for all switches and BMCs; the receiver tells devices apart by address / sysName.
+        # BMC alerts are a death signal (observe.py): the receiver must know which BMC is whose.
+        addresses, bmcs = bmc_identities({s: v.bmc.address for s, v in defs.servers.items()},
+                                         [sw.address for sw in defs.switches.values()])
+        try:
+            self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None},
+                                      links=links, addresses=addresses, bmcs=bmcs)
+        except OperatorError:
+            self.receiver.stop()
+            raise
         alert_sinks: list[Any] = [LoggingAlerts(log)]
         if listen.alert_webhook and listen.alert_webhook_secret:
             alert_sinks.append(WebhookAlerts(listen.alert_webhook, listen.alert_webhook_secret))
         self.alerts = FanOut(alert_sinks)
         # Storm brake: deaths wait here while their pool is at its concurrency limit or paused.
-        self._pending: dict[str, tuple[str, str]] = {}
+        self._pending: dict[str, Queued] = {}
+        self._held: dict[str, str] = {}  # queued persona -> why it waits
         self._starting: set[str] = set()
         self._starter = ThreadPoolExecutor(4, thread_name_prefix="start")
-        self.paused: dict[str, str] = {}
-        self.detector = Detector(self, Params(miss_intervals=2.5))
+        self.paused: dict[str, str] = {}  # pools the storm brake paused, and why
+        self.operator_paused: dict[str, str] = {}  # pools an operator paused: the storm brake never resumes them
+        self.params = Params(miss_intervals=2.5)
+        self.detector = Detector(self, self.params)
         self.observer = Observer(self.receiver, self.poller, self.traps)
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()
@@ -120,7 +167,7 @@ class Controller:
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
                        hook_runner(defs, self._hook_note), self.bmc_unhealthy,
                        change_approved=self.changes.is_approved, stop_persona=self.stop_persona,
-                       settings=self.settings)
+                       alive_evidence=self.alive_evidence, settings=self.settings)
 
     # ------------------------------------------------------------------ observe
 
@@ -162,17 +209,42 @@ class Controller:
         current = self.observer.watches()
         for persona in current.keys() - want.keys():
             self.observer.unwatch(persona)
+            self.detector.forget(persona)
         for persona, server in want.items():
             w = current.get(persona)
             if w is None or w.server != server:
-                pool = self.defs.pools[self.defs.personas[persona].pool]
-                scn = pool.networks[pool.scn]
-                chans = [c for c in (scn.primary, scn.secondary) if c is not None]
-                self.observer.watch(persona, server, chans, self.interval, grace_s=max(10 * self.interval, 5.0))
+                self.observer.watch(persona, server, self._scn_channels(persona), self.interval,
+                                    grace_s=max(10 * self.interval, 5.0))
         obs = self.observer(now)
         for o in obs:
             self.metrics.set_heartbeat_age(o.persona, o.hb_age)
         return obs
+
+    def _scn_channels(self, persona: str) -> list[int]:
+        pool = self.defs.pools[self.defs.personas[persona].pool]
+        scn = pool.networks[pool.scn]
+        return [c for c in (scn.primary, scn.secondary) if c is not None]
+
+    def recheck(self, persona: str, server: str, trigger: str, verdict_body: bool = True) -> str | None:
+        """A sentence when a second source now says ``server`` (running ``persona``) is alive after all."""
+        ev = self.observer.evidence(persona, server, self._scn_channels(persona), self.interval, trigger,
+                                    verdict_body)
+        return alive_evidence(ev, self.params)
+
+    def alive_evidence(self, persona: str, server: str) -> str | None:
+        """``Ctx.alive_evidence``: asked at confirm and by the fence before any power-off. Only an
+        operation the detector opened is second-guessed; a planned move or an operator's failover is
+        the operator's decision."""
+        op = next((o for o in self.journal.unfinished_operations() if o.persona == persona), None)
+        if op is None or op.kind != "failover":
+            return None
+        trigger = str(op.facts.get("trigger", ""))
+        if trigger not in (*DEATHS, UNHEALTHY):
+            return None
+        why = self.recheck(persona, server, trigger, verdict_body=server == op.from_server)
+        if why:
+            log.warning("%s: %s on %s is not dead after all: %s", op.id, persona, server, why)
+        return why
 
     # ------------------------------------------------------------------ decide
 
@@ -180,51 +252,118 @@ class Controller:
         """Detector events: deaths queue for failover (the storm brake drains them); all are alerted."""
         self.alerts.emit(event)
         if isinstance(event, TRIGGERS) and event.persona not in self.busy_personas():
-            self._pending[event.persona] = (event.kind, event.reason)
+            w = self.observer.watches().get(event.persona)
+            server = w.server if w is not None else self.journal.assignment().get(event.persona)
+            self._pending[event.persona] = Queued(event.persona, self.defs.personas[event.persona].pool,
+                                                  event.kind, event.reason, server)
 
     def _storm_brake(self) -> None:
-        """Pause automatic failover in a pool where too many personas are in trouble at once (a switch
-        or power event, not N independent deaths), page the operators once, and start queued failovers
-        only while the pool runs fewer than its limit."""
-        states = self.detector.states()
+        """Apply the storm brake's decision (``detect/storm.py``): pause or resume pools, drop queued
+        triggers that went stale, start the others (each re-checked before it opens an operation)."""
+        states = {p: st.state for p, st in self.detector.states().items()}
+        ops = self.journal.unfinished_operations()
+        busy = {o.persona for o in ops}
+        starting = set(self._starting)
+        pool_of = {p: d.pool for p, d in self.defs.personas.items()}
+        pools = {}
         for name, pool in self.defs.pools.items():
-            personas = [p.name for p in self.defs.pool_personas(name)]
-            if not personas:
-                continue
-            troubled = [p for p in personas if states.get(p) and states[p].state != "alive"]
-            share = 100 * len(troubled) / len(personas)
-            if share > pool.storm.pause_above_percent and len(troubled) > 1:
-                if name not in self.paused:
-                    why = (f"{len(troubled)} of {len(personas)} personas of pool {name} in trouble at once "
-                           f"({', '.join(sorted(troubled))}): automatic failover paused; an operator decides")
-                    self.paused[name] = why
-                    self.alerts.emit(PersonaUnreachable(",".join(sorted(troubled)), f"PAGE: {why}"))
-                    self.audit.record("controller", "storm.pause", name, {"troubled": sorted(troubled)})
-            elif name in self.paused:
-                # The storm subsided (what is left is within the pool's share): queued failovers go on.
-                del self.paused[name]
-                self.alerts.emit(PersonaRecovered(",".join(sorted(troubled)) or name,
-                                                  f"storm over in pool {name}: automatic failover resumes"))
-                self.audit.record("controller", "storm.resume", name, {"troubled": sorted(troubled)})
-        for persona, (trigger, evidence) in list(self._pending.items()):
-            if self.defs.personas[persona].pool in self.paused or persona in self._starting:
-                continue
+            personas = tuple(p.name for p in self.defs.pool_personas(name))
+            running = sum(1 for o in ops if pool_of.get(o.persona) == name) + \
+                sum(1 for p in starting if pool_of.get(p) == name and p not in busy)
+            pools[name] = PoolLoad(personas, tuple(p for p in personas if states.get(p, "alive") != "alive"),
+                                   running, pool.storm.max_concurrent, pool.storm.pause_above_percent)
+        # A copy first: starter threads pop from the queue while this loop reads it.
+        queued = [q for p, q in list(self._pending.items()) if p not in starting]
+        plan = plan_storm(pools, queued, states, self.journal.assignment(), busy, set(self.paused),
+                          set(self.operator_paused))
+        for name, why in plan.pause.items():
+            self.paused[name] = why
+            troubled = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaUnreachable(",".join(troubled), f"PAGE: {why}"))
+            self.audit.record("controller", "storm.pause", name, {"troubled": troubled})
+        for name, why in plan.resume.items():
+            self.paused.pop(name, None)
+            troubled = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaRecovered(",".join(troubled) or name, why))
+            self.audit.record("controller", "storm.resume", name, {"troubled": troubled})
+        for q, why in plan.drop:
+            if self._pending.get(q.persona) is q:
+                del self._pending[q.persona]
+            log.warning("queued %s of %s dropped: %s", q.trigger, q.persona, why)
+            self.audit.record("controller", "queue.drop", q.persona, {"trigger": q.trigger, "why": why})
+        self._held = dict(plan.hold)
+        for q, _why in plan.start:
             # Opening an operation writes the journal, the change record and the audit log (fsyncs):
             # done off the detector loop, so twenty deaths at once don't hold back the next tick.
-            self._starting.add(persona)
-            self._starter.submit(self._start_queued, persona, trigger, evidence)
+            self._starting.add(q.persona)
+            self._starter.submit(self._start_queued, q)
 
-    def _start_queued(self, persona: str, trigger: str, evidence: str) -> None:
+    def _start_queued(self, q: Queued) -> None:
         try:
-            self.start_failover(persona, trigger=trigger, evidence=evidence)
-            self._pending.pop(persona, None)
+            # Taken up now, perhaps long after the verdict: ask the sources again first.
+            alive = self.recheck(q.persona, q.server, q.trigger) if q.server else None
+            if alive:
+                self._pending.pop(q.persona, None)
+                self.alerts.emit(NotDeadAlert(q.persona, f"{q.trigger} not acted on: not dead after all: {alive}"))
+                self.audit.record("controller", "failover.not-dead", q.persona,
+                                  {"trigger": q.trigger, "evidence": q.evidence, "alive": alive})
+                return
+            self.start_failover(q.persona, trigger=q.trigger, evidence=q.evidence)
+            self._pending.pop(q.persona, None)
         except StormBrake:
             pass  # stays queued until a running failover of its pool ends
         except OperatorError as exc:
-            log.error("failover of %s not started: %s", persona, exc)
-            self._pending.pop(persona, None)
+            log.error("failover of %s not started: %s", q.persona, exc)
+            self._pending.pop(q.persona, None)
+        except Exception:  # a start that crashed must not leave the persona marked as starting forever
+            log.exception("failover of %s not started", q.persona)
         finally:
-            self._starting.discard(persona)
+            self._starting.discard(q.persona)
+
+    # ------------------------------------------------------------------ tell
+
+    def status(self) -> dict[str, Any]:
+        """The status document (``/v1/status``, ``aimctl status``): per persona its body, heartbeat age
+        (by arrival), health, the detector's state and reason (also while an operation waits), the
+        BMC's reading, the operation holding it with its state and, when it waits, why; every BMC's
+        reading; the storm brake's pauses and queue; how often the detector caught itself stalled."""
+        now = time.monotonic()
+        states = self.detector.states()
+        watched = self.observer.watches()
+        ops = {o.persona: o for o in self.journal.unfinished_operations()}
+        personas: dict[str, dict[str, Any]] = {}
+        for persona, server in sorted(self.journal.assignment().items()):
+            seen = self.receiver.last_seen(persona)
+            st = states.get(persona)
+            op = ops.get(persona)
+            if persona not in watched:
+                detector, reason = "-", "not watched while its operation acts" if op else "not watched"
+            else:
+                detector, reason = (st.state if st else "alive"), self.detector.reason(persona)
+            personas[persona] = {
+                "server": server,
+                "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
+                "health": seen[1].health.word if seen else None,
+                "detector": detector,
+                "detector_reason": reason,
+                "bmc": self.poller.answer(server)[0] if server and server in self.defs.servers else None,
+                "operation": op.id if op else None,
+                "operation_state": op.state if op else None,
+                "queued": self._held.get(persona, "queued") if persona in self._pending else None,
+            }
+            if op is not None and op.state != "running":
+                # What the operation waits for (the API adds the operator's ways out, rule 7).
+                personas[persona]["waiting"] = {"state": op.state, "reason": op.result}
+        quarantined = {s: dataclasses.asdict(v) for s, v in self.journal.quarantined().items()}
+        wall = self.journal.now()
+        # Who holds what, and for how long yet: an operation that waits must still hold its leases.
+        leases = [{"name": x.name, "holder": x.holder, "expires_in_s": round(x.expires - wall, 1)}
+                  for x in self.journal.leases()]
+        return {"personas": personas, "quarantined": quarantined, "leases": leases,
+                "receiver": self.receiver.counters(),
+                "paused_pools": dict(self.paused), "operator_paused_pools": dict(self.operator_paused),
+                "queued": sorted(self._pending), "detector_stalls": self.detector.stalls,
+                "bmcs": {s: self.poller.answer(s)[0] for s in sorted(self.defs.servers)}}
 
     def busy_personas(self) -> set[str]:
         return {op.persona for op in self.journal.unfinished_operations()}
@@ -298,6 +437,9 @@ class Controller:
         log.warning("operation %s: %s %s", op_id, res.state, res.result)
         if res.state in TERMINAL:
             op = self.journal.operation(op_id)
+            if res.state == "aborted" and "not dead after all" in res.result:
+                self.alerts.emit(NotDeadAlert(op.persona, f"{op_id} stopped before touching anything: {res.result}"))
+                self.audit.record("controller", "failover.not-dead", op.persona, {"op": op_id, "result": res.result})
             if op.facts.get("recovery_failed"):
                 self.alerts.emit(RecoveryFailed(op.persona, f"{op_id}: {res.result}; see its recovery step"))
             self.metrics.failover_finished(res.state)

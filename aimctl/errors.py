@@ -8,9 +8,11 @@ sentence a human can act on at 3 a.m.
 
 from __future__ import annotations
 
+import errno
+
 from aimctl.core.errors import OperatorError, SecretError
 
-__all__ = ["AuthFailed", "DefinitionError", "DriverError", "OperatorError", "Rejected", "SecretError",
+__all__ = ["AuthFailed", "DefinitionError", "DriverError", "ListenError", "OperatorError", "Rejected", "SecretError",
            "StateMismatch", "Timeout", "Unreachable"]
 
 
@@ -48,3 +50,15 @@ class StateMismatch(DriverError):
 
 class Rejected(DriverError):
     """The device refused a command (switch error pattern, tgtadm failure)."""
+
+
+class ListenError(OperatorError):
+    """A listener of the controller cannot open its port: in use, not permitted, no such address."""
+
+    @classmethod
+    def from_oserror(cls, what: str, proto: str, host: str, port: int, exc: OSError) -> ListenError:
+        hints = {errno.EADDRINUSE: "address already in use (another controller, or a lab, already listens there)",
+                 errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+                 errno.EADDRNOTAVAIL: "cannot assign that address (not an address of this host)"}
+        why = hints.get(exc.errno or 0, exc.strerror or str(exc))
+        return cls(f"cannot listen for {what} on {proto} {host}:{port}: {why}")

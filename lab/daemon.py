@@ -98,7 +98,7 @@ class Lab:
         ipmi = [s for s, v in d.servers.items() if v.bmc.kind == "ipmi"]
         self.redfish = RedfishLab([RedfishSystemSpec(s, power_on=False, boot_nic=d.servers[s].boot_nic)
                                    for s in redfish], self.state / "redfish", {LAB_USER: self.passwords["bmc"]},
-                                  power_delay_s=self.power_delay_s)
+                                  power_delay_s=self.power_delay_s, per_system_ports=True)
         self.redfish_port = self.redfish.start() if redfish else 0
         self.ipmi = IpmiLab([IpmiSystemSpec(s, power_on=False) for s in ipmi], {LAB_USER: self.passwords["bmc"]},
                             power_delay_s=self.power_delay_s)
@@ -313,7 +313,7 @@ class Lab:
         servers = {}
         for s, v in d.servers.items():
             if v.bmc.kind == "redfish":
-                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish_port, "tls": False,
+                servers[s] = {"bmc": {"address": "127.0.0.1", "port": self.redfish.port_of(s), "tls": False,
                                       "system_id": self.redfish.system_path(s).rsplit("/", 1)[-1],
                                       "credentials": bmc_cred}}
             else:

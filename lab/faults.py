@@ -60,6 +60,8 @@ CATALOGUE: tuple[Kind, ...] = (
                                "nothing answers in time", (DELAY,)),
     Kind("bmc-lies", "SERVER", "the BMC reads power On whatever the truth"),
     Kind("bmc-auth", "SERVER", "the BMC's credentials were changed: every login and request is refused"),
+    Kind("bmc-alert", "SERVER", "the BMC sends its alert trap (IPMI PET: OS critical stop) naming the body "
+                                "(an event)", one_shot=True),
     Kind("bmc-phantom", "SERVER", "the BMC takes power commands and reads back what was asked; the power never "
                                   "changes"),
     Kind("switch-hang", "SWITCH", "each session stops answering after --after config lines (default 0)", (AFTER,)),

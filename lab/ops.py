@@ -77,6 +77,12 @@ def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = Non
             _server_bmc(lab, target).press_power_button(target)
     elif kind in BMC_FAULTS:
         _server_bmc(lab, target).set_fault(target, BMC_FAULTS[kind], on, opts.get("delay_s"))
+    elif kind == "bmc-alert":
+        # The host crashed under a live BMC: the BMC sends its alert trap, naming itself by its server.
+        _server_bmc(lab, target)
+        if not clear:
+            lab.traps.bmc_alert(target)
+        return {"ok": True, "kind": kind, "target": target, "active": False}
     elif kind == "switch-hang":
         if target not in d.switches:
             raise OperatorError(f"unknown switch {target!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import TYPE_CHECKING, Any
 
 from aimctl.api.app import Api, ApiError, Request
@@ -23,33 +22,11 @@ def op_json(c: Controller, op_id: str) -> dict[str, Any]:
 
 
 def status(c: Controller) -> dict[str, Any]:
-    now = time.monotonic()
-    states = c.detector.states()
-    waiting = {o.persona: o for o in c.journal.unfinished_operations()}
-    personas: dict[str, dict[str, Any]] = {}
-    for persona, server in sorted(c.journal.assignment().items()):
-        seen = c.receiver.last_seen(persona)
-        st = states.get(persona)
-        personas[persona] = {
-            "server": server,
-            "heartbeat_age_s": round(now - seen[0], 3) if seen else None,
-            "health": seen[1].health.word if seen else None,
-            "detector": st.state if st else "alive",
-            "operation": waiting[persona].id if persona in waiting else None,
-            "bmc": c.poller.answer(server)[0] if server else None,
-        }
-        op = waiting.get(persona)
-        if op is not None and op.state != "running":
-            # What the operation waits for, and the operator's ways out (rule 7).
-            personas[persona]["waiting"] = {"state": op.state, "reason": op.result, "exits": exits(op)}
-    quarantined = {s: dataclasses.asdict(v) for s, v in c.journal.quarantined().items()}
-    wall = c.journal.now()
-    # Who holds what, and for how long yet: an operation that waits must still hold its leases.
-    leases = [{"name": x.name, "holder": x.holder, "expires_in_s": round(x.expires - wall, 1)}
-              for x in c.journal.leases()]
-    return {"personas": personas, "quarantined": quarantined, "leases": leases, "receiver": c.receiver.counters(),
-            "paused_pools": dict(c.paused), "queued": sorted(c._pending),
-            "bmcs": {s: c.poller.answer(s)[0] for s in sorted(c.defs.servers)}}
+    doc = c.status()
+    for v in doc["personas"].values():
+        if v.get("waiting"):
+            v["waiting"]["exits"] = exits(c.journal.operation(v["operation"]))
+    return doc
 
 
 def exits(op: Any) -> list[str]:

@@ -45,15 +45,16 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
         overlay: Annotated[Path | None, typer.Option("--overlay", help="Endpoints overlay (lab).")] = None) -> None:
     """Run the controller: detector, workflow and the local API, until SIGTERM."""
     from aimctl.api.routes import build_api
-    from aimctl.daemon import Controller
+    from aimctl.daemon import Controller, check_state_dir
+    from aimctl.errors import ListenError
     from aimctl.loader import load
-    from aimctl.overlay import Overlay, apply, load_overlay
+    from aimctl.overlay import Overlay, api_hostport, apply, load_overlay
 
+    check_state_dir(state)  # the environment first: a wrong --state is said before anything is loaded
     defs = load(definitions)
     ov = load_overlay(overlay) if overlay else Overlay()
     if overlay:
         defs = apply(defs, ov, str(overlay))
-    state.mkdir(parents=True, exist_ok=True)
     logging.getLogger().setLevel(os.environ.get("AIMCTL_LOG", "INFO"))
     handler = logging.FileHandler(state / "controller.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -63,10 +64,15 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     logging.getLogger().addHandler(handler)
     # The composition: the daemon wires the parts; the API is built on it here, where it is started,
     # so the daemon never imports the API.
-    c = Controller(defs, ov.controller, state)
+    c = Controller(defs, ov.controller, state)  # binds the heartbeat and SNMP ports (ListenError)
     api = build_api(c)
+    try:
+        api.start()  # the last port to bind, before anything starts polling or acting
+    except OSError as exc:
+        c.stop()
+        host, port = api_hostport(ov.controller.api)
+        raise ListenError.from_oserror("the API", "TCP", host, port, exc) from None
     c.start()
-    api.start()
     c.resume()
     stop = threading.Event()
     def on_signal(*_: object) -> None:
@@ -95,13 +101,22 @@ def status(state: StateOpt, as_json: JsonOpt = False) -> None:
         t.add_column(col)
     for p, v in st["personas"].items():
         age = "-" if v["heartbeat_age_s"] is None else f"{v['heartbeat_age_s']:.1f}s"
-        t.add_row(p, v["server"] or "-", age, v["health"] or "-", v["detector"], v["bmc"] or "-", v["operation"] or "-")
+        op = v["operation"] or "-"
+        if v.get("operation_state"):
+            op = f"{op} ({v['operation_state']})"
+        t.add_row(p, v["server"] or "-", age, v["health"] or "-", v["detector"], v["bmc"] or "-", op)
     out.print(t)
     for p, v in st["personas"].items():
+        if v.get("detector") not in (None, "alive", "-") and v.get("detector_reason"):
+            out.print(f"{p}: {v['detector']}: {v['detector_reason']}", highlight=False, markup=False)
         if v.get("waiting"):
             w = v["waiting"]
             out.print(f"{p}: {v['operation']} {w['state']}: {w['reason']}", highlight=False, markup=False)
             out.print(f"  exits: {' | '.join(w['exits'])}", highlight=False, markup=False)
+        if v.get("queued"):
+            out.print(f"{p}: failover queued: {v['queued']}", highlight=False, markup=False)
+    for pool, why in {**st.get("paused_pools", {}), **st.get("operator_paused_pools", {})}.items():
+        out.print(f"pool {pool} paused: {why}", highlight=False, markup=False)
     for s, q in st["quarantined"].items():
         out.print(f"quarantined: {s} ({q['reason']}, by {q['by']})")
 

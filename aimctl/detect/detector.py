@@ -10,6 +10,13 @@ DESIGN.md rule 2, as code:
 - heartbeats *and* the BMC both silent for the persona's grace period is *presumed dead*: the
   failover may proceed only through a confirmed fence. (Both: a BMC that has been unreachable for
   a day must not turn two lost heartbeats into a failover.)
+- a BMC never answered yet is *unknown*: not silent, not on. It is never a second source of death,
+  and its time counts toward no grace: silence is counted only from requests that got no answer
+  (a BMC's slow first contact, session setup included, is not silence).
+- after a stall of the controller itself (a tick gap of ``stall_intervals`` intervals: SIGSTOP, swap,
+  a VM pause), every source is re-observed for ``settle_intervals`` before any verdict: what the
+  BMC poller and the trap receiver held was read before the stall, and the heartbeat receiver may
+  still be draining its backlog.
 
 Fresh heartbeats that say the persona's own services gave up (the agent's auto pilot used up its
 restarts) make it *unhealthy*: the agent's signed word, which the workflow may fail over on.
@@ -31,7 +38,8 @@ from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
 
-BmcAnswer = Literal["on", "off", "failed", "no-answer"]
+# "unknown": never answered yet (first contact still under way); "no-answer": requests got none.
+BmcAnswer = Literal["on", "off", "failed", "no-answer", "unknown"]
 LinkState = Literal["up", "down", "unknown"]
 State = Literal["alive", "suspect", "unreachable", "dead", "presumed-dead", "unhealthy"]
 Health = Literal["ok", "degraded", "unhealthy", "stopped"]
@@ -53,6 +61,8 @@ class Observation:
     bmc_silent_s: float = 0.0  # how long the BMC has not answered (0 while it answers)
     links: LinkState = "unknown"  # its SCN channels, see aggregate_links
     grace_s: float = 30.0  # heartbeats and BMC both silent this long: presumed dead
+    # Non-empty while the controller re-observes after its own stall: why no verdict is given yet.
+    settling: str = ""
 
     def __post_init__(self) -> None:
         # Accept the wire's Health enum too (``last_seen(p)[1].health``): compared as a word below,
@@ -69,6 +79,11 @@ class Params:
     # be reporting "on" from just before a power cut.
     confirm_intervals: float = 1.0
     recover_beats: int = 3
+    # A tick gap this many intervals long is a stall of the controller itself (not of the host)...
+    stall_intervals: float = 3.0
+    # ...after which every source is re-observed this long (in intervals) before any verdict: the
+    # BMC poller reads every interval, so two intervals see each BMC answer again at its usual pace.
+    settle_intervals: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +162,20 @@ def _second_source(obs: Observation) -> str | None:
     return None
 
 
+VERDICTS = ("dead", "presumed-dead", "unreachable")
+
+
 def decide(prev: DetectorState, obs: Observation, params: Params = Params()) -> Decision:
     """The next state for one persona, and the event to emit (at most one, only on a transition)."""
+    d = _decide(prev, obs, params)
+    if obs.settling and d.state.state in VERDICTS and d.state.state != prev.state:
+        # Re-observing after our own stall: hold the verdict until every source was read again.
+        held = prev.state if prev.state not in ("alive",) else "suspect"
+        return Decision(DetectorState(held, prev.back_at), f"{obs.settling}; would be {d.state.state} ({d.reason})")
+    return d
+
+
+def _decide(prev: DetectorState, obs: Observation, params: Params) -> Decision:
     s = prev.state
     silent_for = obs.hb_age / obs.interval if obs.interval > 0 else float("inf")
     if silent_for <= params.miss_intervals:
@@ -172,6 +199,8 @@ def decide(prev: DetectorState, obs: Observation, params: Params = Params()) -> 
     if obs.bmc == "on" and silent_for > params.miss_intervals + params.confirm_intervals:
         why = f"{missing} but BMC reports on and links are {obs.links}: partition, no failover"
         return Decision(DetectorState("unreachable"), why, PersonaUnreachable(obs.persona, why))
+    if obs.bmc == "unknown":
+        return Decision(DetectorState("suspect"), f"{missing}; BMC not heard from yet (first contact under way)")
     return Decision(DetectorState("suspect"), f"{missing}; waiting for a second source (BMC {obs.bmc})")
 
 
@@ -203,13 +232,20 @@ SnapshotProvider = Callable[[float], Iterable[Observation]]
 class Detector:
     """Holds every persona's state; ``tick`` runs ``decide`` for each and emits the events.
 
-    No I/O here beyond the sink and logging; the snapshot provider does the reading.
+    No I/O here beyond the sink and logging; the snapshot provider does the reading. The detector
+    also watches its own pace: a gap between ticks of ``stall_intervals`` intervals means the
+    controller itself stalled, and each persona is re-observed for ``settle_intervals`` before any
+    verdict (``Observation.settling``).
     """
 
     def __init__(self, sink: EventSink, params: Params = Params()) -> None:
         self._sink = sink
         self._params = params
         self._states: dict[str, DetectorState] = {}
+        self._reasons: dict[str, str] = {}
+        self._last_tick: float | None = None
+        self._settle_until: dict[str, float] = {}
+        self.stalls = 0  # stalls noticed since start (metrics, tests)
 
     def state(self, persona: str) -> DetectorState:
         return self._states.get(persona, DetectorState())
@@ -217,16 +253,37 @@ class Detector:
     def states(self) -> dict[str, DetectorState]:
         return dict(self._states)
 
+    def reason(self, persona: str) -> str:
+        """The last decision's one-sentence reason for ``persona`` ("" before the first tick)."""
+        return self._reasons.get(persona, "")
+
     def forget(self, persona: str) -> None:
         """Drop a persona's state (e.g. when the workflow takes over or it is removed)."""
         self._states.pop(persona, None)
+        self._reasons.pop(persona, None)
+        self._settle_until.pop(persona, None)
 
     def tick(self, now: float, snapshot_provider: SnapshotProvider) -> list[Event]:
+        gap = None if self._last_tick is None else now - self._last_tick
+        self._last_tick = now
         events: list[Event] = []
+        stalled = False
         for obs in snapshot_provider(now):
+            p = self._params
+            if gap is not None and obs.interval > 0 and gap > p.stall_intervals * obs.interval:
+                stalled = True
+                self._settle_until[obs.persona] = now + p.settle_intervals * obs.interval
+            until = self._settle_until.get(obs.persona)
+            if until is not None:
+                if now < until:
+                    why = f"re-observing after a controller stall ({until - now:.1f}s left)"
+                    obs = dataclasses.replace(obs, settling=why)
+                else:
+                    del self._settle_until[obs.persona]
             prev = self._states.get(obs.persona, DetectorState())
-            d = decide(prev, obs, self._params)
+            d = decide(prev, obs, p)
             self._states[obs.persona] = d.state
+            self._reasons[obs.persona] = d.reason
             if d.state.state != prev.state:
                 log.info("%s: %s -> %s (%s)", obs.persona, prev.state, d.state.state, d.reason)
             if d.event is not None:
@@ -237,4 +294,7 @@ class Detector:
                     self._sink.emit(ev)
                 except Exception:  # one broken sink must not stop detection for everyone
                     log.exception("event sink failed on %s", ev.kind)
+        if stalled:
+            self.stalls += 1
+            log.warning("detector stalled for %.1fs (no tick): re-observing before any verdict", gap)
         return events

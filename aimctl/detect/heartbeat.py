@@ -1,15 +1,28 @@
-"""The controller's heartbeat receiver: one thread, a blocking ``recv_into`` loop.
+"""The controller's heartbeat receiver: one thread, a blocking ``recvmsg_into`` loop.
 
 Measured on the lab machine, a blocking loop in a thread verifies about four times as many packets
 per second as an asyncio datagram protocol, so the hot path is plain code on a plain socket.
-Every packet that is not accepted is dropped and counted by cause. Ages are measured on this
-process's monotonic clock when a packet arrives; the sender's clock is only carried along.
+Every packet that is not accepted is dropped and counted by cause.
+
+Ages are measured by *arrival*: the kernel stamps each datagram when it lands in the socket
+buffer (``SO_TIMESTAMPNS``), and the receiver turns that into this process's monotonic clock
+(``now - (wall now - kernel stamp)``: only the short gap between arrival and read is taken from the
+wall clock). A backlog that waited in the buffer while the controller stalled therefore counts as
+old, never as fresh. The sender's clock is only carried along.
 
 Replays: per persona we keep the current boot id and the last accepted sequence. A sequence not
 above the last one is a replay. A boot id seen before (the last ``OLD_BOOTS`` are remembered) is an
 old boot coming back and is refused; any other new boot id is a restart and is accepted. Boot ids
 are random, so older boots beyond that memory cannot be told from new ones; capturing them needs
 access to the SCN and they still carry a valid tag only for that persona.
+
+Across restarts: with a ``MarkStore`` (the journal), the marks (boot, sequence, old boots) are
+saved every ``flush_s`` by a thread of their own (one cheap transaction for the personas that
+moved, never an fsync per packet) and on stop, and loaded at start. Since up to ``flush_s`` of
+accepted heartbeats may not have been saved when the controller died, the first ``replay_guard``
+sequences above a loaded mark are refused too: a live agent has moved past them by the time a
+restarted controller listens (its heartbeats keep coming while the controller is down), a replay
+of packets captured before the crash has not.
 """
 
 from __future__ import annotations
@@ -17,21 +30,38 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
+import struct
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Self
+from typing import Protocol, Self
 
 from aimctl.agent import wire
+from aimctl.errors import ListenError
 
 log = logging.getLogger(__name__)
 
 OLD_BOOTS = 8
 SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; Python does not export it
+SO_TIMESTAMPNS = 35  # Linux <asm-generic/socket.h> (SCM_TIMESTAMPNS: a struct timespec per datagram)
+_TIMESPEC = struct.Struct("@qq")
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
 RCVBUF = 8 * 1024 * 1024
 COUNTERS = ("received", "accepted", "bad_signature", "replay", "old_boot", "unknown_persona", "malformed")
 _C_RECEIVED, _C_ACCEPTED, _C_BADSIG, _C_REPLAY, _C_OLDBOOT, _C_UNKNOWN, _C_MALFORMED = range(7)
+
+
+# A persona's replay memory: (boot id, last accepted sequence, boot ids seen before, oldest first).
+Mark = tuple[int, int, tuple[int, ...]]
+
+
+class MarkStore(Protocol):
+    """Where the replay memory outlives the process (the controller's journal)."""
+
+    def heartbeat_marks(self) -> dict[str, Mark]: ...
+
+    def save_heartbeat_marks(self, marks: Mapping[str, Mark]) -> None: ...
 
 
 class _Seen:
@@ -64,6 +94,9 @@ class HeartbeatReceiver:
         keys: Mapping[str, bytes],
         clock: Callable[[], float] = time.monotonic,
         on_new_boot: NewBootCallback | None = None,
+        store: MarkStore | None = None,
+        flush_s: float = 1.0,
+        replay_guard: int = 3,
     ) -> None:
         self._host = host
         self._clock = clock
@@ -72,6 +105,14 @@ class HeartbeatReceiver:
         for name, key in keys.items():
             self._table[name.encode("ascii")] = _Seen(name, key)
         self._counts = [0] * len(COUNTERS)
+        self._store, self._flush_s = store, flush_s
+        # Taken by the hot path only when a persona changes boot (rare), so marks are read whole.
+        self._mark_lock = threading.Lock()
+        self._saved: dict[str, Mark] = {}
+        self._flusher: threading.Thread | None = None
+        self._flush_stop = threading.Event()
+        if store is not None:
+            self.restore(store.heartbeat_marks(), replay_guard)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         # A big buffer absorbs bursts (every agent of a rack waking at once). SO_RCVBUFFORCE passes
         # net.core.rmem_max but needs CAP_NET_ADMIN; without it we take what SO_RCVBUF gives.
@@ -81,7 +122,13 @@ class HeartbeatReceiver:
             self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         except OSError:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        self._sock.bind((host, port))
+        # Kernel receive timestamps: a heartbeat's age starts when it arrived, not when it was read.
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        try:
+            self._sock.bind((host, port))
+        except OSError as exc:
+            self._sock.close()
+            raise ListenError.from_oserror("persona heartbeats", "UDP", host, port, exc) from None
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -99,6 +146,9 @@ class HeartbeatReceiver:
     def start(self) -> Self:
         self._thread = threading.Thread(target=self._loop, name="heartbeat-receiver", daemon=True)
         self._thread.start()
+        if self._store is not None:
+            self._flusher = threading.Thread(target=self._flush_loop, name="heartbeat-marks", daemon=True)
+            self._flusher.start()
         return self
 
     def stop(self) -> None:
@@ -112,6 +162,12 @@ class HeartbeatReceiver:
                     self._thread.join(0.2)
             self._thread = None
         self._sock.close()
+        if self._flusher is not None:
+            self._flush_stop.set()
+            self._flusher.join(5)
+            self._flusher = None
+        if self._store is not None:
+            self.flush()  # the receiver is stopped: these marks are the last word
 
     def __enter__(self) -> Self:
         return self.start()
@@ -122,9 +178,10 @@ class HeartbeatReceiver:
     # ------------------------------------------------------------------ queries
 
     def last_seen(self, persona: str) -> tuple[float, wire.Heartbeat] | None:
-        """(receiver monotonic time of the last accepted heartbeat, that heartbeat) or None."""
+        """(receiver monotonic time when the last accepted heartbeat *arrived*, that heartbeat) or None
+        when none was accepted since this receiver started (restored marks are not heartbeats)."""
         s = self._get(persona)
-        if s is None or s.boot < 0:
+        if s is None or s.beats == 0:
             return None
         hb = wire.Heartbeat(
             s.name, s.boot, s.seq, s.sent, wire.Health(s.health), s.reason.decode("utf-8", "replace")
@@ -164,11 +221,51 @@ class HeartbeatReceiver:
         boot. False when no heartbeat was seen yet.
         """
         s = self._get(persona)
-        if s is None or s.addr is None or s.boot < 0:
+        if s is None or s.addr is None or s.beats == 0:
             return False
         req = wire.Heartbeat(persona, s.boot, s.seq, time.time(), wire.Health.OK, "stop", wire.KIND_STOP)
         self._sock.sendto(wire.encode(s.key, req), s.addr)
         return True
+
+    # ------------------------------------------------------------------ replay memory
+
+    def marks(self) -> dict[str, Mark]:
+        """Every persona's replay memory now (only personas with a boot seen or restored)."""
+        out: dict[str, Mark] = {}
+        with self._mark_lock:
+            for s in list(self._table.values()):
+                if s.boot >= 0:
+                    out[s.name] = (s.boot, s.seq, s.old)
+        return out
+
+    def restore(self, marks: Mapping[str, Mark], guard: int = 0) -> None:
+        """Load saved marks (before start): each current boot's sequences up to ``seq + guard`` are
+        refused from now on, and its old boots stay old."""
+        with self._mark_lock:
+            for name, (boot, seq, old) in marks.items():
+                s = self._get(name)
+                if s is None:
+                    continue  # a persona no longer defined
+                s.boot, s.seq, s.old = boot, seq + guard, tuple(old)[-OLD_BOOTS:]
+                self._saved[name] = (boot, s.seq, s.old)
+
+    def flush(self) -> int:
+        """Save the marks that moved since the last flush; returns how many were saved."""
+        if self._store is None:
+            return 0
+        changed = {n: m for n, m in self.marks().items() if self._saved.get(n) != m}
+        if changed:
+            try:
+                self._store.save_heartbeat_marks(changed)
+            except Exception:  # the next flush tries again; reception never depends on the store
+                log.exception("saving heartbeat marks failed")
+                return 0
+            self._saved.update(changed)
+        return len(changed)
+
+    def _flush_loop(self) -> None:
+        while not self._flush_stop.wait(self._flush_s):
+            self.flush()
 
     # ------------------------------------------------------------------ hot path
 
@@ -179,11 +276,13 @@ class HeartbeatReceiver:
         hlen, tlen, min_len, max_len = wire.HEADER_LEN, wire.TAG_LEN, wire.MIN_LEN, wire.MAX_LEN
         magic_ok, version, kind_hb = wire.MAGIC, wire.VERSION, wire.KIND_HEARTBEAT
         max_health, max_reason = int(wire.Health.STOPPED), wire.MAX_REASON
+        wall, stamp, anc_size, mark_lock = time.time, _TIMESPEC.unpack_from, _ANC_SIZE, self._mark_lock
         buf = bytearray(2048)
         mv = memoryview(buf)
+        bufs = [mv]
         while True:
             try:
-                n, addr = sock.recvfrom_into(buf)
+                n, anc, _flags, addr = sock.recvmsg_into(bufs, anc_size)
             except OSError:
                 if self._stopping:
                     return
@@ -220,16 +319,25 @@ class HeartbeatReceiver:
                 if boot in s.old:
                     counts[_C_OLDBOOT] += 1
                     continue
-                if s.boot >= 0:
-                    s.old = (s.old + (s.boot,))[-OLD_BOOTS:]
-                s.boot = boot
+                with mark_lock:  # boot, seq and old change together for marks() readers
+                    if s.boot >= 0:
+                        s.old = (s.old + (s.boot,))[-OLD_BOOTS:]
+                    s.boot, s.seq = boot, seq
             elif seq <= s.seq:
                 counts[_C_REPLAY] += 1
                 continue
             s.seq, s.sent, s.health, s.addr = seq, sent, health, addr
             s.reason = bytes(mv[hlen + nlen : end]) if rlen else b""
             s.beats += 1
-            s.mono = clock()
+            # Arrival on our clock: how long it sat in the buffer (kernel stamp to now, both wall
+            # clock, a short and steady gap) taken off the monotonic now. No stamp: read time.
+            now = clock()
+            if anc:
+                sec, nsec = stamp(anc[0][2])
+                waited = wall() - (sec + nsec * 1e-9)
+                if waited > 0.0:
+                    now -= waited
+            s.mono = now
             counts[_C_ACCEPTED] += 1
             if new_boot and self._on_new_boot is not None:
                 self._notify_new_boot(s)

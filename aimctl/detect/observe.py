@@ -14,6 +14,7 @@ from typing import Protocol
 
 from aimctl.agent.wire import Heartbeat
 from aimctl.detect.detector import BmcAnswer, LinkState, Observation
+from aimctl.detect.recheck import Evidence
 
 
 class HeartbeatSource(Protocol):
@@ -24,6 +25,10 @@ class HeartbeatSource(Protocol):
 
 class BmcSource(Protocol):
     def answer(self, server: str) -> tuple[BmcAnswer, float]: ...
+
+
+class BmcReadings(Protocol):
+    def reading(self, server: str) -> tuple[BmcAnswer, float, float | None]: ...
 
 
 class TrapSource(Protocol):
@@ -105,3 +110,33 @@ class Observer:
             links=links,
             grace_s=w.grace_s,
         )
+
+    def evidence(self, persona: str, server: str, scn_channels: Iterable[int], interval_s: float, trigger: str,
+                 verdict_body: bool, now: float | None = None) -> Evidence:
+        """What the sources hold now about ``persona`` and ``server``, for ``recheck.alive_evidence``.
+
+        Unlike ``observe``, nothing is counted from a watch: a body we have not heard from since
+        the controller started has no heartbeat age at all.
+        """
+        now = self._clock() if now is None else now
+        seen = self._hb.last_seen(persona)
+        hb_age = None if seen is None else max(0.0, now - seen[0])
+        health = seen[1].health.word if seen is not None else "ok"
+        bmc: BmcAnswer = "unknown"
+        read_age: float | None = None
+        if self._bmc is not None:
+            if hasattr(self._bmc, "reading"):
+                readings: BmcReadings = self._bmc  # type: ignore[assignment]
+                bmc, _since, read_at = readings.reading(server)
+                read_age = None if read_at is None else max(0.0, now - read_at)
+            else:
+                bmc, _since = self._bmc.answer(server)
+        links: LinkState = "unknown"
+        alert = False
+        if self._traps is not None:
+            links = self._traps.links_of(server, scn_channels)
+            got = self._traps.bmc_alert(server)
+            alert = got is not None and (seen is None or got[0] > seen[0])
+        return Evidence(trigger=trigger, verdict_body=verdict_body, hb_age=hb_age, interval=interval_s,
+                        health=health,  # type: ignore[arg-type]
+                        bmc=bmc, bmc_read_age=read_age, links=links, bmc_alert=alert)

@@ -13,7 +13,8 @@ and in the lab every switch sends from 127.0.0.1. So, in this order:
 
 Link traps are mapped through ``links={(switch, ifIndex): (server, channel)}``; a trap from a device
 listed in ``bmcs={device: server}`` whose OID starts with one of ``bmc_failure_oids`` marks that
-server failed. Everything else is counted and dropped.
+server failed (a death signal for the detector, see observe.py). Everything else is counted and
+dropped. ``bmc_identities`` builds the BMC side of those maps from the inventory.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pysnmp.entity import config, engine
 from pysnmp.entity.rfc3413 import ntfrcv
 
 from aimctl.detect.detector import LinkState, aggregate_links
+from aimctl.errors import ListenError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,11 @@ class TrapReceiver:
             "ignored": 0,
         }
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.bind((host, port))
+        try:
+            self._sock.bind((host, port))
+        except OSError as exc:
+            self._sock.close()
+            raise ListenError.from_oserror("SNMP traps (switch links, BMC alerts)", "UDP", host, port, exc) from None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -215,6 +221,31 @@ class TrapReceiver:
         log.info("link %s: %s ifIndex %d = %s channel %d", state, switch, ifindex, target[0], target[1])
         if self._on_link_change is not None:
             self._on_link_change(target[0], target[1], state)
+
+
+def bmc_identities(
+    bmc_addresses: Mapping[str, str], other_addresses: Iterable[str] = ()
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(``addresses``, ``bmcs``) for a TrapReceiver, from ``{server: its BMC's address}``.
+
+    A BMC alert names its server when it comes from the BMC's address (only when no other BMC or
+    switch shares that address: in a lab everything sends from 127.0.0.1), or when its sysName is
+    the server's name or the BMC's address as the inventory writes it.
+    """
+    taken = list(other_addresses)
+    counts: dict[str, int] = {}
+    for a in [*bmc_addresses.values(), *taken]:
+        counts[a] = counts.get(a, 0) + 1
+    addresses: dict[str, str] = {}
+    bmcs: dict[str, str] = {}
+    for server, address in bmc_addresses.items():
+        device = f"bmc:{server}"
+        bmcs[device] = server
+        bmcs[server] = server
+        if counts[address] == 1:
+            addresses[address] = device
+            bmcs[address] = server
+    return addresses, bmcs
 
 
 def _if_index(binds: dict[str, Any]) -> int | None:

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 def s_confirm(ctx: Ctx, call: StepCall) -> StepOutcome:
     f = call.op.facts
+    # The verdict is asked again before anything is touched: a second source may say the body lives.
+    alive = ctx.alive_evidence(call.op.persona, call.op.from_server) if call.op.from_server else None
+    if alive:
+        raise Aborted(f"not dead after all: {alive}; nothing was touched")
     return StepOutcome.ok(evidence=f.get("evidence", "planned by operator"), trigger=f.get("trigger", call.op.kind))
 
 

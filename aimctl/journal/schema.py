@@ -69,6 +69,17 @@ MIGRATIONS: list[list[str]] = [
             created REAL NOT NULL,
             updated REAL NOT NULL)""",
     ],
+    [
+        # The heartbeat receiver's replay memory, so a restart does not accept captured packets again:
+        # per persona the current boot id, the last accepted sequence and the boot ids seen before.
+        # Boot ids are unsigned 64-bit, past SQLite's signed INTEGER: kept as decimal text.
+        """CREATE TABLE heartbeat_marks (
+            persona TEXT PRIMARY KEY,
+            boot TEXT NOT NULL,
+            seq TEXT NOT NULL,
+            old TEXT NOT NULL DEFAULT '[]',
+            updated REAL NOT NULL)""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

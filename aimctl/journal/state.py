@@ -7,6 +7,7 @@ run inside the caller's transaction so a step result and the state it changes co
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -53,6 +54,10 @@ class Lease:
     holder: str
     acquired: float
     expires: float
+
+
+# A persona's heartbeat replay memory: (boot id, last accepted sequence, earlier boot ids).
+HeartbeatMark = tuple[int, int, tuple[int, ...]]
 
 
 def server_lease(server: str) -> str:
@@ -184,3 +189,25 @@ class StateMixin:
             for r in rows
             if include_expired or r["expires"] > now
         ]
+
+    # -- heartbeat replay memory ----------------------------------------------------------------
+
+    def heartbeat_marks(self) -> dict[str, HeartbeatMark]:
+        rows = self.query("SELECT persona, boot, seq, old FROM heartbeat_marks")
+        return {r["persona"]: (int(r["boot"]), int(r["seq"]), tuple(int(b) for b in json.loads(r["old"])))
+                for r in rows}
+
+    def save_heartbeat_marks(self, marks: Mapping[str, HeartbeatMark]) -> None:
+        """Upsert marks in one transaction. Not durable (no fsync): a mark lost to a power cut only
+        widens the window the receiver's replay guard covers after a restart; a process crash
+        loses nothing (WAL)."""
+        if not marks:
+            return
+        now = self.now()
+        with self.transaction(durable=False) as db:
+            db.executemany(
+                "INSERT INTO heartbeat_marks(persona, boot, seq, old, updated) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(persona) DO UPDATE SET boot = excluded.boot, seq = excluded.seq,"
+                " old = excluded.old, updated = excluded.updated",
+                [(p, str(b), str(s), json.dumps([str(x) for x in old]), now) for p, (b, s, old) in marks.items()],
+            )

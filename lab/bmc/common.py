@@ -117,11 +117,10 @@ class DueTimer:
 class Faults:
     """Per-server fault switches of one emulator, read by request handlers on every request."""
 
-    def __init__(self, servers: Iterable[str], slow_s: float = 0.5) -> None:
+    def __init__(self, servers: Iterable[str]) -> None:
         self._servers = frozenset(servers)
         self._on: dict[str, set[str]] = {kind: set() for kind in FAULT_KINDS}
-        self.default_slow_s = slow_s
-        self._slow: dict[str, float] = {}
+        self._delay: dict[str, float] = {}  # "slow": seconds per request, per server
         # phantom: the power state the BMC says it set (what it reads back), per server
         self._claims: dict[str, bool] = {}
 
@@ -133,18 +132,17 @@ class Faults:
         (self._on[kind].add if on else self._on[kind].discard)(name)
         if kind == "slow":
             if on and delay_s is not None:
-                self._slow[name] = delay_s
+                self._delay[name] = delay_s
             else:
-                self._slow.pop(name, None)
+                self._delay.pop(name, None)
         if kind == "phantom" and not on:
             self._claims.pop(name, None)
 
+    def delay_for(self, name: str, default_s: float) -> float:
+        return self._delay.get(name, default_s)
+
     def has(self, name: str, kind: str) -> bool:
         return name in self._on[kind]
-
-    def slow_delay(self, name: str) -> float:
-        """Seconds each request of a slow BMC waits."""
-        return self._slow.get(name, self.default_slow_s)
 
     def claim(self, name: str, on: bool) -> None:
         """A phantom BMC took a power command: from now on it reads back ``on``."""
@@ -157,5 +155,5 @@ class Faults:
     def clear(self, name: str) -> None:
         for names in self._on.values():
             names.discard(name)
-        self._slow.pop(name, None)
+        self._delay.pop(name, None)
         self._claims.pop(name, None)

@@ -52,13 +52,13 @@ class IpmiLab:
         slow_s: float = 0.5,
     ) -> None:
         self.power_delay_s = power_delay_s
-        self.slow_s = slow_s  # added to every IPMI command answer while "slow" is on (unless a delay is given)
+        self.slow_s = slow_s  # added to every IPMI command answer while "slow" is on
         self.state_dir = state_dir  # unused: IPMI state lives in memory; kept for symmetry
         self._users = dict(users)
         self._specs = {s.name: s for s in systems}
         self._servers = {s.name: _Server(on=s.power_on, boot_device=s.boot_device) for s in systems}
         self._lock = threading.RLock()
-        self._faults = Faults(self._servers, slow_s)
+        self._faults = Faults(self._servers)
         # chassis control requests each BMC received, for tests and status
         self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
         self._bmcs: dict[str, LabBmc] = {}
@@ -131,13 +131,14 @@ class IpmiLab:
         self._set_now(name, on)
 
     def set_fault(self, name: str, kind: str, on: bool, delay_s: float | None = None) -> None:
+        """``delay_s``: for "slow", seconds added to every request (default ``slow_s``)."""
         self._faults.set(name, kind, on, delay_s)
+
+    def slow_for(self, name: str) -> float:
+        return self._faults.delay_for(name, self.slow_s)
 
     def faulted(self, name: str, kind: str) -> bool:
         return self._faults.has(name, kind)
-
-    def slow_delay(self, name: str) -> float:
-        return self._faults.slow_delay(name)
 
     def claimed(self, name: str) -> bool | None:
         """What a phantom BMC reads back instead of the truth (None: the truth)."""

@@ -37,7 +37,7 @@ class BmcOwner(Protocol):
 
     def faulted(self, name: str, kind: str) -> bool: ...
 
-    def slow_delay(self, name: str) -> float: ...
+    def slow_for(self, name: str) -> float: ...
 
     def claimed(self, name: str) -> bool | None: ...
 
@@ -104,8 +104,7 @@ class _LabServerSession(serversession.ServerSession):  # type: ignore[misc]
             return
         if self.bmc.lab_faulted("slow"):
             # Answer later from a timer so a slow BMC does not stall the shared pyghmi loop.
-            t = threading.Timer(self.bmc.lab.slow_delay(self.bmc.name), super().handle_client_request,
-                                args=(request,))
+            t = threading.Timer(self.bmc.lab.slow_for(self.bmc.name), super().handle_client_request, args=(request,))
             t.daemon = True
             t.start()
             return

@@ -14,9 +14,12 @@ Everything here extends the emulator from the outside (LAB.md):
 * a SessionService (tokens, as real BMCs hand out) from ``lab.redfish_sessions``; Basic auth
   from a bcrypt htpasswd file keeps working;
 * a WSGI wrapper outside the auth layer injects faults per system ("down": the connection is
-  reset; "slow": +``slow_s`` (or the delay given) per request; "lies": power reads On; "auth": 401 for
-  every request, the BMC's credentials changed; "phantom": power commands are taken and read back
-  as asked, but the power never changes).
+  reset; "slow": +``slow_s`` (or the fault's own delay) per request; "lies": power reads On; "auth":
+  401 for every request, the BMC's credentials changed; "phantom": power commands are taken and read
+  back as asked, but the power never changes);
+* with ``per_system_ports``, each system also gets a listener of its own, as each real server has
+  its own BMC: every request on that port is that BMC's (service root and session login included),
+  so a slow BMC is slow from its first contact on.
 
 The pieces that plug into the emulator (module copy, driver subclass, fault layer) are in
 ``lab.redfish_emulator``; the NIC resources in ``lab.redfish_nic``.
@@ -65,9 +68,13 @@ class RedfishLab:
         power_delay_s: float = 1.0,
         tls: bool = False,
         slow_s: float = 0.5,
+        per_system_ports: bool = False,
     ) -> None:
         self.power_delay_s = power_delay_s
-        self.slow_s = slow_s  # added to every request for a system while "slow" is on (unless a delay is given)
+        self.per_system_ports = per_system_ports
+        self._bmc_servers: dict[str, tuple[BaseWSGIServer, threading.Thread]] = {}
+        self._port_names: dict[str, str] = {}  # listener port (as WSGI's SERVER_PORT) -> system name
+        self.slow_s = slow_s  # added to every request for a system while "slow" is on
         self.tls = tls
         self.state_dir = Path(state_dir)
         self._users = dict(users)
@@ -75,7 +82,7 @@ class RedfishLab:
         self._uuids = {s.name: str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{s.name}.redfish.lab")) for s in systems}
         self._names = {u: n for n, u in self._uuids.items()}
         self._lock = threading.RLock()
-        self._faults = Faults(self._specs, slow_s)
+        self._faults = Faults(self._specs)
         self._power_seen: dict[str, bool] = {}
         # power requests each system received over Redfish (ComputerSystem.Reset), for tests and status
         self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
@@ -126,9 +133,31 @@ class RedfishLab:
             daemon=True,
         )
         self._thread.start()
+        if self.per_system_ports:
+            for name in self._specs:
+                srv = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler,
+                                  ssl_context=ssl_context)
+                th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                                      name=f"redfish-lab-{name}", daemon=True)
+                th.start()
+                self._bmc_servers[name] = (srv, th)
+                self._port_names[str(srv.server_port)] = name
         return int(self._server.server_port)
 
+    def port_of(self, name: str) -> int:
+        """The port of ``name``'s own BMC listener (``per_system_ports``), else the shared one."""
+        got = self._bmc_servers.get(name)
+        return int(got[0].server_port) if got else self.port
+
+    def name_for_port(self, port: str) -> str | None:
+        return self._port_names.get(port)
+
     def stop(self) -> None:
+        for srv, th in self._bmc_servers.values():
+            srv.shutdown()
+            srv.server_close()
+            th.join(timeout=5)
+        self._bmc_servers.clear()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -216,10 +245,11 @@ class RedfishLab:
             self._driver._update(u, power_state="On" if on else "Off", pending_power=None)
 
     def set_fault(self, name: str, kind: str, on: bool, delay_s: float | None = None) -> None:
+        """``delay_s``: for "slow", seconds added to every request (default ``slow_s``)."""
         self._faults.set(name, kind, on, delay_s)
 
-    def slow_delay(self, name: str) -> float:
-        return self._faults.slow_delay(name)
+    def slow_for(self, name: str) -> float:
+        return self._faults.delay_for(name, self.slow_s)
 
     def faulted(self, name: str, kind: str) -> bool:
         return self._faults.has(name, kind)

@@ -42,9 +42,11 @@ class EmulatorOwner(Protocol):
 
     def faulted(self, name: str, kind: str) -> bool: ...
 
-    def faulted_system(self, identity: str, kind: str) -> bool: ...
+    def name_for_port(self, port: str) -> str | None: ...
 
-    def slow_delay(self, name: str) -> float: ...
+    def slow_for(self, name: str) -> float: ...
+
+    def faulted_system(self, identity: str, kind: str) -> bool: ...
 
     def claimed_system(self, identity: str) -> bool | None: ...
 
@@ -132,13 +134,16 @@ class FaultMiddleware:
         self.lab = lab
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        m = _SYSTEM_IN_PATH.match(environ.get("PATH_INFO", ""))
-        name = self.lab.name_for(m.group(1)) if m else None
+        # A BMC of its own (its own port) owns every request; on the shared port, the path says whose.
+        name = self.lab.name_for_port(str(environ.get("SERVER_PORT", "")))
+        if name is None:
+            m = _SYSTEM_IN_PATH.match(environ.get("PATH_INFO", ""))
+            name = self.lab.name_for(m.group(1)) if m else None
         if name is not None:
             if self.lab.faulted(name, "down"):
                 return self._reset(environ, start_response)
             if self.lab.faulted(name, "slow"):
-                time.sleep(self.lab.slow_delay(name))
+                time.sleep(self.lab.slow_for(name))  # the BMC's own slowness (a fault), per request
             if self.lab.faulted(name, "auth"):
                 # The BMC's credentials changed: whatever we send, basic or session, is refused.
                 start_response("401 Unauthorized", [("Content-Type", "application/json"),

@@ -101,6 +101,7 @@ def _complications(rng: random.Random, w: World, pool: str, victim: str, server:
     standbys = w.standbys(pool)
     out.append(lambda: [Injection("bmc-lies", server)])
     out.append(lambda: [Injection("bmc-auth", server)])
+    out.append(lambda: [Injection("bmc-alert", server)])
     out.append(lambda: [Injection("bmc-slow", server, {"delay_s": round(rng.uniform(0.5, 7.0), 1)})])
     if standbys:
         out.append(lambda: [Injection("bmc-phantom", rng.choice(standbys))])
@@ -136,6 +137,7 @@ def _noise(rng: random.Random, w: World) -> list[Callable[[], list[Injection]]]:
         out.append(lambda: [Injection("scn-partition", rng.choice(assigned))])
         out.append(lambda: [Injection("bmc-down", rng.choice(assigned))])
         out.append(lambda: [Injection("bmc-auth", rng.choice(assigned))])
+        out.append(lambda: [Injection("bmc-alert", rng.choice(assigned))])
         out.append(lambda: [Injection("scn-flap", rng.choice(assigned), {"period_s": round(rng.uniform(1.0, 4.0), 1)})])
     if spare:
         out.append(lambda: [Injection("bmc-lies", rng.choice(spare))])

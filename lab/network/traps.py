@@ -115,6 +115,11 @@ class TrapSender:
         ]
         asyncio.run_coroutine_threadsafe(self._send(LINK_UP if up else LINK_DOWN, binds, community), self._loop)
 
+    def bmc_alert(self, bmc: str, trap_oid: str = PET_OS_CRITICAL_STOP) -> None:
+        """What a BMC sends when its host crashes (IPMI PET "OS critical stop"), naming itself in sysName."""
+        binds = [ObjectType(ObjectIdentity(SYS_NAME), rfc1902.OctetString(bmc))]
+        asyncio.run_coroutine_threadsafe(self._send(trap_oid, binds), self._loop)
+
     def stop(self) -> None:
         async def close() -> None:
             if self._engine is not None:

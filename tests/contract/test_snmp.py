@@ -10,8 +10,8 @@ import pytest
 from aimctl.detect.detector import DetectorState, decide
 from aimctl.detect.heartbeat import HeartbeatReceiver
 from aimctl.detect.observe import Observer
-from aimctl.detect.traps import TrapReceiver
-from lab.network.traps import send_bmc_alert, send_link_trap
+from aimctl.detect.traps import TrapReceiver, bmc_identities
+from lab.network.traps import TrapSender, send_bmc_alert, send_link_trap
 
 DEADLINE = 3.0  # a trap arrives in ~0.06 s; sending builds an engine first
 
@@ -96,3 +96,45 @@ def test_links_down_is_the_second_source_for_the_detector(traps: TrapReceiver) -
         o = observer(now[0])[0]
         assert o.links == "down"
         assert decide(DetectorState("suspect"), o).state.state == "dead"
+
+
+def test_bmc_identities_from_the_inventory() -> None:
+    # Production: each BMC its own address; a shared one (a lab: all 127.0.0.1) is never trusted.
+    addresses, bmcs = bmc_identities({"r720-1": "10.0.0.11", "r720-2": "10.0.0.12", "r720-3": "10.0.0.2"},
+                                     ["10.0.0.2", "10.0.0.3"])
+    assert addresses == {"10.0.0.11": "bmc:r720-1", "10.0.0.12": "bmc:r720-2"}
+    assert bmcs["bmc:r720-1"] == bmcs["r720-1"] == bmcs["10.0.0.11"] == "r720-1"
+    assert "10.0.0.2" not in bmcs  # shared with switch sw1: not a BMC's identity
+    lab_addresses, lab_bmcs = bmc_identities({"r720-1": "127.0.0.1", "r720-2": "127.0.0.1"}, ["127.0.0.1"])
+    assert lab_addresses == {} and lab_bmcs["r720-2"] == "r720-2"
+
+
+def test_a_bmc_alert_from_the_lab_sender_is_a_death_signal() -> None:
+    """Hole 13: wired as the daemon wires it (community shared, BMCs known by ``bmc_identities``), the
+    lab's own sender's alert for r720-1 turns a partition (BMC On) into a death."""
+    addresses, bmcs = bmc_identities({"r720-1": "127.0.0.1", "r720-2": "127.0.0.1"}, ["127.0.0.1"])
+    traps = TrapReceiver("127.0.0.1", 0, communities={"public": None}, links={}, addresses=addresses,
+                         bmcs=bmcs).start()
+    sender = TrapSender("127.0.0.1", traps.port, "public")
+    try:
+        with HeartbeatReceiver("127.0.0.1", 0, {"exchange1": b"k" * 32}) as beats:
+            now = [time.monotonic()]
+
+            class BmcOn:
+                def answer(self, server: str) -> tuple[str, float]:
+                    return "on", now[0]
+
+            observer = Observer(beats, BmcOn(), traps, clock=lambda: now[0])  # type: ignore[arg-type]
+            observer.watch("exchange1", "r720-1", (1, 2), interval_s=1.0, grace_s=300)
+            now[0] += 5.0
+            assert decide(DetectorState("suspect"), observer(now[0])[0]).state.state == "unreachable"
+            sender.bmc_alert("r720-1")
+            wait_for(lambda: traps.bmc_alert("r720-1") is not None)
+            assert traps.bmc_alert("r720-2") is None
+            o = observer(max(now[0], time.monotonic()))[0]
+            assert o.bmc == "failed"
+            d = decide(DetectorState("unreachable"), o)
+            assert d.state.state == "dead" and "BMC reports failed" in d.reason
+    finally:
+        sender.stop()
+        traps.stop()

@@ -29,9 +29,12 @@ class FakePower:
         self.hang = threading.Event()
         self.hanging = False
         self.calls = 0
+        self.delay_s = 0.0  # a slow BMC: every request takes this long
 
     def state(self) -> PowerState:
         self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)  # the BMC's own slowness, not a test waiting for something
         if self.hanging:
             self.hang.wait(10)
         if self.fail:
@@ -49,7 +52,7 @@ def test_translates_power_states() -> None:
     a, b, c = FakePower(), FakePower(PowerState.OFF), FakePower(PowerState.UNKNOWN)
     with BmcPoller({"a": a, "b": b, "c": c}, interval_s=0.05) as p:
         wait_for(lambda: p.answer("a")[0] == "on" and p.answer("b")[0] == "off" and c.calls > 0)
-        assert p.answer("c")[0] == "no-answer"  # answered, but said nothing we can use
+        assert p.answer("c")[0] == "unknown"  # answered (not silent), but said nothing we can use
         t_before = time.monotonic()
         a.power = PowerState.OFF
         wait_for(lambda: p.answer("a")[0] == "off")
@@ -75,6 +78,53 @@ def test_a_hung_poll_counts_as_no_answer() -> None:
         wait_for(lambda: p.answer("stuck")[0] == "on")
         stuck.hanging = True
         wait_for(lambda: p.answer("stuck")[0] == "no-answer")
+        stuck.hanging = False
+        stuck.hang.set()
+        wait_for(lambda: p.answer("stuck")[0] == "on")
+
+
+def test_never_answered_is_unknown_not_silent_however_slow_the_first_contact() -> None:
+    """Issue 11 hole 11a: a BMC taking seconds per request (session setup) was counted silent from
+    controller start until its first answer, and a partitioned live host was presumed dead."""
+    slow = FakePower()
+    slow.delay_s = 0.6
+    with BmcPoller({"slow": slow}, interval_s=0.05, stale_after_s=5.0) as p:
+        t0 = time.monotonic()
+        wait_for(lambda: slow.calls == 1)
+        while time.monotonic() - t0 < 0.4:  # inside the first, slow request
+            assert p.answer("slow")[0] == "unknown"
+            time.sleep(0.02)
+        wait_for(lambda: p.answer("slow")[0] == "on")
+        assert p.reading("slow")[2] is not None  # when it answered
+
+
+def test_silence_counts_from_the_unanswered_request_not_from_start() -> None:
+    bmc = FakePower()
+    with BmcPoller({"bmc": bmc}, interval_s=0.05, backoff_max_s=0.1) as p:
+        wait_for(lambda: p.answer("bmc")[0] == "on")
+        started = time.monotonic()
+        wait_for(lambda: time.monotonic() - started > 0.3 and bmc.calls > 3)
+        t_fail = time.monotonic()
+        bmc.fail = True
+        wait_for(lambda: p.answer("bmc")[0] == "no-answer")
+        since = p.answer("bmc")[1]
+        # Silent since the failing request was sent (after t_fail minus one poll interval), not since start.
+        assert since >= t_fail - 0.1, (since, t_fail)
+        wait_for(lambda: bmc.calls > 8)
+        assert p.answer("bmc")[1] == since  # later failures do not restart the count
+        bmc.fail = False
+        wait_for(lambda: p.answer("bmc")[0] == "on")
+
+
+def test_a_first_contact_that_never_returns_is_silence_after_the_bound() -> None:
+    stuck = FakePower()
+    stuck.hanging = True
+    with BmcPoller({"stuck": stuck}, interval_s=0.02, stale_after_s=0.3) as p:
+        t0 = time.monotonic()
+        assert p.answer("stuck")[0] == "unknown"
+        wait_for(lambda: p.answer("stuck")[0] == "no-answer")
+        assert time.monotonic() - t0 >= 0.3
+        assert p.answer("stuck")[1] <= t0 + 0.05  # silent since the request was sent
         stuck.hanging = False
         stuck.hang.set()
         wait_for(lambda: p.answer("stuck")[0] == "on")

@@ -100,6 +100,22 @@ TABLE: list[tuple[str, str, int | None, Observation, str, type | None]] = [
     ("unhealthy host powered off", "unhealthy", None, obs(MISSING, bmc="off"), "dead", DEAD),
     ("degraded is not unhealthy", "alive", None, obs(FRESH, health="degraded"), "alive", None),
     ("longer interval: 3s old is fresh", "alive", None, obs(3.0, interval=2.0, bmc="off"), "alive", None),
+    # A BMC never answered yet is unknown: not silent (no grace runs), not on (no partition verdict).
+    ("BMC unknown, heartbeats long gone", "suspect", None, obs(90, bmc="unknown"), "suspect", None),
+    ("BMC unknown never makes a partition", "suspect", None, obs(LONG, bmc="unknown", links="up"), "suspect",
+     None),
+    ("BMC unknown, links down: dead", "suspect", None, obs(MISSING, bmc="unknown", links="down"), "dead", DEAD),
+    ("BMC unknown after a partition verdict", "unreachable", None, obs(90, bmc="unknown"), "unreachable", None),
+    # Re-observing after the controller's own stall: no verdict, whatever the sources held.
+    ("stall: BMC off held back", "suspect", None, obs(MISSING, bmc="off", settling="stall"), "suspect", None),
+    ("stall: alive becomes suspect only", "alive", None, obs(MISSING, bmc="off", settling="stall"), "suspect",
+     None),
+    ("stall: no partition verdict", "suspect", None, obs(LONG, bmc="on", settling="stall"), "suspect", None),
+    ("stall: no presumed death", "suspect", None, obs(40, bmc_silent_s=30, settling="stall"), "suspect", None),
+    ("stall: unreachable stays", "unreachable", None, obs(60, bmc="off", settling="stall"), "unreachable", None),
+    ("stall: dead stays dead", "dead", None, obs(60, bmc="off", settling="stall"), "dead", None),
+    ("stall: fresh heartbeats still count", "suspect", None, obs(FRESH, settling="stall"), "alive", None),
+    ("stall: recovery still counts", "dead", 10, obs(FRESH, beats=12, settling="stall"), "alive", RECOVERED),
 ]
 # fmt: on
 
@@ -166,6 +182,16 @@ def test_aggregate_links() -> None:
 
 # ---------------------------------------------------------------------------- properties
 
+def test_no_bmc_answer_yet_is_never_a_second_source() -> None:
+    """However long heartbeats and a never-answered BMC are silent, nobody dies (issue 11, hole 11a)."""
+    state = DetectorState()
+    for age in (0.5, 3.0, 10.0, 30.0, 300.0, 3600.0):
+        d = decide(state, obs(age, bmc="unknown", bmc_silent_s=age, grace_s=10.0), P)
+        assert d.state.state in ("alive", "suspect"), d
+        assert "first contact" in d.reason or d.state.state == "alive"
+        state = d.state
+
+
 no_second_source = st.builds(
     lambda age, beats_step, health, bmc, silent, links, grace: (
         age,
@@ -179,7 +205,7 @@ no_second_source = st.builds(
     st.floats(0, 200),
     st.integers(0, 2),
     st.sampled_from(["ok", "degraded", "unhealthy", "stopped"]),
-    st.sampled_from(["on", "no-answer"]),
+    st.sampled_from(["on", "no-answer", "unknown"]),
     st.floats(0, 200),
     st.sampled_from(["up", "unknown"]),
     st.floats(1, 100),
@@ -300,6 +326,65 @@ def test_detector_loop_with_skewed_sender_clocks() -> None:
         (PersonaUnreachable, "exchange2"),
     ]
     assert all(e.at > 0 for e in sink.events)
+
+
+def test_a_stall_of_the_controller_re_observes_before_any_verdict() -> None:
+    """Issue 11 hole 12: the detector notices a gap between its own ticks and gives no verdict until
+    every source was read again (here: the BMC answer read before the stall is "on", stale)."""
+    now = [1000.0]
+    beats, bmc, sink = Beats(), Bmc(), Sink()
+    observer = Observer(beats, bmc, clock=lambda: now[0])  # type: ignore[arg-type]
+    observer.watch("exchange1", "r720-1", (1, 2))
+    det = Detector(sink, P)
+    for _ in range(8):
+        now[0] += 0.25
+        beats.beat("exchange1", now[0], sent_at=time.time())
+        det.tick(now[0], observer)
+    last_beat = now[0]
+    # The controller stops for 5 intervals; the host died 1 s into it (no heartbeats since).
+    now[0] += 5.0
+    assert det.tick(now[0], observer) == []
+    assert det.stalls == 1
+    assert det.state("exchange1").state == "suspect"
+    assert "stall" in det.reason("exchange1")
+    # Still inside the window: the stale "on" must not make a partition verdict.
+    now[0] += 1.0
+    assert det.tick(now[0], observer) == []
+    assert det.state("exchange1").state == "suspect"
+    # The poller reads the BMC again: off. The window ends (2 intervals): one verdict, the right one.
+    bmc.answers["r720-1"] = ("off", now[0])
+    while now[0] < last_beat + 5.0 + 2.0 + 0.5:
+        now[0] += 0.25
+        det.tick(now[0], observer)
+    assert [type(e) for e in sink.events] == [PersonaDead]
+
+
+def test_a_stall_without_a_death_gives_no_verdict() -> None:
+    now = [1000.0]
+    beats, bmc, sink = Beats(), Bmc(), Sink()
+    observer = Observer(beats, bmc, clock=lambda: now[0])  # type: ignore[arg-type]
+    observer.watch("exchange1", "r720-1", (1, 2))
+    det = Detector(sink, P)
+    det.tick(now[0], observer)
+    # Stalled 4 s; heartbeats kept arriving (timed by arrival) but the receiver drains them late.
+    now[0] += 4.0
+    det.tick(now[0], observer)
+    for i in range(1, 5):
+        beats.beat("exchange1", now[0] - 4.0 + i, sent_at=time.time())
+    for _ in range(20):
+        now[0] += 0.25
+        if int(now[0] * 4) % 4 == 0:
+            beats.beat("exchange1", now[0], sent_at=time.time())
+        det.tick(now[0], observer)
+    assert sink.events == []
+    assert det.state("exchange1").state == "alive"
+
+
+def test_ticks_at_their_pace_are_no_stall() -> None:
+    det = Detector(Sink(), P)
+    for i in range(40):
+        det.tick(i * 0.5, lambda now: [obs(FRESH)])  # two ticks an interval: slow, not stalled
+    assert det.stalls == 0
 
 
 def test_a_broken_sink_does_not_stop_detection() -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import pytest
 
 from aimctl.agent import wire
 from aimctl.agent.wire import Health, Heartbeat
 from aimctl.detect.heartbeat import HeartbeatReceiver
+from aimctl.errors import ListenError
 
 KEY = b"k" * 32
 OTHER = b"o" * 32
@@ -125,7 +129,8 @@ def test_accepts_and_records_on_the_receivers_clock(
     seen = receiver.last_seen("exchange1")
     assert seen is not None
     mono, got = seen
-    assert mono == 42.0
+    # The receiver's clock read 42.0; arrival is that minus the time the packet sat in the buffer.
+    assert 41.5 < mono <= 42.0
     assert got.seq == 1 and got.boot_id == 7
     assert receiver.beats("exchange1") == 1
     assert receiver.last_seen("exchange2") is None
@@ -186,3 +191,122 @@ def test_stop_is_prompt() -> None:
     t0 = time.monotonic()
     r.stop()
     assert time.monotonic() - t0 < 1.0
+
+
+# ---------------------------------------------------------------------------- arrival time
+
+
+def test_a_backlog_is_timed_by_arrival_not_by_read() -> None:
+    """Issue 11 hole 12: packets that waited in the socket buffer while the controller stalled were
+    stamped when read, so a backlog counted as fresh. The kernel's receive stamp times them now."""
+    r = HeartbeatReceiver("127.0.0.1", 0, {"exchange1": KEY})
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(wire.encode(KEY, hb(1)), ("127.0.0.1", r.port))
+        arrived = time.monotonic()
+        time.sleep(0.4)  # the stall itself (the receiver is not reading yet), not a wait for a condition
+        r.start()
+        wait_for(lambda: r.counters()["accepted"] == 1)
+        read = time.monotonic()
+        seen = r.last_seen("exchange1")
+        assert seen is not None
+        assert abs(seen[0] - arrived) < 0.1, (seen[0] - arrived, read - arrived)
+        assert read - seen[0] >= 0.35  # it is as old as it is, not fresh
+    finally:
+        s.close()
+        r.stop()
+
+
+# ---------------------------------------------------------------------------- replay memory across restarts
+
+
+class MemStore:
+    def __init__(self) -> None:
+        self.marks: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+        self.saves = 0
+
+    def heartbeat_marks(self) -> dict[str, tuple[int, int, tuple[int, ...]]]:
+        return dict(self.marks)
+
+    def save_heartbeat_marks(self, marks: Mapping[str, tuple[int, int, tuple[int, ...]]]) -> None:
+        self.saves += 1
+        self.marks.update(marks)
+
+
+def test_marks_survive_a_restart_and_refuse_replays(sender: socket.socket) -> None:
+    store = MemStore()
+    r1 = HeartbeatReceiver("127.0.0.1", 0, {"exchange1": KEY}, store=store, flush_s=3600, replay_guard=3).start()
+    captured = [wire.encode(KEY, hb(n, boot=1)) for n in range(1, 4)]
+    captured += [wire.encode(KEY, hb(n, boot=2)) for n in range(1, 6)]  # the agent restarted once
+    for pkt in captured:
+        send(r1, sender, pkt, "accepted")
+    r1.stop()  # a clean stop saves the marks
+    assert store.marks["exchange1"] == (2, 5, (1,))
+    r2 = HeartbeatReceiver("127.0.0.1", 0, {"exchange1": KEY}, store=store, flush_s=3600, replay_guard=3).start()
+    try:
+        assert r2.last_seen("exchange1") is None  # a restored mark is not a heartbeat
+        for pkt in captured[:3]:
+            send(r2, sender, pkt, "old_boot")
+        for pkt in captured[3:]:
+            send(r2, sender, pkt, "replay")
+        # Up to the guard (5 + 3) refused too: they may have been accepted and not yet saved.
+        send(r2, sender, wire.encode(KEY, hb(8, boot=2)), "replay")
+        send(r2, sender, wire.encode(KEY, hb(9, boot=2)), "accepted")
+        assert r2.beats("exchange1") == 1
+    finally:
+        r2.stop()
+
+
+def test_flush_saves_only_what_moved() -> None:
+    store = MemStore()
+    r = HeartbeatReceiver("127.0.0.1", 0, {"a": KEY, "b": OTHER}, store=store, flush_s=3600)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        r.start()
+        send(r, s, wire.encode(KEY, hb(1, persona="a")), "accepted")
+        assert r.flush() == 1 and store.marks == {"a": (7, 1, ())}
+        assert r.flush() == 0  # nothing moved: no write
+        send(r, s, wire.encode(OTHER, hb(4, persona="b")), "accepted")
+        assert r.flush() == 1 and store.marks["b"] == (7, 4, ())
+    finally:
+        s.close()
+        r.stop()
+
+
+def test_marks_roundtrip_through_the_journal(tmp_path: Path) -> None:
+    from aimctl.journal import Journal
+
+    j = Journal(tmp_path / "journal.db")
+    big = (1 << 64) - 1  # boot ids are unsigned 64-bit: past SQLite's INTEGER
+    j.save_heartbeat_marks({"exchange1": (big, 12, (big - 1, 3)), "exchange2": (5, 1, ())})
+    j.save_heartbeat_marks({"exchange2": (6, 2, (5,))})
+    j.close()
+    again = Journal(tmp_path / "journal.db")
+    assert again.heartbeat_marks() == {"exchange1": (big, 12, (big - 1, 3)), "exchange2": (6, 2, (5,))}
+    again.close()
+
+
+# ---------------------------------------------------------------------------- environment errors
+
+
+def test_port_in_use_is_one_clear_line() -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(ListenError) as err:
+            HeartbeatReceiver("127.0.0.1", port, {"a": KEY})
+        msg = str(err.value)
+        assert msg == f"cannot listen for persona heartbeats on UDP 127.0.0.1:{port}: address already in use " \
+                      "(another controller, or a lab, already listens there)"
+    finally:
+        taken.close()
+
+
+@pytest.mark.parametrize(("code", "words"), [(errno.EACCES, "permission denied"),
+                                             (errno.EADDRNOTAVAIL, "not an address of this host"),
+                                             (errno.ENOBUFS, "No buffer space")])
+def test_listen_errors_name_the_cause(code: int, words: str) -> None:
+    e = ListenError.from_oserror("SNMP traps", "UDP", "0.0.0.0", 162, OSError(code, os.strerror(code)))
+    assert str(e).startswith("cannot listen for SNMP traps on UDP 0.0.0.0:162: ")
+    assert words in str(e) and "\n" not in str(e)
