@@ -59,6 +59,10 @@ from aimctl.validation import CHANGE_RE
 
 log = logging.getLogger("aimctl.controller")
 
+# Leases of unfinished operations are renewed to this TTL this often (see ``renew_leases``).
+LEASE_TTL_S = 3 * 3600.0
+LEASE_RENEW_EVERY_S = 60.0
+
 TRIGGERS = (PersonaDead, PersonaPresumedDead, PersonaUnhealthy)
 
 
@@ -581,11 +585,26 @@ class Controller:
 
     def loop(self) -> None:
         tick = max(0.05, self.interval / 4)
+        renewed = 0.0
         while not self._stop.wait(tick):
             now = time.monotonic()
             self.detector.tick(now, self.snapshot)
             self._storm_brake()
             self._approval_timeouts()
+            if now - renewed >= LEASE_RENEW_EVERY_S:
+                renewed = now
+                self.renew_leases()
+
+    def renew_leases(self) -> int:
+        """An unfinished operation holds its persona and servers for as long as it is unfinished —
+        waiting for an operator over a weekend included — not only for the TTL taken when it opened:
+        a lapsed lease would let another operation choose a standby this one half-configured."""
+        live = {op.id for op in self.journal.unfinished_operations()}
+        n = 0
+        for lease in self.journal.leases(include_expired=True):
+            if lease.holder in live and self.journal.renew(lease.name, lease.holder, LEASE_TTL_S):
+                n += 1
+        return n
 
     def _approval_timeouts(self) -> None:
         for op in self.journal.unfinished_operations():

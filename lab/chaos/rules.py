@@ -178,7 +178,9 @@ def plan_round(rng: random.Random, w: World) -> Plan:
 
 # ---------------------------------------------------------------------------- the operator
 
-_NOT_CONFIRMED = re.compile(r"fence of (?P<server>[A-Za-z0-9_.-]+) not confirmed")
+# Only the body's own proofs (its power-off, its ports) can be stood in for by an operator's word; a
+# storage fence that was not proven is retried once the storage answers.
+_NOT_CONFIRMED = re.compile(r"fence of (?P<server>[A-Za-z0-9_.-]+) not confirmed: power-off not read back")
 
 
 @dataclass(frozen=True)

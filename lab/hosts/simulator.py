@@ -190,30 +190,16 @@ class Host:
             self.shutdown()
 
     def _cut(self) -> None:
-        self._stop_persona(graceful=False)
-
-    def _crash(self, why: str) -> None:
-        """The OS dies under a powered body (its boot LUN was taken away): no logout, no agent."""
-        with self._lock:
-            persona = self.status.booted
-            if self._agent_stop:
-                self._agent_stop.set()
-                self._agent_stop = None
-            for s in self._sessions:
-                s.drop()
-            self._sessions = []
-            self.status.booted = None
-            self.status.sessions = []
-        self._set("crashed", why)
-        if persona:
-            self._on_persona(self.server, persona, False)
+        self._stop_persona("cut")
 
     def shutdown(self) -> None:
         """Graceful stop asked by the controller through the agent (planned failback): log out cleanly."""
-        self._stop_persona(graceful=True)
+        self._stop_persona("shutdown")
 
-    def _stop_persona(self, graceful: bool) -> None:
-        """The persona ends: cleanly (logout) when asked, or frozen mid-flight when the power goes."""
+    def _stop_persona(self, how: str, why: str = "") -> None:
+        """The persona ends: cleanly (``shutdown``: logout), frozen mid-flight when the power goes
+        (``cut``), or dead under a powered body whose boot LUN was taken away (``crash``: the
+        sessions are gone already, nothing to freeze)."""
         with self._lock:
             persona = self.status.booted
             if self._agent_stop:
@@ -221,16 +207,20 @@ class Host:
                 self._agent_stop = None
             now = time.monotonic()
             for s in self._sessions:
-                if graceful:
+                if how == "shutdown":
                     s.logout()
+                elif how == "crash":
+                    s.drop()
                 else:
                     s.freeze()
                     self._frozen.append((now, s))
             self._sessions = []
             self.status.booted = None
             self.status.sessions = []
-        if graceful:
+        if how == "shutdown":
             self._set("halted", "persona shut down")
+        elif how == "crash":
+            self._set("crashed", why)
         else:
             self._set("off", "power cut" if persona else "")
         if persona:
@@ -242,7 +232,7 @@ class Host:
         now = time.monotonic()
         boot = self._sessions[0] if self._sessions else None
         if boot is not None and self.status.booted and not boot.alive:
-            self._crash(f"lost its boot LUN {boot.target} (the target dropped the session)")
+            self._stop_persona("crash", f"lost its boot LUN {boot.target} (the target dropped the session)")
         with self._lock:
             keep = []
             for t, s in self._frozen:

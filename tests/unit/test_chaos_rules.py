@@ -103,7 +103,10 @@ def test_storage_step_error_only_for_redfish_bodies() -> None:
              "fence: fence of r720-1 not confirmed: power-off not read back (...) and ports not quarantined"),
      1, {"r720-1": Body(False)}, Exit("mark-fenced", "r720-1", pull_plug=False)),
     (Waiting("fo-1", "exchange1", "needs-operator", "heartbeat: r720-3 did not heartbeat; fence of r720-3 not "
-             "confirmed: ..."), 0, {"r720-3": Body(True)}, Exit("mark-fenced", "r720-3", pull_plug=True)),
+             "confirmed: power-off not read back (...)"), 0, {"r720-3": Body(True)},
+     Exit("mark-fenced", "r720-3", pull_plug=True)),
+    (Waiting("fo-1", "exchange1", "needs-operator", "fence: fence of r720-1 not confirmed: storage fence not proven "
+             "(tgtd does not answer)"), 0, {"r720-1": Body(False)}, Exit("retry")),
     (Waiting("fo-1", "exchange1", "needs-operator", "choose: no standby: ..."), 3, {}, Exit("abandon")),
     (Waiting("fo-1", "web1", "waiting-approval", "waiting for change CHG0001234"), 5, {}, Exit("approve")),
 ])
