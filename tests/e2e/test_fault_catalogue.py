@@ -99,6 +99,35 @@ def test_storage_error_in_the_storage_step_waits_then_retry_finishes(world: Worl
         assert {s["alias"] for s in lab.status()["targets"][t]["sessions"]} == {"r720-3"}
 
 
+def test_storage_error_in_the_fence_then_links_cut_on_a_live_body(world: World) -> None:
+    """The array's management fails while web2's dead body is fenced: the storage fence cannot be
+    proven, so the fence is not confirmed and nothing moves; the operator retries once the array
+    answers. Then every link of r720-2 is cut while its OS runs: no heartbeat and linkDown on its
+    SCN channels (rule 2's two signals), so exchange2 is failed over and the live body fenced — its
+    boot LUN taken, it is powered off."""
+    lab, ctrl = world
+    lab.fault("storage-error", "storage")
+    lab.fault("power-button", "r620-2")
+    w2 = wait_op(ctrl, "web2", ENDED, timeout_s=60)
+    assert w2["state"] == "needs-operator", w2
+    assert "fence of r620-2 not confirmed: storage fence not proven" in w2["result"], w2["result"]
+    ls = lab.status()
+    assert ls["servers"]["r620-4"]["power"] == "off" and ls["servers"]["r620-4"]["boot_config"] == {"boot_device": "default"}
+    lab.fault("storage-error", "storage", clear=True)
+    ctrl.api.post(f"/v1/failovers/{w2['id']}/retry", {"note": "array management back"})
+    w2 = wait_op(ctrl, "web2", ENDED, timeout_s=60)
+    assert w2["state"] == "done" and w2["facts"]["to"] == "r620-4", w2
+    on_standby(lab, ctrl, "web2", "r620-4")
+
+    lab.fault("link-down", "r720-2")
+    x2 = wait_op(ctrl, "exchange2", ENDED, timeout_s=60)
+    assert x2["state"] == "done" and x2["facts"]["trigger"] == "PersonaDead", x2
+    assert "linkDown" in x2["facts"]["evidence"], x2["facts"]
+    lab.fault("link-down", "r720-2", clear=True)
+    on_standby(lab, ctrl, "exchange2", "r720-3")
+    assert lab.status()["servers"]["r720-2"]["power"] == "off"
+
+
 def test_noise_is_not_death_and_a_death_inside_it_is_found(world: World) -> None:
     """A trap storm from every switch (link flaps on random ports, SCN ports of live bodies
     included, unknown ports, a wrong community) and 3 % heartbeat loss on every body: nobody is
