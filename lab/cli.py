@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aimctl.errors import OperatorError
-from lab import control, faults, ops
+from lab import control, faults
 
 app = typer.Typer(no_args_is_help=True, help="The lab: real protocol servers on 127.0.0.1, built from the definitions.")
 out = Console(soft_wrap=True)
@@ -125,7 +125,7 @@ def _fault_help() -> str:
 
 
 @app.command(help="Inject (or --clear) a fault.\n\n" + _fault_help())
-def fault(kind: Annotated[str, typer.Argument(help=", ".join(ops.FAULTS))],
+def fault(kind: Annotated[str, typer.Argument(help=", ".join(faults.NAMES))],
           target: Annotated[str, typer.Argument(help="server, switch, storage, controller, DAG member, or "
                                                      "SERVER:CHANNEL")],
           state: StateOpt, clear: Annotated[bool, typer.Option("--clear")] = False,
