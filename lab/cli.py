@@ -154,6 +154,9 @@ def chaos(minutes: Annotated[float, typer.Option("--minutes", help="How long to 
           definitions: Annotated[Path, typer.Option("--definitions", "-d")] = Path("personas"),
           out: Annotated[Path | None, typer.Option("--out", help="Write the figures as JSON here.")] = None,
           fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first violation.")] = False,
+          plan: Annotated[str | None, typer.Option(
+              "--plan", help="Replay one round with exactly these faults, as a violation reported them "
+                             "('power-button r720-1; switch-hang sw2 after=6').")] = None,
           ) -> None:
     """The chaos soak: random faults on random bodies, a real controller acting, an operator answering
     through the real command line, invariants checked after every round."""
@@ -161,13 +164,20 @@ def chaos(minutes: Annotated[float, typer.Option("--minutes", help="How long to 
 
     if not 0 < minutes <= 24 * 60:
         raise OperatorError("--minutes must be more than 0 and at most a day")
+    if plan is not None:
+        from lab.chaos.rules import parse_plan
+
+        try:
+            parse_plan(plan)
+        except ValueError as exc:
+            raise OperatorError(f"--plan: {exc}") from None
     own = state is None
     lab_state = state or Path(tempfile.mkdtemp(prefix="aimctl-chaos-"))
     if own:
         out_print(f"starting a lab in {lab_state}")
         start(lab_state, definitions, power_delay=0.5, boot=1.0, heartbeat=0.5, resync=1.0)
     try:
-        r = run(lab_state, definitions, minutes, seed, out=out, fail_fast=fail_fast, say=out_print)
+        r = run(lab_state, definitions, minutes, seed, out=out, fail_fast=fail_fast, say=out_print, replay=plan)
     finally:
         if own:
             stop(lab_state)

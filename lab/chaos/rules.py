@@ -176,6 +176,30 @@ def plan_round(rng: random.Random, w: World) -> Plan:
     return Plan(tuple(inj), None, "noise: no body is killed")
 
 
+def parse_plan(text: str) -> Plan:
+    """A plan as ``Plan.text`` wrote it ("kind target k=v; kind target (why)"): a round replayed
+    with exactly the faults of a reported violation. Kinds and options are checked by the lab."""
+    body = re.sub(r"\s*\([^()]*\)\s*$", "", text.strip())
+    out = []
+    for part in filter(None, (x.strip() for x in body.split(";"))):
+        words = part.split()
+        if len(words) < 2:
+            raise ValueError(f"want KIND TARGET [OPTION=VALUE...], got {part!r}")
+        params: dict[str, float] = {}
+        for w in words[2:]:
+            key, eq, value = w.partition("=")
+            if not eq:
+                raise ValueError(f"want OPTION=VALUE, got {w!r} in {part!r}")
+            try:
+                params[key] = float(value)
+            except ValueError:
+                raise ValueError(f"{key}: want a number, got {value!r}") from None
+        out.append(Injection(words[0], words[1], params))
+    if not out:
+        raise ValueError("an empty plan")
+    return Plan(tuple(out), None, "replayed")
+
+
 # ---------------------------------------------------------------------------- the operator
 
 # Only the body's own proofs (its power-off, its ports) can be stood in for by an operator's word; a

@@ -98,7 +98,8 @@ class Violated(AssertionError):
 
 class Soak:
     def __init__(self, lab_state: Path, definitions: Path, workdir: Path, seed: int, minutes: float,
-                 fail_fast: bool = False, say: Callable[[str], None] = print) -> None:
+                 fail_fast: bool = False, say: Callable[[str], None] = print, replay: rules.Plan | None = None) -> None:
+        self.replay = replay  # one round with exactly these faults, then stop
         self.lab_state, self.definitions, self.workdir = lab_state, definitions, workdir
         self.seed, self.minutes, self.fail_fast, self.say = seed, minutes, fail_fast, say
         self.defs: Definitions = load(definitions, use_cache=False)
@@ -283,9 +284,9 @@ class Soak:
 
     # ------------------------------------------------------------------ a round
 
-    def run_round(self, n: int) -> RoundReport:
+    def run_round(self, n: int, given: rules.Plan | None = None) -> RoundReport:
         rng = random.Random(f"{self.seed}:{n}")
-        plan = rules.plan_round(rng, self.world())
+        plan = given or rules.plan_round(rng, self.world())
         rep = RoundReport(n, plan.text())
         self.say(f"round {n}: {plan.text()}")
         t0 = time.monotonic()
@@ -336,7 +337,7 @@ class Soak:
             n = 0
             while time.monotonic() - t0 < self.minutes * 60:
                 n += 1
-                rep = self.run_round(n)
+                rep = self.run_round(n, self.replay)
                 self.result.rounds = n
                 self.result.round_reports.append(rep)
                 for op_id, end in self.seen_ops.items():
@@ -350,12 +351,16 @@ class Soak:
                     for v in rep.violations:
                         self.result.violations.append({"seed": self.seed, "round": n, "plan": rep.plan,
                                                        "violation": v})
-                        self.say(f"  VIOLATION (seed {self.seed}, round {n}, plan: {rep.plan}): {v}")
+                        self.say(f"  VIOLATION (seed {self.seed}, round {n}, plan: {rep.plan}): {v}; replay: "
+                                 f"aimctl lab chaos --seed {self.seed} --plan '{rep.plan}'")
                     if self.fail_fast:
                         raise Violated(f"seed {self.seed}, round {n} ({rep.plan}): " + " | ".join(rep.violations)
-                                       + f"; replay: aimctl lab chaos --seed {self.seed} --minutes "
-                                       f"{self.minutes:g} (controller state {self.ctrl.state})")
+                                       + f"; replay the run: aimctl lab chaos --seed {self.seed} --minutes "
+                                       f"{self.minutes:g}; replay the round's faults alone: aimctl lab chaos "
+                                       f"--seed {self.seed} --plan '{rep.plan}' (controller state {self.ctrl.state})")
                     self.reset_world()
+                if self.replay is not None:
+                    break
         finally:
             self.result.elapsed_s = time.monotonic() - t0
             ends = Counter(e.split(":", 1)[0] for e in self.seen_ops.values())  # (this controller state's)
@@ -378,11 +383,13 @@ class Soak:
 
 
 def run(lab_state: Path, definitions: Path, minutes: float, seed: int, out: Path | None = None,
-        fail_fast: bool = False, say: Callable[[str], None] = print) -> SoakResult:
-    """Run the soak against the running lab at ``lab_state``; write the figures to ``out``."""
+        fail_fast: bool = False, say: Callable[[str], None] = print, replay: str | None = None) -> SoakResult:
+    """Run the soak against the running lab at ``lab_state``; write the figures to ``out``.
+    ``replay``: one round with exactly the faults of a reported plan, from the homes."""
     work = lab_state / "chaos"
     shutil.rmtree(work, ignore_errors=True)
-    result = Soak(lab_state, definitions, work, seed, minutes, fail_fast, say).run()
+    plan = rules.parse_plan(replay) if replay else None
+    result = Soak(lab_state, definitions, work, seed, minutes, fail_fast, say, plan).run()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.summary(), indent=1, default=str) + "\n")

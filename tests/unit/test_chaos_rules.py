@@ -176,3 +176,19 @@ def test_invariants(s: Seen, invariants: list[str]) -> None:
 ])
 def test_settled(s: Seen, at_rest: bool) -> None:
     assert rules.settled(s) is at_rest
+
+
+def test_a_reported_plan_reads_back_as_the_same_faults() -> None:
+    for n in range(50):
+        plan = rules.plan_round(random.Random(f"9:{n}"), WORLD)
+        again = rules.parse_plan(plan.text())
+        assert again.injections == plan.injections, plan.text()
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("", "an empty plan"), ("power-button", "want KIND TARGET"), ("bmc-slow r720-1 delay_s", "want OPTION=VALUE"),
+    ("bmc-slow r720-1 delay_s=soon", "want a number"),
+])
+def test_bad_plans_are_refused(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        rules.parse_plan(text)
