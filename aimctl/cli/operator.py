@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -81,6 +82,8 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # `kill -USR1 PID`: every thread's stack on stderr, to see where a step waits without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     out.print(f"controller running; API {api.url}; state {state}")
     try:
         c.loop()

@@ -20,8 +20,10 @@ import logging
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -110,6 +112,7 @@ class Soak:
         self.tries: Counter[str] = Counter()
         self.seen_ops: dict[str, str] = {}
         self.reported: set[str] = set()
+        self.observer_before = (0, 0)  # (samples, double access) the observer counted before a world reset
 
     # ------------------------------------------------------------------ the lab and the controller
 
@@ -194,7 +197,7 @@ class Soak:
         ls = self.lab("status")
         bodies = {s: rules.Body(v["power"] == "on", v["booted"], v["state"]) for s, v in ls["servers"].items()}
         ob = ls["observer"]
-        self.result.observer_samples = ob["samples"]
+        self.result.observer_samples = self.observer_before[0] + ob["samples"]
         self.result.observer_max_gap_s = max(self.result.observer_max_gap_s, ob["max_gap_s"])
         return rules.Seen(
             assignment={p: v["server"] for p, v in st["personas"].items()},
@@ -321,10 +324,28 @@ class Soak:
             # One more wait and look: a world still settling is not yet a violation.
             seen = self.wait_rest(REST_S, leaks=True)
             violations = rules.check(seen)
-        rep.violations = [v.text() for v in violations]
+        if any(v.invariant == "operation stuck" for v in violations):
+            rep.violations.append(f"the stuck controller's threads: {self.thread_dump(n)}")
+        rep.violations[:0] = [v.text() for v in violations]
         rep.seconds = round(time.monotonic() - t0, 1)
         rep.restarts = self.result.controller_restarts - restarts0
         return rep
+
+    def thread_dump(self, n: int) -> str:
+        """Every thread's stack of the running controller (it dumps them on SIGUSR1), kept in a file."""
+        assert self.ctrl is not None and self.ctrl.proc is not None
+        out = self.ctrl.state / "controller.out"
+        size = out.stat().st_size if out.exists() else 0
+        os.kill(self.ctrl.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == size):
+            time.sleep(0.1)
+        time.sleep(0.3)  # let the dump finish
+        dump = self.workdir / f"threads-round{n}.txt"
+        with open(out, "rb") as fh:
+            fh.seek(size)
+            dump.write_bytes(fh.read())
+        return str(dump)
 
     def run(self) -> SoakResult:
         t0 = time.monotonic()
@@ -365,7 +386,7 @@ class Soak:
             self.result.elapsed_s = time.monotonic() - t0
             ends = Counter(e.split(":", 1)[0] for e in self.seen_ops.values())  # (this controller state's)
             self.result.operations = ends
-            self.result.double_access = self.lab("status")["observer"]["double_access"]
+            self.result.double_access = self.observer_before[1] + self.lab("status")["observer"]["double_access"]
             if self.ctrl is not None:
                 self.ctrl.stop()
         return self.result
@@ -373,6 +394,8 @@ class Soak:
     def reset_world(self) -> None:
         """After a violation: the lab back to its homes and a controller on a fresh state."""
         self.result.world_resets += 1
+        ob = self.lab("status")["observer"]  # the lab's reset starts the observer's counts afresh
+        self.observer_before = (self.observer_before[0] + ob["samples"], self.observer_before[1] + ob["double_access"])
         if self.ctrl is not None:
             self.ctrl.stop()
         self.lab("reset")
@@ -385,11 +408,19 @@ class Soak:
 def run(lab_state: Path, definitions: Path, minutes: float, seed: int, out: Path | None = None,
         fail_fast: bool = False, say: Callable[[str], None] = print, replay: str | None = None) -> SoakResult:
     """Run the soak against the running lab at ``lab_state``; write the figures to ``out``.
-    ``replay``: one round with exactly the faults of a reported plan, from the homes."""
-    work = lab_state / "chaos"
-    shutil.rmtree(work, ignore_errors=True)
+    ``replay``: one round with exactly the faults of a reported plan, from the homes. The controllers'
+    state directories (journal, logs, thread dumps) are kept when a violation was found."""
+    work = Path(tempfile.mkdtemp(prefix="aimctl-chaos-work-"))
     plan = rules.parse_plan(replay) if replay else None
-    result = Soak(lab_state, definitions, work, seed, minutes, fail_fast, say, plan).run()
+    try:
+        result = Soak(lab_state, definitions, work, seed, minutes, fail_fast, say, plan).run()
+    except Violated:
+        say(f"evidence kept in {work}")
+        raise
+    if result.violations:
+        say(f"evidence kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.summary(), indent=1, default=str) + "\n")
