@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-APT_PACKAGES := tgt libiscsi-bin libiscsi-dev python3-venv python3-dev build-essential
+APT_PACKAGES := tgt libiscsi-bin libiscsi-dev etcd-server python3-venv python3-dev build-essential bind9 bind9-utils
 
-.PHONY: setup apt test test-unit demo bench soak lint clean
+.PHONY: setup apt test test-unit demo bench soak soak-chaos soak-cluster lint clean
 
 setup: apt $(STAMP)
 
@@ -42,13 +42,20 @@ demo: setup
 bench: setup
 	$(PY) bench/run.py
 
-# The chaos soak: random faults from the lab's catalogue for SOAK_MINUTES, invariants after every
-# round (`make test` runs a 2-minute one). A violation prints the seed and the round to replay.
+# The soaks, longer than `make test` affords. The chaos soak: random faults from the lab's catalogue
+# for SOAK_MINUTES, invariants after every round (`make test` runs a 2-minute one); a violation
+# prints the seed, the round and its faults to replay. The cluster soak: the leader killed at 60
+# seeded random moments of the failover.
 SOAK_MINUTES ?= 30
 SOAK_SEED ?= 1
-soak: setup
+soak: soak-chaos soak-cluster
+
+soak-chaos: setup
 	$(VENV)/bin/aimctl lab chaos --minutes $(SOAK_MINUTES) --seed $(SOAK_SEED) --out bench/results/soak.json
 	$(PY) bench/run.py --table
+
+soak-cluster: setup
+	AIMCTL_CLUSTER_TRIALS=60 $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_cluster.py -k random
 
 # ruff; mypy --strict on aimctl and lab; the import contracts (layers, slim agent, no cycles) in pyproject.toml.
 lint: setup

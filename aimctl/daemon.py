@@ -2,6 +2,11 @@
 
 Observe -> decide -> act once -> say what happened, as a short loop; everything that can block
 (drivers, hooks) runs in an operation's own thread, never in the loop.
+
+Clustered (``--cluster``), every member watches (heartbeats, BMCs, traps, the detector stay
+warm) but only the leader acts: it alone starts operations, resumes them when elected, and calls
+devices. ``leads()`` is the one question; the drivers ask it before every call (``_guard``), and
+the etcd journal refuses a stale leader's writes whatever this process believes (rule 8).
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aimctl.detect.alerts import FanOut, LoggingAlerts, WebhookAlerts
 from aimctl.detect.bmcpoll import BmcPoller
+from aimctl.detect.channels import EmailAlerts, SnmpTrapAlerts
 from aimctl.detect.detector import (
     Detector,
     Event,
@@ -31,6 +37,7 @@ from aimctl.detect.detector import (
     PersonaUnhealthy,
     PersonaUnreachable,
 )
+from aimctl.detect.healthpoll import LinkFlaps
 from aimctl.detect.heartbeat import HeartbeatReceiver, MarkStore
 from aimctl.detect.observe import Observer
 from aimctl.detect.recheck import DEATHS, UNHEALTHY, alive_evidence
@@ -41,27 +48,53 @@ from aimctl.drivers.registry import Drivers, make_power
 from aimctl.errors import OperatorError
 from aimctl.failover.chap import ChapStore
 from aimctl.failover.context import Ctx, Settings
-from aimctl.failover.planner import capacity, check_request
+from aimctl.failover.planner import check_request
 from aimctl.failover.resolve import KEEP, abandon_plan, mark_fenced_refusal, retry_refusal
 from aimctl.failover.runner import StepEvent, run_steps
 from aimctl.failover.steps import failover_steps
-from aimctl.journal import TERMINAL, Journal, Operation, ServerMark, persona_lease, server_lease
+from aimctl.journal import (
+    BACKGROUND_KINDS,
+    TERMINAL,
+    Journal,
+    JournalInterrupted,
+    JournalStore,
+    JournalUnavailable,
+    LostLeadership,
+    Operation,
+    ServerMark,
+    ServerStatus,
+    persona_lease,
+    server_lease,
+)
+from aimctl.lifecycle.service import Lifecycle, Preempting
 from aimctl.loader import Definitions
 from aimctl.overlay import Listen
 from aimctl.overlay import api_hostport as _hostport
+from aimctl.oversight import Oversight
+from aimctl.reconcile.repair import repair_steps
 from aimctl.records.audit import Audit
 from aimctl.records.changes import ChangeRecords
 from aimctl.records.metrics import Metrics
 from aimctl.records.sinks import JsonlSink, WebhookSink
+from aimctl.records.sentences import operation_sentence
 from aimctl.recovery.runner import hook_runner
+from aimctl.sdnotify import notify
 from aimctl.secrets import resolve_bytes
 from aimctl.validation import CHANGE_RE
+
+if TYPE_CHECKING:
+    from aimctl.cluster.config import ClusterConfig
+    from aimctl.cluster.member import ClusterMember
 
 log = logging.getLogger("aimctl.controller")
 
 # Leases of unfinished operations are renewed to this TTL this often (see ``renew_leases``).
 LEASE_TTL_S = 3 * 3600.0
 LEASE_RENEW_EVERY_S = 60.0
+# Operations that leave the persona running on its body: a drift repair holds only ports, an archive
+# or a rehearsal copies and boots beside it. The detector keeps watching such a persona, and its death
+# is not "covered" by them: it queues a failover, which pre-empts or waits for them.
+WATCHED_KINDS = ("repair", *BACKGROUND_KINDS)
 
 TRIGGERS = (PersonaDead, PersonaPresumedDead, PersonaUnhealthy)
 
@@ -105,35 +138,75 @@ def heartbeat_receiver(listen: Listen, keys: dict[str, bytes], store: MarkStore)
     flush_s = min(1.0, listen.heartbeat_interval)
     guard = math.ceil(flush_s / listen.heartbeat_interval) + 2
     return HeartbeatReceiver(*_hostport(listen.heartbeat), keys, store=store, flush_s=flush_s, replay_guard=guard)
+class _TolerantMarks:
+    """Clustered, the replay memory is in etcd: a member starting while etcd does not answer starts
+    with none (its replay guard still refuses old sequences of every boot it then hears)."""
+
+    def __init__(self, journal: JournalStore) -> None:
+        self.journal = journal
+
+    def heartbeat_marks(self) -> dict[str, Any]:
+        try:
+            return self.journal.heartbeat_marks()
+        except JournalUnavailable as exc:
+            log.error("heartbeat replay memory not read (%s): starting without it", exc)
+            return {}
+
+    def save_heartbeat_marks(self, marks: Any) -> None:
+        self.journal.save_heartbeat_marks(marks)
+
+
+class WaitForRepair(StormBrake):
+    """A drift repair holds the persona for a moment: its failover stays queued, it is never dropped."""
 
 
 class Controller:
-    def __init__(self, defs: Definitions, listen: Listen, state: Path, settings: Settings | None = None) -> None:
+    def __init__(self, defs: Definitions, listen: Listen, state: Path, settings: Settings | None = None,
+                 cluster: ClusterConfig | None = None) -> None:
         self.defs = defs
         self.listen = listen
         self.state = state
         check_state_dir(state)
-        try:
-            (state / "boot").mkdir(exist_ok=True)
-            self.journal = Journal(state / "journal.db")
-            if not any(self.journal.assignment().values()):
-                self.journal.seed_assignment(defs.homes())
-        except (OSError, sqlite3.Error) as exc:
-            raise OperatorError(f"state dir {state}: cannot open the journal: {exc}") from None
+        (state / "boot").mkdir(exist_ok=True)
+        self.cluster: ClusterMember | None = None
+        self.journal: JournalStore
+        self._leading = cluster is None  # embedded: always; clustered: once elected and resumed
+        self.journal_error = ""
+        self._view: tuple[dict[str, Operation], dict[str, str | None], dict[str, ServerStatus]] = ({}, {}, {})
+        self._unfinished: list[Operation] = []
+        self._acting: set[str] = set()
+        self._covered: set[str] = set()
+        self._spawned_at: dict[str, float] = {}
+        if cluster is not None:
+            from aimctl.cluster.member import ClusterMember
+
+            self.cluster = ClusterMember(cluster, cluster.advertise_api or f"http://{listen.api}",
+                                         on_elected=self._elected, on_demoted=self._demoted,
+                                         may_campaign=self._may_campaign, on_refused=self._refused)
+            self.journal = self.cluster.journal
+        else:
+            try:
+                self.journal = Journal(state / "journal.db")
+                if not any(self.journal.assignment().values()):
+                    self.journal.seed_assignment(defs.homes())
+            except (OSError, sqlite3.Error) as exc:
+                raise OperatorError(f"state dir {state}: cannot open the journal: {exc}") from None
         self.audit = Audit(state / "audit.log")
         self.metrics = Metrics()
         sinks: list[Any] = [JsonlSink(state / "changes.jsonl")]
         if listen.change_webhook and listen.change_webhook_secret:
             sinks.append(WebhookSink(listen.change_webhook, listen.change_webhook_secret))
         self.changes = ChangeRecords(self.journal, sinks)
-        self.chap = ChapStore(state)
-        self.drivers = Drivers(defs, state / "boot", switch_timeout_s=listen.switch_timeout)
+        self.chap = ChapStore(self.journal)
+        self.drivers = Drivers(defs, state / "boot", switch_timeout_s=listen.switch_timeout,
+                               guard=self._guard if cluster is not None else None)
         self.settings = settings or Settings(power_deadline_s=listen.power_deadline,
                                              boot_timer_override_s=listen.boot_timer_override,
                                              switch_deadline_s=listen.switch_deadline)
         self.interval = listen.heartbeat_interval
         keys = {n: resolve_bytes(p.spec.heartbeat_key) for n, p in defs.personas.items()}
-        self.receiver = heartbeat_receiver(listen, keys, self.journal)
+        self.receiver = heartbeat_receiver(listen, keys, self.journal if self.cluster is None
+                                           else _TolerantMarks(self.journal))
         # The poller gets its own BMC sessions: a slow poll must never queue behind a fence.
         self.poller = BmcPoller({s: make_power(s, v) for s, v in defs.servers.items()},
                                 interval_s=listen.bmc_poll_interval)
@@ -143,17 +216,28 @@ class Controller:
                 links[(cable.switch, cable.ifindex or ifindex(defs.switches[cable.switch].os, cable.port))] = (s, ch)
         # One community for all switches and BMCs; the receiver tells devices apart by address / sysName.
         # BMC alerts are a death signal (observe.py): the receiver must know which BMC is whose.
+        # Every linkDown is also counted per body: link flaps make a body suspect.
         addresses, bmcs = bmc_identities({s: v.bmc.address for s, v in defs.servers.items()},
                                          [sw.address for sw in defs.switches.values()])
+        self.flaps = LinkFlaps()
         try:
             self.traps = TrapReceiver(*_hostport(listen.snmp), communities={listen.snmp_community: None},
-                                      links=links, addresses=addresses, bmcs=bmcs)
+                                      links=links, addresses=addresses, bmcs=bmcs,
+                                      on_link_change=self.flaps.on_link_change)
         except OperatorError:
             self.receiver.stop()
             raise
         alert_sinks: list[Any] = [LoggingAlerts(log)]
         if listen.alert_webhook and listen.alert_webhook_secret:
             alert_sinks.append(WebhookAlerts(listen.alert_webhook, listen.alert_webhook_secret))
+        if listen.alert_smtp:
+            alert_sinks.append(EmailAlerts(listen.alert_smtp, listen.alert_mail_from, listen.alert_mail_to,
+                                           starttls=listen.alert_smtp_starttls, username=listen.alert_smtp_user,
+                                           password_ref=listen.alert_smtp_password))
+        if listen.alert_snmp:
+            alert_sinks.append(SnmpTrapAlerts(listen.alert_snmp, listen.alert_snmp_community,
+                                              listen.alert_snmp_enterprise))
+        self._alert_sinks = alert_sinks
         self.alerts = FanOut(alert_sinks)
         # Storm brake: deaths wait here while their pool is at its concurrency limit or paused.
         self._pending: dict[str, Queued] = {}
@@ -168,14 +252,20 @@ class Controller:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self.oversight = Oversight(self)
+        self.oversight.reconciler.active = self.leads
         self.ctx = Ctx(defs, self.journal, self.drivers, self.chap, self.heartbeat_since,
-                       hook_runner(defs, self._hook_note), self.bmc_unhealthy,
+                       self._guarded_hooks(hook_runner(defs, self._hook_note)), self.unavailable_bodies,
                        change_approved=self.changes.is_approved, stop_persona=self.stop_persona,
                        alive_evidence=self.alive_evidence, settings=self.settings)
+        # Archives, restores, rehearsals and gold-image personas: operations of their own kinds.
+        self.lifecycle = Lifecycle(self)
 
     # ------------------------------------------------------------------ observe
 
     def heartbeat_since(self, persona: str, since_wall: float) -> bool:
+        # No guard here: a demoted leader's wait ends as any wait does, and the result it then writes
+        # is refused by etcd (its token is stale) -- the step stops there, with no device call.
         seen = self.receiver.last_seen(persona)
         if seen is None:
             return False
@@ -186,6 +276,7 @@ class Controller:
         """Signed stop request to the agent, repeated until its last heartbeat says it stopped."""
         deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline:
+            self._guard()
             seen = self.receiver.last_seen(persona)
             if seen and seen[1].health.word == "stopped":
                 return True
@@ -202,13 +293,20 @@ class Controller:
                 out[s] = f"BMC {answer}"
         return out
 
+    def unavailable_bodies(self) -> dict[str, str]:
+        """What the planner must skip: BMC unhealthy, suspect, hardware not as declared."""
+        return {**self.oversight.unavailable(), **self.bmc_unhealthy()}
+
     def snapshot(self, now: float) -> list[Observation]:
         """Watch every assigned persona that no running operation holds (its current body, its SCN
         channels), then read heartbeats, BMC answers and link state for it, all from memory. A persona
         whose operation waits for an operator or an approval is still watched, so status shows the
-        truth about it (rule 7); its deaths are not queued, the waiting operation already covers it."""
-        busy = self.acting_personas()
-        want = {p: s for p, s in self.journal.assignment().items()
+        truth about it (rule 7); its deaths are not queued, the waiting operation already covers it.
+        A drift repair does not take a persona out of sight either (it only puts ports back).
+        Clustered, busy and assignment come from the journal view (never waiting on etcd)."""
+        _, assignment, _ = self.journal_view()
+        busy = self._acting
+        want = {p: s for p, s in assignment.items()
                 if s and p not in busy and p in self.defs.personas}
         current = self.observer.watches()
         for persona in current.keys() - want.keys():
@@ -255,11 +353,15 @@ class Controller:
     def emit(self, event: Event) -> None:
         """Detector events: deaths queue for failover (the storm brake drains them); all are alerted."""
         self.alerts.emit(event)
-        if isinstance(event, TRIGGERS) and event.persona not in self.busy_personas():
+        # Covered personas and assignment as this tick's snapshot read them (clustered: never waiting on etcd).
+        if isinstance(event, TRIGGERS) and event.persona not in self._covered:
             w = self.observer.watches().get(event.persona)
-            server = w.server if w is not None else self.journal.assignment().get(event.persona)
+            # The body it died on: taken up later (perhaps by another member after a leadership
+            # change), a death whose persona has moved since is dropped, not failed over twice.
+            server = w.server if w is not None else self._view[1].get(event.persona)
             self._pending[event.persona] = Queued(event.persona, self.defs.personas[event.persona].pool,
                                                   event.kind, event.reason, server)
+            self.oversight.on_death(event.persona, time.monotonic())
 
     def _storm_brake(self) -> None:
         """Apply the storm brake's decision (``detect/storm.py``): pause or resume pools, drop queued
@@ -274,28 +376,35 @@ class Controller:
             personas = tuple(p.name for p in self.defs.pool_personas(name))
             running = sum(1 for o in ops if pool_of.get(o.persona) == name) + \
                 sum(1 for p in starting if pool_of.get(p) == name and p not in busy)
-            pools[name] = PoolLoad(personas, tuple(p for p in personas if states.get(p, "alive") != "alive"),
-                                   running, pool.storm.max_concurrent, pool.storm.pause_above_percent)
-        # A copy first: starter threads pop from the queue while this loop reads it.
+            troubled = {p for p in personas if states.get(p, "alive") != "alive"}
+            # Personas whose automatic failover already started died in this storm too: the detector
+            # forgot them when their operation took over, the brake must not.
+            troubled |= self._failing_over(name)
+            pools[name] = PoolLoad(personas, tuple(sorted(troubled)), running, pool.storm.max_concurrent,
+                                   pool.storm.pause_above_percent)
+        # A copy first: starter threads pop from the queue while this loop reads it. A death held by a
+        # drift repair is not "covered": it stays queued (start_failover raises WaitForRepair).
         queued = [q for p, q in list(self._pending.items()) if p not in starting]
-        plan = plan_storm(pools, queued, states, self.journal.assignment(), busy, set(self.paused),
-                          set(self.operator_paused))
+        plan = plan_storm(pools, queued, states, self.journal.assignment(), self.covered_personas(),
+                          set(self.paused), set(self.operator_paused))
         for name, why in plan.pause.items():
             self.paused[name] = why
-            troubled = sorted(pools[name].troubled)
-            self.alerts.emit(PersonaUnreachable(",".join(troubled), f"PAGE: {why}"))
-            self.audit.record("controller", "storm.pause", name, {"troubled": troubled})
+            troubled_now = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaUnreachable(",".join(troubled_now), f"PAGE: {why}"))
+            self.audit.record("controller", "storm.pause", name, {"troubled": troubled_now})
         for name, why in plan.resume.items():
             self.paused.pop(name, None)
-            troubled = sorted(pools[name].troubled)
-            self.alerts.emit(PersonaRecovered(",".join(troubled) or name, why))
-            self.audit.record("controller", "storm.resume", name, {"troubled": troubled})
+            troubled_now = sorted(pools[name].troubled)
+            self.alerts.emit(PersonaRecovered(",".join(troubled_now) or name, why))
+            self.audit.record("controller", "storm.resume", name, {"troubled": troubled_now})
         for q, why in plan.drop:
             if self._pending.get(q.persona) is q:
                 del self._pending[q.persona]
             log.warning("queued %s of %s dropped: %s", q.trigger, q.persona, why)
             self.audit.record("controller", "queue.drop", q.persona, {"trigger": q.trigger, "why": why})
-        self._held = dict(plan.hold)
+        # Why each held death waits: the plan's reasons, and a start refused since (repair, limit).
+        self._held = {**{p: w for p, w in self._held.items() if p in self._pending and p not in plan.hold
+                         and p not in {q.persona for q, _ in plan.start}}, **plan.hold}
         for q, _why in plan.start:
             # Opening an operation writes the journal, the change record and the audit log (fsyncs):
             # done off the detector loop, so twenty deaths at once don't hold back the next tick.
@@ -312,10 +421,12 @@ class Controller:
                 self.audit.record("controller", "failover.not-dead", q.persona,
                                   {"trigger": q.trigger, "evidence": q.evidence, "alive": alive})
                 return
-            self.start_failover(q.persona, trigger=q.trigger, evidence=q.evidence)
+            self.start_failover(q.persona, trigger=q.trigger, evidence=q.evidence, expect_server=q.server)
             self._pending.pop(q.persona, None)
-        except StormBrake:
-            pass  # stays queued until a running failover of its pool ends
+            self._held.pop(q.persona, None)
+        except (StormBrake, Preempting) as exc:
+            # Stays queued until a running failover of its pool ends, or what it pre-empts has stopped.
+            self._held[q.persona] = str(exc)
         except OperatorError as exc:
             log.error("failover of %s not started: %s", q.persona, exc)
             self._pending.pop(q.persona, None)
@@ -330,13 +441,14 @@ class Controller:
         """The status document (``/v1/status``, ``aimctl status``): per persona its body, heartbeat age
         (by arrival), health, the detector's state and reason (also while an operation waits), the
         BMC's reading, the operation holding it with its state and, when it waits, why; every BMC's
-        reading; the storm brake's pauses and queue; how often the detector caught itself stalled."""
+        reading; the storm brake's pauses and queue; how often the detector caught itself stalled.
+        Clustered: the journal as last read (it never waits on etcd), why this member does not act."""
         now = time.monotonic()
         states = self.detector.states()
         watched = self.observer.watches()
-        ops = {o.persona: o for o in self.journal.unfinished_operations()}
+        ops, assignment, marks = self.journal_view()
         personas: dict[str, dict[str, Any]] = {}
-        for persona, server in sorted(self.journal.assignment().items()):
+        for persona, server in sorted(assignment.items()):
             seen = self.receiver.last_seen(persona)
             st = states.get(persona)
             op = ops.get(persona)
@@ -358,54 +470,135 @@ class Controller:
             if op is not None and op.state != "running":
                 # What the operation waits for (the API adds the operator's ways out, rule 7).
                 personas[persona]["waiting"] = {"state": op.state, "reason": op.result}
-        quarantined = {s: dataclasses.asdict(v) for s, v in self.journal.quarantined().items()}
+        quarantined = {s: dataclasses.asdict(v) for s, v in marks.items()}
         wall = self.journal.now()
         # Who holds what, and for how long yet: an operation that waits must still hold its leases.
         leases = [{"name": x.name, "holder": x.holder, "expires_in_s": round(x.expires - wall, 1)}
                   for x in self.journal.leases()]
-        return {"personas": personas, "quarantined": quarantined, "leases": leases,
-                "receiver": self.receiver.counters(),
-                "paused_pools": dict(self.paused), "operator_paused_pools": dict(self.operator_paused),
-                "queued": sorted(self._pending), "detector_stalls": self.detector.stalls,
-                "bmcs": {s: self.poller.answer(s)[0] for s in sorted(self.defs.servers)}}
+        doc = {"personas": personas, "quarantined": quarantined, "leases": leases,
+               "receiver": self.receiver.counters(),
+               "paused_pools": dict(self.paused), "operator_paused_pools": dict(self.operator_paused),
+               "queued": sorted(self._pending), "detector_stalls": self.detector.stalls,
+               "bmcs": {s: self.poller.answer(s)[0] for s in sorted(self.defs.servers)},
+               "journal_error": self.journal_error}
+        cluster = self.cluster_status(probe=False)
+        if cluster is not None:
+            doc["cluster"] = {k: cluster[k] for k in ("member", "role", "acting", "why_not_acting", "leader",
+                                                      "lease_left_s", "etcd_reachable")}
+        return doc
+
+    def queued_personas(self) -> set[str]:
+        """Personas whose death waits in the storm brake's queue."""
+        return set(self._pending)
+
+    def held_why(self, persona: str) -> str | None:
+        """Why a queued death has not become a failover yet (None when it is not held)."""
+        return self._held.get(persona) if persona in self._pending else None
 
     def busy_personas(self) -> set[str]:
-        return {op.persona for op in self.journal.unfinished_operations()}
+        """Personas an operation has taken off their body (archives and rehearsals leave them running:
+        the detector keeps watching those)."""
+        return {op.persona for op in self.journal.unfinished_operations() if op.kind not in BACKGROUND_KINDS}
 
     def acting_personas(self) -> set[str]:
-        return {op.persona for op in self.journal.unfinished_operations() if op.state == "running"}
+        return {op.persona for op in self.journal.unfinished_operations()
+                if op.state == "running" and op.kind not in WATCHED_KINDS}
+
+    def covered_personas(self) -> set[str]:
+        """Personas whose death an operation already covers (a repair, archive or rehearsal covers none)."""
+        return {op.persona for op in self.journal.unfinished_operations() if op.kind not in WATCHED_KINDS}
+
+    def _failing_over(self, pool: str) -> set[str]:
+        return {o.persona for o in self.journal.unfinished_operations()
+                if o.kind == "failover" and o.facts.get("actor") == "controller"
+                and o.persona in self.defs.personas and self.defs.personas[o.persona].pool == pool}
+
+    def journal_view(self) -> tuple[dict[str, Operation], dict[str, str | None], dict[str, ServerStatus]]:
+        """(persona -> its unfinished operation, assignment, quarantined servers). Embedded: read now.
+        Clustered: as last read by the ``journal-view`` thread, so neither the loop nor the API ever
+        waits on etcd; while etcd is unreachable it is the last view read and ``journal_error`` says why."""
+        if self.cluster is None:
+            self._refresh_view()
+        return self._view
+
+    def _refresh_view(self) -> None:
+        try:
+            unfinished = self.journal.unfinished_operations()
+            busy = {op.persona: op for op in unfinished}
+            self._view = (busy, self.journal.assignment(), self.journal.quarantined())
+            self._unfinished = unfinished
+            self._acting = {op.persona for op in unfinished if op.state == "running" and op.kind != "repair"}
+            self._covered = {op.persona for op in unfinished if op.kind != "repair"}
+            if self.journal_error:
+                log.warning("journal available again")
+                self.journal_error = ""
+        except JournalUnavailable as exc:
+            if not self.journal_error:
+                log.error("journal unavailable: %s (no operation starts until it is back)", exc)
+            self.journal_error = str(exc)
+        self.metrics.set_journal_available(not self.journal_error)
+
+    def _watch_journal(self) -> None:
+        while not self._stop.wait(0.3):
+            self._refresh_view()
 
     # ------------------------------------------------------------------ act
 
     def start_failover(self, persona: str, trigger: str, evidence: str, kind: str = "failover",
-                       to: str | None = None, actor: str = "controller", change: str | None = None) -> str:
+                       to: str | None = None, actor: str = "controller", change: str | None = None,
+                       facts: dict[str, Any] | None = None, expect_server: str | None = None) -> str:
+        if persona not in self.defs.personas:
+            raise OperatorError(f"unknown persona {persona!r}")
+        # An archive or rehearsal in the way stops first (a rehearsal tears down); queued deaths retry
+        # on the next tick meanwhile, an operator's request waits a little.
+        self.lifecycle.yield_to(persona, kind, wait_s=0.0 if actor == "controller" else 30.0)
         with self._lock:
+            if not self.leads():
+                raise OperatorError(f"this controller does not lead the cluster; {persona} is left to the leader")
             # Names and targets are checked before anything is opened: a request that can never run
             # must not leave an operation holding the persona.
             in_use = {lease.name[7:]: f"in use by {lease.holder}" for lease in self.journal.leases()
                       if lease.name.startswith("server:")}
             check_request(self.defs, persona, to, {p: s for p, s in self.journal.assignment().items() if s},
                           set(self.journal.quarantined()), in_use)
-            if persona in self.busy_personas():
+            holding = next((o for o in self.journal.unfinished_operations() if o.persona == persona), None)
+            if holding is not None and holding.kind == "repair" and kind == "failover":
+                raise WaitForRepair(f"{persona}: waiting for drift repair {holding.id} to end")
+            if holding is not None:
                 raise OperatorError(f"{persona} already has an operation in progress")
             if change is not None:
                 if not isinstance(change, str) or not CHANGE_RE.match(change):
-                    raise OperatorError(f"change number {str(change)[:40]!r} refused: want CHG and 4 to 12 digits")
+                    raise OperatorError(f"change number {str(change)[:40]!r} refused: want CHG and 7 digits")
                 if self.changes.exists(change):
                     raise OperatorError(f"change {change} already records another operation")
             pool = self.defs.personas[persona].pool
-            running = [o for o in self.journal.unfinished_operations()
-                       if self.defs.personas.get(o.persona) and self.defs.personas[o.persona].pool == pool]
+            running = [o for o in self.journal.unfinished_operations() if o.kind not in BACKGROUND_KINDS
+                       and self.defs.personas.get(o.persona) and self.defs.personas[o.persona].pool == pool]
             if kind == "failover" and len(running) >= self.defs.pools[pool].storm.max_concurrent:
                 raise StormBrake(f"storm brake: {len(running)} operations already running in pool {pool}")
             old = self.journal.assignment().get(persona)
-            facts: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor}
+            if expect_server is not None and old != expect_server:
+                raise OperatorError(f"{persona} is on {old} now, not on {expect_server} where it died: handled")
+            automatic = kind == "failover" and actor == "controller"
+            if automatic:
+                ok, why = self.oversight.rack_allows(persona, old)
+                if not ok:
+                    raise StormBrake(why)
+            verdict = self.oversight.escalation(persona) if automatic else None
+            opened: dict[str, Any] = {"trigger": trigger, "evidence": evidence, "actor": actor, **(facts or {})}
             if to:
-                facts["requested_to"] = to
+                opened["requested_to"] = to
             if change:
-                facts["change"] = change
+                opened["change"] = change
+            if verdict is not None and not verdict.allowed:
+                opened["escalation"] = [p.__dict__ for p in verdict.history]
             leases = [persona_lease(persona)] + ([server_lease(old)] if old else [])
-            op_id = self.journal.open_operation(kind, persona, facts, from_server=old, leases=leases)
+            op_id = self.journal.open_operation(kind, persona, opened, from_server=old, leases=leases)
+        if verdict is not None and not verdict.allowed:
+            # Beyond the escalation limit: journaled, stopped for a human, never run.
+            self.detector.forget(persona)
+            self.oversight.stop_escalated(op_id, verdict)
+            return op_id
         # Outside the lock: twenty deaths at once must not queue behind each other's fsyncs.
         self._spawn(op_id)
         self.audit.record(actor, f"{kind}.start", persona, {"op": op_id, "trigger": trigger, "evidence": evidence})
@@ -420,21 +613,49 @@ class Controller:
             if running is not None and running.is_alive():
                 return False
             # The workflow holds the persona from here: the detector starts afresh when it is handed back.
-            self.detector.forget(self.journal.operation(op_id).persona)
+            # (A drift repair holds only ports, an archive or a rehearsal leaves the persona running
+            # where it is: the detector keeps its state and keeps watching.)
+            op = self.journal.operation(op_id)
+            if op.kind not in WATCHED_KINDS:
+                self.detector.forget(op.persona)
             t = threading.Thread(target=self._run_op, args=(op_id,), name=f"op-{op_id}", daemon=True)
             self._threads[op_id] = t
+            self._spawned_at[op_id] = time.monotonic()
             t.start()
             return True
 
     def _run_op(self, op_id: str) -> None:
-        op = self.journal.operation(op_id)
-        # Opening is idempotent: a resumed operation finds the change record it opened before.
-        self.changes.open(op, number=op.facts.get("change"),
-                          description=f"{op.kind} of {op.persona} from {op.from_server}: "
-                                      f"{op.facts.get('evidence', '')}")
         try:
-            res = run_steps(self.journal, op_id, failover_steps(), self.ctx, listener=self._on_step,
-                            max_retargets=4)
+            op = self.journal.operation(op_id)
+        except JournalInterrupted as exc:
+            log.error("operation %s not resumed: %s", op_id, exc)
+            return
+        if self.lifecycle.handles(op.kind):
+            done = self.lifecycle.run(op_id)
+            if done is not None and done.state == "needs-operator":
+                self.alerts.emit(NeedsOperatorAlert(op.persona, f"{op_id} needs an operator: {done.result}; exits: "
+                                                                f"aimctl retry|abandon {op_id}"))
+            return
+        try:
+            # Opening is idempotent: a resumed operation finds the change record it opened before.
+            # An operator's own change number (``move --change CHG...``) is adopted for the record.
+            rec = self.changes.open(op, description=f"{op.kind} of {op.persona or op.facts.get('subject')} from "
+                                                    f"{op.from_server}: {op.facts.get('evidence', '')}",
+                                    require_approval=False if op.kind == "repair" else None,
+                                    number=op.facts.get("change"))
+            if op.facts.get("change_required") and not op.facts.get("change"):
+                # A planned move the pool gates on change approval waits for its own change record.
+                self.journal.add_facts(op_id, {"change": rec["number"]})
+        except JournalInterrupted as exc:
+            log.error("operation %s not resumed: %s", op_id, exc)
+            return
+        steps = repair_steps() if op.kind == "repair" else failover_steps()
+        try:
+            res = run_steps(self.journal, op_id, steps, self.ctx, listener=self._on_step, max_retargets=4)
+        except JournalInterrupted as exc:
+            # Not a failure of the operation: it stays as the journal says, for whoever leads to resume.
+            log.error("operation %s stopped: %s", op_id, exc)
+            return
         except Exception:
             log.exception("operation %s crashed", op_id)
             return
@@ -446,18 +667,27 @@ class Controller:
                 self.audit.record("controller", "failover.not-dead", op.persona, {"op": op_id, "result": res.result})
             if op.facts.get("recovery_failed"):
                 self.alerts.emit(RecoveryFailed(op.persona, f"{op_id}: {res.result}; see its recovery step"))
-            self.metrics.failover_finished(res.state)
+            if op.kind != "repair":
+                self.metrics.failover_finished(res.state)
             self.changes.close(op_id, f"{res.state}: {res.result}")
             self.journal.release_leases(op_id)
+            if op.kind == "repair":
+                self.oversight.repair_finished(self.journal.operation(op_id))
             self._refresh_capacity()
         elif res.state == "needs-operator":
-            self.alerts.emit(NeedsOperatorAlert(self.journal.operation(op_id).persona,
-                                                f"{op_id} needs an operator: {res.result}; exits: "
-                                                f"aimctl retry|abandon|mark-fenced {op_id}"))
+            stopped = self.journal.operation(op_id)
+            self.alerts.emit(NeedsOperatorAlert(stopped.persona, f"{operation_sentence(dataclasses.asdict(stopped))}; "
+                                                                 f"exits: aimctl retry|abandon|mark-fenced {op_id}"))
 
     def _on_step(self, ev: StepEvent) -> None:
         self.metrics.observe_step(ev)
         self.changes.on_step(ev)
+
+    def _guarded_hooks(self, run: Any) -> Any:
+        def guarded(op: Operation, point: str) -> Any:
+            self._guard()  # a hook acts on the application: only the leader starts one
+            return run(op, point)
+        return guarded
 
     def _hook_note(self, op: Operation, text: str) -> None:
         self.changes.note(op.id, "recovery", text)
@@ -563,10 +793,8 @@ class Controller:
         return self.journal.operation(op_id)
 
     def _refresh_capacity(self) -> None:
-        assignment = {p: s for p, s in self.journal.assignment().items() if s}
-        q = set(self.journal.quarantined())
-        for pool in self.defs.pools:
-            self.metrics.set_spare_capacity(pool, capacity(self.defs, pool, assignment, q)[0])
+        """N+k per pool from live state (the spare accounting sets the metric and alerts on k = 0)."""
+        self.oversight.refresh_spares()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -575,9 +803,17 @@ class Controller:
         self.receiver.start()
         self.poller.start()
         self.traps.start()
-        self._refresh_capacity()
+        if self.cluster is not None:
+            self._refresh_view()
+            threading.Thread(target=self._watch_journal, name="journal-view", daemon=True).start()
+            self.cluster.leadership.start()  # elected -> _elected resumes; until then: a warm follower
+        else:
+            self._refresh_capacity()
+        self.oversight.start()
 
     def resume(self) -> None:
+        if not self.leads():
+            return  # a follower resumes nothing; the leader does (and this one, once elected)
         for op in self.journal.unfinished_operations():
             if op.state in ("running", "waiting-approval"):
                 log.warning("resuming %s (%s) from the journal", op.id, op.state)
@@ -585,15 +821,29 @@ class Controller:
 
     def loop(self) -> None:
         tick = max(0.05, self.interval / 4)
-        renewed = 0.0
+        notify("READY=1")
+        last_reconcile = renewed = 0.0
         while not self._stop.wait(tick):
             now = time.monotonic()
             self.detector.tick(now, self.snapshot)
-            self._storm_brake()
-            self._approval_timeouts()
-            if now - renewed >= LEASE_RENEW_EVERY_S:
-                renewed = now
-                self.renew_leases()
+            leading = self.leads()
+            self.metrics.set_leader(leading)
+            if leading and not self.journal_error:
+                try:
+                    self._storm_brake()
+                    self._approval_timeouts()
+                    self.oversight.tick(now)  # drift, spares, escalation: the leader's alone
+                    self.lifecycle.tick()  # scheduled archives and rehearsals: the leader's too
+                    if now - last_reconcile > 1.0:
+                        last_reconcile = now
+                        self._reconcile()
+                    if now - renewed >= LEASE_RENEW_EVERY_S:
+                        renewed = now
+                        self.renew_leases()
+                except JournalInterrupted as exc:
+                    log.error("loop: %s", exc)
+            if self.cluster is None or self.cluster.leadership.healthy():
+                notify("WATCHDOG=1")  # a hung loop (or a stuck leadership thread) gets killed by systemd
 
     def renew_leases(self) -> int:
         """An unfinished operation holds its persona and servers for as long as it is unfinished —
@@ -606,18 +856,125 @@ class Controller:
                 n += 1
         return n
 
-    def _approval_timeouts(self) -> None:
+    # ------------------------------------------------------------------ cluster
+
+    def leads(self) -> bool:
+        """May this controller act now? Embedded: always. Clustered: elected, resumed, and renewed in time."""
+        if self.cluster is None:
+            return True
+        return self._leading and self.cluster.leadership.is_leader()
+
+    def _guard(self) -> None:
+        """Before every device call: a member that does not lead (any more) makes none."""
+        if self.cluster is not None and not self.leads():
+            raise LostLeadership(f"{self.cluster.member} does not lead the cluster: no device call")
+
+    def leader_url(self) -> str | None:
+        """The API of the member that leads (this one's when it does); None when nobody leads."""
+        if self.cluster is None:
+            return None
+        return self.cluster.leadership.leader.api
+
+    def write_redirect(self) -> str | None:
+        """None: take this write here. Else where to send it: the leader's API ("" when none leads)."""
+        if self.cluster is None or self.leads():
+            return None
+        return self.leader_url() or ""
+
+    def cluster_status(self, probe: bool = True) -> dict[str, Any] | None:
+        if self.cluster is None:
+            return None
+        st = self.cluster.status(probe)
+        st["acting"] = self.leads()
+        st["journal_error"] = self.journal_error
+        st["why_not_acting"] = "" if self.leads() else (
+            f"journal unavailable: {self.journal_error}" if self.journal_error else
+            f"follower of {st['leader']['member']}" if st["leader"]["member"] else "no leader elected")
+        return st
+
+    def _ops_running_here(self) -> list[str]:
+        return [op_id for op_id, t in self._threads.items() if t.is_alive()]
+
+    def _may_campaign(self) -> bool:
+        # Threads of an earlier term stop at their next device call or journal write; a member stands
+        # again only once they are gone, so a new term never shares the world with an old one.
+        return not self._stop.is_set() and not self._ops_running_here()
+
+    def _elected(self, token: int) -> None:
+        threading.Thread(target=self._take_over, args=(token,), name="take-over", daemon=True).start()
+
+    def _take_over(self, token: int) -> None:
+        assert self.cluster is not None
+        try:
+            if not any(self.journal.assignment().values()):
+                self.journal.seed_assignment(self.defs.homes())
+            unfinished = [o.id for o in self.journal.unfinished_operations()]
+        except JournalInterrupted as exc:
+            log.error("elected, but cannot read the journal: %s", exc)
+            return
+        self.audit.record(self.cluster.member, "cluster.elected", self.cluster.member,
+                          {"token": token, "resuming": unfinished})
+        self.metrics.leadership_event("elected")
+        self._leading = True
+        self.resume()
+        self._refresh_capacity()
+
+    def _demoted(self, why: str) -> None:
+        assert self.cluster is not None
+        self._leading = False
+        self.metrics.leadership_event("demoted")
+        self.alerts.emit(PersonaUnreachable("controller", f"{self.cluster.member} stopped leading: {why}"))
+        try:
+            self.audit.record(self.cluster.member, "cluster.demoted", self.cluster.member, {"why": why})
+        except OSError:
+            log.exception("audit")
+
+    def _refused(self, why: str) -> None:
+        self.metrics.refused_write()
+        try:
+            self.audit.record(self.cluster.member if self.cluster else "controller", "cluster.write-refused",
+                              "journal", {"why": why})
+        except OSError:
+            log.exception("audit")
+
+    def _reconcile(self) -> None:
+        """The leader runs every running operation: one whose thread stopped (the journal's store was
+        down, leadership flickered) is resumed from its records, at most every few seconds."""
+        now = time.monotonic()
         for op in self.journal.unfinished_operations():
-            spec = self.defs.personas[op.persona].spec
+            t = self._threads.get(op.id)
+            if op.state == "running" and (t is None or not t.is_alive()) \
+                    and now - self._spawned_at.get(op.id, 0.0) > 5.0:
+                log.warning("resuming %s (no thread runs it)", op.id)
+                self._spawn(op.id)
+
+    def _approval_timeouts(self) -> None:
+        for op in self._unfinished:  # as read by this tick's snapshot
+            # A repair of a quarantined body has no persona; one being made from a gold image is not
+            # defined yet.
+            pd = self.defs.personas.get(op.persona)
+            if pd is None:
+                continue
+            spec = pd.spec
             if op.state == "waiting-approval" and time.time() - op.created > spec.confirm_timeout \
                     and not (op.id in self._threads and self._threads[op.id].is_alive()):
                 self._spawn(op.id)
 
     def stop(self) -> None:
         self._stop.set()
-        for part in (self.traps, self.poller, self.receiver):
+        if self.cluster is not None:
+            self._leading = False
+            self.cluster.leadership.stop(resign=True)
+        for part in (self.oversight, self.traps, self.poller, self.receiver):
             try:
                 part.stop()
             except Exception:
                 log.exception("stopping %s", type(part).__name__)
         self.changes.shutdown()
+        for sink in self._alert_sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing alert sink %s", type(sink).__name__)

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from aimctl.errors import DefinitionError, OperatorError
 from aimctl.model import InventoryFile, Persona, PoolFile, Server, Storage, Switch
-from aimctl.validation import valid_port
+from aimctl.model import dns_placeholders
+from aimctl.validation import is_rehearsal_initiator, valid_port
 
 try:
     _Loader: Any = yaml.CSafeLoader
@@ -391,6 +392,20 @@ def _load(root: Path) -> Definitions:
     return defs
 
 
+def _lifecycle_checks(pool: PoolFile, src: Source, production: dict[int, str]) -> list[str]:
+    errs = []
+    rh = pool.rehearsal
+    if rh.vlan is not None and rh.vlan in production:
+        errs.append(src.at(("rehearsal", "vlan"), f"rehearsal VLAN {rh.vlan} is {production[rh.vlan]}: a rehearsal "
+                                                  "must be isolated from every production VLAN"))
+    if (rh.every is not None or rh.on) and rh.vlan is None:
+        errs.append(src.at(("rehearsal",), "rehearsals need an isolated VLAN (rehearsal.vlan)"))
+    for i, m in enumerate(rh.on):
+        if m not in pool.members:
+            errs.append(src.at(("rehearsal", "on", i), f"{m!r} is not a member of pool {pool.pool}"))
+    return errs
+
+
 def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[tuple[str, str], Source]) -> list[str]:
     errs: list[str] = []
     # Cabling: a switch port carries one server channel, and its name must fit the switch's OS.
@@ -412,8 +427,13 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
             seen_ports[(cable.switch, cable.port)] = f"{sname} channel {ch}"
     initiators: dict[str, str] = {}
     addresses: dict[ipaddress.IPv4Address, str] = {}
+    production: dict[int, str] = {}
+    for pname, pool in defs.pools.items():
+        production.update({n.vlan: f"network {k} of pool {pname}" for k, n in pool.networks.items()})
+        production.setdefault(pool.quarantine_vlan, f"the quarantine VLAN of pool {pname}")
     for pname, pool in defs.pools.items():
         src = pool_src[pname]
+        errs.extend(_lifecycle_checks(pool, src, production))
         vlans = {n.vlan: k for k, n in pool.networks.items()}
         if pool.quarantine_vlan in vlans:
             errs.append(src.at(("quarantine_vlan",), f"quarantine VLAN {pool.quarantine_vlan} is also network "
@@ -449,6 +469,17 @@ def _cross_checks(defs: Definitions, pool_src: dict[str, Source], inv_src: dict[
                 errs.append(src.at(base + ("initiator",), f"initiator {p.initiator} is also used by persona "
                                                           f"{initiators[p.initiator]}"))
             initiators[p.initiator] = name
+            if is_rehearsal_initiator(p.initiator):
+                errs.append(src.at(base + ("initiator",), "an initiator name ending in -rehearsal is reserved for "
+                                                          "rehearsals of a persona"))
+            for i, h in enumerate(p.recovery):
+                if h.hook != "dns-update":
+                    continue
+                for j, r in enumerate(h.records):
+                    for ph in dns_placeholders(r.name) + dns_placeholders(r.value):
+                        if ph.startswith("address:") and ph[8:] not in p.addresses:
+                            errs.append(src.at(base + ("recovery", i, "records", j),
+                                               f"{{{ph}}}: persona {name} has no address on network {ph[8:]!r}"))
             if pool.scn not in p.addresses:
                 errs.append(src.at(base + ("addresses",), f"no address on the SCN network {pool.scn!r} "
                                                           f"(heartbeats travel there)"))

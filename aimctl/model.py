@@ -91,8 +91,33 @@ def _check_vlan(value: int) -> int:
 
 
 Vlan = Annotated[int, AfterValidator(_check_vlan)]
+
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+
+
+def _check_mac(value: str) -> str:
+    """A NIC MAC in any common spelling; kept as ``aa:bb:cc:dd:ee:ff`` so comparisons are plain."""
+    v = value.strip().lower()
+    if not _MAC_RE.match(v):
+        raise ValueError(f"not a MAC address: {value!r} (write e.g. 52:54:00:aa:00:01)")
+    digits = re.sub(r"[^0-9a-f]", "", v)
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+
+
+Mac = Annotated[str, AfterValidator(_check_mac)]
 Channel = Annotated[int, Field(ge=1, le=64)]
 PsName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]  # Rust regex: $ is end of text
+
+
+def _check_abs_path(value: str) -> str:
+    if not re.fullmatch(r"/[A-Za-z0-9_.:+/-]{1,400}", value) or any(p in ("..", ".") for p in value.split("/")) \
+            or "//" in value:
+        raise ValueError(f"not an absolute path of [A-Za-z0-9_.:+/-] without '..': {value!r}")
+    return value
+
+
+AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
 
 
 def _check_ssh_url(value: str) -> str:
@@ -150,6 +175,11 @@ class Server(Strict):
     memory_gb: Annotated[int, Field(ge=1)]
     boot_nic: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     channels: dict[Channel, Cable]
+    # Blast radius: bodies sharing a rack (top-of-rack switch) or a PDU can die together.
+    rack: Name | None = None
+    pdu: Name | None = None
+    # Declared NIC MACs, compared with what the BMC reports (a swapped board shows here first).
+    nic_macs: list[Mac] = []
 
 
 NetworkOs = Literal["dell_powerconnect", "dell_os6", "cisco_ios", "arista_eos"]
@@ -172,6 +202,9 @@ class Storage(Strict):
     host_key: HostKey = "known-hosts"  # of the ssh:// management host
     # A tgtd listening on a non-default control socket (TGT_IPC_SOCKET); local management only.
     control_socket: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./-]{1,200}$")] | None = None
+    # Where snapshots, gold images and clones live on the storage host. On the LUNs' filesystem a
+    # snapshot shares their extents (xfs, btrfs: reflink) and the freeze lasts milliseconds.
+    snapshot_dir: AbsPath = "/var/lib/aimctl/snapshots"
 
 
 class InventoryFile(Strict):
@@ -266,7 +299,57 @@ class ScriptHook(_Hook):
     args: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.=:/,@+-]{0,128}$")]] = []
 
 
-Hook = Annotated[ExchangeDagHook | SshCommandHook | ScriptHook, Field(discriminator="hook")]
+_DNS_NAME = r"(@|[A-Za-z0-9_{}:-]{1,63}(\.[A-Za-z0-9_{}:-]{1,63})*\.?)"
+DnsName = Annotated[str, StringConstraints(pattern=rf"^{_DNS_NAME}$")]
+# {persona}, {server} (the body it runs on now), {address:NETWORK} (its address on a pool network).
+_DNS_PLACEHOLDER = re.compile(r"\{(persona|server|address:[a-z][a-z0-9-]{0,62})\}")
+
+
+def dns_placeholders(text: str) -> list[str]:
+    return _DNS_PLACEHOLDER.findall(text)
+
+
+class DnsRecord(Strict):
+    name: DnsName  # relative to the zone ("mail", "@") or absolute ("mail.example.com.")
+    type: Literal["A", "AAAA", "CNAME", "MX", "TXT"]
+    ttl: Annotated[Duration, Field(ge=0, le=604800)] = 300.0
+    value: Annotated[str, StringConstraints(pattern=r'^[A-Za-z0-9 ._:{}@"=/+-]{1,255}$')]
+
+    @model_validator(mode="after")
+    def _value_fits(self) -> DnsRecord:
+        for text in (self.name, self.value):
+            left = _DNS_PLACEHOLDER.sub("", text)
+            if "{" in left or "}" in left:
+                raise ValueError(f"unknown placeholder in {text!r} (known: {{persona}}, {{server}}, "
+                                 "{address:NETWORK})")
+        if dns_placeholders(self.value):
+            return self
+        if self.type in ("A", "AAAA"):
+            try:
+                ip = ipaddress.ip_address(self.value)
+            except ValueError:
+                raise ValueError(f"{self.type} value {self.value!r} is not an IP address") from None
+            if (ip.version == 4) != (self.type == "A"):
+                raise ValueError(f"{self.type} value {self.value!r} is an IPv{ip.version} address")
+        elif self.type == "MX" and not re.fullmatch(r"\d{1,5} \S+", self.value):
+            raise ValueError(f"MX value {self.value!r}: want 'PREFERENCE HOST'")
+        return self
+
+
+class DnsUpdateHook(_Hook):
+    """RFC 2136 dynamic update of the persona's records, signed with TSIG, read back by a query."""
+
+    hook: Literal["dns-update"]
+    server: Host  # the zone's primary
+    port: Annotated[int, Field(ge=1, le=65535)] = 53
+    zone: DnsName
+    key_name: DnsName
+    key_algorithm: Literal["hmac-sha256", "hmac-sha384", "hmac-sha512"] = "hmac-sha256"
+    credentials: SecretRef  # the TSIG key's secret (base64), as a reference like every secret
+    records: Annotated[list[DnsRecord], Field(min_length=1, max_length=64)]
+
+
+Hook = Annotated[ExchangeDagHook | SshCommandHook | ScriptHook | DnsUpdateHook, Field(discriminator="hook")]
 
 
 class ServiceCheck(Strict):
@@ -299,6 +382,103 @@ class Persona(Strict):
 class Storm(Strict):
     max_concurrent: Annotated[int, Field(ge=1)] = 2
     pause_above_percent: Annotated[int, Field(ge=1, le=100)] = 50
+    # Blast radius by rack: at most this many automatic failovers at once out of one rack (None:
+    # only the pool's limit), and this many deaths in one rack within ``rack_window`` are one
+    # rack event (likely power or the top-of-rack switch), paged once.
+    per_rack: Annotated[int, Field(ge=1)] | None = None
+    rack_event: Annotated[int, Field(ge=2)] = 2
+    rack_window: Duration = 60.0
+
+
+class Escalation(Strict):
+    """At most ``max_failovers`` automatic failovers of one persona in ``window``; beyond, an operator
+    decides: a body that kills every standby it lands on must not eat the pool."""
+
+    max_failovers: Annotated[int, Field(ge=1, le=100)] = 2
+    window: Duration = 3600.0
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+def _check_clock(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", value):
+        raise ValueError(f"not a time of day: {value!r} (write HH:MM, 00:00 to 23:59)")
+    return value
+
+
+ClockTime = Annotated[str, AfterValidator(_check_clock)]
+
+
+def _check_zone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (write e.g. UTC, Europe/Berlin)") from None
+    return value
+
+
+class ChangeWindow(Strict):
+    """When planned work may run: ``start``-``end`` (local to ``zone``) on ``days``; a window whose
+    end is before its start runs past midnight into the next day."""
+
+    days: list[Weekday] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    start: ClockTime
+    end: ClockTime
+    zone: Annotated[str, AfterValidator(_check_zone)] = "UTC"
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ChangeWindow:
+        if self.start == self.end:
+            raise ValueError("change window start and end are the same time")
+        if not self.days:
+            raise ValueError("change window has no days")
+        return self
+
+
+class Preempt(Strict):
+    """What a *suspect* body (failing, not dead) leads to: an alert, or a planned move of its persona."""
+
+    action: Literal["alert", "move"] = "alert"
+    # The planned move waits for its change record to be approved (`aimctl approve CHG...`).
+    change_approval: bool = False
+    window: ChangeWindow | None = None
+    # The lowest BMC health that makes a body suspect.
+    health: Literal["warning", "critical"] = "warning"
+    # N linkDown traps on a body's ports within ``flap_window`` make it suspect.
+    link_flaps: Annotated[int, Field(ge=2, le=1000)] = 3
+    flap_window: Duration = 300.0
+    # Ids from the predictive-event table (aimctl/detect/predictive_events.yaml); empty: all of them.
+    events: list[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]] = []
+
+
+class Drift(Strict):
+    """Which drift the controller may repair by itself (journaled, read back, recorded): ``ports`` of a
+    running persona, a ``quarantine``d body's ports and power, the ``bootcfg`` of a running persona's
+    body. Storage ACL and CHAP drift is never on this list: a second initiator may be an attack."""
+
+    repair: list[Literal["ports", "quarantine", "bootcfg"]] = []
+
+
+class ArchivePolicy(Strict):
+    """Scheduled snapshots of each persona's boot and data LUNs, frozen together."""
+
+    every: Duration | None = None  # e.g. 24h; none: only `aimctl archive PERSONA`
+    keep: Annotated[Duration, Field(gt=0)] = 259200.0  # older archives are deleted; the newest always stays
+
+
+class RehearsalPolicy(Strict):
+    """Spare rehearsals: a standby boots a copy of the persona's latest archive, isolated, then is released."""
+
+    every: Duration | None = None  # e.g. 7d; none: only `aimctl rehearse PERSONA`
+    # Alert when a persona's last good rehearsal is older than this (default: twice ``every``).
+    stale_after: Duration | None = None
+    # The isolated VLAN a rehearsal body's ports are put in: never a production or quarantine VLAN.
+    # The controller's heartbeat receiver must be reachable from it (rehearsal heartbeats are signed
+    # as such and never count as the persona's own).
+    vlan: Vlan | None = None
+    on: list[Name] = []  # standbys to rehearse on, in this order (default: as a failover would choose)
+    healthy_beats: Annotated[int, Field(ge=1, le=100)] = 3  # consecutive healthy rehearsal heartbeats = good
 
 
 class PoolFile(InventoryFile):
@@ -313,6 +493,11 @@ class PoolFile(InventoryFile):
     personas: dict[Name, Persona] = {}
     storm: Storm = Storm()
     max_retargets: Annotated[int, Field(ge=0, le=10)] = 2
+    escalation: Escalation = Escalation()
+    preempt: Preempt = Preempt()
+    drift: Drift = Drift()
+    archives: ArchivePolicy = ArchivePolicy()
+    rehearsal: RehearsalPolicy = RehearsalPolicy()
 
     @model_validator(mode="after")
     def _scn_known(self) -> PoolFile:

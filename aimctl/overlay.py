@@ -8,13 +8,13 @@ or cabling — so a test lab cannot drift from the operator's definitions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, ValidationError
 
 from aimctl.errors import DefinitionError, OperatorError
 from aimctl.loader import Definitions, PersonaDef, Source
-from aimctl.model import Credentials, Host, HostKey, PositiveDuration, SecretRef, SshUrl, Strict
+from aimctl.model import AbsPath, Credentials, Host, HostKey, PositiveDuration, SecretRef, SshUrl, Strict
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -42,9 +42,12 @@ class StoragePatch(Strict):
     port: Port | None = None
     management: str | None = None
     control_socket: str | None = None
+    snapshot_dir: AbsPath | None = None
 
 
 class HookPatch(Strict):
+    server: Host | None = None  # dns-update: the zone's primary
+    port: Port | None = None
     via: SshUrl | None = None
     credentials: SecretRef | None = None
     host_key: HostKey | None = None
@@ -75,6 +78,20 @@ class Listen(Strict):
     alert_webhook_secret: SecretRef | None = None
     change_webhook: str | None = None
     change_webhook_secret: SecretRef | None = None
+    # E-mail alerts through an SMTP relay (HOST:PORT), and SNMP alert traps out (HOST:PORT).
+    alert_smtp: str | None = None
+    alert_mail_from: str = "aimctl@localhost"
+    alert_mail_to: list[str] = []
+    alert_smtp_starttls: bool = False
+    alert_smtp_user: str | None = None
+    alert_smtp_password: SecretRef | None = None
+    alert_snmp: str | None = None
+    alert_snmp_community: str = "public"
+    alert_snmp_enterprise: str = "1.3.6.1.4.1.32473.1"
+    # The watchful parts: drift passes (jittered), BMC health/event-log polls.
+    drift_interval: float = 300.0
+    drift_jitter: float = 0.1
+    health_interval: float = 60.0
 
 
 class Overlay(Strict):
@@ -96,7 +113,11 @@ def _patch(obj: Any, patch: Strict) -> Any:
     return obj.model_copy(update=upd)
 
 
-def load_overlay(path: Path) -> Overlay:
+M = TypeVar("M", bound=Strict)
+
+
+def load_model(path: Path, model: type[M]) -> M:
+    """A YAML file as ``model``; every problem reported as FILE:LINE:COL: field: message."""
     from aimctl.loader import _parse, _pydantic_errors, _read
 
     errors: list[str] = []
@@ -106,9 +127,13 @@ def load_overlay(path: Path) -> Overlay:
         raise DefinitionError(errors)
     data, src = parsed
     try:
-        return Overlay.model_validate(data or {})
+        return model.model_validate(data or {})
     except ValidationError as exc:
         raise DefinitionError(_pydantic_errors(exc, data, src)) from None
+
+
+def load_overlay(path: Path) -> Overlay:
+    return load_model(path, Overlay)
 
 
 def apply(defs: Definitions, ov: Overlay, where: str = "overlay") -> Definitions:

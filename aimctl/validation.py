@@ -10,6 +10,9 @@ import re
 
 from aimctl.core.names import HOSTNAME_RE as HOSTNAME_RE  # re-exported: the controller checks both here
 from aimctl.core.names import NAME_RE as NAME_RE
+from aimctl.core.names import REHEARSAL_SUFFIX as REHEARSAL_SUFFIX  # re-exported
+from aimctl.core.names import is_rehearsal_initiator as is_rehearsal_initiator
+from aimctl.core.names import rehearsal_initiator as rehearsal_initiator
 
 # RFC 3720 3.2.6.3.1: iqn.YYYY-MM.reversed.domain[:unique]; lower-case, no spaces.
 IQN_RE = re.compile(r"^iqn\.\d{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[a-z0-9.:_-]{1,200})?\Z")
@@ -18,7 +21,7 @@ PS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 DESCRIPTION_RE = re.compile(r"^[A-Za-z0-9 ._:/-]{0,64}\Z")
 # A change record's number as the operator's change-management system gives it (``move --change``):
 # aimctl adopts it for the operation's change record, so ``aimctl approve CHG...`` finds it.
-CHANGE_RE = re.compile(r"^CHG[0-9]{4,12}\Z")
+CHANGE_RE = re.compile(r"^CHG[0-9]{7}\Z")
 # The one form of an SSH target (a hook's ``via``, a storage array's ``management``).
 SSH_URL_RE = re.compile(r"^ssh://(?P<user>[A-Za-z0-9_.-]{1,64})@(?P<host>[A-Za-z0-9.-]{1,253})(?::(?P<port>[0-9]{1,5}))?\Z")
 # How an SSH server's host key is trusted: ``known-hosts`` (the controller's known_hosts; unknown
@@ -66,3 +69,4 @@ def valid_vlan(vlan: int) -> bool:
 def valid_port(os_name: str, port: str) -> bool:
     pat = PORT_RE.get(os_name)
     return bool(pat and pat.match(port))
+

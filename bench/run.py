@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ["plan", "power", "switch", "heartbeat", "lab", "failover"]
+BENCHES = ["plan", "power", "switch", "heartbeat", "lab", "failover", "drift", "lifecycle", "ha"]
 
 ROWS = [  # (file, key, goal text)
     ("plan", "validate_cold_s", "<= 10 s"), ("plan", "plan_warm_s", "<= 1 s"), ("plan", "peak_rss_mb", "<= 500 MB"),
@@ -19,12 +19,26 @@ ROWS = [  # (file, key, goal text)
     ("heartbeat", "detect_intervals", "<= 3"), ("lab", "up_s", "<= 20 s"), ("lab", "reset_s", "<= 3 s"),
     ("failover", "total_s", ""), ("failover", "irreducible_s", ""), ("failover", "overhead_ratio", "<= 1.25"),
     ("failover", "mass_ratio", "<= 2.0"),
+    ("drift", "reference_pass_s", ""), ("drift", "reference_sessions_per_switch", "1 each"),
+    ("drift", "generated_pass_s", ""), ("drift", "sessions_per_switch", "1 each"),
+    ("drift", "cpu_s_per_1000_personas", ""), ("drift", "verdict_cpu_s_per_1000_personas", ""),
+    ("lifecycle", "snapshot_over_cp", ""), ("lifecycle", "snapshot_over_cp_sparse", ""),
+    ("lifecycle", "frozen_filled_s", ""), ("lifecycle", "clone_over_cp", ""), ("lifecycle", "rehearsal_s", ""),
+    ("lifecycle", "rehearsal_over_boot", ""),
+    ("ha", "ttl_s", ""), ("ha", "takeover_s", ""), ("ha", "takeover_over_ttl", "<= 1.2"),
+    ("ha", "killed_in_switch_extra_s", "<= TTL + 1 s (7 s)"),
+    ("ha", "write_p50_ms_etcd", ""), ("ha", "write_p99_ms_etcd", ""),
+    ("ha", "write_p50_ms_sqlite", ""), ("ha", "write_p99_ms_sqlite", ""),
     ("soak", "minutes", ">= 30"), ("soak", "rounds", ""), ("soak", "fault_kinds", ">= 15"),
     ("soak", "violations", "0"), ("soak", "needs_operator", ""), ("soak", "controller_restarts", ""),
     ("soak", "double_access", "0"),
 ]
 NOTES = """
 Notes:
+- `ha` runs three controllers on a three-member etcd with the default timing (TTL 6 s, renew 2 s,
+  retry 1.5 s). `takeover_s` is from the leader's SIGKILL to the new leader's first journal write
+  (median of a kill in the switch step and one in the heartbeat step); the etcd write latency is
+  one intent record, one transaction compared against the fencing token, on three members.
 - `soak` is written by `make soak` (30 minutes, not part of `make bench`): the chaos soak's rounds,
   the faults injected per kind (`faults` in `bench/results/soak.json`), the operations that stopped
   for an operator and were answered through the command line, and every invariant violation with
@@ -42,6 +56,24 @@ Notes:
   detector loop, but the lab's four fake switches share one Twisted reactor thread and the 20 storage
   fences queue on one tgtd, all on two cores next to 40 simulated hosts: the switch step's median is
   about 5 s in the storm against 0.5 s alone.
+- `drift.*`: one full drift pass. `reference` is the reference lab (7 bodies, 5 switches); `generated` is
+  200 Redfish bodies / 160 personas on 4 PowerConnect lab switches (200 ports each) and 160 tgt targets.
+  Sessions are counted by the lab switches themselves. The pass's CPU is almost all HTTP client work
+  for the BMC reads (boot config, power, inventory: about 2 ms of CPU per Redfish GET; the lab emulator
+  closes every connection, so each GET also reconnects); the verdict itself (`verdict_cpu_s_per_1000_personas`)
+  is a small part. In the controller, power comes from the BMC poller's answers instead of a read.
+- `lifecycle.snapshot_over_cp` is a snapshot of a filled 1 GiB LUN (freeze, drain, copy, fsync,
+  rename, size read-back, thaw) against a plain `cp` of its file (no fsync; `cp` + `sync` is in the
+  JSON and slower than the snapshot). This machine's ext4 has no reflink: the copy is real, and
+  `frozen_filled_s` — how long the persona's target refused I/O — is the copy's own time (commands
+  arriving meanwhile are retried by the initiator after its SCSI timeout). On xfs or btrfs the copy
+  shares extents and the freeze is milliseconds whatever the size. `_sparse`: both take milliseconds
+  (cp skips the holes); the snapshot's ~30 ms are its dozen tgtadm and coreutils round trips.
+  Figures move by up to 2x between runs on this shared 2-core machine.
+- `lifecycle.rehearsal_over_boot` is a whole spare rehearsal (clone, boot config, ports to the
+  rehearsal VLAN, power on, boot, 3 healthy rehearsal heartbeats, teardown) against the persona's
+  boot in the lab (power-on read back to its first heartbeat: 1 s power delay, 5 s boot, 1 s
+  heartbeats); per-step medians are in `bench/results/lifecycle.json`.
 """
 
 

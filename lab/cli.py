@@ -85,7 +85,12 @@ def stop(state: Path, remove: bool = True, timeout_s: float = 20.0) -> None:
                 env = (p / "environ").read_bytes()
             except OSError:
                 continue
-            if cmd and cmd[0].endswith(b"tgtd") and str(state).encode() in env:
+            # tgtd, etcd members and cluster controllers are the lab's: none may survive it (and this
+            # process, `lab down --state` itself, is none of them).
+            mine = str(state).encode() in env or any(str(state).encode() in c for c in cmd)
+            controller = b"aimctl.cli" in cmd and b"controller" in cmd and b"run" in cmd
+            if int(p.name) != os.getpid() and cmd and mine and (
+                    cmd[0].endswith(b"tgtd") or cmd[0].endswith(b"etcd") or controller):
                 try:
                     os.kill(int(p.name), signal.SIGKILL)
                 except ProcessLookupError:
@@ -99,11 +104,17 @@ def up(state: StateOpt,
        definitions: Annotated[Path, typer.Option("--definitions", "-d")] = Path("personas"),
        power_delay: Annotated[float, typer.Option(help="BMC power-change delay, seconds.")] = 1.0,
        boot: Annotated[float, typer.Option(help="Host boot time, seconds.")] = 2.0,
-       heartbeat: Annotated[float, typer.Option(help="Agent heartbeat interval, seconds.")] = 1.0) -> None:
+       heartbeat: Annotated[float, typer.Option(help="Agent heartbeat interval, seconds.")] = 1.0,
+       etcd: Annotated[int, typer.Option(help="Also start this many etcd members (a controller cluster).")] = 0,
+       controllers: Annotated[int, typer.Option(help="Controllers c1..cN on that etcd (with --etcd).")] = 3) -> None:
     """Start the lab; write LABDIR/endpoints.yaml (the controller's overlay)."""
     t = time.monotonic()
     ready = start(state, definitions, power_delay, boot, heartbeat)
     out.print(f"lab up in {time.monotonic() - t:.1f}s (pid {ready['pid']}); overlay: {state.resolve() / 'endpoints.yaml'}")
+    if etcd:
+        st = control.call(state, "cluster-up", {"etcd": etcd, "controllers": controllers}, timeout_s=120)
+        out.print(f"etcd {st['etcd_url']}; controllers: "
+                  + ", ".join(f"{c['name']} (pid {c['pid']}, --state {c['state']})" for c in st["controllers"]))
 
 
 @app.command()
@@ -136,7 +147,7 @@ def fault(kind: Annotated[str, typer.Argument(help=", ".join(faults.NAMES))],
           percent: Annotated[float | None, typer.Option("--percent", help="scn-loss: share of packets lost")] = None,
           period: Annotated[float | None, typer.Option("--period", help="scn-flap: seconds per down+up")] = None,
           rate: Annotated[int | None, typer.Option("--rate", help="trap-storm: traps a second")] = None,
-          seconds: Annotated[float | None, typer.Option("--seconds", help="controller-stall: how long")] = None,
+          seconds: Annotated[float | None, typer.Option("--seconds", help="controller-pause: how long (default: until --clear)")] = None,
           ) -> None:
     opts = {"after": after, "delay_s": delay, "percent": percent, "period_s": period, "rate": rate,
             "seconds": seconds}
@@ -217,3 +228,9 @@ def status(state: StateOpt, as_json: Annotated[bool, typer.Option("--json")] = F
     ob = st["observer"]
     verdict = "clean" if not ob["double_access"] else f"DOUBLE ACCESS x{ob['double_access']}: {ob['evidence'][:3]}"
     out.print(f"access observer: {verdict} ({ob['samples']} samples)")
+    cl = st.get("cluster")
+    if cl:
+        out.print(f"cluster {cl['name']}: etcd " + ", ".join(f"{m['name']} {'up' if m['alive'] else 'DOWN'}" for m in cl["etcd"])
+                  + "; controllers " + ", ".join(
+                      f"{c['name']} {'paused' if c['paused'] else 'up' if c['pid'] else 'DOWN'}"
+                      + (" (cut from etcd)" if c["etcd_cut"] else "") for c in cl["controllers"]))

@@ -71,6 +71,16 @@ class _Server(ThreadingHTTPServer):
             return ops.fault(self.lab, body["kind"], body["target"], bool(body.get("clear")), **params)
         if action == "reset":
             return ops.reset(self.lab)
+        if action == "mail":
+            return self.lab.mailbox.read()
+        if action == "alert-traps":
+            return self.lab.trap_inbox.read()
+        if action == "adopt":
+            return self.lab.adopt(body["persona"], body["initiator"], body["key_file"], body.get("data", []))
+        if action == "cluster-up":
+            return ops.cluster_up(self.lab, body)
+        if action == "cluster-down":
+            return ops.cluster_down(self.lab)
         raise OperatorError(f"unknown lab action {action!r}")
 
 

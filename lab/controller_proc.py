@@ -18,9 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class ControllerProcess:
-    def __init__(self, definitions: Path, overlay: Path, state: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, definitions: Path, overlay: Path, state: Path, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
         self.definitions, self.overlay, self.state = definitions, overlay, state
         self.env = env or {}
+        self.args = list(args or [])  # e.g. --config FILE for a cluster member
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> ControllerProcess:
@@ -29,7 +31,7 @@ class ControllerProcess:
         log = open(self.state / "controller.out", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aimctl.cli", "controller", "run", "--definitions", str(self.definitions),
-             "--overlay", str(self.overlay), "--state", str(self.state)],
+             "--overlay", str(self.overlay), "--state", str(self.state), *self.args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             env={**os.environ, **self.env}, start_new_session=True)
         deadline = time.monotonic() + timeout_s

@@ -24,10 +24,13 @@ from typing import Any
 
 import yaml
 
+from aimctl.drivers import snapnames
 from aimctl.drivers.tgt import LocalRunner, TgtStorage
+from aimctl.drivers.tgt_snap import TgtSnapshots
 from aimctl.loader import Definitions, load
 from lab import control
 from lab.apps.dag_sim import DagSimulator
+from lab.apps.inbox import Mailbox, TrapInbox
 from lab.bmc.ipmi import IpmiLab, IpmiSystemSpec
 from lab.bmc.redfish import RedfishLab, RedfishSystemSpec
 from lab.hosts.services import ServiceDoors
@@ -78,6 +81,7 @@ class Lab:
         self.running: dict[tuple[str, str], Any] = {}
         # servers whose next boot-config clear by a controller switches storage-error on
         self.storage_step_armed: set[str] = set()
+        self.cluster: Any = None  # lab.cluster.members.LabCluster once `cluster-up` ran
 
     # ------------------------------------------------------------------ start
 
@@ -96,11 +100,16 @@ class Lab:
             write_secret(self.secret_dir / f"{name}.chap", self.chap[name])
         redfish = [s for s, v in d.servers.items() if v.bmc.kind == "redfish"]
         ipmi = [s for s, v in d.servers.items() if v.bmc.kind == "ipmi"]
-        self.redfish = RedfishLab([RedfishSystemSpec(s, power_on=False, boot_nic=d.servers[s].boot_nic)
+        self.redfish = RedfishLab([RedfishSystemSpec(s, power_on=False, boot_nic=d.servers[s].boot_nic,
+                                                     model=d.servers[s].model, cores=d.servers[s].cores,
+                                                     memory_gb=d.servers[s].memory_gb,
+                                                     macs=list(d.servers[s].nic_macs) or None)
                                    for s in redfish], self.state / "redfish", {LAB_USER: self.passwords["bmc"]},
                                   power_delay_s=self.power_delay_s, per_system_ports=True)
         self.redfish_port = self.redfish.start() if redfish else 0
-        self.ipmi = IpmiLab([IpmiSystemSpec(s, power_on=False) for s in ipmi], {LAB_USER: self.passwords["bmc"]},
+        self.ipmi = IpmiLab([IpmiSystemSpec(s, power_on=False, model=d.servers[s].model, cores=d.servers[s].cores,
+                                            memory_gb=d.servers[s].memory_gb) for s in ipmi],
+                            {LAB_USER: self.passwords["bmc"]},
                             power_delay_s=self.power_delay_s)
         self.ipmi_ports = self.ipmi.start() if ipmi else {}
         ports: dict[str, list[str]] = {}
@@ -118,8 +127,16 @@ class Lab:
         self.tgt = TgtLab(self.state / "tgt")
         self.tgt_port = self.tgt.start()
         self.storage = TgtStorage("127.0.0.1", self.tgt_port, LocalRunner(env=self.tgt.admin_env))
+        self.snapshot_dir = self.tgt.dir / "snapshots"
+        self.snapshots = TgtSnapshots(self.storage, str(self.snapshot_dir))
         self._provision_storage()
+        self._provision_gold()
         self.traps = TrapSender("127.0.0.1", self.controller["snmp"], "public")
+        # Where the controller's alerts land: a real SMTP server and a real trap receiver.
+        self.mailbox = Mailbox()
+        self.mail_port = self.mailbox.start()
+        self.trap_inbox = TrapInbox("public")
+        self.trap_inbox_port = self.trap_inbox.start()
         self.relay = ScnRelay(("127.0.0.1", self.controller["heartbeat"]), self._scn_reachable)
         for s in d.servers:
             self.relay.add_server(s)
@@ -128,8 +145,9 @@ class Lab:
         self.observer = AccessObserver(self.tgt.admin_env, interval_s=0.1)
         self.observer.start()
         self.services = ServiceDoors(list(d.servers), self.state)
+        self.runtimes = self._runtimes()  # one table for every host: a persona adopted later boots anywhere
         for s in d.servers:
-            self.hosts[s] = Host(s, self._boot_reader(s), self._runtimes(), ("127.0.0.1", self.relay.port(s)),
+            self.hosts[s] = Host(s, self._boot_reader(s), self.runtimes, ("127.0.0.1", self.relay.port(s)),
                                  self.boot_s, self.tcp_timeout_s, on_persona=self._persona_changed,
                                  service=self.services.check(s))
         self.redfish.watch_boot_writes(self._boot_written)
@@ -145,8 +163,25 @@ class Lab:
         log.info("lab up in %.2fs", self.up_s)
 
     def _runtimes(self) -> dict[str, PersonaRuntime]:
-        return {n: PersonaRuntime(n, [(x.target, x.lun) for x in p.spec.data], self.keys[n], self.heartbeat_s)
+        return {n: PersonaRuntime(n, [(x.target, x.lun) for x in p.spec.data], self.keys[n], self.heartbeat_s,
+                                  p.spec.initiator)
                 for n, p in self.defs.personas.items()}
+
+    def _provision_gold(self) -> None:
+        """One gold image per pool, named after it: a generalized boot LUN (label ``gold:<pool>``, it takes
+        its identity from its initiator name), snapshotted as ``gold.<pool>``."""
+        for pool in self.defs.pools:
+            target = f"iqn.2026-01.lab.storage:gold-{pool}"
+            self.tgt.add_lun(LunSpec(target, 1, 16, f"gold:{pool}"))
+            self.snapshots.snapshot(snapnames.set_id(snapnames.gold_label(pool)), [(target, 1)])
+
+    def adopt(self, persona: str, initiator: str, key_file: str, data: list[tuple[str, int]]) -> dict[str, Any]:
+        """A persona made after the lab started (from a gold image): the stand-in for the operator
+        installing its agent's key. Hosts can boot it from then on."""
+        key = Path(key_file).read_text().strip().encode()
+        self.runtimes[persona] = PersonaRuntime(persona, [(t, int(n)) for t, n in data], key, self.heartbeat_s,
+                                                initiator)
+        return {"ok": True, "persona": persona}
 
     def _provision_storage(self) -> None:
         for name, p in self.defs.personas.items():
@@ -175,6 +210,11 @@ class Lab:
         with ThreadPoolExecutor(max_workers=8) as pool:
             for f in [pool.submit(one, n, t) for n, t in jobs]:
                 f.result()
+        # Rehearsal targets a story left behind (scratch clones only: nothing else is ever deleted).
+        scratch = f"{self.snapshot_dir}/scratch/"
+        for name, view in self.storage.targets_of().items():
+            if view.backing and all(p.startswith(scratch) for p in view.backing.values()):
+                self.snapshots.delete_clone(name)
 
     def _start_dag(self) -> None:
         members: dict[str, str] = {}
@@ -215,7 +255,16 @@ class Lab:
         host = self.hosts.get(server)
         if host is None or not host.status.power:
             return False
-        return self._carries(server, self.defs.pools[self.defs.server_pool[server]].scn)
+        pool = self.defs.pools[self.defs.server_pool[server]]
+        if self._carries(server, pool.scn):
+            return True
+        # The isolated rehearsal VLAN reaches the controller's heartbeat receiver (nothing else).
+        vlan = pool.rehearsal.vlan
+        scn = pool.networks[pool.scn]
+        srv = self.defs.servers[server]
+        return vlan is not None and any(
+            (cable := srv.channels.get(ch)) is not None and self.switches.carries(cable.switch, cable.port, vlan)
+            for ch in (scn.primary, scn.secondary) if ch is not None)
 
     # ------------------------------------------------------------------ events
 
@@ -337,13 +386,17 @@ class Lab:
             "switches": {n: {"address": "127.0.0.1", "port": p, "credentials": sw_cred}
                          for n, p in self.switch_ports.items()},
             "storage": {n: {"portal": "127.0.0.1", "port": self.tgt_port, "management": "local",
-                            "control_socket": self.tgt.env["TGT_IPC_SOCKET"]} for n in d.storage},
+                            "control_socket": self.tgt.env["TGT_IPC_SOCKET"], "snapshot_dir": str(self.snapshot_dir)}
+                        for n in d.storage},
             "personas": personas,
             "controller": {"heartbeat": f"127.0.0.1:{self.controller['heartbeat']}",
                            "snmp": f"127.0.0.1:{self.controller['snmp']}",
                            "api": f"127.0.0.1:{self.controller['api']}",
                            "snmp_community": "public", "heartbeat_interval": self.heartbeat_s,
-                           "bmc_poll_interval": min(1.0, self.heartbeat_s)},
+                           "bmc_poll_interval": min(1.0, self.heartbeat_s),
+                           "alert_smtp": f"127.0.0.1:{self.mail_port}", "alert_mail_from": "aimctl@lab.test",
+                           "alert_mail_to": ["oncall@lab.test"],
+                           "alert_snmp": f"127.0.0.1:{self.trap_inbox_port}", "alert_snmp_community": "public"},
             "lab": {"control": f"127.0.0.1:{control.port_of(self.state)}", "power_delay_s": self.power_delay_s,
                     "boot_s": self.boot_s},
         }
@@ -360,9 +413,15 @@ class Lab:
                 self.running.pop(key).stop()
             except Exception as exc:  # noqa: BLE001 - keep stopping the rest
                 log.warning("stopping fault %s: %s", key, exc)
+        if self.cluster is not None:
+            try:
+                self.cluster.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                log.warning("stopping the controller cluster: %s", exc)
         for h in self.hosts.values():
             h.drop_all()
-        for part in ("services", "observer", "relay", "traps", "dag", "switches", "redfish", "ipmi", "tgt"):
+        for part in ("services", "observer", "relay", "traps", "mailbox", "trap_inbox", "dag", "switches", "redfish",
+                     "ipmi", "tgt"):
             obj = getattr(self, part, None)
             if obj is None:
                 continue

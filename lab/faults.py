@@ -39,7 +39,7 @@ DELAY = Param("delay_s", "--delay", 0.01, 120, help="seconds")
 PERCENT = Param("percent", "--percent", 0.1, 50, help="share of packets dropped")
 PERIOD = Param("period_s", "--period", 0.2, 60, help="seconds per down+up cycle")
 RATE = Param("rate", "--rate", 1, 2000, True, "traps a second")
-SECONDS = Param("seconds", "--seconds", 0.1, 600, help="how long")
+SECONDS = Param("seconds", "--seconds", 0.1, 600, help="how long (default: until cleared)")
 KILL_DELAY = Param("delay_s", "--delay", 0, 600, help="seconds from now")
 
 
@@ -80,10 +80,22 @@ CATALOGUE: tuple[Kind, ...] = (
     Kind("service-fail", "SERVER", "the persona's service on this body stops answering; restarts do not help"),
     Kind("dag-copy-failed", "MEMBER[:DB]", "the member's DAG database copies (or one) stay Failed; a resume "
                                            "fails them again"),
-    Kind("controller-kill", "controller", "SIGKILL the controller process (its process group), now or after "
-                                          "--delay seconds", (KILL_DELAY,), one_shot=True),
-    Kind("controller-stall", "controller", "SIGSTOP the controller for --seconds (default 5), then SIGCONT",
+    Kind("switch-reject", "SWITCH", "the first config command of each session is refused with the OS's own error"),
+    Kind("health-degrade", "SERVER[:critical]", "the BMC reports the body's health Warning (or Critical)"),
+    Kind("event-log", "SERVER[:EVENT]", "the BMC logs a hardware event (default correctable-ecc-limit)"),
+    Kind("hw-mismatch", "SERVER", "a DIMM drops out: the body no longer has what the inventory says"),
+    Kind("link-flap", "SERVER[:CHANNEL]", "four linkDown/linkUp pairs on one port (default the last channel, not "
+                                          "the SCN: flaps, not death; an event)", one_shot=True),
+    Kind("vlan-change", "SERVER:CHANNEL", "someone edits a port behind the controller's back (an event)",
+         one_shot=True),
+    Kind("acl-add", "PERSONA", "an intruder initiator is bound to the persona's boot target"),
+    Kind("controller-kill", "controller|MEMBER", "SIGKILL the lab's single controller (its process group), now or "
+                                                 "after --delay seconds (whatever runs it starts it again); or a "
+                                                 "cluster member (--clear starts it again)", (KILL_DELAY,)),
+    Kind("controller-pause", "controller|MEMBER", "SIGSTOP the controller (a stall) until cleared, or for --seconds",
          (SECONDS,)),
+    Kind("etcd-member-kill", "MEMBER", "kill a member of the lab's etcd cluster (--clear restarts it)"),
+    Kind("controller-etcd-cut", "MEMBER", "cut a cluster controller off etcd (its relays drop everything)"),
 )
 KINDS: dict[str, Kind] = {k.name: k for k in CATALOGUE}
 NAMES: tuple[str, ...] = tuple(KINDS)
@@ -147,17 +159,20 @@ def signal_controller(pid: int, sig: int) -> None:
 
 
 class Stall:
-    """``controller-stall``: stopped now, continued after ``seconds`` (or when cleared)."""
+    """``controller-pause``: stopped now, continued when cleared (or after ``seconds``)."""
 
-    def __init__(self, pid: int, seconds: float) -> None:
+    def __init__(self, pid: int, seconds: float | None) -> None:
         self.pid = pid
         signal_controller(pid, signal.SIGSTOP)
-        self._timer = threading.Timer(seconds, self.stop)
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer: threading.Timer | None = None
+        if seconds is not None:
+            self._timer = threading.Timer(seconds, self.stop)
+            self._timer.daemon = True
+            self._timer.start()
 
     def stop(self) -> None:
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         signal_controller(self.pid, signal.SIGCONT)
 
 

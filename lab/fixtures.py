@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,19 @@ class LabHandle:
     def reset(self) -> Any:
         return self.call("reset")
 
+    def mail(self) -> list[dict[str, Any]]:
+        """Alert mails the lab's SMTP server received since the last reset."""
+        return list(self.call("mail"))
+
+    def alert_traps(self) -> list[dict[str, str]]:
+        """Alert traps the lab's trap receiver got since the last reset (OID -> value)."""
+        return list(self.call("alert-traps"))
+
+    def adopt(self, persona: str, initiator: str, key_file: Path, data: Sequence[tuple[str, int]] = ()) -> Any:
+        """Hosts may boot ``persona`` (made after the lab started) with this agent key."""
+        return self.call("adopt", {"persona": persona, "initiator": initiator, "key_file": str(key_file),
+                                   "data": [list(x) for x in data]})
+
 
 def start_lab(definitions: Path | None = None, **kw: Any) -> LabHandle:
     state = Path(tempfile.mkdtemp(prefix="aimctl-lab-"))
@@ -56,3 +69,15 @@ def lab() -> Iterator[LabHandle]:
         yield handle
     finally:
         cli.stop(handle.state)
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real etcd member for the session (tests use their own key prefixes)."""
+    from lab.cluster.etcd import EtcdCluster
+
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd"), 1).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop(remove=True)

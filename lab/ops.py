@@ -17,6 +17,11 @@ log = logging.getLogger(__name__)
 
 FAULTS = faults.NAMES
 BMC_FAULTS = {"bmc-down": "down", "bmc-slow": "slow", "bmc-lies": "lies", "bmc-auth": "auth", "bmc-phantom": "phantom"}
+# Faults of the lab's controller cluster (``aimctl lab up --etcd 3 --controllers 3``), by member name;
+# controller-kill and controller-pause also take ``controller``: the one controller the overlay names.
+CLUSTER_FAULTS = ("controller-kill", "controller-pause", "etcd-member-kill", "controller-etcd-cut")
+INTRUDER = "iqn.2026-01.lab.intruder:{persona}"
+FLAPS = 4  # linkDown/linkUp pairs a link-flap sends
 
 
 def _server_bmc(lab: Any, server: str) -> Any:
@@ -47,7 +52,10 @@ def status(lab: Any) -> dict[str, Any]:
     for iqn, view in lab.tgt.show_targets().items():
         targets[iqn] = {"acl": list(view.acl), "accounts": list(view.accounts),
                         "sessions": [{"initiator": i, "alias": a} for i, a in view.nexus]}
+    cluster = getattr(lab, "cluster", None)
     return {"servers": servers, "targets": targets, "observer": lab.observer.verdict(),
+            "alerts": {"mail": len(lab.mailbox.read()), "traps": len(lab.trap_inbox.read())},
+            "cluster": cluster.status() if cluster is not None else None,
             "relay": {"forwarded": dict(lab.relay.forwarded), "dropped": dict(lab.relay.dropped),
                       "loss": dict(lab.relay.loss)},
             "dag": lab.dag.distribution() if lab.dag else None,
@@ -70,7 +78,14 @@ def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = Non
             for f in [pool.submit(fault, lab, kind, n, clear) for n in names]:
                 f.result()
         return {"ok": True, "kind": kind, "target": target, "active": on}
-    if kind == "power-button":
+    if kind in CLUSTER_FAULTS and target != "controller":
+        cluster = getattr(lab, "cluster", None)
+        if cluster is None:
+            raise OperatorError(f"{kind}: no controller cluster in this lab (aimctl lab up --etcd 3 --controllers 3)"
+                                + ("; the lab's single controller is the target 'controller'"
+                                   if kind in ("controller-kill", "controller-pause") else ""))
+        cluster.fault(kind, target, on)
+    elif kind == "power-button":
         if clear:
             _server_bmc(lab, target).set_power(target, True)
         else:
@@ -87,6 +102,10 @@ def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = Non
         if target not in d.switches:
             raise OperatorError(f"unknown switch {target!r}")
         lab.switches.set_fault(target, "hang", on, after=int(opts.get("after", 0)))
+    elif kind == "switch-reject":
+        if target not in d.switches:
+            raise OperatorError(f"unknown switch {target!r}")
+        lab.switches.set_fault(target, "reject", on)  # the first config command of each session is refused
     elif kind == "storage-error":
         lab.tgt.set_fault("storage-error", on)
     elif kind == "storage-step-error":
@@ -107,6 +126,16 @@ def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = Non
     elif kind == "boot-fail":
         _server_bmc(lab, target)
         lab.hosts[target].boot_fail = on
+    elif kind in ("health-degrade", "event-log", "hw-mismatch", "link-flap"):
+        _body_fault(lab, kind, target, on)
+    elif kind == "vlan-change":
+        _vlan_change(lab, target)
+    elif kind == "acl-add":
+        if target not in d.personas:
+            raise OperatorError(f"acl-add wants a persona, got {target!r}")
+        t = d.personas[target].spec.boot.target
+        intruder = INTRUDER.format(persona=target)
+        (lab.storage.bind if on else lab.storage.unbind)(t, intruder)
     elif kind == "service-fail":
         _server_bmc(lab, target)
         lab.services.set_down(target, on)
@@ -122,8 +151,10 @@ def fault(lab: Any, kind: str, target: str, clear: bool, after: int | None = Non
             _set_link(lab, _port(lab, srv.channels[c]), not on)
     elif kind == "controller-kill":
         return _controller_kill(lab, target, opts.get("delay_s", 0.0), clear)
-    elif kind == "controller-stall":
-        _controller_stall(lab, target, opts.get("seconds", 5.0), on)
+    elif kind in ("etcd-member-kill", "controller-etcd-cut"):
+        raise OperatorError(f"{kind} wants a cluster member (c1, e1, ...), not {target!r}")
+    elif kind == "controller-pause":
+        _controller_pause(lab, opts.get("seconds"), on)
     lab.faults[(target, kind)] = on
     return {"ok": True, "kind": kind, "target": target, "active": on}
 
@@ -208,10 +239,11 @@ def _dag_copy_failed(lab: Any, target: str, on: bool) -> None:
 
 
 def _controller_kill(lab: Any, target: str, delay_s: float, clear: bool) -> dict[str, Any]:
-    if target != "controller":
-        raise OperatorError(f"controller-kill wants the target 'controller', got {target!r}")
+    """The lab's single controller (found by the heartbeat or API port the lab gave it): SIGKILL to
+    its process group, now or in ``delay_s``. Whatever runs it (systemd, a test) starts it again;
+    there is nothing for the lab to clear."""
     if clear:
-        raise OperatorError("controller-kill is an event: there is nothing to clear")
+        return {"ok": True, "kind": "controller-kill", "target": target, "active": False}
     pid = faults.controller_pid(lab.controller)
 
     def kill() -> None:
@@ -228,14 +260,86 @@ def _controller_kill(lab: Any, target: str, delay_s: float, clear: bool) -> dict
             "delay_s": delay_s}
 
 
-def _controller_stall(lab: Any, target: str, seconds: float, on: bool) -> None:
-    if target != "controller":
-        raise OperatorError(f"controller-stall wants the target 'controller', got {target!r}")
-    stall = lab.running.pop((target, "controller-stall"), None)
-    if stall is not None:
-        stall.stop()
+def _controller_pause(lab: Any, seconds: float | None, on: bool) -> None:
+    """The lab's single controller stopped (SIGSTOP) until cleared, or for ``seconds``: a stall."""
+    paused = lab.running.pop(("controller", "controller-pause"), None)
+    if paused is not None:
+        paused.stop()
     if on:
-        lab.running[(target, "controller-stall")] = faults.Stall(faults.controller_pid(lab.controller), seconds)
+        lab.running[("controller", "controller-pause")] = faults.Stall(faults.controller_pid(lab.controller), seconds)
+
+
+def _body_fault(lab: Any, kind: str, target: str, on: bool) -> None:
+    """Hardware that starts failing: ``health-degrade SERVER[:critical]``, ``event-log SERVER[:EVENT]``,
+    ``hw-mismatch SERVER`` (a DIMM drops out), ``link-flap SERVER[:CHANNEL]`` (linkDown/linkUp pairs)."""
+    server, _, arg = target.partition(":")
+    bmc = _server_bmc(lab, server)
+    hw = bmc.hardware
+    if kind == "health-degrade":
+        if lab.defs.servers[server].bmc.kind != "redfish":
+            raise OperatorError(f"{server}: an IPMI BMC reports no summary health; use event-log")
+        hw.set_health(server, ("Critical" if arg == "critical" else "Warning") if on else "OK")
+    elif kind == "event-log":
+        if on:
+            try:
+                hw.log(server, arg or "correctable-ecc-limit")
+            except ValueError as exc:
+                raise OperatorError(str(exc)) from None
+        else:
+            hw.clear_log(server)
+    elif kind == "hw-mismatch":
+        (hw.lose_memory if on else hw.reset)(server)
+    elif kind == "link-flap" and on:
+        srv = lab.defs.servers[server]
+        ch = int(arg) if arg else max(srv.channels)  # not an SCN channel by default: flaps, not death
+        cable = srv.channels[ch]
+        for _ in range(FLAPS):
+            for up in (False, True):
+                lab.switches.set_link(cable.switch, cable.port, up)
+                lab.traps.link(cable.switch, cable_ifindex(lab.defs, cable), up)
+
+
+def _vlan_change(lab: Any, target: str) -> None:
+    """Someone edits a port behind aimctl's back: a trunk loses its first VLAN, else the port goes to VLAN 1."""
+    server, _, ch = target.partition(":")
+    srv = lab.defs.servers.get(server)
+    if srv is None or not ch.isdigit() or int(ch) not in srv.channels:
+        raise OperatorError(f"vlan-change wants SERVER:CHANNEL, got {target!r}")
+    cable = srv.channels[int(ch)]
+    st = lab.switches.port_state(cable.switch, cable.port)
+    if st.mode is PortMode.TRUNK and len(st.vlans) > 1:
+        intent = PortIntent(cable.port, PortMode.TRUNK, tuple(sorted(st.vlans))[1:])
+    else:
+        intent = PortIntent(cable.port, PortMode.ACCESS, (1,))
+    lab.switches.reset_port(cable.switch, cable.port, intent)
+
+
+def cluster_up(lab: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """Start (or, with a new ``name``, restart on a fresh journal) the lab's controller cluster."""
+    from lab.cluster.members import LabCluster
+
+    with lab.lock:
+        if lab.cluster is None:
+            lab.cluster = LabCluster(lab, lab.state / "cluster", int(body.get("etcd", 3)),
+                                     int(body.get("controllers", 3)), str(body.get("name", "lab")),
+                                     body.get("controller"), body.get("timing"), body.get("definitions"))
+            try:
+                return dict(lab.cluster.start())
+            except BaseException:
+                lab.cluster.stop()
+                lab.cluster = None
+                raise
+        return dict(lab.cluster.restart(body.get("name"), body.get("controller"), body.get("timing")))
+
+
+def cluster_down(lab: Any) -> dict[str, Any]:
+    with lab.lock:
+        if lab.cluster is not None:
+            lab.cluster.stop()
+            lab.cluster = None
+        for key in [k for k in lab.faults if k[1] in CLUSTER_FAULTS]:
+            del lab.faults[key]
+    return {"ok": True}
 
 
 def home_port_intents(lab: Any) -> dict[str, list[PortIntent]]:
@@ -281,6 +385,8 @@ def reset(lab: Any, wait_s: float = 30.0) -> dict[str, Any]:
             lab.dag.reset()
             lab.dag_up.clear()
         lab.observer.reset()
+        lab.mailbox.clear()
+        lab.trap_inbox.clear()
         lab.home_all(power=True)
     wait_homes(lab, wait_s)
     return {"ok": True, "reset_s": round(time.monotonic() - t0, 3)}

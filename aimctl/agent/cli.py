@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from aimctl.agent import bootfacts
 from aimctl.agent.checks import load_checks_file
 from aimctl.agent.run import run_agent
 from aimctl.core import secrets
@@ -71,18 +72,23 @@ def parser(prog: str = "aimctl-agent") -> argparse.ArgumentParser:
     r = commands.add_parser("run", help="Send signed heartbeats for PERSONA and watch its services until stopped.",
                             description="Send signed heartbeats for PERSONA and watch its services until stopped.")
     r.add_argument("--persona", required=True, help="Persona name, as in the definitions.")
-    r.add_argument("--controller", required=True, help="HOST:PORT of the controller's heartbeat receiver.")
+    r.add_argument("--controller", required=True, action="append",
+                   help="HOST:PORT of a controller's heartbeat receiver; for a cluster, every controller"
+                        " (repeat the option, or HOST:PORT,HOST:PORT,...).")
     r.add_argument("--key-file", required=True, type=Path, help="File holding the persona's heartbeat key (mode 0600).")
     r.add_argument("--interval", default="1s", help="Heartbeat interval, e.g. 1s, 500ms (default 1s).")
     r.add_argument("--checks", type=Path, help="YAML file of service checks.")
     r.add_argument("--restarts", type=int,
                    help="Restarts per failed service before reporting unhealthy (default 3, or the checks file's).")
     r.add_argument("-v", "--verbose", action="store_true")
+    r.add_argument("--ibft", type=Path, default=bootfacts.IBFT_INITIATOR,
+                   help="The iBFT initiator name: a rehearsal boot is told by it (default %(default)s).")
     return p
 
 
-def run(persona: str, controller: str, key_file: Path, interval: str = "1s", checks: Path | None = None,
-        restarts: int | None = None, verbose: bool = False) -> int:
+def run(persona: str, controller: str | Sequence[str], key_file: Path, interval: str = "1s",
+        checks: Path | None = None, restarts: int | None = None, verbose: bool = False,
+        ibft: Path = bootfacts.IBFT_INITIATOR) -> int:
     """Send signed heartbeats for PERSONA and watch its services until stopped; the exit status."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -92,7 +98,8 @@ def run(persona: str, controller: str, key_file: Path, interval: str = "1s", che
     try:
         if not NAME_RE.match(persona):
             raise OperatorError(f"--persona: bad name {persona!r} (lower-case letters, digits, '-')")
-        target = parse_controller(controller)
+        named = [controller] if isinstance(controller, str) else list(controller)
+        targets = [parse_controller(x) for c in named for x in c.split(",")]
         try:
             interval_s = parse_duration(interval)
         except ValueError as exc:
@@ -116,9 +123,10 @@ def run(persona: str, controller: str, key_file: Path, interval: str = "1s", che
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
-        run_agent(persona, target, key, interval_s, specs, budget, stop_event=stop)
+        run_agent(persona, targets, key, interval_s, specs, budget, stop_event=stop,
+                  rehearsal=bootfacts.is_rehearsal(bootfacts.boot_initiator(ibft)))
     except OSError as exc:  # e.g. the controller's host name does not resolve
-        print(f"error: {persona}: cannot send heartbeats to {controller}: {exc}", file=sys.stderr)
+        print(f"error: {persona}: cannot send heartbeats to {', '.join(named)}: {exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -127,7 +135,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "aimctl-agent") -> int:
     """The exit status: 0 after a stop, 2 for an operator's mistake (argparse's usage errors too)."""
     args = parser(prog).parse_args(argv)
     return run(args.persona, args.controller, args.key_file, args.interval, args.checks, args.restarts,
-               args.verbose)
+               args.verbose, args.ibft)
 
 
 if __name__ == "__main__":

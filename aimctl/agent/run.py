@@ -1,6 +1,8 @@
 """The persona agent's main loop: signed UDP heartbeats, service checks, and a graceful stop.
 
-Heartbeats leave on a UDP socket *connected* to the controller, every ``interval_s``. Checks run in
+Heartbeats leave on a UDP socket *connected* to the controller, every ``interval_s``; with several
+controllers (a cluster), one socket and one signed packet per controller, so every member's
+detector stays warm and a new leader need not wait a detection window. Checks run in
 their own thread so a slow probe never delays a heartbeat; the heartbeat carries the latest verdict.
 
 Stopping, two ways, both ending with one last heartbeat saying ``stopped``:
@@ -68,9 +70,16 @@ def _is_stop_request(data: bytes, key: bytes, persona: str, boot_id: int, seq: i
     return True
 
 
+def _targets(controller: tuple[str, int] | Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """One HOST:PORT, or one per controller of a cluster."""
+    if len(controller) == 2 and isinstance(controller[0], str) and isinstance(controller[1], int):
+        return [(controller[0], controller[1])]
+    return [(str(c[0]), int(c[1])) for c in controller if isinstance(c, tuple)]
+
+
 def run_agent(
     persona: str,
-    controller: tuple[str, int],
+    controller: tuple[str, int] | Sequence[tuple[str, int]],
     key: bytes,
     interval_s: float = 1.0,
     checks: Sequence[CheckSpec | Any] = (),
@@ -78,11 +87,14 @@ def run_agent(
     stop_event: threading.Event | None = None,
     on_shutdown: Callable[[str], None] | None = None,
     boot_id: int | None = None,
+    rehearsal: bool = False,
 ) -> str:
     """Run until stopped; return why (``REASON_STOPPED`` or ``REASON_REQUESTED``).
 
     ``checks`` are CheckSpecs or objects shaped like the model's ServiceCheck. ``on_shutdown(reason)``
     runs after the last heartbeat (the lab's host simulator uses it to end the persona).
+    ``rehearsal`` (from the boot facts, ``aimctl.agent.bootfacts``): heartbeats are signed as a
+    rehearsal's, and no service is restarted (started) by the agent: checks only report.
     """
     if not key:
         raise ValueError("empty heartbeat key")
@@ -90,13 +102,18 @@ def run_agent(
         raise ValueError("interval must be positive")
     stop_event = stop_event or threading.Event()
     specs = [c if isinstance(c, CheckSpec) else CheckSpec.from_obj(c) for c in checks]
-    pilot = AutoPilot(specs, restarts=restarts)
+    pilot = AutoPilot(specs, restarts=0 if rehearsal else restarts)
+    kind = wire.KIND_REHEARSAL if rehearsal else wire.KIND_HEARTBEAT
     boot = boot_id if boot_id is not None else int.from_bytes(os.urandom(8), "big")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    targets = _targets(controller)
+    socks: list[socket.socket] = []
     try:
-        sock.connect(controller)
+        for target in targets:
+            socks.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            socks[-1].connect(target)
     except OSError:
-        sock.close()
+        for s in socks:
+            s.close()
         raise
     verdict = _Verdict()
     checks_done = threading.Event()
@@ -115,13 +132,15 @@ def run_agent(
     def send(health: wire.Health, why: str) -> None:
         nonlocal seq
         seq += 1
-        packet = wire.encode(key, wire.Heartbeat(persona, boot, seq, time.time(), health, why))
-        try:
-            sock.send(packet)
-        except OSError as exc:  # e.g. ICMP port unreachable from a controller that is restarting
-            log.debug("heartbeat not sent: %s", exc)
+        packet = wire.encode(key, wire.Heartbeat(persona, boot, seq, time.time(), health, why, kind))
+        for sock in socks:
+            try:
+                sock.send(packet)
+            except OSError as exc:  # e.g. ICMP port unreachable from a controller that is restarting
+                log.debug("heartbeat not sent: %s", exc)
 
-    log.info("agent for %s sending to %s:%d every %.3gs", persona, controller[0], controller[1], interval_s)
+    log.info("agent for %s sending to %s every %.3gs", persona, ", ".join(f"{h}:{p}" for h, p in targets),
+             interval_s)
     try:
         next_due = time.monotonic()
         while not stop_event.is_set():
@@ -132,11 +151,11 @@ def run_agent(
                 next_due = max(next_due + interval_s, now)
                 continue
             # Wake at least every 0.2 s so a set stop_event is seen promptly.
-            ready, _, _ = select.select([sock], [], [], min(next_due - now, 0.2))
+            ready, _, _ = select.select(socks, [], [], min(next_due - now, 0.2))
             if not ready:
                 continue
             try:
-                data = sock.recv(wire.MAX_LEN + 1)
+                data = ready[0].recv(wire.MAX_LEN + 1)
             except OSError:
                 continue
             if _is_stop_request(data, key, persona, boot, seq):
@@ -147,7 +166,8 @@ def run_agent(
         send(wire.Health.STOPPED, reason)
     finally:
         checks_done.set()
-        sock.close()
+        for sock in socks:
+            sock.close()
         if checker is not None:
             checker.join(timeout=1.0)
     if on_shutdown is not None:

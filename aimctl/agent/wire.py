@@ -4,7 +4,7 @@ One UDP datagram, network byte order::
 
     0   2s  magic  b"AH"
     2   B   version (1)
-    3   B   kind    (1 heartbeat agent->controller, 2 stop request controller->agent)
+    3   B   kind    (1 heartbeat agent->controller, 2 stop request controller->agent, 3 rehearsal heartbeat)
     4   B   health  (0 ok, 1 degraded, 2 unhealthy, 3 stopped)
     5   B   name length   (<= 63, the persona name, ASCII per NAME_RE)
     6   B   reason length (<= 120, UTF-8)
@@ -32,6 +32,9 @@ MAGIC = b"AH"
 VERSION = 1
 KIND_HEARTBEAT = 1
 KIND_STOP = 2
+# A heartbeat from a spare rehearsal of the persona: same key, but the kind is signed, so it can
+# never be taken (or replayed) as the persona's own heartbeat.
+KIND_REHEARSAL = 3
 TAG_LEN = 16
 MAX_NAME = 63
 MAX_REASON = 120
@@ -107,7 +110,7 @@ def decode(buf: bytes | bytearray | memoryview) -> Heartbeat:
     magic, version, kind, health, nlen, rlen, boot_id, seq, sent = HEADER.unpack_from(buf, 0)
     if magic != MAGIC or version != VERSION:
         raise MalformedPacket("bad magic or version")
-    if kind not in (KIND_HEARTBEAT, KIND_STOP) or health > Health.STOPPED:
+    if kind not in (KIND_HEARTBEAT, KIND_STOP, KIND_REHEARSAL) or health > Health.STOPPED:
         raise MalformedPacket("bad kind or health")
     if nlen == 0 or nlen > MAX_NAME or rlen > MAX_REASON or HEADER_LEN + nlen + rlen + TAG_LEN != n:
         raise MalformedPacket("lengths do not add up")

@@ -129,6 +129,8 @@ class Api:
         self.audit = audit
         self.metrics = metrics
         self.title, self.version = title, version
+        # Clustered: None while this member takes writes, else the leader's API URL ("" if none leads).
+        self.write_redirect: Callable[[], str | None] = lambda: None
         self.routes: list[Route] = []
         self._server = ApiServer(self, host, port)
         self.route("GET", "/openapi.json", lambda r: openapi(self), role=None, summary="This API, as OpenAPI 3.1")
@@ -187,6 +189,8 @@ class Api:
                 if not identity.allows(route.role):
                     raise ApiError(403, f"{method} {route.pattern} needs role {route.role};"
                                         f" token {identity.name} has role {identity.role}")
+            if method != "GET":
+                self._only_on_leader(target)
             parsed = self._parse_body(body, headers)
             req = Request(method, path, params, dict(parse_qsl(split.query)), parsed, identity, client,
                           {k.lower(): v for k, v in headers.items()})
@@ -202,6 +206,16 @@ class Api:
         if method != "GET":
             self._audit(method, path, route, identity, parsed, params, resp.status, client)
         return resp
+
+    def _only_on_leader(self, target: str) -> None:
+        """A follower answers a write with where the leader is (307 + Location); the CLI follows it."""
+        leader = self.write_redirect()
+        if leader is None:
+            return
+        if not leader:
+            raise ApiError(503, "no controller leads the cluster right now (an election is under way, or etcd is"
+                                " unreachable): try again in a few seconds", {"Retry-After": "2"})
+        raise ApiError(307, f"this controller follows; the leader is {leader}", {"Location": leader + target})
 
     def _match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], set[str]]:
         allowed: set[str] = set()

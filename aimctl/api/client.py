@@ -23,6 +23,22 @@ class ApiCallError(OperatorError):
         super().__init__(message)
 
 
+class _Redirect(Exception):
+    def __init__(self, location: str) -> None:
+        self.location = location
+        super().__init__(location)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are followed by ``ApiClient`` itself, with the method, body and token kept."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
 class ApiClient:
     def __init__(self, state_dir: Path | str, *, token: str | None = None, timeout_s: float = 30.0) -> None:
         self.state_dir = Path(state_dir)
@@ -64,16 +80,31 @@ class ApiClient:
         return self.request("DELETE", path)
 
     def raw(self, method: str, path: str, body: Any = None) -> tuple[int, str, bytes]:
-        """(status, content type, body bytes) without interpreting them; errors raise as in ``request``."""
+        """(status, content type, body bytes) without interpreting them; errors raise as in ``request``.
+
+        A cluster follower answers writes with 307 and the leader's address: the same request goes
+        there (with the same token: members of a cluster share their tokens files)."""
+        url = self.url + path
+        for _ in range(3):
+            try:
+                return self._raw_once(method, url, body, path)
+            except _Redirect as r:
+                url = r.location
+        raise ApiCallError(508, f"{method} {path}: redirected too often (is a leader elected?)")
+
+    def _raw_once(self, method: str, url: str, body: Any, path: str) -> tuple[int, str, bytes]:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Authorization", f"Bearer {self._token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with _opener.open(req, timeout=self.timeout_s) as resp:
                 return resp.status, resp.headers.get("Content-Type", ""), resp.read()
         except urllib.error.HTTPError as exc:
+            location = exc.headers.get("Location") if exc.code in (307, 308) else None
+            if location and location.startswith(("http://", "https://")):
+                raise _Redirect(location) from None
             raw = exc.read()
             try:
                 message = str(json.loads(raw)["error"])
@@ -84,7 +115,7 @@ class ApiClient:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ControllerNotRunning(
-                f"the controller at {self.url} does not answer ({reason}); is it running for state directory"
+                f"the controller at {url.split('/v1')[0]} does not answer ({reason}); is it running for state directory"
                 f" {self.state_dir}? (a stale api.json stays behind after a crash)"
             ) from None
 

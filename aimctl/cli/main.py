@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aimctl.agent import cli as agent_cli
+from aimctl.cli.lifecycle import app as lifecycle_app
 from aimctl.cli.operator import app as operator_app
 from aimctl.errors import DefinitionError, OperatorError
 from aimctl.secrets import install_log_masking, mask
@@ -141,12 +142,13 @@ def agent(ctx: typer.Context) -> None:
 
 
 def _mount_plugins() -> None:
-    """Sub-apps: the operator commands (imported normally: a broken import is a crash, never a
-    silently missing command), and plugins found by entry point (the lab, a separate package)."""
-    for cmd in operator_app.registered_commands:
-        app.registered_commands.append(cmd)
-    for grp in operator_app.registered_groups:
-        app.registered_groups.append(grp)
+    """Sub-apps: the operator and lifecycle commands (imported normally: a broken import is a crash,
+    never a silently missing command), and plugins found by entry point (the lab, a separate package)."""
+    for sub in (operator_app, lifecycle_app):
+        for cmd in sub.registered_commands:
+            app.registered_commands.append(cmd)
+        for grp in sub.registered_groups:
+            app.registered_groups.append(grp)
     for ep in entry_points(group="aimctl.plugins"):
         try:
             app.add_typer(ep.load(), name=ep.name)

@@ -23,6 +23,8 @@ from aimctl.errors import OperatorError
 app = typer.Typer()
 controller_app = typer.Typer(no_args_is_help=True, help="The controller daemon.")
 app.add_typer(controller_app, name="controller")
+cluster_app = typer.Typer(no_args_is_help=True, help="Controllers on etcd: leader, members, fencing token.")
+app.add_typer(cluster_app, name="cluster")
 out = Console(soft_wrap=True)
 
 StateOpt = Annotated[Path, typer.Option("--state", envvar="AIMCTL_STATE", help="Controller state dir (CTRLDIR).")]
@@ -40,10 +42,37 @@ def _t(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3] if ts else "-"
 
 
+def cluster_config(config: Path | None, cluster: str | None, member: str | None,
+                   key: Path | None) -> Any:
+    """The cluster settings from the config file, with the command line's flags winning; None: embedded."""
+    from aimctl.cluster.config import ClusterConfig, load_controller_config
+
+    cfg = load_controller_config(config).cluster if config else None
+    if cluster is None and cfg is None:
+        if member or key:
+            raise OperatorError("--member and --cluster-key need --cluster etcd://HOST:PORT[,...] (or a config file)")
+        return None
+    flags = {k: v for k, v in (("etcd", cluster), ("member", member), ("key_file", key)) if v is not None}
+    try:
+        if cfg is None:
+            return ClusterConfig.model_validate(flags)
+        # Flags win over the file; each is checked as the file's value would be.
+        checked = ClusterConfig.model_validate({"etcd": cfg.etcd, **flags})
+        return cfg.model_copy(update={k: getattr(checked, k) for k in flags})
+    except ValueError as exc:
+        raise OperatorError(f"cluster settings: {exc}") from None
+
+
 @controller_app.command("run")
 def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
         state: StateOpt,
-        overlay: Annotated[Path | None, typer.Option("--overlay", help="Endpoints overlay (lab).")] = None) -> None:
+        overlay: Annotated[Path | None, typer.Option("--overlay", help="Endpoints overlay (lab).")] = None,
+        config: Annotated[Path | None, typer.Option("--config", help="Controller config file (YAML; cluster:).")] = None,
+        cluster: Annotated[str | None, typer.Option(
+            "--cluster", help="etcd://HOST:PORT[,HOST:PORT...]: run as a member of a cluster.")] = None,
+        member: Annotated[str | None, typer.Option("--member", help="This member's name (default: host name).")] = None,
+        cluster_key: Annotated[Path | None, typer.Option(
+            "--cluster-key", help="AES key file sealing secrets in etcd (same on every member).")] = None) -> None:
     """Run the controller: detector, workflow and the local API, until SIGTERM."""
     from aimctl.api.routes import build_api
     from aimctl.daemon import Controller, check_state_dir
@@ -52,6 +81,7 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     from aimctl.overlay import Overlay, api_hostport, apply, load_overlay
 
     check_state_dir(state)  # the environment first: a wrong --state is said before anything is loaded
+    cluster_cfg = cluster_config(config, cluster, member, cluster_key)
     defs = load(definitions)
     ov = load_overlay(overlay) if overlay else Overlay()
     if overlay:
@@ -65,7 +95,7 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     logging.getLogger().addHandler(handler)
     # The composition: the daemon wires the parts; the API is built on it here, where it is started,
     # so the daemon never imports the API.
-    c = Controller(defs, ov.controller, state)  # binds the heartbeat and SNMP ports (ListenError)
+    c = Controller(defs, ov.controller, state, cluster=cluster_cfg)
     api = build_api(c)
     try:
         api.start()  # the last port to bind, before anything starts polling or acting
@@ -84,7 +114,8 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
     signal.signal(signal.SIGINT, on_signal)
     # `kill -USR1 PID`: every thread's stack on stderr, to see where a step waits without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    out.print(f"controller running; API {api.url}; state {state}")
+    role = f"; cluster member {c.cluster.member} on {cluster_cfg.etcd}" if c.cluster else ""
+    out.print(f"controller running; API {api.url}; state {state}{role}")
     try:
         c.loop()
     finally:
@@ -109,19 +140,52 @@ def status(state: StateOpt, as_json: JsonOpt = False) -> None:
             op = f"{op} ({v['operation_state']})"
         t.add_row(p, v["server"] or "-", age, v["health"] or "-", v["detector"], v["bmc"] or "-", op)
     out.print(t)
-    for p, v in st["personas"].items():
-        if v.get("detector") not in (None, "alive", "-") and v.get("detector_reason"):
-            out.print(f"{p}: {v['detector']}: {v['detector_reason']}", highlight=False, markup=False)
+    for v in st["personas"].values():
+        out.print(f"  {v.get('why', '')}", highlight=False, markup=False)
         if v.get("waiting"):
             w = v["waiting"]
-            out.print(f"{p}: {v['operation']} {w['state']}: {w['reason']}", highlight=False, markup=False)
             out.print(f"  exits: {' | '.join(w['exits'])}", highlight=False, markup=False)
-        if v.get("queued"):
-            out.print(f"{p}: failover queued: {v['queued']}", highlight=False, markup=False)
     for pool, why in {**st.get("paused_pools", {}), **st.get("operator_paused_pools", {})}.items():
         out.print(f"pool {pool} paused: {why}", highlight=False, markup=False)
+    t = Table(title="spares (N+k from live state)")
+    for col in ("pool", "k", "per persona", "usable standbys", "not counted"):
+        t.add_column(col)
+    for pool, sp in sorted(st.get("pools", {}).items()):
+        t.add_row(pool, str(sp["k"]), ", ".join(f"{p}:{n}" for p, n in sorted(sp["per_persona"].items())) or "-",
+                  ", ".join(sp["counted"]) or "-",
+                  "; ".join(f"{s}: {why}" for s, why in sorted(sp["excluded"].items())) or "-")
+    out.print(t)
     for s, q in st["quarantined"].items():
         out.print(f"quarantined: {s} ({q['reason']}, by {q['by']})")
+    for _, v in sorted(st.get("suspects", {}).items()):
+        out.print(f"suspect: {v['sentence']}", highlight=False, markup=False)
+    if st.get("drift_open"):
+        out.print(f"drift: {st['drift_open']} open finding(s) (aimctl drift)")
+
+
+@app.command()
+def drift(state: StateOpt, as_json: JsonOpt = False,
+          now: Annotated[bool, typer.Option("--now", help="Run a drift pass first.")] = False) -> None:
+    """What differs from the definitions: switch ports, storage ACL/CHAP, boot config, power, hardware."""
+    c = client(state)
+    if now:
+        c.post("/v1/drift/check")
+    d = c.get("/v1/drift")
+    if as_json:
+        out.print_json(json.dumps(d))
+        return
+    t = Table(title=f"drift findings ({d['passes']} passes, every {d['interval_s']:.0f}s)")
+    for col in ("kind", "where", "what", "expected", "observed", "since", "repair"):
+        t.add_column(col)
+    for f in d["findings"]:
+        where = ", ".join(x for x in (f["device"], f["persona"] or f["server"]) if x)
+        t.add_row(f["kind"], where, f["what"], f["expected"], f["observed"], _t(f["since"]), f["repair_op"] or "-")
+    out.print(t)
+    last = d.get("last_pass")
+    if last:
+        unread = "; ".join(f"{dev}: {why}" for dev, why in last["unchecked"].items()) or "none"
+        out.print(f"last pass: {last['checks']} checks in {last['duration_s']}s; devices not read: {unread}",
+                  highlight=False, markup=False)
 
 
 @app.command()
@@ -143,14 +207,14 @@ def failovers(state: StateOpt, as_json: JsonOpt = False) -> None:
 def print_timeline(op: dict[str, Any]) -> None:
     t = Table(title=f"{op['id']}: {op['kind']} of {op['persona']} {op['from_server']} -> {op['facts'].get('to')}"
                     f" [{op['state']}]")
-    for col in ("step", "start", "end", "duration", "result"):
+    for col in ("step", "start", "end", "duration", "status", "why"):
         t.add_column(col)
     for s in op["timeline"]:
         dur = "-" if s["duration_s"] is None else f"{s['duration_s']:.3f}s"
-        why = s["detail"].get("reason") or s["detail"].get("summary") or ""
-        t.add_row(s["step"], _t(s["started"]), _t(s["ended"]), dur, f"{s['status']} {why}".strip())
+        why = s.get("sentence") or s["detail"].get("reason") or s["detail"].get("summary") or ""
+        t.add_row(s["step"], _t(s["started"]), _t(s["ended"]), dur, s["status"], why)
     out.print(t)
-    out.print(f"result: {op['state']}: {op['result']}")
+    out.print(op.get("sentence") or f"result: {op['state']}: {op['result']}", highlight=False, markup=False)
 
 
 @app.command()
@@ -276,3 +340,49 @@ def clear(server: str, state: StateOpt) -> None:
     """Clear a quarantined server so it can be a standby again (admin)."""
     client(state).post(f"/v1/servers/{server}/clear")
     out.print(f"cleared {server}")
+
+
+@cluster_app.command("status")
+def cluster_status(state: StateOpt, as_json: JsonOpt = False) -> None:
+    """Members, leader, fencing token, lease time left, each member's last renewal (any member answers)."""
+    st = client(state).get("/v1/cluster")
+    if as_json:
+        out.print_json(json.dumps(st))
+        return
+    if st.get("role") == "embedded":
+        out.print("embedded controller (no cluster): it always leads; its journal is CTRLDIR/journal.db")
+        return
+    lead = st["leader"]
+    left = "-" if st["lease_left_s"] is None else f"{st['lease_left_s']:.1f}s"
+    out.print(f"leader: {lead['member'] or 'NONE'} (token {lead['token']}, since {_t(lead['since'])}), "
+              f"api {lead['api'] or '-'}")
+    out.print(f"this member: {st['member']} [{st['role']}{', acting' if st['acting'] else ''}]"
+              f" lease left {left}; etcd {'reachable' if st['etcd_reachable'] else 'UNREACHABLE'}")
+    if st["why_not_acting"]:
+        out.print(f"not acting: {st['why_not_acting']}")
+    t = Table(title="members")
+    for col in ("member", "role", "api", "pid", "last renew"):
+        t.add_column(col)
+    for m in sorted(st["members"], key=lambda m: m["member"]):
+        t.add_row(m["member"], m.get("role", "?"), m.get("api") or "-", str(m.get("pid", "-")), _t(m.get("last_renew")))
+    out.print(t)
+    t = Table(title="etcd endpoints")
+    for col in ("endpoint", "ok", "version / error"):
+        t.add_column(col)
+    for e in st["etcd"]:
+        t.add_row(e["endpoint"], "yes" if e["ok"] else "NO", e.get("version") or e.get("error", ""))
+    out.print(t)
+    out.print(f"elections {st['elections']}, demotions {st['demotions']}, leader changes seen "
+              f"{st['leader_changes_seen']}, refused writes {st['refused_writes']}")
+
+
+@cluster_app.command("keygen")
+def cluster_keygen(path: Annotated[Path, typer.Argument(help="Where to write the key (0600; never overwritten).")]) -> None:
+    """Make the AES-256 key that seals secrets (CHAP) in etcd; copy it to every member."""
+    from aimctl.journal.secretbox import make_key_file
+
+    try:
+        make_key_file(path)
+    except FileExistsError:
+        raise OperatorError(f"{path} exists; a key is never overwritten (secrets sealed with it would be lost)") from None
+    out.print(f"wrote {path} (0600)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aimctl.detect.detector import Event, EventSink
@@ -16,6 +17,21 @@ from aimctl.errors import OperatorError
 from aimctl.records.sinks import WebhookSink
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RehearsalFailed(Event):
+    """A spare rehearsal did not boot the persona (or could not be set up or torn down)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RehearsalStale(Event):
+    """The persona's last good rehearsal is older than its pool's policy allows (or there is none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveFailed(Event):
+    """A scheduled or requested archive of the persona was not taken."""
 
 
 def event_json(event: Event) -> dict[str, object]:

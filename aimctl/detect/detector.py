@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -246,6 +247,11 @@ class Detector:
         self._last_tick: float | None = None
         self._settle_until: dict[str, float] = {}
         self.stalls = 0  # stalls noticed since start (metrics, tests)
+        # persona -> (reason of its last state change, wall time): what status says "since" and "why".
+        self._why: dict[str, tuple[str, float]] = {}
+
+    def why(self, persona: str) -> tuple[str, float] | None:
+        return self._why.get(persona)
 
     def state(self, persona: str) -> DetectorState:
         return self._states.get(persona, DetectorState())
@@ -262,6 +268,7 @@ class Detector:
         self._states.pop(persona, None)
         self._reasons.pop(persona, None)
         self._settle_until.pop(persona, None)
+        self._why.pop(persona, None)
 
     def tick(self, now: float, snapshot_provider: SnapshotProvider) -> list[Event]:
         gap = None if self._last_tick is None else now - self._last_tick
@@ -286,6 +293,7 @@ class Detector:
             self._reasons[obs.persona] = d.reason
             if d.state.state != prev.state:
                 log.info("%s: %s -> %s (%s)", obs.persona, prev.state, d.state.state, d.reason)
+                self._why[obs.persona] = (d.reason, time.time())
             if d.event is not None:
                 ev = dataclasses.replace(d.event, at=now)
                 log.warning("%s: %s: %s", ev.kind, ev.persona, ev.reason)

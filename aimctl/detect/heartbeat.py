@@ -10,6 +10,10 @@ buffer (``SO_TIMESTAMPNS``), and the receiver turns that into this process's mon
 wall clock). A backlog that waited in the buffer while the controller stalled therefore counts as
 old, never as fresh. The sender's clock is only carried along.
 
+Rehearsal heartbeats (kind 3, signed with the persona's key) are kept in a table of their own: a
+spare rehearsal of a persona is never taken as the persona alive, and the kind is inside the tag,
+so no packet can move from one table to the other.
+
 Replays: per persona we keep the current boot id and the last accepted sequence. A sequence not
 above the last one is a replay. A boot id seen before (the last ``OLD_BOOTS`` are remembered) is an
 old boot coming back and is refused; any other new boot id is a restart and is accepted. Boot ids
@@ -102,8 +106,10 @@ class HeartbeatReceiver:
         self._clock = clock
         self._on_new_boot = on_new_boot
         self._table: dict[bytes, _Seen] = {}
+        self._rtable: dict[bytes, _Seen] = {}
         for name, key in keys.items():
             self._table[name.encode("ascii")] = _Seen(name, key)
+            self._rtable[name.encode("ascii")] = _Seen(name, key)
         self._counts = [0] * len(COUNTERS)
         self._store, self._flush_s = store, flush_s
         # Taken by the hot path only when a persona changes boot (rare), so marks are read whole.
@@ -188,6 +194,15 @@ class HeartbeatReceiver:
         )
         return s.mono, hb
 
+    def last_rehearsal(self, persona: str) -> tuple[float, wire.Heartbeat, int] | None:
+        """(receiver monotonic time, heartbeat, rehearsal heartbeats so far) of the persona's rehearsal."""
+        s = self._rtable.get(persona.encode("ascii", "replace"))
+        if s is None or s.boot < 0:
+            return None
+        hb = wire.Heartbeat(s.name, s.boot, s.seq, s.sent, wire.Health(s.health),
+                            s.reason.decode("utf-8", "replace"), wire.KIND_REHEARSAL)
+        return s.mono, hb, s.beats
+
     def beats(self, persona: str) -> int:
         """How many heartbeats of this persona were accepted since start (detector hysteresis)."""
         s = self._get(persona)
@@ -207,11 +222,12 @@ class HeartbeatReceiver:
     def set_key(self, persona: str, key: bytes) -> None:
         """Add a persona or replace its key (state is kept for an existing persona)."""
         raw = persona.encode("ascii")
-        s = self._table.get(raw)
-        if s is None:
-            self._table[raw] = _Seen(persona, key)
-        else:
-            s.key = key
+        for table in (self._table, self._rtable):
+            s = table.get(raw)
+            if s is None:
+                table[raw] = _Seen(persona, key)
+            else:
+                s.key = key
 
     def send_stop(self, persona: str) -> bool:
         """Ask the persona's agent to stop the persona (planned failback).
@@ -270,11 +286,11 @@ class HeartbeatReceiver:
     # ------------------------------------------------------------------ hot path
 
     def _loop(self) -> None:
-        sock, table, counts, clock = self._sock, self._table, self._counts, self._clock
+        sock, table, rtable, counts, clock = self._sock, self._table, self._rtable, self._counts, self._clock
         unpack = wire.HEADER.unpack_from
         digest, compare = hmac.digest, hmac.compare_digest
         hlen, tlen, min_len, max_len = wire.HEADER_LEN, wire.TAG_LEN, wire.MIN_LEN, wire.MAX_LEN
-        magic_ok, version, kind_hb = wire.MAGIC, wire.VERSION, wire.KIND_HEARTBEAT
+        magic_ok, version, kind_hb, kind_rh = wire.MAGIC, wire.VERSION, wire.KIND_HEARTBEAT, wire.KIND_REHEARSAL
         max_health, max_reason = int(wire.Health.STOPPED), wire.MAX_REASON
         wall, stamp, anc_size, mark_lock = time.time, _TIMESPEC.unpack_from, _ANC_SIZE, self._mark_lock
         buf = bytearray(2048)
@@ -298,7 +314,7 @@ class HeartbeatReceiver:
             if (
                 magic != magic_ok
                 or ver != version
-                or kind != kind_hb
+                or (kind != kind_hb and kind != kind_rh)
                 or health > max_health
                 or nlen == 0
                 or rlen > max_reason
@@ -306,7 +322,7 @@ class HeartbeatReceiver:
             ):
                 counts[_C_MALFORMED] += 1
                 continue
-            s = table.get(bytes(mv[hlen : hlen + nlen]))
+            s = (table if kind == kind_hb else rtable).get(bytes(mv[hlen : hlen + nlen]))
             if s is None:
                 counts[_C_UNKNOWN] += 1
                 continue
@@ -339,7 +355,7 @@ class HeartbeatReceiver:
                     now -= waited
             s.mono = now
             counts[_C_ACCEPTED] += 1
-            if new_boot and self._on_new_boot is not None:
+            if new_boot and self._on_new_boot is not None and kind == kind_hb:
                 self._notify_new_boot(s)
 
     def _notify_new_boot(self, s: _Seen) -> None:

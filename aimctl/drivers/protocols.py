@@ -8,6 +8,7 @@ a method that changes something returns only after it has *observed* the change,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol, runtime_checkable
@@ -93,6 +94,62 @@ class StorageAccess(Protocol):
     def login_refused(self, target: str, initiator: str, user: str, secret: str) -> bool:
         """Try a real login with these credentials; True when the target refuses it."""
 
+    def read_access(self, targets: list[str]) -> dict[str, TargetAccess]:
+        """ACL and CHAP accounts of several targets in one read (drift passes); a target that does
+        not exist is missing from the answer."""
+
+
+@dataclass(frozen=True)
+class TargetAccess:
+    acl: tuple[str, ...]
+    chap_users: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A point-in-time copy of one LUN. LUNs snapshotted together share a ``set`` (see
+    ``aimctl.drivers.snapnames``): one freeze, so their writes are in the same order as on the
+    running persona (crash-consistent across its boot and data LUNs)."""
+
+    id: str  # "<set>+<target>+<lun>"
+    set: str  # "<label>+<stamp>"
+    label: str  # a persona's name, or "gold.<image>"
+    target: str
+    lun: int
+    created: float  # epoch seconds, from the stamp
+    size: int  # bytes
+    method: str = ""  # how it was made, when it was just made: "reflink" or "copy"
+    frozen_s: float = 0.0  # how long the source targets refused I/O while it was made
+
+
+@runtime_checkable
+class Snapshots(Protocol):
+    """Copies of a target's LUNs, and targets made from them.
+
+    Next to ``StorageAccess`` and as narrow: it never changes who may log in (the caller binds the
+    ACL and CHAP of a clone through ``StorageAccess``). Every write is read back: a snapshot by its
+    size, a restore and a clone by comparing their bytes with the snapshot's.
+    """
+
+    def snapshot(self, set_id: str, luns: Sequence[tuple[str, int]]) -> list[Snapshot]:
+        """Freeze the LUNs' targets together, copy each LUN, thaw. Re-running with the same
+        ``set_id`` (a resumed operation) makes the same snapshots again."""
+
+    def snapshots(self, label: str | None = None) -> list[Snapshot]:
+        """Complete snapshots, oldest first (a copy cut short by a crash is never listed)."""
+
+    def restore(self, snapshot_id: str, target: str, lun: int) -> None:
+        """Write the snapshot back into the LUN in place; refused while anyone is logged in."""
+
+    def clone(self, snapshot_id: str, target: str, lun: int, scratch: bool = True) -> None:
+        """A new target with the snapshot's copy as LUN ``lun`` and an empty ACL (nobody can log in).
+        ``scratch`` clones (rehearsals) are the only targets ``delete_clone`` will remove."""
+
+    def delete(self, snapshot_id: str) -> None: ...
+
+    def delete_clone(self, target: str) -> None:
+        """Drop the scratch clone's sessions, delete the target and its copy; refused for any other."""
+
 
 class PortMode(str, Enum):
     ACCESS = "access"
@@ -133,3 +190,55 @@ class SwitchPorts(Protocol):
     def apply(self, intents: list[PortIntent]) -> list[PortState]: ...
 
     def read(self, ports: list[str]) -> list[PortState]: ...
+
+
+# ---------------------------------------------------------------------------- hardware, from the BMC
+
+Health = str  # "ok" | "warning" | "critical" | "unknown" (ours; drivers translate at the edge)
+
+
+@dataclass(frozen=True)
+class HardwareFacts:
+    """What the BMC says the body is. ``None``: this BMC cannot say (IPMI FRU has no core count)."""
+
+    model: str | None = None
+    cores: int | None = None
+    memory_gb: int | None = None
+    macs: tuple[str, ...] | None = None  # lower-case aa:bb:cc:dd:ee:ff
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One BMC event-log entry (Redfish LogEntry or IPMI SEL record), in our words.
+
+    ``sensor`` is the IPMI sensor-type name (``memory``, ``power-supply``, ``fan``, ``drive-slot``...)
+    or the Redfish SensorType lower-cased; ``offset`` the IPMI event offset (event data 1, low
+    nibble) when known; ``event_type`` the IPMI event/reading type code.
+    """
+
+    id: str
+    message: str = ""
+    message_id: str = ""
+    severity: str = ""
+    sensor: str = ""
+    event_type: int | None = None
+    offset: int | None = None
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class BodyHealth:
+    health: Health
+    entries: tuple[LogEntry, ...] = ()
+
+
+@runtime_checkable
+class Hardware(Protocol):
+    """A body's inventory and health as its BMC reports them (reads only)."""
+
+    def facts(self, macs: bool = True) -> HardwareFacts:
+        """Inventory; ``macs=False`` skips the NIC listing (a few requests on Redfish) when no MAC
+        is declared to compare with."""
+
+    def health(self) -> BodyHealth:
+        """Summary health and the event log's entries (newest last; bounded by the driver)."""

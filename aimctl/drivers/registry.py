@@ -7,10 +7,11 @@ log line or error can carry them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aimctl.drivers.protocols import BootConfig, PortIntent, Power, StorageAccess, SwitchPorts
+from aimctl.drivers.protocols import BootConfig, Hardware, PortIntent, Power, Snapshots, StorageAccess, SwitchPorts
 from aimctl.errors import OperatorError
 from aimctl.model import Server, Storage, Switch
 from aimctl.secrets import resolve
@@ -53,6 +54,23 @@ def make_bootcfg(name: str, server: Server, boot_dir: Path, power: Power | None 
     return IpxeBootConfig(name, boot_dir, power or make_power(name, server))  # type: ignore[arg-type]
 
 
+def make_hardware(name: str, server: Server, power: Power | None = None) -> Hardware:
+    """Inventory and health reads; IPMI shares the server's power driver (one pyghmi session)."""
+    b = server.bmc
+    if b.kind == "redfish":
+        from aimctl.drivers.redfish import RedfishClient
+        from aimctl.drivers.redfish_hw import RedfishHardware
+
+        client = RedfishClient(_bmc_url(server), b.system_id or "System.Embedded.1", b.credentials.username,
+                               resolve(b.credentials.password), name=name)
+        return RedfishHardware(client)
+    from aimctl.drivers.ipmi import IpmiPower
+    from aimctl.drivers.ipmi_hw import IpmiHardware
+
+    p = power if isinstance(power, IpmiPower) else make_power(name, server)
+    return IpmiHardware(p)  # type: ignore[arg-type]
+
+
 def make_switch(name: str, sw: Switch, command_timeout_s: float = 10.0) -> SwitchPorts:
     from aimctl.drivers.switch import NetmikoSwitch
 
@@ -77,13 +95,42 @@ def make_storage(name: str, st: Storage) -> StorageAccess:
     return TgtStorage(st.portal, st.port, runner)
 
 
+def make_snapshots(name: str, st: Storage, storage: StorageAccess) -> Snapshots:
+    """Snapshots of ``st``'s LUNs, sharing ``storage``'s runner and lock (one tgtd, one session)."""
+    from aimctl.drivers.tgt import TgtStorage
+    from aimctl.drivers.tgt_snap import TgtSnapshots
+
+    if not isinstance(storage, TgtStorage):
+        raise OperatorError(f"storage {name}: no snapshot driver for kind {st.kind!r}")
+    return TgtSnapshots(storage, st.snapshot_dir)
+class Guarded:
+    """A driver whose every method first asks ``guard`` (which raises to refuse): a controller that
+    stopped leading makes no device call, even from a thread that was mid-step when it lost the lead."""
+
+    def __init__(self, driver: Any, guard: Callable[[], None]) -> None:
+        self._driver, self._guard = driver, guard
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._driver, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._guard()
+            return attr(*args, **kwargs)
+
+        return call
+
+
 class Drivers:
     """One driver per device, built on first use and kept (sessions are reused across steps)."""
 
-    def __init__(self, defs: Any, boot_dir: Path, switch_timeout_s: float = 10.0) -> None:
+    def __init__(self, defs: Any, boot_dir: Path, switch_timeout_s: float = 10.0,
+                 guard: Callable[[], None] | None = None) -> None:
         self.defs = defs
         self.boot_dir = boot_dir
         self.switch_timeout_s = switch_timeout_s  # how long one switch line may go unanswered
+        self._guard = guard
         self._lock = threading.RLock()  # a boot driver may build its server's power driver
         self._cache: dict[tuple[str, str], Any] = {}
 
@@ -91,7 +138,15 @@ class Drivers:
         with self._lock:
             if (kind, name) not in self._cache:
                 self._cache[(kind, name)] = make()
-            return self._cache[(kind, name)]
+            driver = self._cache[(kind, name)]
+        # Hardware health is only ever read (every member's poller keeps it warm); the rest can change
+        # the world and asks the guard first.
+        return Guarded(driver, self._guard) if self._guard is not None and kind != "hardware" else driver
+
+    def instances(self, kind: str) -> dict[str, Any]:
+        """The drivers of one kind built so far (``switch``, ``power``...), by device name."""
+        with self._lock:
+            return {name: drv for (k, name), drv in self._cache.items() if k == kind}
 
     def power(self, server: str) -> Power:
         return self._get("power", server, lambda: make_power(server, self.defs.servers[server]))  # type: ignore[no-any-return]
@@ -101,9 +156,18 @@ class Drivers:
         return self._get("boot", server, lambda: make_bootcfg(  # type: ignore[no-any-return]
             server, srv, self.boot_dir, self.power(server) if srv.bmc.kind == "ipmi" else None))
 
+    def hardware(self, server: str) -> Hardware:
+        srv = self.defs.servers[server]
+        return self._get("hardware", server, lambda: make_hardware(  # type: ignore[no-any-return]
+            server, srv, self.power(server) if srv.bmc.kind == "ipmi" else None))
+
     def switch(self, name: str) -> SwitchPorts:
         return self._get("switch", name, lambda: make_switch(  # type: ignore[no-any-return]
             name, self.defs.switches[name], self.switch_timeout_s))
 
     def storage(self, name: str) -> StorageAccess:
         return self._get("storage", name, lambda: make_storage(name, self.defs.storage[name]))  # type: ignore[no-any-return]
+
+    def snapshots(self, name: str) -> Snapshots:
+        return self._get("snapshots", name, lambda: make_snapshots(  # type: ignore[no-any-return]
+            name, self.defs.storage[name], self.storage(name)))

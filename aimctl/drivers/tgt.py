@@ -46,7 +46,7 @@ import threading
 import time
 
 from aimctl import secrets
-from aimctl.drivers.protocols import Session
+from aimctl.drivers.protocols import Session, TargetAccess
 from aimctl.drivers.runner import Arg, LocalRunner, Runner, Secret, SshRunner, display
 from aimctl.drivers.tgt_show import TargetView, parse_accounts, parse_conns, parse_targets
 from aimctl.errors import OperatorError, Rejected, StateMismatch, Timeout, Unreachable
@@ -95,6 +95,19 @@ class TgtStorage:
             return ""
         raise Rejected(self.device, f"{display(argv)}: {msg}")
 
+    def tgtadm(self, *args: Arg, missing_ok: bool = False) -> str:
+        """One checked tgtadm call (for the snapshot driver, which shares this target's runner and lock)."""
+        return self._tgtadm(*args, missing_ok=missing_ok)
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held across a change of several tgtadm steps (a CHAP rotation, a new target's tid)."""
+        return self._lock
+
+    def forget_accounts(self, candidates: set[str]) -> None:
+        """Delete those of ``candidates`` that are bound to no target any more."""
+        self._forget_unbound(candidates)
+
     def targets_of(self) -> dict[str, TargetView]:
         return parse_targets(self._tgtadm("--op", "show", "--mode", "target"))
 
@@ -140,6 +153,12 @@ class TgtStorage:
     def initiators(self, target: str) -> list[str]:
         self._check_iqn(target, "target")
         return list(self._view(target).acl)
+
+    def read_access(self, targets: list[str]) -> dict[str, TargetAccess]:
+        for t in targets:
+            self._check_iqn(t, "target")
+        views = self.targets_of()  # one tgtadm for every target
+        return {t: TargetAccess(tuple(views[t].acl), tuple(views[t].accounts)) for t in targets if t in views}
 
     # ------------------------------------------------------------------ CHAP
 

@@ -17,6 +17,7 @@ _INITIATOR_RE = re.compile(r"^Initiator: (\S+)(?: alias: ?(.*))?$")
 _LUN_RE = re.compile(r"^LUN: (\d+)$")
 _SESSION_RE = re.compile(r"^Session: (\d+)$")
 _CONN_RE = re.compile(r"^Connection: (\d+)$")
+_STAT_RE = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class TargetView:
     accounts: list[str] = field(default_factory=list)  # incoming CHAP users bound to the target
     outgoing: list[str] = field(default_factory=list)
     sessions: list[Nexus] = field(default_factory=list)
+    state: str = ""  # "ready", or "offline" while tgtd refuses its commands (a snapshot's freeze)
+    backing: dict[int, str] = field(default_factory=dict)  # LUN -> backing store path
 
     @property
     def nexus(self) -> list[tuple[str, str]]:
@@ -66,6 +69,7 @@ def parse_targets(text: str) -> dict[str, TargetView]:
     cur: TargetView | None = None
     section = ""
     pending_sid: int | None = None
+    lun: int | None = None
     for raw in text.splitlines():
         if not raw.strip():
             continue
@@ -82,7 +86,9 @@ def parse_targets(text: str) -> dict[str, TargetView]:
         if lvl == 1:
             section = line.rstrip(":")
             continue
-        if section == "I_T nexus information":
+        if section == "System information" and lvl == 2 and line.startswith("State:"):
+            cur.state = line.split(":", 1)[1].strip()
+        elif section == "I_T nexus information":
             m = _NEXUS_RE.match(line)
             if lvl == 2 and m:
                 pending_sid = int(m[1])
@@ -90,8 +96,13 @@ def parse_targets(text: str) -> dict[str, TargetView]:
                 cur.sessions.append(Nexus(pending_sid, m[1], _alias(m[2])))
                 pending_sid = None
         elif section == "LUN information" and lvl == 2 and (m := _LUN_RE.match(line)):
-            if int(m[1]) != 0:
-                cur.luns.append(int(m[1]))
+            lun = int(m[1])
+            if lun != 0:
+                cur.luns.append(lun)
+        elif section == "LUN information" and lvl == 3 and lun and line.startswith("Backing store path:"):
+            path = line.split(":", 1)[1].strip()
+            if path and path != "None":
+                cur.backing[lun] = path
         elif section == "Account information" and lvl == 2:
             if line.endswith("(outgoing)"):
                 cur.outgoing.append(line.removesuffix("(outgoing)").strip())
@@ -122,3 +133,32 @@ def parse_conns(text: str) -> list[ConnView]:
 def parse_accounts(text: str) -> list[str]:
     """``tgtadm --lld iscsi --op show --mode account`` → every account name (they are global)."""
     return [ln.strip() for ln in text.splitlines()[1:] if ln.startswith("    ") and ln.strip()]
+
+
+@dataclass(frozen=True)
+class LunStat:
+    """Commands submitted to and done by one LUN's backing store, per I_T nexus (``--op stat``)."""
+
+    tid: int
+    lun: int
+    sid: int
+    rd_subm: int
+    rd_done: int
+    wr_subm: int
+    wr_done: int
+
+    @property
+    def in_flight(self) -> int:
+        return (self.rd_subm - self.rd_done) + (self.wr_subm - self.wr_done)
+
+
+def parse_stats(text: str) -> list[LunStat]:
+    """``tgtadm --lld iscsi --op stat --mode target --tid N`` (header line, then one line per LUN and nexus:
+    tid lun sid rd_subm(bytes cmds) rd_done(bytes cmds) wr_subm(bytes cmds) wr_done(bytes cmds) errs)."""
+    out = []
+    for line in text.splitlines():
+        m = _STAT_RE.match(line)
+        if m:
+            v = [int(x) for x in m.groups()]
+            out.append(LunStat(v[0], v[1], v[2], v[4], v[6], v[8], v[10]))
+    return out

@@ -10,7 +10,7 @@ from typing import Any
 from aimctl.drivers.registry import Drivers
 from aimctl.drivers.switch_batch import SwitchBatcher
 from aimctl.failover.chap import ChapStore
-from aimctl.journal import Journal, Operation
+from aimctl.journal import JournalInterrupted, JournalStore, Operation
 from aimctl.loader import Definitions
 
 
@@ -28,7 +28,7 @@ class Settings:
 @dataclass
 class Ctx:
     defs: Definitions
-    journal: Journal
+    journal: JournalStore
     drivers: Drivers
     chap: ChapStore
     # (persona, since_wall_time) -> True once a heartbeat arrived after that time
@@ -56,7 +56,9 @@ def targets_of(ctx: Ctx, persona: str) -> list[str]:
 
 
 def parallel(ctx: Ctx, jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
-    """Run independent I/O at once; each result is the value or the exception it raised."""
+    """Run independent I/O at once; each result is the value or the exception it raised.
+
+    Except a lost leadership (or journal): that is no job's failure, and it stops the step."""
     futs = {k: ctx.pool.submit(fn) for k, fn in jobs.items()}
     out: dict[str, Any] = {}
     for k, f in futs.items():
@@ -64,4 +66,7 @@ def parallel(ctx: Ctx, jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
             out[k] = f.result()
         except Exception as exc:  # noqa: BLE001 - the caller decides what each failure means
             out[k] = exc
+    for v in out.values():
+        if isinstance(v, JournalInterrupted):
+            raise v
     return out

@@ -6,6 +6,7 @@ planner and prints, so a dry run and a real failover cannot disagree about the c
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aimctl.drivers.protocols import PortIntent, PortMode
@@ -88,6 +89,17 @@ def check_request(defs: Definitions, persona: str, to: str | None, assignment: d
     if to == current:
         raise OperatorError(f"{persona} already runs on {to}")
     choose(defs, persona, others | ({persona: current} if current else {}), quarantined, in_use, to=to)
+
+
+def choice_sentence(persona: str, server: str | None, why: Sequence[str], rejected: Mapping[str, str]) -> str:
+    """Why this standby, and why not each other one."""
+    nots = "; ".join(f"not {s}: {r}" for s, r in sorted(rejected.items()))
+    if server is None:
+        return f"no standby can take {persona}" + (f" ({nots})" if nots else "")
+    reasons = [w for w in why if not w.startswith("pool ")]
+    pool = next((w for w in why if w.startswith("pool ")), "")
+    head = f"{server} chosen for {persona}" + (f" in {pool}" if pool else "")
+    return head + (": " + ", ".join(reasons) if reasons else "") + (f"; {nots}" if nots else "")
 
 
 def _qual_text(defs: Definitions, persona: str) -> str:

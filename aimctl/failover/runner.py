@@ -14,7 +14,8 @@ A step ends in one of four ways:
 - it raises ``StepFailed`` -> the operation is failed (nothing left half-done that needs a human);
   ``Aborted`` is the same for an operation that should not have run (the body is alive after all).
 Any other exception means the world is in an unknown state: the operation stops in
-needs-operator, never guesses.
+needs-operator, never guesses. ``JournalInterrupted`` (leadership or the journal's store lost)
+is not the step's failure: ``run_steps`` stops there like a crash and a later run resumes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from aimctl.errors import DriverError
-from aimctl.journal import TERMINAL, Journal, Operation, Record, ServerMark
+from aimctl.journal import TERMINAL, JournalInterrupted, JournalStore, Operation, Record, ServerMark
 from aimctl.secrets import mask
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def replay(records: Sequence[Record], names: Sequence[str]) -> Progress:
 
 
 def run_steps(
-    journal: Journal,
+    journal: JournalStore,
     op_id: str,
     steps: Sequence[Step[C]],
     ctx: C,
@@ -216,17 +217,25 @@ def run_steps(
             journal.result(op_id, step.name, "retarget", detail, facts=r.facts, server_marks=r.server_marks)
             tell(step.name, "result", "retarget", detail, time.monotonic() - started)
             continue
-        except NeedsOperator as n:
-            return _fail(journal, op_id, step.name, n.state, n.reason, started, tell, n.facts, n.server_marks)
-        except StepFailed as f:
-            return _fail(journal, op_id, step.name, f.state, f.reason, started, tell)
-        except DriverError as exc:
-            # A device that did not answer or refused: expected in the field, and its message names
-            # the device and what it said. The world may be half-way: an operator decides.
-            log.warning("step %s of %s: %s", step.name, op_id, exc)
-            reason = f"{exc}; fix it, then `aimctl retry {op_id}` (or abandon it)"
-            return _fail(journal, op_id, step.name, "needs-operator", reason, started, tell)
+        except JournalInterrupted:
+            # Lost leadership or the journal's store: stop as a crash would, writing nothing (the
+            # world is as the step left it; whoever leads next resumes it from its intent).
+            raise
         except Exception as exc:
+            cause = _interrupted(exc)
+            if cause is not None:  # e.g. a NeedsOperator raised while handling a refused device call
+                raise cause from exc
+            if isinstance(exc, NeedsOperator):
+                return _fail(journal, op_id, step.name, exc.state, exc.reason, started, tell, exc.facts,
+                             exc.server_marks)
+            if isinstance(exc, StepFailed):
+                return _fail(journal, op_id, step.name, exc.state, exc.reason, started, tell)
+            if isinstance(exc, DriverError):
+                # A device that did not answer or refused: expected in the field, and its message names
+                # the device and what it said. The world may be half-way: an operator decides.
+                log.warning("step %s of %s: %s", step.name, op_id, exc)
+                reason = f"{exc}; fix it, then `aimctl retry {op_id}` (or abandon it)"
+                return _fail(journal, op_id, step.name, "needs-operator", reason, started, tell)
             log.exception("step %s of %s raised", step.name, op_id)
             reason = f"unexpected {type(exc).__name__}: {exc}"
             return _fail(journal, op_id, step.name, "needs-operator", reason, started, tell)
@@ -235,6 +244,18 @@ def run_steps(
         journal.result(op_id, step.name, outcome.status, outcome.detail, facts=outcome.facts,
                        assignment_change=outcome.assignment, server_marks=outcome.server_marks)
         tell(step.name, "result", outcome.status, outcome.detail, time.monotonic() - started)
+
+
+def _interrupted(exc: BaseException) -> JournalInterrupted | None:
+    """The lost leadership (or journal) behind ``exc``, if it was raised while handling one."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, JournalInterrupted):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _describe(step: Step[C], ctx: C, op: Operation) -> dict[str, Any]:
@@ -248,7 +269,7 @@ def _describe(step: Step[C], ctx: C, op: Operation) -> dict[str, Any]:
         return {"describe_failed": f"{type(exc).__name__}: {exc}"}
 
 
-def _fail(journal: Journal, op_id: str, step: str, state: str, reason: str, started: float,
+def _fail(journal: JournalStore, op_id: str, step: str, state: str, reason: str, started: float,
           tell: Callable[[str, str, str | None, Mapping[str, Any], float | None], None],
           facts: Mapping[str, Any] | None = None, server_marks: Mapping[str, ServerMark] | None = None) -> RunResult:
     # Two commits: a crash between them leaves a failed result in a running operation, and a
@@ -259,6 +280,6 @@ def _fail(journal: Journal, op_id: str, step: str, state: str, reason: str, star
     return _stop(journal, op_id, state, f"{step}: {reason}")
 
 
-def _stop(journal: Journal, op_id: str, state: str, reason: str) -> RunResult:
+def _stop(journal: JournalStore, op_id: str, state: str, reason: str) -> RunResult:
     journal.set_state(op_id, state, reason)
     return RunResult(op_id, state, mask(reason))

@@ -18,7 +18,7 @@ from aimctl.drivers.protocols import IscsiBoot, PortIntent, PowerState
 from aimctl.errors import DriverError, OperatorError
 from aimctl.failover.context import Ctx, targets_of
 from aimctl.failover.fence import fence_body, not_dead_after_all, operator_out
-from aimctl.failover.planner import choose, merge_intents, port_intents, quarantine_intents
+from aimctl.failover.planner import choice_sentence, choose, merge_intents, port_intents, quarantine_intents
 from aimctl.failover.ports import change_ports
 from aimctl.failover.describe import View, candidates, view_of
 from aimctl.failover.runner import (
@@ -86,7 +86,9 @@ def s_choose(ctx: Ctx, call: StepCall) -> StepOutcome:
                                                                    for s, r in sorted(c.rejected.items())]))
         if not ctx.journal.acquire_lease(server_lease(c.server), op.id, 3 * 3600.0):
             raise NeedsOperator(f"standby {c.server} was taken by another operation")
-    return StepOutcome("ok", {"to": c.server, "why": c.why}, facts={"to": c.server, "to_server": c.server})
+    detail = {"to": c.server, "why": c.why, "rejected": c.rejected,
+              "sentence": choice_sentence(op.persona, c.server, c.why, c.rejected)}
+    return StepOutcome("ok", detail, facts={"to": c.server, "to_server": c.server})
 
 
 def s_fence(ctx: Ctx, call: StepCall) -> StepOutcome:
@@ -147,7 +149,8 @@ def s_storage(ctx: Ctx, call: StepCall) -> StepOutcome:
     return StepOutcome.ok(targets=out)
 
 
-def _boot(ctx: Ctx, persona: str) -> IscsiBoot:
+def boot_identity(ctx: Ctx, persona: str) -> IscsiBoot:
+    """What a body's firmware needs to boot ``persona`` now (its current CHAP secret included)."""
     spec = ctx.defs.personas[persona].spec
     storage = ctx.defs.storage[spec.storage]
     return IscsiBoot(spec.initiator, spec.boot.target, spec.boot.lun, storage.portal, storage.port,
@@ -156,7 +159,7 @@ def _boot(ctx: Ctx, persona: str) -> IscsiBoot:
 
 def s_bootcfg(ctx: Ctx, call: StepCall) -> StepOutcome:
     to = call.op.facts["to"]
-    b = _boot(ctx, call.op.persona)
+    b = boot_identity(ctx, call.op.persona)
     ctx.drivers.bootcfg(to).write(b)
     return StepOutcome.ok(server=to, initiator=b.initiator, target=b.target, lun=b.lun)
 
@@ -247,6 +250,10 @@ def s_done(ctx: Ctx, call: StepCall) -> StepOutcome:
     marks = {}
     if op.from_server and op.kind == "failover":
         marks[op.from_server] = ServerMark(quarantine=True, failed=True, reason=f"failed body, fenced by {op.id}")
+    elif op.from_server and op.facts.get("suspect"):
+        # A planned move off a failing body: it stays out of the pool until someone repairs it.
+        marks[op.from_server] = ServerMark(quarantine=True, failed=True,
+                                           reason=f"suspect body, moved off by {op.id}: {op.facts.get('evidence', '')}")
     summary = f"{op.persona} on {to}" + (", recovery failed" if op.facts.get("recovery_failed") else "")
     return StepOutcome("ok", {"summary": summary}, assignment={op.persona: to}, server_marks=marks)
 

@@ -1,10 +1,23 @@
 """The journal: the controller's record of what it did and the state that follows from it.
 
-Callers import from here, never from a backend module: SQLite is the embedded backend
-(``aimctl.journal.sqlite``).
+Callers import from here, never from a backend module. ``JournalStore`` is the one interface;
+SQLite is the embedded backend (``Journal``, the default), etcd the clustered one
+(``etcd_journal``, imported on first use so an embedded controller never loads an etcd client).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aimctl.journal.base import (
+    JournalInterrupted,
+    JournalStore,
+    JournalUnavailable,
+    LostLeadership,
+    WriteRefused,
+)
 from aimctl.journal.sqlite import (
+    BACKGROUND_KINDS,
     CRASH_EXIT_CODE,
     KINDS,
     STATES,
@@ -18,13 +31,26 @@ from aimctl.journal.sqlite import (
     Record,
     ServerMark,
     ServerStatus,
+    StoredFinding,
     UnknownOperation,
     commits,
     persona_lease,
     server_lease,
 )
 
+if TYPE_CHECKING:
+    from aimctl.journal.etcd import EtcdJournal
+
+
+def etcd_journal(*args: Any, **kwargs: Any) -> EtcdJournal:
+    """The etcd backend (see ``aimctl.journal.etcd.EtcdJournal`` for its arguments)."""
+    from aimctl.journal.etcd import EtcdJournal
+
+    return EtcdJournal(*args, **kwargs)
+
+
 __all__ = [
+    "BACKGROUND_KINDS",
     "CRASH_EXIT_CODE",
     "KINDS",
     "STATES",
@@ -32,14 +58,21 @@ __all__ = [
     "TERMINAL",
     "UNFINISHED",
     "Journal",
+    "JournalInterrupted",
+    "JournalStore",
+    "JournalUnavailable",
     "Lease",
     "LeaseHeld",
+    "LostLeadership",
     "Operation",
     "Record",
     "ServerMark",
     "ServerStatus",
+    "StoredFinding",
     "UnknownOperation",
+    "WriteRefused",
     "commits",
+    "etcd_journal",
     "persona_lease",
     "server_lease",
 ]

@@ -80,18 +80,73 @@ MIGRATIONS: list[list[str]] = [
             old TEXT NOT NULL DEFAULT '[]',
             updated REAL NOT NULL)""",
     ],
+    [
+        # Version 3: drift repairs and the persona lifecycle are operations too. SQLite cannot change a
+        # CHECK in place: the table is rebuilt (its documented 12-step procedure; ``migrate`` turns
+        # foreign keys off around it and checks them before committing).
+        """CREATE TABLE operations_v2 (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('failover', 'move', 'failback', 'repair', 'archive', 'restore',
+                                               'rehearsal', 'provision')),
+            persona TEXT NOT NULL,
+            from_server TEXT,
+            to_server TEXT,
+            state TEXT NOT NULL CHECK (state IN ('running', 'needs-operator', 'waiting-approval',
+                                                 'done', 'failed', 'aborted')),
+            result TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            facts TEXT NOT NULL DEFAULT '{}')""",
+        "INSERT INTO operations_v2 SELECT id, kind, persona, from_server, to_server, state, result, created,"
+        " updated, facts FROM operations",
+        "DROP TABLE operations",
+        "ALTER TABLE operations_v2 RENAME TO operations",
+        "CREATE INDEX operations_state ON operations(state)",
+        # Drift findings (aimctl.reconcile): one row per difference, kept after it resolves so
+        # "since when" and "alerted once" survive a restart.
+        """CREATE TABLE findings (
+            key TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            persona TEXT,
+            server TEXT,
+            device TEXT NOT NULL,
+            what TEXT NOT NULL,
+            expected TEXT NOT NULL,
+            observed TEXT NOT NULL,
+            since REAL NOT NULL,
+            seen REAL NOT NULL,
+            alerted INTEGER NOT NULL DEFAULT 0,
+            resolved REAL,
+            repair_op TEXT)""",
+        "CREATE INDEX findings_open ON findings(resolved)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def migrate(db: sqlite3.Connection, path: Path) -> None:
-    """Bring the database to SCHEMA_VERSION, each migration in its own transaction."""
+    """Bring the database to SCHEMA_VERSION, each migration in its own transaction.
+
+    Foreign keys are off while migrating (SQLite's recipe for rebuilding a table: its implicit
+    DELETE on DROP would otherwise trip them) and checked before each commit.
+    """
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise OperatorError(
             f"journal {path} has schema version {version}; this aimctl knows up to {SCHEMA_VERSION}"
             " (upgrade aimctl, or point --state at another directory)"
         )
+    if version == SCHEMA_VERSION:
+        return
+    fk = db.execute("PRAGMA foreign_keys").fetchone()[0]
+    db.execute("PRAGMA foreign_keys=OFF")
+    try:
+        _migrate(db, path, version)
+    finally:
+        db.execute(f"PRAGMA foreign_keys={'ON' if fk else 'OFF'}")
+
+
+def _migrate(db: sqlite3.Connection, path: Path, version: int) -> None:
     for target in range(version, SCHEMA_VERSION):
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -101,6 +156,10 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
                 continue
             for statement in MIGRATIONS[target]:
                 db.execute(statement)
+            broken = db.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise OperatorError(f"journal {path}: migration to version {target + 1} broke "
+                                    f"{len(broken)} foreign key(s); nothing was changed")
             db.execute(f"PRAGMA user_version = {target + 1}")
         except BaseException:
             db.execute("ROLLBACK")

@@ -1,4 +1,4 @@
-"""The controller's journal: one SQLite database (WAL) that is the source of truth for what it did.
+"""The embedded journal backend: one SQLite database (WAL), the source of truth for what it did.
 
 DESIGN.md rule 3: each workflow step writes its intent (committed) before acting and its result
 after; a restarted controller replays the records to resume. Records are append-only (triggers
@@ -22,17 +22,42 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aimctl.errors import OperatorError
 from aimctl.journal import schema
+from aimctl.journal.base import (  # re-exported: one import for callers
+    BACKGROUND_KINDS,
+    CRASH_EXIT_CODE,
+    KINDS,
+    STATES,
+    STATUSES,
+    TERMINAL,
+    UNFINISHED,
+    ChangeFn,
+    JournalStore,
+    Operation,
+    Record,
+    UnknownOperation,
+    after_commit,
+    after_record,
+    check_kind,
+    check_end,
+    check_state,
+    check_status,
+    commits,
+    dumps,
+    next_change_number,
+    result_detail,
+)
+from aimctl.journal.findings import FindingsMixin, StoredFinding
 from aimctl.journal.state import (  # re-exported: one import for callers
     Lease,
     LeaseHeld,
@@ -42,9 +67,10 @@ from aimctl.journal.state import (  # re-exported: one import for callers
     persona_lease,
     server_lease,
 )
-from aimctl.secrets import mask
+from aimctl.secrets import mask, write_private
 
 __all__ = [
+    "BACKGROUND_KINDS",
     "CRASH_EXIT_CODE",
     "KINDS",
     "STATES",
@@ -58,100 +84,18 @@ __all__ = [
     "Record",
     "ServerMark",
     "ServerStatus",
+    "StoredFinding",
     "UnknownOperation",
     "commits",
     "persona_lease",
     "server_lease",
 ]
 
-KINDS = {"failover": "fo", "move": "mv", "failback": "fb"}
-STATES = ("running", "needs-operator", "waiting-approval", "done", "failed", "aborted")
-UNFINISHED = ("running", "needs-operator", "waiting-approval")
-TERMINAL = ("done", "failed", "aborted")
-STATUSES = ("ok", "failed", "skipped", "retarget")
-CRASH_EXIT_CODE = 97
-
-_count_lock = threading.Lock()
-_counts = {"commits": 0, "records": 0}
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,200})+\Z")
+_after_commit, _after_record, _dumps = after_commit, after_record, dumps
 
 
-def _count(kind: str, crash_env: str) -> int:
-    """Count one more commit or step record; die here (a crash, not a shutdown: no cleanup, no
-    flush) when ``crash_env`` names this number. The crash tests walk every point with it."""
-    with _count_lock:
-        _counts[kind] += 1
-        n = _counts[kind]
-    crash_at = os.environ.get(crash_env)
-    if crash_at and crash_at.isdigit() and int(crash_at) == n:
-        os._exit(CRASH_EXIT_CODE)
-    return n
-
-
-def _after_commit(hook: Callable[[int], None] | None) -> None:
-    n = _count("commits", "AIMCTL_CRASH_AT_RECORD")
-    if hook is not None:
-        hook(n)
-
-
-def _after_record() -> None:
-    # AIMCTL_CRASH_AFTER_STEP_RECORD=N: right after this process's Nth intent or result.
-    _count("records", "AIMCTL_CRASH_AFTER_STEP_RECORD")
-
-
-def commits() -> int:
-    """Write transactions committed by this process so far (what AIMCTL_CRASH_AT_RECORD counts)."""
-    with _count_lock:
-        return _counts["commits"]
-
-
-class UnknownOperation(OperatorError):
-    http_status = 404
-
-
-@dataclass(frozen=True)
-class Operation:
-    id: str
-    kind: str
-    persona: str
-    from_server: str | None
-    to_server: str | None
-    state: str
-    result: str
-    created: float
-    updated: float
-    facts: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Record:
-    op_id: str
-    seq: int
-    step: str
-    phase: str  # intent | result
-    status: str | None  # None for intents
-    detail: dict[str, Any]
-    time: float
-
-
-def _masked(value: Any) -> Any:
-    """Secrets never reach the journal, even by mistake in a step's detail."""
-    if isinstance(value, str):
-        return mask(value)
-    if isinstance(value, Mapping):
-        return {str(k): _masked(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_masked(v) for v in value]
-    return value
-
-
-def _dumps(value: Mapping[str, Any] | None) -> str:
-    try:
-        return json.dumps(_masked(dict(value or {})), sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"journal detail is not JSON-serialisable: {exc}") from None
-
-
-class Journal(StateMixin):
+class Journal(StateMixin, FindingsMixin, JournalStore):
     def __init__(
         self,
         path: Path | str,
@@ -179,6 +123,10 @@ class Journal(StateMixin):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -222,10 +170,9 @@ class Journal(StateMixin):
         ttl_s: float = 3600.0,
     ) -> str:
         """Create an operation in state running; its leases are taken in the same transaction."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown operation kind {kind!r} (want one of {', '.join(KINDS)})")
+        short = check_kind(kind)
         now = self._clock()
-        prefix = f"{KINDS[kind]}-{time.strftime('%Y%m%d', time.gmtime(now))}-"
+        prefix = f"{short}-{time.strftime('%Y%m%d', time.gmtime(now))}-"
         with self.transaction() as db:
             row = db.execute(
                 "SELECT MAX(CAST(substr(id, ?) AS INTEGER)) FROM operations WHERE id LIKE ?",
@@ -260,8 +207,7 @@ class Journal(StateMixin):
 
     def set_state(self, op_id: str, state: str, result: str = "") -> None:
         """Set an operation's state; a terminal state releases every lease the operation holds."""
-        if state not in STATES:
-            raise ValueError(f"unknown operation state {state!r}")
+        check_state(state)
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE operations SET state = ?, result = ?, updated = ? WHERE id = ?",
@@ -296,15 +242,9 @@ class Journal(StateMixin):
         ``end=(state, result)`` also ends the operation there (a terminal state; its leases are
         released): how an operator's abandon is recorded, so no crash can leave an abandoned
         operation holding its persona."""
-        if status not in STATUSES:
-            raise ValueError(f"unknown step status {status!r} (want one of {', '.join(STATUSES)})")
-        if end is not None and end[0] not in TERMINAL:
-            raise ValueError(f"a result can only end an operation in a terminal state, not {end[0]!r}")
-        full = dict(detail or {})
-        if assignment_change:
-            full["assignment"] = dict(assignment_change)
-        if server_marks:
-            full["server_marks"] = {s: m.__dict__ for s, m in server_marks.items()}
+        check_status(status)
+        check_end(end)
+        full = result_detail(detail, assignment_change, server_marks)
         now = self._clock()
         with self.transaction() as db:
             self._append(db, op_id, step, "result", status, full)
@@ -334,30 +274,71 @@ class Journal(StateMixin):
         ]
 
     def pending(self, op_id: str) -> tuple[str, str] | None:
-        """(step, phase) of the last record: an ``intent`` there means that step was cut short."""
         rows = self.query(
             "SELECT step, phase FROM records WHERE op_id = ? ORDER BY seq DESC LIMIT 1", (op_id,)
         )
         return (rows[0]["step"], rows[0]["phase"]) if rows else None
 
-    def steps(self, op_id: str) -> list[dict[str, Any]]:
-        """The timeline: one entry per attempt of a step (an intent and the result that followed)."""
-        out: list[dict[str, Any]] = []
-        for r in self.records(op_id):
-            if r.phase == "intent":
-                out.append({"step": r.step, "started": r.time, "ended": None, "duration_s": None,
-                            "status": "interrupted", "resumed": bool(r.detail.get("resumed")),
-                            "intent": r.detail, "detail": {}})
-                continue
-            last = out[-1] if out else None
-            if last is None or last["step"] != r.step or last["ended"] is not None:
-                last = {"step": r.step, "started": None, "resumed": False, "intent": {}}
-                out.append(last)
-            last.update(ended=r.time, status=r.status, detail=r.detail,
-                        duration_s=None if last["started"] is None else r.time - last["started"])
-        if out and out[-1]["ended"] is None and self.operation(op_id).state == "running":
-            out[-1]["status"] = "running"  # the newest open intent may still be in progress
-        return out
+    # -- change records -------------------------------------------------------------------------
+
+    def change_open(self, op_id: str, record: dict[str, Any], number: str | None = None
+                    ) -> tuple[dict[str, Any], bool]:
+        now = self._clock()
+        with self.transaction() as db:
+            # Checked inside the write lock: two callers racing on one operation get one record.
+            row = db.execute("SELECT record FROM changes WHERE op_id = ?", (op_id,)).fetchone()
+            if row is not None:
+                return dict(json.loads(row[0])), False
+            if number is not None:
+                if db.execute("SELECT 1 FROM changes WHERE number = ?", (number,)).fetchone():
+                    raise OperatorError(f"change {number} already records another operation")
+            else:
+                last = db.execute("SELECT MAX(CAST(substr(number, 4) AS INTEGER)) FROM changes").fetchone()[0]
+                number = next_change_number(last)
+            record = {**record, "number": number}
+            db.execute("INSERT INTO changes(number, op_id, record, created, updated) VALUES (?,?,?,?,?)",
+                       (record["number"], op_id, json.dumps(record), now, now))
+        return record, True
+
+    def change_get(self, number: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT record FROM changes WHERE number = ?", (number,))
+        return dict(json.loads(rows[0][0])) if rows else None
+
+    def change_for_op(self, op_id: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT record FROM changes WHERE op_id = ?", (op_id,))
+        return dict(json.loads(rows[0][0])) if rows else None
+
+    def change_list(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.query("SELECT record FROM changes ORDER BY created DESC, number DESC LIMIT ?", (limit,))
+        return [dict(json.loads(r[0])) for r in rows]
+
+    def change_update(self, number: str, change: ChangeFn) -> dict[str, Any] | None:
+        now = self._clock()
+        with self.transaction() as db:
+            row = db.execute("SELECT record FROM changes WHERE number = ?", (number,)).fetchone()
+            if row is None:
+                return None
+            rec: dict[str, Any] = json.loads(row[0])
+            change(rec)
+            db.execute("UPDATE changes SET record = ?, updated = ? WHERE number = ?", (json.dumps(rec), now, number))
+        return rec
+
+    # -- secret state: 0600 files next to the database (CTRLDIR/chap/...), as they always were -----
+
+    def _secret_path(self, name: str) -> Path:
+        if not SECRET_NAME_RE.match(name) or ".." in name:
+            raise ValueError(f"bad secret name {name!r}")
+        return self.path.parent / name
+
+    def secret_get(self, name: str) -> str | None:
+        path = self._secret_path(name)
+        return path.read_text() if path.exists() else None
+
+    def secret_put(self, name: str, value: str) -> None:
+        write_private(self._secret_path(name), value)
+
+    def secret_delete(self, name: str) -> None:
+        self._secret_path(name).unlink(missing_ok=True)
 
     def _append(self, db: sqlite3.Connection, op_id: str, step: str, phase: str, status: str | None,
                 detail: Mapping[str, Any] | None) -> None:

@@ -68,8 +68,8 @@ def persona_lease(persona: str) -> str:
     return f"persona:{persona}"
 
 
-class StateMixin:
-    """Needs ``transaction``, ``query`` and ``now`` from the Journal."""
+class JournalParts:
+    """What the journal's table mixins need from the Journal: ``transaction``, ``query``, ``now``."""
 
     def transaction(self, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError
@@ -79,6 +79,10 @@ class StateMixin:
 
     def now(self) -> float:
         raise NotImplementedError
+
+
+class StateMixin(JournalParts):
+    """Assignment, server marks and leases."""
 
     # -- assignment and servers -----------------------------------------------------------------
 
@@ -117,9 +121,6 @@ class StateMixin:
                 (by, self.now(), server),
             )
 
-    def quarantined(self) -> dict[str, ServerStatus]:
-        return {k: v for k, v in self.servers().items() if v.quarantined}
-
     def servers(self) -> dict[str, ServerStatus]:
         rows = self.query("SELECT * FROM servers ORDER BY name")
         return {
@@ -137,13 +138,6 @@ class StateMixin:
         )
 
     # -- leases -------------------------------------------------------------------------------
-
-    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        try:
-            self.acquire_leases([name], holder, ttl_s)
-        except LeaseHeld:
-            return False
-        return True
 
     def acquire_leases(self, names: Sequence[str], holder: str, ttl_s: float) -> None:
         """All or nothing; re-acquiring a lease one already holds renews it (resume re-takes its own)."""

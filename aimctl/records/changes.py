@@ -1,7 +1,8 @@
 """Change records for the operator's change-management system (DESIGN.md rule 5).
 
 Each operation gets one change record in a ServiceNow-like shape. The record itself lives in the
-journal database (table ``changes``), so it survives restarts with the operation it describes;
+journal (``JournalStore.change_*``: a table in SQLite, keys in etcd), so it survives restarts and
+takeovers with the operation it describes;
 sinks receive the *whole* record on every event (open, note, approve, close).
 
 Sinks never fail an operation: a failover exists to bring service back, and the change-management
@@ -12,7 +13,6 @@ successful delivery brings the remote copy up to date.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from aimctl.errors import OperatorError
 from aimctl.failover.runner import StepEvent
-from aimctl.journal import Journal, Operation
+from aimctl.journal import JournalStore, Operation
 from aimctl.records.sinks import JsonlSink, WebhookSink, sign
 from aimctl.secrets import mask
 
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 Change = Callable[[dict[str, Any], float], None]
 
 OPEN_STATES = ("new", "implement", "review")
-TITLES = {"failover": "Failover", "move": "Planned move", "failback": "Failback"}
+TITLES = {"failover": "Failover", "move": "Planned move", "failback": "Failback", "repair": "Drift repair",
+          "restore": "Restore", "rehearsal": "Spare rehearsal", "provision": "New persona from a gold image"}
 
 
 class UnknownChange(OperatorError):
@@ -49,7 +50,7 @@ def snow_time(t: float) -> str:
 
 
 class ChangeRecords:
-    def __init__(self, journal: Journal, sinks: Sequence[ChangeSink] = ()) -> None:
+    def __init__(self, journal: JournalStore, sinks: Sequence[ChangeSink] = ()) -> None:
         self.journal = journal
         self.sinks = list(sinks)
 
@@ -77,7 +78,8 @@ class ChangeRecords:
             "number": "",
             "correlation_id": op.id,
             "type": "emergency" if op.kind == "failover" else "normal",
-            "short_description": f"{TITLES.get(op.kind, op.kind)} of persona {op.persona}{where}",
+            "short_description": f"{TITLES.get(op.kind, op.kind)} of "
+                                 f"{f'persona {op.persona}' if op.persona else 'a body'}{where}",
             "description": mask(description or f"aimctl operation {op.id} ({op.kind}) on persona {op.persona}."),
             "state": "new",
             "approval": "requested" if require_approval else "not-required",
@@ -90,22 +92,9 @@ class ChangeRecords:
             "work_notes": [],
             "sys_created_by": "aimctl",
         }
-        with self.journal.transaction() as db:
-            # Re-check inside the write lock: two callers racing on one operation get one record.
-            row = db.execute("SELECT record FROM changes WHERE op_id = ?", (op.id,)).fetchone()
-            if row is not None:
-                return dict(json.loads(row[0]))
-            if number:
-                if db.execute("SELECT 1 FROM changes WHERE number = ?", (number,)).fetchone():
-                    raise OperatorError(f"change {number} already records another operation")
-                record["number"] = number
-            else:
-                last = db.execute("SELECT MAX(CAST(substr(number, 4) AS INTEGER)) FROM changes").fetchone()[0]
-                record["number"] = f"CHG{(last or 1000000) + 1:07d}"
-            db.execute(
-                "INSERT INTO changes(number, op_id, record, created, updated) VALUES (?,?,?,?,?)",
-                (record["number"], op.id, json.dumps(record), now, now),
-            )
+        record, created = self.journal.change_open(op.id, record, number)
+        if not created:
+            return record
         self._emit("open", record)
         return record
 
@@ -148,7 +137,7 @@ class ChangeRecords:
                 rec["approved_by"].append(by)
             rec["approval"] = "approved"
             rec["work_notes"].append({"time": snow_time(now), "step": "approve", "text": f"approved by {by}"})
-        return self._update("number = ?", number, "approve", change)
+        return self._update(number, "approve", change)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -157,21 +146,19 @@ class ChangeRecords:
         return rec["approval"] in ("approved", "not-required")
 
     def exists(self, number: str) -> bool:
-        return bool(self.journal.query("SELECT 1 FROM changes WHERE number = ?", (number,)))
+        return self.journal.change_get(number) is not None
 
     def get(self, number: str) -> dict[str, Any]:
-        rows = self.journal.query("SELECT record FROM changes WHERE number = ?", (number,))
-        if not rows:
+        rec = self.journal.change_get(number)
+        if rec is None:
             raise UnknownChange(f"no change record {number}")
-        return dict(json.loads(rows[0][0]))
+        return rec
 
     def for_operation(self, op_id: str) -> dict[str, Any] | None:
-        rows = self.journal.query("SELECT record FROM changes WHERE op_id = ?", (op_id,))
-        return dict(json.loads(rows[0][0])) if rows else None
+        return self.journal.change_for_op(op_id)
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self.journal.query("SELECT record FROM changes ORDER BY created DESC LIMIT ?", (limit,))
-        return [dict(json.loads(r[0])) for r in rows]
+        return self.journal.change_list(limit)
 
     def shutdown(self) -> None:
         for sink in self.sinks:
@@ -183,22 +170,17 @@ class ChangeRecords:
     # -- internals ----------------------------------------------------------------------------
 
     def _update_for_op(self, op_id: str, event: str, change: Change) -> dict[str, Any] | None:
-        try:
-            return self._update("op_id = ?", op_id, event, change)
-        except UnknownChange:
+        rec = self.journal.change_for_op(op_id)
+        if rec is None:
             log.warning("operation %s has no change record; %s not recorded", op_id, event)
             return None
+        return self._update(str(rec["number"]), event, change)
 
-    def _update(self, where: str, key: str, event: str, change: Change) -> dict[str, Any]:
+    def _update(self, number: str, event: str, change: Change) -> dict[str, Any]:
         now = self.journal.now()
-        with self.journal.transaction() as db:
-            row = db.execute(f"SELECT number, record FROM changes WHERE {where}", (key,)).fetchone()
-            if row is None:
-                raise UnknownChange(f"no change record for {key}")
-            rec: dict[str, Any] = json.loads(row[1])
-            change(rec, now)
-            db.execute("UPDATE changes SET record = ?, updated = ? WHERE number = ?",
-                       (json.dumps(rec), now, row[0]))
+        rec = self.journal.change_update(number, lambda r: change(r, now))
+        if rec is None:
+            raise UnknownChange(f"no change record {number}")
         self._emit(event, rec)
         return rec
 

@@ -1,7 +1,8 @@
 """Application recovery hooks: per persona, ordered, run at fixed points of a failover.
 
-Kinds: ``exchange-dag`` (DAG recovery over SSH), ``ssh-command`` (one command over SSH) and
-``script`` (a local executable given the failover's facts as ``AIMCTL_*`` variables). The hooks
+Kinds: ``exchange-dag`` (DAG recovery over SSH), ``ssh-command`` (one command over SSH),
+``script`` (a local executable given the failover's facts as ``AIMCTL_*`` variables) and
+``dns-update`` (the persona's DNS records, RFC 2136 with TSIG, read back; ``recovery/dns.py``). The hooks
 are the definitions' own classes (``aimctl.model``: fields, limits and defaults are said there
 once, checked when the definitions load); this module runs them. Each hook has a timeout and a
 number of retries; its output (masked, clipped) and result are returned as a ``HookResult`` for the
@@ -26,7 +27,8 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attem
 from aimctl import secrets
 from aimctl.drivers.ssh import SshSession, SshTarget
 from aimctl.errors import OperatorError
-from aimctl.model import ExchangeDagHook, HookPoint, ScriptHook, SshCommandHook
+from aimctl.model import DnsUpdateHook, ExchangeDagHook, HookPoint, ScriptHook, SshCommandHook
+from aimctl.recovery import dns as dns_hook
 from aimctl.recovery.exchange_dag import Thresholds, run_exchange_dag
 
 POINTS: tuple[str, ...] = get_args(HookPoint)
@@ -37,7 +39,7 @@ _PLACEHOLDER_RE = re.compile(r"\{(persona|old_server|new_server|failover_id|poin
 # environment may hold secret values (env: references) that a hook has no business reading.
 _SCRIPT_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
-HookSpec = ExchangeDagHook | SshCommandHook | ScriptHook
+HookSpec = ExchangeDagHook | SshCommandHook | ScriptHook | DnsUpdateHook
 
 
 class HookSpecError(OperatorError):
@@ -50,6 +52,8 @@ def label(spec: HookSpec) -> str:
         return f"exchange-dag {spec.dag}/{spec.server}"
     if isinstance(spec, ScriptHook):
         return f"script {Path(spec.path).name}"
+    if isinstance(spec, DnsUpdateHook):
+        return f"dns-update {spec.zone}"
     return spec.hook
 
 
@@ -62,6 +66,8 @@ class HookContext:
     new_server: str
     failover_id: str
     point: str = ""
+    # The persona's (network, address) pairs: what a dns-update's {address:NETWORK} means.
+    addresses: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for key, value in self.facts().items():
@@ -167,6 +173,8 @@ def _attempt(spec: HookSpec, ctx: HookContext, emit: Emit) -> HookResult:
             ok, output, error = _run_script(spec, ctx)
         elif isinstance(spec, SshCommandHook):
             ok, output, error = _run_ssh_command(spec, ctx)
+        elif isinstance(spec, DnsUpdateHook):
+            ok, output, error = _run_dns_update(spec, ctx, data)
         else:
             ok, output, error = _run_dag(spec, emit, data)
     except OperatorError as exc:
@@ -239,3 +247,12 @@ def _run_dag(spec: ExchangeDagHook, emit: Emit, data: dict[str, Any]) -> tuple[b
         outcome = run_exchange_dag(shell, spec.dag, spec.server, left, spec.poll, Thresholds(), log)
     data.update(before=outcome.before, after=outcome.after, actions=outcome.actions)
     return outcome.ok, "\n".join(lines), outcome.error
+
+
+def _run_dns_update(spec: DnsUpdateHook, ctx: HookContext, data: dict[str, Any]) -> tuple[bool, str, str | None]:
+    records = [(r.name, r.type, int(r.ttl), r.value) for r in spec.records]
+    ok, output, error, found = dns_hook.update(
+        spec.server, spec.port, spec.zone, spec.key_name, spec.key_algorithm, spec.credentials, records,
+        {"persona": ctx.persona, "server": ctx.new_server or ctx.old_server}, dict(ctx.addresses), spec.timeout)
+    data.update(found)
+    return ok, output, error

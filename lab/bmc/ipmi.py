@@ -21,6 +21,7 @@ from pathlib import Path
 import pyghmi.ipmi.private.session as ipmisession
 
 from lab.bmc.common import DueTimer, Faults, Notifier
+from lab.bmc.hardware import HardwareState
 from lab.bmc.ipmi_pyghmi import LabBmc, prime_pyghmi, unregister
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ class IpmiSystemSpec:
     name: str
     power_on: bool = False
     boot_device: str = "default"
+    model: str = "PowerEdge R620"
+    cores: int = 12
+    memory_gb: int = 64
 
 
 @dataclass
@@ -59,6 +63,9 @@ class IpmiLab:
         self._servers = {s.name: _Server(on=s.power_on, boot_device=s.boot_device) for s in systems}
         self._lock = threading.RLock()
         self._faults = Faults(self._servers)
+        self.hardware = HardwareState()
+        for spec in systems:
+            self.hardware.add(spec.name, spec.model, spec.cores, spec.memory_gb, [])
         # chassis control requests each BMC received, for tests and status
         self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
         self._bmcs: dict[str, LabBmc] = {}
@@ -147,6 +154,7 @@ class IpmiLab:
     def reset(self, name: str, power_on: bool) -> None:
         """Back to a clean server: no faults, default boot device, the given power, nothing pending."""
         self._faults.clear(name)
+        self.hardware.reset(name)
         with self._lock:
             self._servers[name].boot_device = "default"
         self._set_now(name, power_on)

@@ -31,9 +31,13 @@ import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.session as ipmisession
 from pyghmi.ipmi.private import serversession
 
+from lab.bmc.hardware import HardwareState, fru_product_area, sel_record
+
 
 class BmcOwner(Protocol):
     """What a lab BMC asks of the lab that owns it (``lab.bmc.ipmi.IpmiLab``): the servers' truth."""
+
+    hardware: HardwareState  # inventory and event log (FRU, SEL)
 
     def faulted(self, name: str, kind: str) -> bool: ...
 
@@ -180,8 +184,62 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     def get_boot_device(self) -> str:
         return self.lab.boot_device(self.name)
 
+    # --- storage commands: FRU inventory and the SEL (IPMI 2.0 sections 34 and 31) -------------
+    def handle_raw_request(self, request: dict[str, Any], session: Any) -> None:
+        if request["netfn"] == NETFN_STORAGE and request["command"] in _STORAGE:
+            try:
+                code, data = _STORAGE[request["command"]](self, bytes(request.get("data") or b""))
+            except (IndexError, ValueError):  # a malformed request: "invalid data field", as a real BMC says
+                code, data = 0xCC, b""
+            session.send_ipmi_response(data=list(data), code=code)
+            return
+        super().handle_raw_request(request, session)
+
+    def _fru(self) -> bytes:
+        b = self.lab.hardware.get(self.name)
+        return fru_product_area("Dell Inc.", b.model, f"LAB-{self.name}")
+
+    def _fru_info(self, req: bytes) -> tuple[int, bytes]:
+        size = len(self._fru())
+        return 0, bytes([size & 0xFF, size >> 8, 0])
+
+    def _fru_read(self, req: bytes) -> tuple[int, bytes]:
+        data = self._fru()
+        offset, count = req[1] | req[2] << 8, req[3]
+        chunk = data[offset:offset + count]
+        return 0, bytes([len(chunk)]) + chunk
+
+    def _sel_info(self, req: bytes) -> tuple[int, bytes]:
+        n = len(self.lab.hardware.get(self.name).entries)
+        return 0, bytes([0x51, n & 0xFF, n >> 8, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0x02])
+
+    def _sel_reserve(self, req: bytes) -> tuple[int, bytes]:
+        return 0, b"\x01\x00"
+
+    def _sel_entry(self, req: bytes) -> tuple[int, bytes]:
+        entries = self.lab.hardware.get(self.name).entries
+        if not entries:
+            return 0xCB, b""
+        ids = [int(e["Id"]) for e in entries]
+        want = req[2] | req[3] << 8
+        if want == 0x0000:
+            i = 0
+        elif want == 0xFFFF:
+            i = len(ids) - 1
+        elif want in ids:
+            i = ids.index(want)
+        else:
+            return 0xCB, b""
+        nxt = ids[i + 1] if i + 1 < len(ids) else 0xFFFF
+        return 0, bytes([nxt & 0xFF, nxt >> 8]) + sel_record(ids[i], entries[i])
+
     def set_boot_device(self, bootdevice: str) -> None:
         self.lab.set_boot_device(self.name, bootdevice)
+
+
+NETFN_STORAGE = 0x0A
+_STORAGE = {0x10: LabBmc._fru_info, 0x11: LabBmc._fru_read, 0x40: LabBmc._sel_info, 0x42: LabBmc._sel_reserve,
+            0x43: LabBmc._sel_entry}
 
 
 def unregister(bmcs: list[LabBmc]) -> None:

@@ -42,9 +42,10 @@ import bcrypt
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from aimctl.drivers.protocols import IscsiBoot
-from lab.bmc import redfish_nic
+from lab.bmc import redfish_hw, redfish_nic
 from lab.bmc.common import DueTimer, Faults, Notifier
 from lab.bmc.redfish_emulator import FaultMiddleware, QuietHandler, fresh_emulator_module, lab_driver_class
+from lab.bmc.hardware import HardwareState
 from lab.bmc.redfish_sessions import SessionLayer
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ class RedfishSystemSpec:
     name: str
     power_on: bool = False
     boot_nic: str = "NIC.Integrated.1-1"
+    model: str = "PowerEdge R720"
+    cores: int = 16
+    memory_gb: int = 192
+    macs: list[str] | None = None  # declared MACs; else the lab makes one up
 
 
 class RedfishLab:
@@ -87,6 +92,7 @@ class RedfishLab:
         # power requests each system received over Redfish (ComputerSystem.Reset), for tests and status
         self.power_commands: dict[str, int] = {s.name: 0 for s in systems}
         self.iscsi = redfish_nic.IscsiStore()
+        self.hardware = HardwareState()
         self._notifier = Notifier("redfish-lab")
         self._due = DueTimer("redfish-lab", self._land)
         self._module: types.ModuleType | None = None
@@ -116,6 +122,10 @@ class RedfishLab:
         for name, spec in self._specs.items():
             self.iscsi.add(self._uuids[name], spec.boot_nic)
         redfish_nic.register_routes(app, self.iscsi, self._uuid_for)
+        for name, spec in self._specs.items():
+            macs = spec.macs or [n["mac"] for n in self._fake_system(spec)["nics"]]
+            self.hardware.add(name, spec.model, spec.cores, spec.memory_gb, macs)
+        redfish_hw.register_routes(app, self.hardware, self.name_for)
         basic = app.wsgi_app  # the emulator behind its Basic-auth layer (when users are set)
         inner = basic.app if self._users else basic
         app.wsgi_app = FaultMiddleware(SessionLayer(basic, inner, self._users), self)
@@ -256,6 +266,7 @@ class RedfishLab:
 
     def reset(self, name: str, power_on: bool) -> None:
         self._faults.clear(name)
+        self.hardware.reset(name)
         u = self._uuids[name]
         self.iscsi.clear(u)
         with self._lock:
@@ -312,6 +323,8 @@ class RedfishLab:
 
     def _fake_system(self, spec: RedfishSystemSpec) -> dict[str, Any]:
         n = list(self._specs).index(spec.name) + 1
+        nics = [{"mac": m, "ip": f"10.99.{n // 256}.{n % 256}"} for m in spec.macs] if spec.macs else \
+            [{"mac": f"52:54:00:aa:{n // 256:02x}:{n % 256:02x}", "ip": f"10.99.{n // 256}.{n % 256}"}]
         return copy.deepcopy(
             {
                 "uuid": self._uuids[spec.name],
@@ -320,7 +333,7 @@ class RedfishLab:
                 "boot_device": "Hdd",
                 "boot_mode": "UEFI",
                 "external_notifier": False,
-                "nics": [{"mac": f"52:54:00:aa:{n // 256:02x}:{n % 256:02x}", "ip": f"10.99.{n // 256}.{n % 256}"}],
+                "nics": nics,
             }
         )
 

@@ -115,7 +115,7 @@ def _complications(rng: random.Random, w: World, pool: str, victim: str, server:
     if victim in w.dag:
         out.append(lambda: [Injection("dag-copy-failed", victim)])
     out.append(lambda: [Injection("controller-kill", "controller", {"delay_s": round(rng.uniform(0.0, 6.0), 1)})])
-    out.append(lambda: [Injection("controller-stall", "controller", {"seconds": round(rng.uniform(1.0, 4.0), 1)})])
+    out.append(lambda: [Injection("controller-pause", "controller", {"seconds": round(rng.uniform(1.0, 4.0), 1)})])
     out.append(lambda: [Injection("trap-storm", "all", {"rate": rng.choice((50, 100, 150))})])
     out.append(lambda: [Injection("scn-loss", "all", {"percent": rng.choice((1, 2, 3, 4, 5))})])
     return out
@@ -130,7 +130,7 @@ def _noise(rng: random.Random, w: World) -> list[Callable[[], list[Injection]]]:
         lambda: [Injection("trap-storm", rng.choice(["all", *sorted({x for v in w.switches.values() for x in v})]),
                            {"rate": rng.choice((50, 100, 200))})],
         lambda: [Injection("scn-loss", "all", {"percent": rng.choice((1, 2, 3, 4, 5))})],
-        lambda: [Injection("controller-stall", "controller", {"seconds": round(rng.uniform(1.0, 4.0), 1)})],
+        lambda: [Injection("controller-pause", "controller", {"seconds": round(rng.uniform(1.0, 4.0), 1)})],
         lambda: [Injection("controller-kill", "controller", {"delay_s": round(rng.uniform(0.0, 3.0), 1)})],
     ]
     if assigned:

@@ -27,8 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aimctl.agent.bootfacts import is_rehearsal
 from aimctl.agent.checks import CheckSpec
 from aimctl.agent.run import REASON_REQUESTED, run_agent
+from aimctl.validation import REHEARSAL_SUFFIX
 from lab.storage.iscsi_session import HeldSession
 
 log = logging.getLogger(__name__)
@@ -74,12 +76,23 @@ class PersonaRuntime:
     data_luns: list[tuple[str, int]]
     key: bytes
     interval_s: float
+    initiator: str = ""
+
+
+def runtime_for(label: str, initiator: str, personas: dict[str, PersonaRuntime]) -> PersonaRuntime | None:
+    """Which persona a boot LUN boots: the one its label names, or for a gold image the one whose
+    initiator name it was booted with (a rehearsal's too)."""
+    if not label.startswith("gold:"):
+        return personas.get(label)
+    own = initiator.removesuffix(REHEARSAL_SUFFIX)
+    return next((rt for rt in list(personas.values()) if rt.initiator == own), None)
 
 
 @dataclass
 class HostStatus:
     power: bool = False
     booted: str | None = None
+    rehearsal: str | None = None  # the persona this body boots as a spare rehearsal
     state: str = "off"
     detail: str = ""
     sessions: list[str] = field(default_factory=list)
@@ -151,11 +164,13 @@ class Host:
             boot = HeldSession.login(cfg.portal, cfg.target, cfg.lun, cfg.initiator, self.server,
                                      cfg.chap_user, cfg.chap_secret)
             sessions.append(boot)
-            persona = boot.read_label().strip()
-            rt = self._personas.get(persona)
+            label = boot.read_label().strip()
+            rt = runtime_for(label, cfg.initiator, self._personas)
             if rt is None:
-                raise RuntimeError(f"boot LUN label {persona!r} is no persona of this lab")
-            for target, lun in rt.data_luns:
+                raise RuntimeError(f"boot LUN label {label!r} (initiator {cfg.initiator}) is no persona of this lab")
+            persona = rt.name
+            rehearsal = is_rehearsal(cfg.initiator)
+            for target, lun in [] if rehearsal else rt.data_luns:
                 sessions.append(HeldSession.login(cfg.portal, target, lun, cfg.initiator, self.server,
                                                   cfg.chap_user, cfg.chap_secret))
         except Exception as exc:  # noqa: BLE001 - wrong initiator/CHAP/ACL: a visible failed boot
@@ -172,14 +187,20 @@ class Host:
             self._sessions = sessions
             stop = threading.Event()
             self._agent_stop = stop
-            self.status.booted = persona
+            if rehearsal:
+                self.status.rehearsal = persona
+            else:
+                self.status.booted = persona
             self.status.boots += 1
-            self.status.sessions = [cfg.target] + [t for t, _ in rt.data_luns]
+            self.status.sessions = [cfg.target] + ([] if rehearsal else [t for t, _ in rt.data_luns])
         threading.Thread(target=run_agent, name=f"agent-{persona}", daemon=True,
                          kwargs={"persona": persona, "controller": self._agent_target, "key": rt.key,
                                  "interval_s": rt.interval_s, "stop_event": stop,
                                  "checks": [self.service] if self.service else [], "restarts": 3,
-                                 "on_shutdown": self._agent_ended}).start()
+                                 "on_shutdown": self._agent_ended, "rehearsal": rehearsal}).start()
+        if rehearsal:
+            self._set("rehearsal", persona)
+            return
         self._set("running", persona)
         self._on_persona(self.server, persona, True)
 
@@ -216,6 +237,7 @@ class Host:
                     self._frozen.append((now, s))
             self._sessions = []
             self.status.booted = None
+            self.status.rehearsal = None
             self.status.sessions = []
         if how == "shutdown":
             self._set("halted", "persona shut down")
@@ -253,7 +275,8 @@ class Host:
 
     def snapshot(self) -> dict[str, Any]:
         st = self.status
-        return {"power": "on" if st.power else "off", "booted": st.booted, "state": st.state, "detail": st.detail,
+        return {"power": "on" if st.power else "off", "booted": st.booted, "rehearsal": st.rehearsal,
+                "state": st.state, "detail": st.detail,
                 "held_sessions": list(st.sessions), "frozen_sessions": len(self._frozen), "boots": st.boots}
 
 

@@ -1,8 +1,8 @@
 """The SCN relay: the lab's stand-in for VLAN reachability.
 
 The machine cannot do 802.1Q (LAB.md), so each host sends its heartbeats to its own relay port and
-the relay forwards them to the controller only while the host's primary or secondary SCN channel
-port carries the SCN VLAN — read from the fake switches' configuration in process — and no
+the relay forwards them to the controller (every controller, in a cluster) only while the host's
+primary or secondary SCN channel port carries the SCN VLAN — read from the fake switches' configuration in process — and no
 ``scn-partition`` fault cuts it. Moving a persona's VLANs is therefore what makes it reachable.
 ``loss`` drops that share of a server's packets at random (``scn-loss``: a lossy SCN path).
 """
@@ -18,7 +18,9 @@ from collections.abc import Callable
 
 class ScnRelay:
     def __init__(self, controller: tuple[str, int], reachable: Callable[[str], bool]) -> None:
-        self.controller = controller
+        # Every controller of a cluster gets each packet (agents send one per controller; the relay
+        # stands for the SCN, which carries them all).
+        self.controllers: list[tuple[str, int]] = [controller]
         self._reachable = reachable
         self._sel = selectors.DefaultSelector()
         self._socks: dict[str, socket.socket] = {}
@@ -44,6 +46,14 @@ class ScnRelay:
         """Make the random losses repeatable (a soak replayed with its seed)."""
         self._rng.seed(seed)
 
+    def add_controller(self, addr: tuple[str, int]) -> None:
+        if addr not in self.controllers:
+            self.controllers.append(addr)
+
+    def remove_controller(self, addr: tuple[str, int]) -> None:
+        if addr in self.controllers[1:]:
+            self.controllers.remove(addr)
+
     def port(self, server: str) -> int:
         return int(self._socks[server].getsockname()[1])
 
@@ -63,14 +73,15 @@ class ScnRelay:
                 if server in self.partitioned or not self._reachable(server) or \
                         (server in self.loss and self._rng.random() < self.loss[server]):
                     self.dropped[server] += 1
-                elif src == self.controller:
+                elif src in self.controllers:
                     # The controller answers (a signed stop request) to where the heartbeat came from.
                     if server in self._agent:
                         sock.sendto(data, self._agent[server])
                 else:
                     # Each server's traffic leaves from its own relay socket, so replies find their way back.
                     self._agent[server] = src
-                    sock.sendto(data, self.controller)
+                    for c in list(self.controllers):
+                        sock.sendto(data, c)
                     self.forwarded[server] += 1
 
     def stop(self) -> None:

@@ -80,28 +80,38 @@ class TrapSender:
     def __init__(self, host: str, port: int, community: str) -> None:
         import threading
 
-        self.target = (host, port)
+        self.targets = [(host, port)]  # every controller of a cluster gets the switches' traps
         self.community = community
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lab-traps", daemon=True)
         self._thread.start()
         self._engine: SnmpEngine | None = None
-        self._transport: UdpTransportTarget | None = None
+        self._transports: dict[tuple[str, int], UdpTransportTarget] = {}
         self.sent = 0
         self.failed = 0
+
+    def add_target(self, addr: tuple[str, int]) -> None:
+        if addr not in self.targets:
+            self.targets.append(addr)
+
+    def remove_target(self, addr: tuple[str, int]) -> None:
+        if addr in self.targets[1:]:
+            self.targets.remove(addr)
 
     async def _send(self, trap_oid: str, binds: list[ObjectType], community: str | None = None) -> None:
         if self._engine is None:
             self._engine = SnmpEngine()
-            self._transport = await UdpTransportTarget.create(self.target, timeout=1, retries=0)
-        error, status, _i, _ = await send_notification(
-            self._engine, CommunityData(community or self.community, mpModel=1), self._transport, ContextData(),
-            "trap",
-            NotificationType(ObjectIdentity(trap_oid)).add_varbinds(*binds))
-        if error or status:
-            self.failed += 1
-        else:
-            self.sent += 1
+        for target in list(self.targets):
+            if target not in self._transports:
+                self._transports[target] = await UdpTransportTarget.create(target, timeout=1, retries=0)
+            error, status, _i, _ = await send_notification(
+                self._engine, CommunityData(community or self.community, mpModel=1), self._transports[target],
+                ContextData(),
+                "trap", NotificationType(ObjectIdentity(trap_oid)).add_varbinds(*binds))
+            if error or status:
+                self.failed += 1
+            else:
+                self.sent += 1
 
     def link(self, switch: str, ifindex: int, up: bool, community: str | None = None) -> None:
         """linkUp/linkDown for ``ifindex`` (``community``: another than the configured one, as a

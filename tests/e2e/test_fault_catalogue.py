@@ -66,7 +66,7 @@ def test_controller_stall_with_a_death_inside_it(world: World) -> None:
     """The controller is stopped (SIGSTOP) for 3 s and r720-1 dies during the stall: once it runs
     again it fails exchange1 over, and fails nothing else over on the backlog it finds."""
     lab, ctrl = world
-    lab.fault("controller-stall", "controller", seconds=3)
+    lab.fault("controller-pause", "controller", seconds=3)
     lab.fault("power-button", "r720-1")
     op = wait_op(ctrl, "exchange1", ENDED, timeout_s=60)
     assert op["state"] == "done", op

@@ -37,7 +37,7 @@ def test_the_catalogue_has_at_least_fifteen_kinds_each_described() -> None:
     ("scn-loss", {"percent": 5}, {"percent": 5.0}),
     ("trap-storm", {"rate": 100.0}, {"rate": 100}),
     ("controller-kill", {"delay_s": 0}, {"delay_s": 0.0}),
-    ("controller-stall", {"seconds": 3}, {"seconds": 3.0}),
+    ("controller-pause", {"seconds": 3}, {"seconds": 3.0}),
 ])
 def test_fault_options_are_checked_against_their_kind(kind: str, given: dict[str, Any], want: dict[str, float]) -> None:
     assert faults.check_params(kind, given) == want

@@ -4,17 +4,22 @@ The "world" is a JSON file (what switches, targets and BMCs would hold); ``actio
 line each time a step actually changes the world. Server s3 never heartbeats, so the run also
 retargets once. Usage: ``python -m tests.unit.toy_workflow STATE_DIR``; prints the number of
 journal commits at the end. Set AIMCTL_CRASH_AT_RECORD=N to crash after the Nth commit.
+
+With ``AIMCTL_TOY_ETCD=HOST:PORT`` and ``AIMCTL_TOY_PREFIX=/p/`` the journal is the etcd backend:
+the toy is elected first (a crashed earlier run of it left its leader key behind: it reclaims it,
+which gives it a fresh fencing token) and every write carries that token.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from aimctl.failover.runner import Retarget, Step, StepCall, StepOutcome, run_steps
-from aimctl.journal import Journal, ServerMark, commits, persona_lease, server_lease
+from aimctl.journal import Journal, JournalStore, ServerMark, commits, persona_lease, server_lease
 
 STANDBYS = ["s3", "s4"]
 BROKEN = {"s3"}  # boots, never heartbeats
@@ -86,8 +91,27 @@ STEPS: list[Step[World]] = [Step(n, f) for n, f in [
 ]]
 
 
+def open_journal(state: Path) -> JournalStore:
+    where = os.environ.get("AIMCTL_TOY_ETCD")
+    if not where:
+        return Journal(state / "journal.db")
+    from aimctl.journal.etcdkv import Etcd
+    from aimctl.cluster.leadership import Leadership, Timing
+    from aimctl.journal import etcd_journal
+
+    host, port = where.rsplit(":", 1)
+    etcd = Etcd([(host, int(port))])
+    prefix = os.environ["AIMCTL_TOY_PREFIX"]
+    lead = Leadership(etcd, prefix, "toy", timing=Timing(ttl_s=10, renew_s=2, retry_s=2))
+    for _ in range(10):
+        if lead.run_once() in ("renew", "hold"):
+            break
+    lead.check()
+    return etcd_journal(etcd, prefix, lambda: lead.token)
+
+
 def main(state: Path) -> None:
-    journal = Journal(state / "journal.db")
+    journal = open_journal(state)
     journal.seed_assignment({"ex1": "s1"})
     unfinished = journal.unfinished_operations()
     if unfinished:
