@@ -89,6 +89,10 @@ class Plan:
 
 # ---------------------------------------------------------------------------- what a round does
 
+# Faults the soak never draws: they need the lab's controller cluster (``lab up --etcd 3
+# --controllers 3``), and the soak drives one controller; tests/e2e/test_cluster.py runs them.
+CLUSTER_ONLY = ("etcd-member-kill", "controller-etcd-cut")
+
 # How a round kills a body (the victim): a power cut, its links cut (alive, but rule 2's two
 # signals), its SCN and BMC gone together (presumed dead), or its service failing (unhealthy).
 DEATHS = ("power-button", "link-down", "scn-partition+bmc-down", "service-fail")
@@ -109,6 +113,7 @@ def _complications(rng: random.Random, w: World, pool: str, victim: str, server:
         out.append(lambda: [Injection("bmc-slow", rng.choice(standbys), {"delay_s": round(rng.uniform(3.0, 7.0), 1)})])
     if w.switches.get(pool):
         out.append(lambda: [Injection("switch-hang", rng.choice(w.switches[pool]), {"after": rng.randrange(0, 15)})])
+        out.append(lambda: [Injection("switch-reject", rng.choice(w.switches[pool]))])
     out.append(lambda: [Injection("storage-error", "storage")])
     if server in w.redfish and death != "service-fail":
         out.append(lambda: [Injection("storage-step-error", server)])
@@ -139,6 +144,16 @@ def _noise(rng: random.Random, w: World) -> list[Callable[[], list[Injection]]]:
         out.append(lambda: [Injection("bmc-auth", rng.choice(assigned))])
         out.append(lambda: [Injection("bmc-alert", rng.choice(assigned))])
         out.append(lambda: [Injection("scn-flap", rng.choice(assigned), {"period_s": round(rng.uniform(1.0, 4.0), 1)})])
+        # Hardware that starts failing, and changes made behind the controller's back (drift).
+        out.append(lambda: [Injection("event-log", rng.choice(assigned))])
+        out.append(lambda: [Injection("link-flap", rng.choice(assigned))])
+        out.append(lambda: [Injection("vlan-change", f"{rng.choice(assigned)}:{rng.choice((1, 2, 3, 4))}")])
+        redfish = [s for s in assigned if s in w.redfish]
+        if redfish:
+            out.append(lambda: [Injection("health-degrade", rng.choice(redfish))])
+    if w.assignment:
+        out.append(lambda: [Injection("acl-add", rng.choice(sorted(p for p, s in w.assignment.items() if s)))])
+    out.append(lambda: [Injection("hw-mismatch", rng.choice(servers))])
     if spare:
         out.append(lambda: [Injection("bmc-lies", rng.choice(spare))])
         out.append(lambda: [Injection("bmc-phantom", rng.choice(spare))])
@@ -207,9 +222,14 @@ def parse_plan(text: str) -> Plan:
 _NOT_CONFIRMED = re.compile(r"fence of (?P<server>[A-Za-z0-9_.-]+) not confirmed: power-off not read back")
 
 
+# The escalation limit (too many automatic failovers of one persona in its window): an operator
+# decides; the soak's operator decides the bodies are at fault and fails the persona over by hand.
+_ESCALATED = re.compile(r"already had \d+ automatic failovers")
+
+
 @dataclass(frozen=True)
 class Exit:
-    action: str  # approve, retry, mark-fenced, abandon
+    action: str  # approve, retry, mark-fenced, abandon, failover (abandon, then an operator's failover)
     server: str | None = None  # mark-fenced: the body the operator declares out
     pull_plug: bool = False  # mark-fenced: the operator first cuts the body's power at the PDU
     note: str = ""
@@ -217,11 +237,14 @@ class Exit:
 
 def operator_exit(op: Waiting, tries: int, bodies: Mapping[str, Body], max_tries: int = 3) -> Exit:
     """What an operator does for an operation that waits, once the faults are cleared: approve what
-    waits for approval; for a fence that could not be confirmed, go to the rack, cut the body's
-    power if it still has some, and record it as out; otherwise retry; and after ``max_tries``
-    answers that did not end it, abandon it (the persona stays where it is, watched again)."""
+    waits for approval; for a persona stopped by the escalation limit, abandon that operation and fail
+    it over by hand; for a fence that could not be confirmed, go to the rack, cut the body's power if
+    it still has some, and record it as out; otherwise retry; and after ``max_tries`` answers that did
+    not end it, abandon it (the persona stays where it is, watched again)."""
     if op.state == "waiting-approval":
         return Exit("approve", note="approved by the soak's operator")
+    if _ESCALATED.search(op.reason):
+        return Exit("failover", note="escalation limit: the bodies are at fault, failing over by hand")
     if tries >= max_tries:
         return Exit("abandon", note=f"abandoned after {tries} tries")
     m = _NOT_CONFIRMED.search(op.reason)

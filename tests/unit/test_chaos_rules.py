@@ -70,7 +70,7 @@ def test_rounds_use_only_catalogue_kinds_with_valid_options_and_cover_it() -> No
         if plan.death:
             assert plan.death in WORLD.assignment
         assert len({i.kind for i in plan.injections}) == len(plan.injections)  # no kind twice in a round
-    assert seen == set(faults.NAMES), set(faults.NAMES) - seen
+    assert seen == set(faults.NAMES) - set(rules.CLUSTER_ONLY), set(faults.NAMES) - seen
 
 
 def test_the_same_seed_and_round_make_the_same_plan() -> None:
@@ -109,6 +109,8 @@ def test_storage_step_error_only_for_redfish_bodies() -> None:
              "(tgtd does not answer)"), 0, {"r720-1": Body(False)}, Exit("retry")),
     (Waiting("fo-1", "exchange1", "needs-operator", "choose: no standby: ..."), 3, {}, Exit("abandon")),
     (Waiting("fo-1", "web1", "waiting-approval", "waiting for change CHG0001234"), 5, {}, Exit("approve")),
+    (Waiting("fo-1", "web2", "needs-operator", "confirm: not failed over: web2 already had 2 automatic failovers "
+             "in the last 1h (limit 2): ..."), 0, {}, Exit("failover")),
 ])
 def test_operator_exit(op: Waiting, tries: int, bodies: dict[str, Body], want: Exit) -> None:
     got = rules.operator_exit(op, tries, bodies)

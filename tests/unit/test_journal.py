@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from aimctl.errors import OperatorError, Unreachable
+from aimctl.errors import OperatorError
 from aimctl.failover.runner import (
     Step,
     StepCall,
