@@ -121,7 +121,6 @@ def _complications(rng: random.Random, w: World, pool: str, victim: str, server:
         out.append(lambda: [Injection("dag-copy-failed", victim)])
     out.append(lambda: [Injection("controller-kill", "controller", {"delay_s": round(rng.uniform(0.0, 6.0), 1)})])
     out.append(lambda: [Injection("controller-pause", "controller", {"seconds": round(rng.uniform(1.0, 4.0), 1)})])
-    out.append(lambda: [Injection("trap-storm", "all", {"rate": rng.choice((50, 100, 150))})])
     out.append(lambda: [Injection("scn-loss", "all", {"percent": rng.choice((1, 2, 3, 4, 5))})])
     return out
 
@@ -222,14 +221,9 @@ def parse_plan(text: str) -> Plan:
 _NOT_CONFIRMED = re.compile(r"fence of (?P<server>[A-Za-z0-9_.-]+) not confirmed: power-off not read back")
 
 
-# The escalation limit (too many automatic failovers of one persona in its window): an operator
-# decides; the soak's operator decides the bodies are at fault and fails the persona over by hand.
-_ESCALATED = re.compile(r"already had \d+ automatic failovers")
-
-
 @dataclass(frozen=True)
 class Exit:
-    action: str  # approve, retry, mark-fenced, abandon, failover (abandon, then an operator's failover)
+    action: str  # approve, retry, mark-fenced, abandon
     server: str | None = None  # mark-fenced: the body the operator declares out
     pull_plug: bool = False  # mark-fenced: the operator first cuts the body's power at the PDU
     note: str = ""
@@ -237,14 +231,13 @@ class Exit:
 
 def operator_exit(op: Waiting, tries: int, bodies: Mapping[str, Body], max_tries: int = 3) -> Exit:
     """What an operator does for an operation that waits, once the faults are cleared: approve what
-    waits for approval; for a persona stopped by the escalation limit, abandon that operation and fail
-    it over by hand; for a fence that could not be confirmed, go to the rack, cut the body's power if
-    it still has some, and record it as out; otherwise retry; and after ``max_tries`` answers that did
-    not end it, abandon it (the persona stays where it is, watched again)."""
+    waits for approval; for a fence that could not be confirmed, go to the rack, cut the body's power
+    if it still has some, and record it as out; otherwise retry (for a persona stopped by the
+    escalation limit, that is the operator's decision that the bodies, not the persona, are at
+    fault); and after ``max_tries`` answers that did not end it, abandon it (the persona stays where
+    it is, watched again)."""
     if op.state == "waiting-approval":
         return Exit("approve", note="approved by the soak's operator")
-    if _ESCALATED.search(op.reason):
-        return Exit("failover", note="escalation limit: the bodies are at fault, failing over by hand")
     if tries >= max_tries:
         return Exit("abandon", note=f"abandoned after {tries} tries")
     m = _NOT_CONFIRMED.search(op.reason)

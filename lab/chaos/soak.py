@@ -265,11 +265,8 @@ class Soak:
                 args = {"approve": ["approve", op.id],
                         "retry": ["retry", op.id, "--no-wait", "--note", ex.note],
                         "mark-fenced": ["mark-fenced", op.id, ex.server or "", "--no-wait", "--note", ex.note],
-                        "abandon": ["abandon", op.id, "--note", ex.note],
-                        "failover": ["abandon", op.id, "--note", ex.note]}[ex.action]
+                        "abandon": ["abandon", op.id, "--note", ex.note]}[ex.action]
                 r = self.aimctl(*args)
-                if ex.action == "failover" and r.returncode == 0:
-                    r = self.aimctl("failover", op.persona, "--no-wait")
                 rep.exits.append(f"{ex.action} {op.id}" + (f" {ex.server}" if ex.server else "") +
                                  ("" if r.returncode == 0 else f" (refused: {r.stderr.strip()[-120:]})"))
                 if r.returncode == 0:

@@ -62,12 +62,15 @@ def test_controller_killed_at_a_random_moment_resumes(world: World) -> None:
         again.stop()
 
 
-def test_controller_stall_with_a_death_inside_it(world: World) -> None:
-    """The controller is stopped (SIGSTOP) for 3 s and r720-1 dies during the stall: once it runs
-    again it fails exchange1 over, and fails nothing else over on the backlog it finds."""
+def test_controller_paused_in_the_middle_of_a_failover(world: World) -> None:
+    """The controller stops (SIGSTOP, 3 s) while it fails exchange1 over, between two steps or inside
+    one: when it runs again the failover goes on to its end, and the backlog of heartbeats and
+    traps it finds makes no other failover. (A stall *before* a death: tests/e2e/test_detection.py.)"""
     lab, ctrl = world
-    lab.fault("controller-pause", "controller", seconds=3)
     lab.fault("power-button", "r720-1")
+    ctrl.wait(lambda: (o := op_of(ctrl, "exchange1")) and any(
+        s["step"] == "fence" for s in timeline(ctrl, o["id"])), 30, "exchange1's failover at its fence")
+    lab.fault("controller-pause", "controller", seconds=3)
     op = wait_op(ctrl, "exchange1", ENDED, timeout_s=60)
     assert op["state"] == "done", op
     on_standby(lab, ctrl, "exchange1", "r720-3")

@@ -110,7 +110,7 @@ def test_storage_step_error_only_for_redfish_bodies() -> None:
     (Waiting("fo-1", "exchange1", "needs-operator", "choose: no standby: ..."), 3, {}, Exit("abandon")),
     (Waiting("fo-1", "web1", "waiting-approval", "waiting for change CHG0001234"), 5, {}, Exit("approve")),
     (Waiting("fo-1", "web2", "needs-operator", "confirm: not failed over: web2 already had 2 automatic failovers "
-             "in the last 1h (limit 2): ..."), 0, {}, Exit("failover")),
+             "in the last 1h (limit 2): ..."), 0, {}, Exit("retry")),
 ])
 def test_operator_exit(op: Waiting, tries: int, bodies: dict[str, Body], want: Exit) -> None:
     got = rules.operator_exit(op, tries, bodies)
