@@ -83,6 +83,7 @@ from aimctl.records.sentences import operation_sentence
 from aimctl.recovery.runner import hook_runner
 from aimctl.sdnotify import notify
 from aimctl.secrets import resolve_bytes
+from aimctl.validation import CHANGE_RE
 
 if TYPE_CHECKING:
     from aimctl.cluster.config import ClusterConfig
@@ -90,6 +91,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aimctl.controller")
 
+# Leases of unfinished operations are renewed to this TTL this often (see ``renew_leases``).
+LEASE_TTL_S = 3 * 3600.0
+LEASE_RENEW_EVERY_S = 60.0
 # Operations that leave the persona running on its body: a drift repair holds only ports, an archive
 # or a rehearsal copies and boots beside it. The detector keeps watching such a persona, and its death
 # is not "covered" by them: it queues a failover, which pre-empts or waits for them.
@@ -496,7 +500,12 @@ class Controller:
                 # What the operation waits for (the API adds the operator's ways out, rule 7).
                 personas[persona]["waiting"] = {"state": op.state, "reason": op.result}
         quarantined = {s: dataclasses.asdict(v) for s, v in marks.items()}
-        doc = {"personas": personas, "quarantined": quarantined, "receiver": self.receiver.counters(),
+        wall = self.journal.now()
+        # Who holds what, and for how long yet: an operation that waits must still hold its leases.
+        leases = [{"name": x.name, "holder": x.holder, "expires_in_s": round(x.expires - wall, 1)}
+                  for x in self.journal.leases()]
+        doc = {"personas": personas, "quarantined": quarantined, "leases": leases,
+               "receiver": self.receiver.counters(),
                "paused_pools": dict(self.paused), "operator_paused_pools": dict(self.operator_paused),
                "operator_paused": {p: {"paused": True, **v.__dict__} for p, v in self._pauses.items()},
                "queued": sorted(self._pending), "detector_stalls": self.detector.stalls,
@@ -588,6 +597,11 @@ class Controller:
                 raise WaitForRepair(f"{persona}: waiting for drift repair {holding.id} to end")
             if holding is not None:
                 raise OperatorError(f"{persona} already has an operation in progress")
+            if change is not None:
+                if not isinstance(change, str) or not CHANGE_RE.match(change):
+                    raise OperatorError(f"change number {str(change)[:40]!r} refused: want CHG and 7 digits")
+                if self.changes.exists(change):
+                    raise OperatorError(f"change {change} already records another operation")
             pool = self.defs.personas[persona].pool
             running = [o for o in self.journal.unfinished_operations() if o.kind not in BACKGROUND_KINDS
                        and self.defs.personas.get(o.persona) and self.defs.personas[o.persona].pool == pool]
@@ -655,9 +669,11 @@ class Controller:
             return
         try:
             # Opening is idempotent: a resumed operation finds the change record it opened before.
+            # An operator's own change number (``move --change CHG...``) is adopted for the record.
             rec = self.changes.open(op, description=f"{op.kind} of {op.persona or op.facts.get('subject')} from "
                                                     f"{op.from_server}: {op.facts.get('evidence', '')}",
-                                    require_approval=False if op.kind == "repair" else None)
+                                    require_approval=False if op.kind == "repair" else None,
+                                    number=op.facts.get("change"))
             if op.facts.get("change_required") and not op.facts.get("change"):
                 # A planned move the pool gates on change approval waits for its own change record.
                 self.journal.add_facts(op_id, {"change": rec["number"]})
@@ -989,7 +1005,7 @@ class Controller:
     def loop(self) -> None:
         tick = max(0.05, self.interval / 4)
         notify("READY=1")
-        last_reconcile = 0.0
+        last_reconcile = renewed = 0.0
         while not self._stop.wait(tick):
             now = time.monotonic()
             self.detector.tick(now, self.snapshot)
@@ -1004,10 +1020,24 @@ class Controller:
                     if now - last_reconcile > 1.0:
                         last_reconcile = now
                         self._reconcile()
+                    if now - renewed >= LEASE_RENEW_EVERY_S:
+                        renewed = now
+                        self.renew_leases()
                 except JournalInterrupted as exc:
                     log.error("loop: %s", exc)
             if self.cluster is None or self.cluster.leadership.healthy():
                 notify("WATCHDOG=1")  # a hung loop (or a stuck leadership thread) gets killed by systemd
+
+    def renew_leases(self) -> int:
+        """An unfinished operation holds its persona and servers for as long as it is unfinished —
+        waiting for an operator over a weekend included — not only for the TTL taken when it opened:
+        a lapsed lease would let another operation choose a standby this one half-configured."""
+        live = {op.id for op in self.journal.unfinished_operations()}
+        n = 0
+        for lease in self.journal.leases(include_expired=True):
+            if lease.holder in live and self.journal.renew(lease.name, lease.holder, LEASE_TTL_S):
+                n += 1
+        return n
 
     # ------------------------------------------------------------------ cluster
 

@@ -19,6 +19,9 @@ IQN_RE = re.compile(r"^iqn\.\d{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?
 # Exchange object names reaching PowerShell: letters, digits, dash, underscore; no quotes, no $.
 PS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 DESCRIPTION_RE = re.compile(r"^[A-Za-z0-9 ._:/-]{0,64}\Z")
+# A change record's number as the operator's change-management system gives it (``move --change``):
+# aimctl adopts it for the operation's change record, so ``aimctl approve CHG...`` finds it.
+CHANGE_RE = re.compile(r"^CHG[0-9]{7}\Z")
 # The one form of an SSH target (a hook's ``via``, a storage array's ``management``).
 SSH_URL_RE = re.compile(r"^ssh://(?P<user>[A-Za-z0-9_.-]{1,64})@(?P<host>[A-Za-z0-9.-]{1,253})(?::(?P<port>[0-9]{1,5}))?\Z")
 # How an SSH server's host key is trusted: ``known-hosts`` (the controller's known_hosts; unknown

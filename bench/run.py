@@ -33,6 +33,9 @@ ROWS = [  # (file, key, goal text)
     ("console", "dashboard_p50_ms", ""), ("console", "dashboard_p99_ms", "<= 300 ms"),
     ("console", "dashboard_kb", "<= 150 kB"), ("console", "dashboard_cpu_p99_ms", ""),
     ("console", "loadavg_1m_at_end", ""), ("console", "live_update_ms", "<= 500 ms"),
+    ("soak", "minutes", ">= 30"), ("soak", "rounds", ""), ("soak", "fault_kinds", ">= 15"),
+    ("soak", "violations", "0"), ("soak", "needs_operator", ""), ("soak", "controller_restarts", ""),
+    ("soak", "double_access", "0"),
 ]
 NOTES = """
 Notes:
@@ -50,6 +53,10 @@ Notes:
   deep, 20,001 files, a tree just under the 12 MiB limit wrong only in its last persona...), each
   loaded in a fresh process; per-tree figures are in `bench/results/plan.json`. The slowest is the
   largest tree a limit allows, which must be validated whole before its one problem is found.
+- `soak` is written by `make soak` (30 minutes, not part of `make bench`): the chaos soak's rounds,
+  the faults injected per kind (`faults` in `bench/results/soak.json`), the operations that stopped
+  for an operator and were answered through the command line, and every invariant violation with
+  its seed and round.
 - `heartbeat.verified_per_s_one_core` is per second of the receiver thread's CPU time (the wall-clock
   figure, `verified_per_s_wall`, depends on what else the 2 cores run; both are in the JSON). Each
   datagram is read with its kernel arrival stamp (`SO_TIMESTAMPNS`). `_with_marks` saves the replay

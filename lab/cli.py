@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aimctl.errors import OperatorError
-from lab import control, ops
+from lab import control, faults
 
 app = typer.Typer(no_args_is_help=True, help="The lab: real protocol servers on 127.0.0.1, built from the definitions.")
 out = Console(soft_wrap=True)
@@ -130,22 +131,75 @@ def reset(state: StateOpt) -> None:
     out.print(f"lab reset in {r['reset_s']}s")
 
 
-@app.command()
-def fault(kind: Annotated[str, typer.Argument(help=", ".join(ops.FAULTS))],
-          target: Annotated[str, typer.Argument(help="server, switch, storage, or SERVER:CHANNEL")],
+def _fault_help() -> str:
+    return "\n\n".join(f"{k.name} {k.target}: {k.help}" for k in faults.CATALOGUE)
+
+
+@app.command(help="Inject (or --clear) a fault.\n\n" + _fault_help())
+def fault(kind: Annotated[str, typer.Argument(help=", ".join(faults.NAMES))],
+          target: Annotated[str, typer.Argument(help="server, switch, storage, controller, DAG member, or "
+                                                     "SERVER:CHANNEL")],
           state: StateOpt, clear: Annotated[bool, typer.Option("--clear")] = False,
           after: Annotated[int | None, typer.Option(
               "--after", help="switch-hang: config lines each session still gets before the hang")] = None,
-          delay: Annotated[float | None, typer.Option("--delay", help="bmc-slow: seconds per request.")] = None,
+          delay: Annotated[float | None, typer.Option(
+              "--delay", help="bmc-slow: seconds per request; controller-kill: seconds from now")] = None,
+          percent: Annotated[float | None, typer.Option("--percent", help="scn-loss: share of packets lost")] = None,
+          period: Annotated[float | None, typer.Option("--period", help="scn-flap: seconds per down+up")] = None,
+          rate: Annotated[int | None, typer.Option("--rate", help="trap-storm: traps a second")] = None,
+          seconds: Annotated[float | None, typer.Option("--seconds", help="controller-pause: how long (default: until --clear)")] = None,
           ) -> None:
-    """Inject (or --clear) a fault."""
-    body: dict[str, Any] = {"kind": kind, "target": target, "clear": clear}
-    if after is not None:
-        body["after"] = after
-    if delay is not None:
-        body["delay_s"] = delay
+    opts = {"after": after, "delay_s": delay, "percent": percent, "period_s": period, "rate": rate,
+            "seconds": seconds}
+    body: dict[str, Any] = {"kind": kind, "target": target, "clear": clear,
+                            **{k: v for k, v in opts.items() if v is not None}}
     r = control.call(state, "fault", body)
-    out.print(f"{kind} on {target}: {'active' if r['active'] else 'cleared'}")
+    out.print(f"{kind} on {target}: {'active' if r['active'] else 'cleared' if clear else 'done'}")
+
+
+@app.command()
+def chaos(minutes: Annotated[float, typer.Option("--minutes", help="How long to run (a round in progress ends).")] = 2.0,
+          seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed makes the same choices.")] = 1,
+          state: Annotated[Path | None, typer.Option(
+              "--state", help="A running lab to use (LABDIR); without it a lab is started for the soak.")] = None,
+          definitions: Annotated[Path, typer.Option("--definitions", "-d")] = Path("personas"),
+          out: Annotated[Path | None, typer.Option("--out", help="Write the figures as JSON here.")] = None,
+          fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first violation.")] = False,
+          plan: Annotated[str | None, typer.Option(
+              "--plan", help="Replay one round with exactly these faults, as a violation reported them "
+                             "('power-button r720-1; switch-hang sw2 after=6').")] = None,
+          ) -> None:
+    """The chaos soak: random faults on random bodies, a real controller acting, an operator answering
+    through the real command line, invariants checked after every round."""
+    from lab.chaos.soak import run
+
+    if not 0 < minutes <= 24 * 60:
+        raise OperatorError("--minutes must be more than 0 and at most a day")
+    if plan is not None:
+        from lab.chaos.rules import parse_plan
+
+        try:
+            parse_plan(plan)
+        except ValueError as exc:
+            raise OperatorError(f"--plan: {exc}") from None
+    own = state is None
+    lab_state = state or Path(tempfile.mkdtemp(prefix="aimctl-chaos-"))
+    if own:
+        out_print(f"starting a lab in {lab_state}")
+        start(lab_state, definitions, power_delay=0.5, boot=1.0, heartbeat=0.5, resync=1.0)
+    try:
+        r = run(lab_state, definitions, minutes, seed, out=out, fail_fast=fail_fast, say=out_print, replay=plan)
+    finally:
+        if own:
+            stop(lab_state)
+    out_print(f"{r.rounds} rounds in {r.elapsed_s / 60:.1f} min; faults {dict(r.faults)}; "
+              f"needs-operator {r.needs_operator}; violations {len(r.violations)}")
+    if r.violations:
+        raise typer.Exit(1)
+
+
+def out_print(line: str) -> None:
+    out.print(line, highlight=False, markup=False)
 
 
 @app.command()

@@ -65,10 +65,10 @@ class _Server(ThreadingHTTPServer):
         if action == "status":
             return ops.status(self.lab)
         if action == "fault":
-            after, delay = body.get("after"), body.get("delay_s")
-            return ops.fault(self.lab, body["kind"], body["target"], bool(body.get("clear")),
-                             after=int(after) if after is not None else None,
-                             delay_s=float(delay) if delay is not None else None)
+            if not isinstance(body.get("kind"), str) or not isinstance(body.get("target"), str):
+                raise OperatorError("a fault needs a kind and a target")
+            params = {k: v for k, v in body.items() if k not in ("kind", "target", "clear")}
+            return ops.fault(self.lab, body["kind"], body["target"], bool(body.get("clear")), **params)
         if action == "reset":
             return ops.reset(self.lab)
         if action == "mail":

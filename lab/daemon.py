@@ -33,6 +33,7 @@ from lab.apps.dag_sim import DagSimulator
 from lab.apps.inbox import Mailbox, TrapInbox
 from lab.bmc.ipmi import IpmiLab, IpmiSystemSpec
 from lab.bmc.redfish import RedfishLab, RedfishSystemSpec
+from lab.hosts.services import ServiceDoors
 from lab.hosts.simulator import BootConfig, Host, PersonaRuntime, parse_ipxe, redfish_boot
 from lab.network.relay import ScnRelay
 from lab.network.switches import SwitchLab, SwitchSpec
@@ -76,6 +77,10 @@ class Lab:
         self.controller = {"heartbeat": free_port(socket.SOCK_DGRAM), "snmp": free_port(socket.SOCK_DGRAM),
                            "api": free_port()}
         self.faults: dict[tuple[str, str], bool] = {}
+        # faults that keep acting until cleared (storms, flaps, stalls), by (target, kind)
+        self.running: dict[tuple[str, str], Any] = {}
+        # servers whose next boot-config clear by a controller switches storage-error on
+        self.storage_step_armed: set[str] = set()
         self.cluster: Any = None  # lab.cluster.members.LabCluster once `cluster-up` ran
 
     # ------------------------------------------------------------------ start
@@ -139,10 +144,13 @@ class Lab:
         self._start_dag()
         self.observer = AccessObserver(self.tgt.admin_env, interval_s=0.1)
         self.observer.start()
+        self.services = ServiceDoors(list(d.servers), self.state)
         self.runtimes = self._runtimes()  # one table for every host: a persona adopted later boots anywhere
         for s in d.servers:
             self.hosts[s] = Host(s, self._boot_reader(s), self.runtimes, ("127.0.0.1", self.relay.port(s)),
-                                 self.boot_s, self.tcp_timeout_s, on_persona=self._persona_changed)
+                                 self.boot_s, self.tcp_timeout_s, on_persona=self._persona_changed,
+                                 service=self.services.check(s))
+        self.redfish.watch_boot_writes(self._boot_written)
         self.redfish.subscribe(self._power_changed)
         self.ipmi.subscribe(self._power_changed)
         self.boot_dir = self.state / "boot"
@@ -268,6 +276,14 @@ class Lab:
         # A body losing power takes its links down with it: the switch sends the traps.
         for cable in self.defs.servers[server].channels.values():
             self.traps.link(cable.switch, cable_ifindex(self.defs, cable), on)
+
+    def _boot_written(self, server: str, changes: dict[str, Any]) -> None:
+        # storage-step-error: a controller fencing this body clears its boot config after the
+        # storage fence and before the storage step, so storage management breaks right there.
+        if server in self.storage_step_armed and "InitiatorName" in changes and not changes["InitiatorName"]:
+            self.storage_step_armed.discard(server)
+            log.warning("storage-step-error: %s's boot config cleared; storage management fails from now", server)
+            self.tgt.set_fault("storage-error", True)
 
     def _persona_changed(self, server: str, persona: str, up: bool) -> None:
         if self.dag and persona in self.dag_persona and not up:
@@ -397,6 +413,11 @@ class Lab:
 
     def stop(self) -> None:
         self.stop_event.set()
+        for key in list(self.running):
+            try:
+                self.running.pop(key).stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                log.warning("stopping fault %s: %s", key, exc)
         if self.cluster is not None:
             try:
                 self.cluster.stop()
@@ -404,8 +425,8 @@ class Lab:
                 log.warning("stopping the controller cluster: %s", exc)
         for h in self.hosts.values():
             h.drop_all()
-        for part in ("observer", "relay", "traps", "mailbox", "trap_inbox", "dag", "switches", "redfish", "ipmi",
-                     "tgt"):
+        for part in ("services", "observer", "relay", "traps", "mailbox", "trap_inbox", "dag", "switches", "redfish",
+                     "ipmi", "tgt"):
             obj = getattr(self, part, None)
             if obj is None:
                 continue

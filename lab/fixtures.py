@@ -34,14 +34,9 @@ class LabHandle:
     def status(self) -> Any:
         return self.call("status")
 
-    def fault(self, kind: str, target: str, clear: bool = False, after: int | None = None,
-              delay_s: float | None = None) -> Any:
-        body: dict[str, Any] = {"kind": kind, "target": target, "clear": clear}
-        if after is not None:
-            body["after"] = after
-        if delay_s is not None:
-            body["delay_s"] = delay_s
-        return self.call("fault", body)
+    def fault(self, kind: str, target: str, clear: bool = False, **params: Any) -> Any:
+        """``params``: the kind's options by their lab.faults names (after, delay_s, percent, ...)."""
+        return self.call("fault", {"kind": kind, "target": target, "clear": clear, **params})
 
     def reset(self) -> Any:
         return self.call("reset")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import json
 import logging
@@ -121,6 +122,8 @@ def run(definitions: Annotated[Path, typer.Option("--definitions", "-d")],
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # `kill -USR1 PID`: every thread's stack on stderr, to see where a step waits without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     role = f"; cluster member {c.cluster.member} on {cluster_cfg.etcd}" if c.cluster else ""
     out.print(f"controller running; API and console {api.url}; state {state}{role}")
     try:

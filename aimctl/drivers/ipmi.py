@@ -17,6 +17,15 @@ set with the raw chassis commands (IPMI 2.0 "Get Chassis Status" / "Chassis Cont
 ``FIRST_WAIT_S`` first-reply timer, which bounds that stall; a BMC slower than that only gets
 the same idempotent request twice.
 
+pyghmi quirk (deadlock, found by the chaos soak): two module locks, KEEPALIVE_SESSIONS and
+WAITING_SESSIONS, are taken in opposite orders on two paths — ``send_payload`` holds KEEPALIVE and
+``_xmit_packet`` then takes WAITING, while a reply wait (``awaitresponse``/``wait_for_rsp``) holds
+WAITING and a retransmit (``_timedout`` -> ``send_payload``) then takes KEEPALIVE. With several
+threads talking IPMI (the BMC poller's, the workflow's) and one BMC not answering, every pyghmi
+call in the process can block for good. Both names are made to point at one re-entrant lock (at
+import, before any session exists): the two paths then cannot cross. And whatever pyghmi does, a
+caller never waits longer than its timeout: killing a stuck session runs on a worker too.
+
 pyghmi quirk: it shares one session per BMC and credentials, but compares the stored (bytes)
 user and password with the ones given; with str credentials nothing ever matches, the
 half-registered session of an earlier login is handed out again (and, if it is established,
@@ -57,6 +66,8 @@ TRANSPORT_ERRORS = (
 # our boot-device words -> pyghmi's (IPMI "Set System Boot Options" boot flags)
 BOOT_DEVICES = {"network": "network", "disk": "hd", "default": "default", "cd": "optical", "setup": "setup"}
 BOOT_DEVICES_BACK = {v: k for k, v in BOOT_DEVICES.items()}
+# One lock for both of pyghmi's session tables (see the module docstring: lock-order deadlock).
+ipmi_session.WAITING_SESSIONS = ipmi_session.KEEPALIVE_SESSIONS
 # BMCs drop idle sessions after ~60 s (IPMI default); log in again well before that
 IDLE_RELOGIN_S = 20.0
 FIRST_WAIT_S = 0.1
@@ -157,12 +168,12 @@ class IpmiPower:
 
         threading.Thread(target=work, name=f"ipmi-{self.device}", daemon=True).start()
         if not done.wait(timeout):
-            self._abandon()
+            self._abandon_bounded()
             raise Unreachable(self.device, f"{what}: no answer within {timeout:.1f}s")
         if "error" in box:
             err = self._translate(box["error"], what)
             if isinstance(err, Unreachable):
-                self._abandon()
+                self._abandon_bounded()
             raise err from None
         value: T = box["value"]
         return value
@@ -205,6 +216,16 @@ class IpmiPower:
             ipmi_session.Session.keepalive_sessions.pop(sess, None)
         sess.aimctl_last_ok = time.monotonic()
         return cmd
+
+    def _abandon_bounded(self) -> None:
+        """``_abandon`` on a worker, waited for at most ``timeout_s``: killing a session goes through
+        pyghmi's locks, and a caller that gave up on a BMC must not then wait on pyghmi instead."""
+        t = threading.Thread(target=self._abandon, name=f"ipmi-abandon-{self.device}", daemon=True)
+        t.start()
+        t.join(self.timeout_s)
+        if t.is_alive():
+            log.error("%s: dropping a stuck IPMI session did not finish in %.1fs; going on without it",
+                      self.device, self.timeout_s)
 
     def _abandon(self) -> None:
         """Kill the current session so the next call logs in afresh.

@@ -52,7 +52,10 @@ def candidates(ctx: Ctx, op: Operation) -> tuple[dict[str, str], set[str], dict[
         if lease.name.startswith("server:") and lease.holder != op.id:
             unavailable[lease.name[7:]] = f"in use by {lease.holder}"
     for s in op.facts.get("failed_standbys", []):
-        unavailable[s] = "failed to boot this persona in this operation"
+        # A standby given up on is quarantined with it; once an operator has cleared it (checked it,
+        # fixed it), a retry may choose it again.
+        if s in quarantined:
+            unavailable[s] = "failed to boot this persona in this operation"
     return assignment, quarantined, unavailable
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from aimctl.errors import DriverError
 from aimctl.journal import TERMINAL, JournalInterrupted, JournalStore, Operation, Record, ServerMark
 from aimctl.secrets import mask
 
@@ -229,6 +230,12 @@ def run_steps(
                              exc.server_marks)
             if isinstance(exc, StepFailed):
                 return _fail(journal, op_id, step.name, exc.state, exc.reason, started, tell)
+            if isinstance(exc, DriverError):
+                # A device that did not answer or refused: expected in the field, and its message names
+                # the device and what it said. The world may be half-way: an operator decides.
+                log.warning("step %s of %s: %s", step.name, op_id, exc)
+                reason = f"{exc}; fix it, then `aimctl retry {op_id}` (or abandon it)"
+                return _fail(journal, op_id, step.name, "needs-operator", reason, started, tell)
             log.exception("step %s of %s raised", step.name, op_id)
             reason = f"unexpected {type(exc).__name__}: {exc}"
             return _fail(journal, op_id, step.name, "needs-operator", reason, started, tell)

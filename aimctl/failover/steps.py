@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aimctl.drivers.protocols import IscsiBoot, PortIntent, PowerState
-from aimctl.errors import OperatorError
+from aimctl.errors import DriverError, OperatorError
 from aimctl.failover.context import Ctx, targets_of
 from aimctl.failover.fence import fence_body, not_dead_after_all, operator_out
 from aimctl.failover.planner import choice_sentence, choose, merge_intents, port_intents, quarantine_intents
@@ -128,16 +128,24 @@ def s_storage(ctx: Ctx, call: StepCall) -> StepOutcome:
     st = ctx.drivers.storage(spec.storage)
     user = ctx.chap.user(op.persona)
     out = {}
-    for t in targets_of(ctx, op.persona):
-        for ini in st.initiators(t):
-            if ini != spec.initiator:
-                st.unbind(t, ini)
-        if spec.initiator not in st.initiators(t):
-            st.bind(t, spec.initiator)
-        acl, account = st.initiators(t), st.chap_user(t)
-        if acl != [spec.initiator] or account != user:
-            raise NeedsOperator(f"storage read-back of {t}: ACL {acl}, CHAP {account}; wanted {spec.initiator}, {user}")
-        out[t] = {"acl": acl, "chap_user": account}
+    try:
+        for t in targets_of(ctx, op.persona):
+            for ini in st.initiators(t):
+                if ini != spec.initiator:
+                    st.unbind(t, ini)
+            if spec.initiator not in st.initiators(t):
+                st.bind(t, spec.initiator)
+            acl, account = st.initiators(t), st.chap_user(t)
+            if acl != [spec.initiator] or account != user:
+                raise NeedsOperator(f"storage read-back of {t}: ACL {acl}, CHAP {account}; "
+                                    f"wanted {spec.initiator}, {user}")
+            out[t] = {"acl": acl, "chap_user": account}
+    except DriverError as exc:
+        # The old body is fenced (the fence step proved it) and nothing of the persona is on the
+        # standby yet: a safe place to wait for the array.
+        raise NeedsOperator(f"storage {spec.storage}: {exc}; {op.from_server or 'the old body'} is fenced and "
+                            f"nothing is on {op.facts.get('to')} yet: fix the storage, then "
+                            f"`aimctl retry {op.id}`") from None
     return StepOutcome.ok(targets=out)
 
 

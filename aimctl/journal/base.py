@@ -350,9 +350,11 @@ class JournalStore(ABC):
     # -- change records (aimctl.records.changes keeps their shape; the journal keeps them) -------
 
     @abstractmethod
-    def change_open(self, op_id: str, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Store ``record`` for ``op_id`` under the next number (``CHG``+7 digits, written into it),
-        unless the operation has one already. Returns (the stored record, created now)."""
+    def change_open(self, op_id: str, record: dict[str, Any], number: str | None = None
+                    ) -> tuple[dict[str, Any], bool]:
+        """Store ``record`` for ``op_id`` under the next number (``CHG``+7 digits, written into it) or
+        under ``number`` (the operator's own, from their change system; refused if it records another
+        operation), unless the operation has one already. Returns (the stored record, created now)."""
 
     @abstractmethod
     def change_get(self, number: str) -> dict[str, Any] | None: ...

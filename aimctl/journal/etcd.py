@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from aimctl.errors import OperatorError
 from aimctl.journal import etcdkv as kv
 from aimctl.journal.etcdkv import KV, Etcd, EtcdUnavailable
 from aimctl.journal.secretbox import SecretBox
@@ -495,19 +496,25 @@ class EtcdJournal(JournalStore):
 
     # -- change records -------------------------------------------------------------------------
 
-    def change_open(self, op_id: str, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    def change_open(self, op_id: str, record: dict[str, Any], number: str | None = None
+                    ) -> tuple[dict[str, Any], bool]:
         def attempt() -> tuple[dict[str, Any], bool]:
             by_op = self._read(self._k("chg-op", op_id))
             if by_op is not None:
                 existing = self.change_get(by_op.value.decode())
                 if existing is not None:
                     return existing, False
-            last = self._scan("chg", "", keys_only=True, limit=1, descending=True)
-            number = next_change_number(int(last[0].key.rsplit("/", 1)[1][3:]) if last else None)
-            rec = {**record, "number": number}
+            if number is not None:
+                if self._read(self._k("chg", number)) is not None:
+                    raise OperatorError(f"change {number} already records another operation")
+                chosen = number
+            else:
+                last = self._scan("chg", "", keys_only=True, limit=1, descending=True)
+                chosen = next_change_number(int(last[0].key.rsplit("/", 1)[1][3:]) if last else None)
+            rec = {**record, "number": chosen}
             doc = {"record": rec, "op_id": op_id, "created": self._clock()}
-            self._commit({self._k("chg-op", op_id): by_op, self._k("chg", number): None},
-                         [kv.put(self._k("chg", number), json.dumps(doc)), kv.put(self._k("chg-op", op_id), number)])
+            self._commit({self._k("chg-op", op_id): by_op, self._k("chg", chosen): None},
+                         [kv.put(self._k("chg", chosen), json.dumps(doc)), kv.put(self._k("chg-op", op_id), chosen)])
             return rec, True
 
         result: tuple[dict[str, Any], bool] = self._retry(attempt)

@@ -287,15 +287,21 @@ class Journal(StateMixin, FindingsMixin, JournalStore):
 
     # -- change records -------------------------------------------------------------------------
 
-    def change_open(self, op_id: str, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    def change_open(self, op_id: str, record: dict[str, Any], number: str | None = None
+                    ) -> tuple[dict[str, Any], bool]:
         now = self._clock()
         with self.transaction() as db:
             # Checked inside the write lock: two callers racing on one operation get one record.
             row = db.execute("SELECT record FROM changes WHERE op_id = ?", (op_id,)).fetchone()
             if row is not None:
                 return dict(json.loads(row[0])), False
-            last = db.execute("SELECT MAX(CAST(substr(number, 4) AS INTEGER)) FROM changes").fetchone()[0]
-            record = {**record, "number": next_change_number(last)}
+            if number is not None:
+                if db.execute("SELECT 1 FROM changes WHERE number = ?", (number,)).fetchone():
+                    raise OperatorError(f"change {number} already records another operation")
+            else:
+                last = db.execute("SELECT MAX(CAST(substr(number, 4) AS INTEGER)) FROM changes").fetchone()[0]
+                number = next_change_number(last)
+            record = {**record, "number": number}
             db.execute("INSERT INTO changes(number, op_id, record, created, updated) VALUES (?,?,?,?,?)",
                        (record["number"], op_id, json.dumps(record), now, now))
         return record, True

@@ -56,11 +56,14 @@ class ChangeRecords:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def open(self, op: Operation, *, require_approval: bool | None = None, description: str = "") -> dict[str, Any]:
+    def open(self, op: Operation, *, require_approval: bool | None = None, description: str = "",
+             number: str | None = None) -> dict[str, Any]:
         """The change record for ``op``, created on first call (idempotent: resume calls it again).
 
         Failovers are emergency changes; planned moves and failbacks are normal changes and need
-        approval unless ``require_approval`` says otherwise.
+        approval unless ``require_approval`` says otherwise. ``number``: the operator's own change
+        number (``move --change CHG...``), adopted instead of a new one, so that approving that
+        number releases the operation gated on it.
         """
         existing = self.for_operation(op.id)
         if existing is not None:
@@ -89,7 +92,7 @@ class ChangeRecords:
             "work_notes": [],
             "sys_created_by": "aimctl",
         }
-        record, created = self.journal.change_open(op.id, record)
+        record, created = self.journal.change_open(op.id, record, number)
         if not created:
             return record
         self._emit("open", record)
@@ -141,6 +144,9 @@ class ChangeRecords:
     def is_approved(self, number: str) -> bool:
         rec = self.get(number)
         return rec["approval"] in ("approved", "not-required")
+
+    def exists(self, number: str) -> bool:
+        return self.journal.change_get(number) is not None
 
     def get(self, number: str) -> dict[str, Any]:
         rec = self.journal.change_get(number)

@@ -16,6 +16,8 @@ thread sleeps):
 - ``host_alive(persona)``: its copies run Initializing → Resynchronizing → Healthy (lagging) →
   Healthy (caught up) over ``resync_s``; copies named in ``failed=`` come back Failed instead,
   and need Suspend then Resume.
+- ``stick_failed(db, server)``: that copy stays Failed: it comes back Failed and a Resume fails it
+  again (a copy whose log stream is damaged: the fault ``dag-copy-failed``).
 - redistribution moves each database to its most preferred member with a Healthy copy.
 """
 
@@ -123,6 +125,7 @@ class DagSimulator:
             for db, s in self._active.items():
                 self._copies[(db, s or "")].status = "Mounted"
             self.commands: list[str] = []  # every command received, in order (for tests and the demo)
+            self._stuck: set[tuple[str, str]] = set()
 
     # ---------------------------------------------------------------- lab-facing state changes
 
@@ -160,7 +163,7 @@ class DagSimulator:
                 c = self._copies[(db, server)]
                 if self._active[db] is None:  # nobody else could mount it: it comes back here
                     self._mount(db, server)
-                elif db in failed:
+                elif db in failed or (db, server) in self._stuck:
                     c.status, c.resync_from = "Failed", None
                 elif c.status == "ServiceDown":
                     c.status, c.resync_from = "Initializing", self.clock()
@@ -168,6 +171,24 @@ class DagSimulator:
     def fail_copy(self, db: str, server: str) -> None:
         with self._lock:
             self._copies[(db, server)].status, self._copies[(db, server)].resync_from = "Failed", None
+
+    def stick_failed(self, db: str, server: str, on: bool) -> None:
+        """Make one passive copy stay Failed (or let it heal again: it resynchronizes)."""
+        if (db, server) not in self._copies:
+            raise KeyError(f"{db}\\{server} is no copy of {self.dag}")
+        with self._lock:
+            c = self._copies[(db, server)]
+            if on:
+                self._stuck.add((db, server))
+                if self._alive[server] and c.status != "Mounted":
+                    c.status, c.resync_from = "Failed", None
+            else:
+                self._stuck.discard((db, server))
+                if c.status in ("Failed", "FailedAndSuspended") and self._alive[server]:
+                    c.status, c.resync_from = "Initializing", self.clock()
+
+    def copies_of(self, server: str) -> list[str]:
+        return [db for db, prefs in self.databases.items() if server in prefs]
 
     def set_reachable(self, pred: Callable[[], bool]) -> None:
         """The lab decides whether the MAPI network reaches the management host right now."""
@@ -275,6 +296,9 @@ class DagSimulator:
         c = self._copy(db, server)
         if c.status not in ("Suspended", "FailedAndSuspended"):
             raise PsError(f"Database copy '{db}\\{server}' isn't suspended.")
+        if (db, server.upper()) in self._stuck:
+            c.status, c.resync_from = "Failed", None  # the damaged log stream fails it again
+            return ""
         c.status, c.resync_from = "Initializing", self.clock()
         return ""
 

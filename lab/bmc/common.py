@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
-FAULT_KINDS = ("down", "slow", "lies")
+# down: no answer; slow: every request waits (0.5 s, or the delay given); lies: power reads On;
+# auth: the BMC's credentials changed (every login and request refused as unauthorized);
+# phantom: power commands are accepted and read back as asked, but the body's power never changes.
+FAULT_KINDS = ("down", "slow", "lies", "auth", "phantom")
 
 PowerCallback = Callable[[str, bool], None]
 
@@ -118,6 +121,8 @@ class Faults:
         self._servers = frozenset(servers)
         self._on: dict[str, set[str]] = {kind: set() for kind in FAULT_KINDS}
         self._delay: dict[str, float] = {}  # "slow": seconds per request, per server
+        # phantom: the power state the BMC says it set (what it reads back), per server
+        self._claims: dict[str, bool] = {}
 
     def set(self, name: str, kind: str, on: bool, delay_s: float | None = None) -> None:
         if name not in self._servers:
@@ -130,6 +135,8 @@ class Faults:
                 self._delay[name] = delay_s
             else:
                 self._delay.pop(name, None)
+        if kind == "phantom" and not on:
+            self._claims.pop(name, None)
 
     def delay_for(self, name: str, default_s: float) -> float:
         return self._delay.get(name, default_s)
@@ -137,7 +144,16 @@ class Faults:
     def has(self, name: str, kind: str) -> bool:
         return name in self._on[kind]
 
+    def claim(self, name: str, on: bool) -> None:
+        """A phantom BMC took a power command: from now on it reads back ``on``."""
+        self._claims[name] = on
+
+    def claimed(self, name: str) -> bool | None:
+        """What a phantom BMC reads back (None: no command taken yet, it tells the truth)."""
+        return self._claims.get(name) if name in self._on["phantom"] else None
+
     def clear(self, name: str) -> None:
         for names in self._on.values():
             names.discard(name)
         self._delay.pop(name, None)
+        self._claims.pop(name, None)

@@ -147,6 +147,10 @@ class IpmiLab:
     def faulted(self, name: str, kind: str) -> bool:
         return self._faults.has(name, kind)
 
+    def claimed(self, name: str) -> bool | None:
+        """What a phantom BMC reads back instead of the truth (None: the truth)."""
+        return self._faults.claimed(name)
+
     def reset(self, name: str, power_on: bool) -> None:
         """Back to a clean server: no faults, default boot device, the given power, nothing pending."""
         self._faults.clear(name)
@@ -160,6 +164,10 @@ class IpmiLab:
         """A chassis power command as a BMC received it: lands after ``power_delay_s``."""
         with self._lock:
             self.power_commands[name] += 1
+            if self._faults.has(name, "phantom"):
+                # Taken and read back as asked; the body's power never changes.
+                self._faults.claim(name, on)
+                return
             srv = self._servers[name]
             if cycle and srv.on:
                 self._apply(name, False)

@@ -37,10 +37,13 @@ from lab.bmc.hardware import HardwareState, fru_product_area, sel_record
 class BmcOwner(Protocol):
     """What a lab BMC asks of the lab that owns it (``lab.bmc.ipmi.IpmiLab``): the servers' truth."""
 
-    slow_s: float
     hardware: HardwareState  # inventory and event log (FRU, SEL)
 
     def faulted(self, name: str, kind: str) -> bool: ...
+
+    def slow_for(self, name: str) -> float: ...
+
+    def claimed(self, name: str) -> bool | None: ...
 
     def power(self, name: str) -> bool: ...
 
@@ -54,6 +57,7 @@ class BmcOwner(Protocol):
 # RMCP+ status codes (IPMI 2.0 table 13-15)
 _RMCP_NO_CIPHER_MATCH = 0x11
 _RMCP_UNAUTHORIZED_NAME = 0x0D
+_INSUFFICIENT_PRIVILEGE = 0xD4  # IPMI completion code
 _AUTH_HMAC_SHA1 = 1
 
 _prime_lock = threading.Lock()
@@ -81,8 +85,9 @@ class _LabServerSession(serversession.ServerSession):  # type: ignore[misc]
     def _got_rakp1(self, data: bytearray) -> None:
         namelen = data[27]
         name = bytes(data[28 : 28 + namelen]).decode("utf-8", "replace")
-        if namelen and self.authdata.get(name) is None:
-            # Real BMCs refuse an unknown name in RAKP2; stock pyghmi stays silent (client times out)
+        # Real BMCs refuse an unknown name in RAKP2; stock pyghmi stays silent (client times out).
+        # With "auth" on, the BMC's credentials were changed: our user is no longer known to it.
+        if (namelen and self.authdata.get(name) is None) or self.bmc.lab_faulted("auth"):
             payload = bytearray([data[0], _RMCP_UNAUTHORIZED_NAME, 0, 0]) + self.clientsessionid
             self.send_payload(payload, ipmisession.constants.payload_types["rakp2"], retry=False)
             return
@@ -96,6 +101,10 @@ class _LabServerSession(serversession.ServerSession):  # type: ignore[misc]
 
     def handle_client_request(self, request: dict[str, Any]) -> None:
         if self.bmc.lab_faulted("down"):
+            return
+        if self.bmc.lab_faulted("auth"):
+            # A session opened before the credentials changed is refused from now on.
+            self.send_ipmi_response(code=_INSUFFICIENT_PRIVILEGE)
             return
         if self.bmc.lab_faulted("slow"):
             # Answer later from a timer so a slow BMC does not stall the shared pyghmi loop.
@@ -152,6 +161,9 @@ class LabBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     def get_power_state(self) -> str:
         if self.lab_faulted("lies"):
             return "on"
+        claimed = self.lab.claimed(self.name)
+        if claimed is not None:
+            return "on" if claimed else "off"
         return "on" if self.lab.power(self.name) else "off"
 
     def power_off(self) -> None:

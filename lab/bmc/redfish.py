@@ -14,7 +14,9 @@ Everything here extends the emulator from the outside (LAB.md):
 * a SessionService (tokens, as real BMCs hand out) from ``lab.redfish_sessions``; Basic auth
   from a bcrypt htpasswd file keeps working;
 * a WSGI wrapper outside the auth layer injects faults per system ("down": the connection is
-  reset; "slow": +``slow_s`` (or the fault's own delay) per request; "lies": power reads On);
+  reset; "slow": +``slow_s`` (or the fault's own delay) per request; "lies": power reads On; "auth":
+  401 for every request, the BMC's credentials changed; "phantom": power commands are taken and read
+  back as asked, but the power never changes);
 * with ``per_system_ports``, each system also gets a listener of its own, as each real server has
   its own BMC: every request on that port is that BMC's (service root and session login included),
   so a slow BMC is slow from its first contact on.
@@ -219,6 +221,10 @@ class RedfishLab:
     def subscribe(self, cb: Callable[[str, bool], None]) -> None:
         self._notifier.subscribe(cb)
 
+    def watch_boot_writes(self, cb: Callable[[str, dict[str, Any]], None]) -> None:
+        """``cb(server, changes)`` after each iSCSIBoot PATCH a Redfish client applied."""
+        self.iscsi.watchers.append(lambda u, changes: cb(self._names[u], changes))
+
     def set_iscsi_boot(self, name: str, boot: IscsiBoot) -> None:
         """Configure the firmware directly (lab setup: a server's home persona before the controller runs)."""
         u = self._uuids[name]
@@ -288,6 +294,15 @@ class RedfishLab:
     def faulted_system(self, identity: str, kind: str) -> bool:
         name = self.name_for(identity)
         return name is not None and self.faulted(name, kind)
+
+    def claimed_system(self, identity: str) -> bool | None:
+        name = self.name_for(identity)
+        return None if name is None else self._faults.claimed(name)
+
+    def claim_system(self, identity: str, on: bool) -> None:
+        name = self.name_for(identity)
+        if name is not None:
+            self._faults.claim(name, on)
 
     def observe_power(self, u: str, on: bool) -> None:
         # caller holds the lock, so changes are published in the order they happened

@@ -35,7 +35,6 @@ class EmulatorOwner(Protocol):
     """What the plumbing asks of the lab that owns the emulator (``lab.bmc.redfish.RedfishLab``)."""
 
     power_delay_s: float
-    slow_s: float
 
     @property
     def lock(self) -> threading.RLock: ...
@@ -49,6 +48,10 @@ class EmulatorOwner(Protocol):
     def slow_for(self, name: str) -> float: ...
 
     def faulted_system(self, identity: str, kind: str) -> bool: ...
+
+    def claimed_system(self, identity: str) -> bool | None: ...
+
+    def claim_system(self, identity: str, on: bool) -> None: ...
 
     def observe_power(self, uuid: str, on: bool) -> None: ...
 
@@ -92,12 +95,19 @@ def lab_driver_class(lab: EmulatorOwner, base: type) -> type:
             real: str = super().get_power_state(identity)
             if lab.faulted_system(identity, "lies"):
                 return "On"
+            claimed = lab.claimed_system(identity)
+            if claimed is not None:
+                return "On" if claimed else "Off"
             return real
 
         def set_power_state(self, identity: str, state: str) -> None:
             with lab.lock:
                 uuid = self._get(identity)["uuid"]
                 lab.count_power_command(uuid)
+                if lab.faulted_system(identity, "phantom"):
+                    # Taken and read back as asked; the body's power never changes.
+                    lab.claim_system(identity, state not in ("ForceOff", "GracefulShutdown"))
+                    return
                 before = self._systems[uuid].get("pending_power")
                 super().set_power_state(identity, state)
                 system = self._systems[uuid]
@@ -135,6 +145,11 @@ class FaultMiddleware:
                 return self._reset(environ, start_response)
             if self.lab.faulted(name, "slow"):
                 time.sleep(self.lab.slow_for(name))  # the BMC's own slowness (a fault), per request
+            if self.lab.faulted(name, "auth"):
+                # The BMC's credentials changed: whatever we send, basic or session, is refused.
+                start_response("401 Unauthorized", [("Content-Type", "application/json"),
+                                                    ("WWW-Authenticate", 'Basic realm="redfish"')])
+                return [b'{"error": {"code": "Base.1.0.InsufficientPrivilege", "message": "unauthorized"}}']
         return self.app(environ, start_response)
 
     @staticmethod

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import flask
@@ -80,6 +81,8 @@ class IscsiStore:
         self._lock = threading.Lock()
         self._data: dict[str, dict[str, Any]] = {}
         self.functions: dict[str, tuple[str, str]] = {}  # uuid -> (adapter, function)
+        # told (uuid, changes) after each PATCH a client applied (not the lab's own set-ups)
+        self.watchers: list[Callable[[str, dict[str, Any]], None]] = []
 
     def add(self, uuid: str, boot_nic: str) -> None:
         self.functions[uuid] = nic_names(boot_nic)
@@ -177,6 +180,8 @@ def register_routes(app: flask.Flask, store: IscsiStore, resolve: Any) -> None:
             problem = store.patch(uuid, body["iSCSIBoot"])
             if problem:
                 return _error(400, problem)
+            for watch in list(store.watchers):
+                watch(uuid, dict(body["iSCSIBoot"]))
             return "", 204
         iscsi = store.get(uuid)
         for key in WRITE_ONLY:

@@ -6,11 +6,18 @@ to the persona's LUNs over real iSCSI with the configured initiator name, CHAP s
 server name as alias, reads the persona label from the boot LUN, and starts the persona agent.
 Power cut: the agent stops at once and the sessions freeze without logout — a dead server's
 half-open TCP — until the target kills them or the lab TCP timeout passes. That is what makes
-fencing matter, and what the access observer sees.
+fencing matter, and what the access observer sees. A running body whose boot-LUN session the
+target kills (a storage fence of a body that was alive after all) loses its system disk: the OS
+stops, and its agent with it, as a SAN-booted server's does.
+
+The agent runs the lab's service check: a TCP port the lab listens on for this body (``service``),
+with a restart command that only counts restarts; ``service-fail`` closes the port, so the agent
+restarts, gives up and reports the persona unhealthy (restart, then failover).
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
 import threading
@@ -21,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aimctl.agent.bootfacts import is_rehearsal
+from aimctl.agent.checks import CheckSpec
 from aimctl.agent.run import REASON_REQUESTED, run_agent
 from aimctl.validation import REHEARSAL_SUFFIX
 from lab.storage.iscsi_session import HeldSession
@@ -95,7 +103,8 @@ class Host:
     def __init__(self, server: str, read_boot: Callable[[], BootConfig | None],
                  personas: dict[str, PersonaRuntime], agent_target: tuple[str, int],
                  boot_s: float, tcp_timeout_s: float,
-                 on_persona: Callable[[str, str, bool], None] | None = None) -> None:
+                 on_persona: Callable[[str, str, bool], None] | None = None,
+                 service: CheckSpec | None = None) -> None:
         self.server = server
         self._read_boot = read_boot
         self._personas = personas
@@ -103,6 +112,7 @@ class Host:
         self.boot_s = boot_s
         self.tcp_timeout_s = tcp_timeout_s
         self._on_persona = on_persona or (lambda server, persona, up: None)
+        self.service = service
         self.status = HostStatus()
         self.boot_fail = False
         self._lock = threading.Lock()
@@ -186,6 +196,7 @@ class Host:
         threading.Thread(target=run_agent, name=f"agent-{persona}", daemon=True,
                          kwargs={"persona": persona, "controller": self._agent_target, "key": rt.key,
                                  "interval_s": rt.interval_s, "stop_event": stop,
+                                 "checks": [self.service] if self.service else [], "restarts": 3,
                                  "on_shutdown": self._agent_ended, "rehearsal": rehearsal}).start()
         if rehearsal:
             self._set("rehearsal", persona)
@@ -200,14 +211,16 @@ class Host:
             self.shutdown()
 
     def _cut(self) -> None:
-        self._stop_persona(graceful=False)
+        self._stop_persona("cut")
 
     def shutdown(self) -> None:
         """Graceful stop asked by the controller through the agent (planned failback): log out cleanly."""
-        self._stop_persona(graceful=True)
+        self._stop_persona("shutdown")
 
-    def _stop_persona(self, graceful: bool) -> None:
-        """The persona ends: cleanly (logout) when asked, or frozen mid-flight when the power goes."""
+    def _stop_persona(self, how: str, why: str = "") -> None:
+        """The persona ends: cleanly (``shutdown``: logout), frozen mid-flight when the power goes
+        (``cut``), or dead under a powered body whose boot LUN was taken away (``crash``: the
+        sessions are gone already, nothing to freeze)."""
         with self._lock:
             persona = self.status.booted
             if self._agent_stop:
@@ -215,8 +228,10 @@ class Host:
                 self._agent_stop = None
             now = time.monotonic()
             for s in self._sessions:
-                if graceful:
+                if how == "shutdown":
                     s.logout()
+                elif how == "crash":
+                    s.drop()
                 else:
                     s.freeze()
                     self._frozen.append((now, s))
@@ -224,16 +239,22 @@ class Host:
             self.status.booted = None
             self.status.rehearsal = None
             self.status.sessions = []
-        if graceful:
+        if how == "shutdown":
             self._set("halted", "persona shut down")
+        elif how == "crash":
+            self._set("crashed", why)
         else:
             self._set("off", "power cut" if persona else "")
         if persona:
             self._on_persona(self.server, persona, False)
 
     def tick(self) -> None:
-        """Frozen sessions die when the lab TCP timeout passes (or earlier, if the target killed them)."""
+        """Frozen sessions die when the lab TCP timeout passes (or earlier, if the target killed them);
+        a running persona whose boot-LUN session the target killed crashes."""
         now = time.monotonic()
+        boot = self._sessions[0] if self._sessions else None
+        if boot is not None and self.status.booted and not boot.alive:
+            self._stop_persona("crash", f"lost its boot LUN {boot.target} (the target dropped the session)")
         with self._lock:
             keep = []
             for t, s in self._frozen:
@@ -260,8 +281,11 @@ class Host:
 
 
 def fetch_ipxe(url: str, timeout_s: float = 3.0) -> BootConfig | None:
+    """The controller's script for this body, or None when no controller answers there. The port is
+    only reserved for the controller until it starts: something else may hold it meanwhile (another
+    lab's switch answering with an SSH banner), which is no answer either."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return parse_ipxe(resp.read().decode())
-    except OSError:
+            return parse_ipxe(resp.read().decode(errors="replace"))
+    except (OSError, http.client.HTTPException):
         return None

@@ -1,13 +1,15 @@
 """The SCN relay: the lab's stand-in for VLAN reachability.
 
 The machine cannot do 802.1Q (LAB.md), so each host sends its heartbeats to its own relay port and
-the relay forwards them to the controller (every controller, in a cluster) only while the host's primary or secondary SCN channel
-port carries the SCN VLAN — read from the fake switches' configuration in process — and no
+the relay forwards them to the controller (every controller, in a cluster) only while the host's
+primary or secondary SCN channel port carries the SCN VLAN — read from the fake switches' configuration in process — and no
 ``scn-partition`` fault cuts it. Moving a persona's VLANs is therefore what makes it reachable.
+``loss`` drops that share of a server's packets at random (``scn-loss``: a lossy SCN path).
 """
 
 from __future__ import annotations
 
+import random
 import selectors
 import socket
 import threading
@@ -26,6 +28,8 @@ class ScnRelay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.partitioned: set[str] = set()
+        self.loss: dict[str, float] = {}  # server -> share of its packets dropped at random (0..1)
+        self._rng = random.Random()
         self.forwarded: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
 
@@ -37,6 +41,10 @@ class ScnRelay:
         self._sel.register(s, selectors.EVENT_READ, server)
         self.forwarded[server] = self.dropped[server] = 0
         return int(s.getsockname()[1])
+
+    def seed(self, seed: int) -> None:
+        """Make the random losses repeatable (a soak replayed with its seed)."""
+        self._rng.seed(seed)
 
     def add_controller(self, addr: tuple[str, int]) -> None:
         if addr not in self.controllers:
@@ -62,7 +70,8 @@ class ScnRelay:
                     data, src = sock.recvfrom(65535)
                 except BlockingIOError:
                     continue
-                if server in self.partitioned or not self._reachable(server):
+                if server in self.partitioned or not self._reachable(server) or \
+                        (server in self.loss and self._rng.random() < self.loss[server]):
                     self.dropped[server] += 1
                 elif src in self.controllers:
                     # The controller answers (a signed stop request) to where the heartbeat came from.

@@ -300,6 +300,11 @@ class SwitchLab:
         self._port(switch, port)
         self._switches[switch].link[port] = up
 
+    def port_link(self, switch: str, port: str) -> bool:
+        """Whether the port's link is up (the cable and the body's NIC, not its configuration)."""
+        self._port(switch, port)
+        return bool(self._switches[switch].link[port])
+
     def reset_port(self, switch: str, port: str, intent: PortIntent) -> None:
         """Set a port's configuration in process (fast lab reset), on the reactor thread."""
         sw = self._switches[switch]

@@ -98,21 +98,24 @@ class TrapSender:
         if addr in self.targets[1:]:
             self.targets.remove(addr)
 
-    async def _send(self, trap_oid: str, binds: list[ObjectType]) -> None:
+    async def _send(self, trap_oid: str, binds: list[ObjectType], community: str | None = None) -> None:
         if self._engine is None:
             self._engine = SnmpEngine()
         for target in list(self.targets):
             if target not in self._transports:
                 self._transports[target] = await UdpTransportTarget.create(target, timeout=1, retries=0)
             error, status, _i, _ = await send_notification(
-                self._engine, CommunityData(self.community, mpModel=1), self._transports[target], ContextData(),
+                self._engine, CommunityData(community or self.community, mpModel=1), self._transports[target],
+                ContextData(),
                 "trap", NotificationType(ObjectIdentity(trap_oid)).add_varbinds(*binds))
             if error or status:
                 self.failed += 1
             else:
                 self.sent += 1
 
-    def link(self, switch: str, ifindex: int, up: bool) -> None:
+    def link(self, switch: str, ifindex: int, up: bool, community: str | None = None) -> None:
+        """linkUp/linkDown for ``ifindex`` (``community``: another than the configured one, as a
+        misconfigured switch would send)."""
         status = 1 if up else 2
         binds = [
             ObjectType(ObjectIdentity(f"{IF_INDEX}.{ifindex}"), rfc1902.Integer32(ifindex)),
@@ -120,7 +123,7 @@ class TrapSender:
             ObjectType(ObjectIdentity(f"{IF_OPER_STATUS}.{ifindex}"), rfc1902.Integer32(status)),
             ObjectType(ObjectIdentity(SYS_NAME), rfc1902.OctetString(switch)),
         ]
-        asyncio.run_coroutine_threadsafe(self._send(LINK_UP if up else LINK_DOWN, binds), self._loop)
+        asyncio.run_coroutine_threadsafe(self._send(LINK_UP if up else LINK_DOWN, binds, community), self._loop)
 
     def bmc_alert(self, bmc: str, trap_oid: str = PET_OS_CRITICAL_STOP) -> None:
         """What a BMC sends when its host crashes (IPMI PET "OS critical stop"), naming itself in sysName."""

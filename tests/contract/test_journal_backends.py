@@ -24,6 +24,7 @@ import pytest
 from aimctl.journal.etcdkv import Etcd
 from aimctl.cluster.leadership import NO_TOKEN, Leadership, Timing
 from aimctl.journal.secretbox import SecretBox
+from aimctl.errors import Unreachable
 from aimctl.failover.runner import (
     AwaitingApproval,
     NeedsOperator,
@@ -341,6 +342,18 @@ def test_awaiting_approval_failed_and_unexpected_errors(journal: JournalStore) -
     assert r.state == "needs-operator" and "unexpected KeyError" in r.result
     assert [x.name for x in journal.leases()] == ["persona:ex1"]  # the failed op released its lease
     assert journal.records(op2)[-1].detail == {"reason": "no standby qualifies for ex1", "stopped": "failed"}
+
+
+def test_a_device_that_fails_stops_for_an_operator_in_its_own_words(journal: JournalStore) -> None:
+    def bmc(ctx: None, call: StepCall) -> StepOutcome:
+        raise Unreachable("r720-3", "write iSCSI boot: no answer from https://10.0.0.3")
+
+    op = journal.open_operation("failover", "ex1", leases=["persona:ex1"])
+    r = run_steps(journal, op, [Step("bootcfg", bmc)], None)
+    assert r.state == "needs-operator" and "unexpected" not in r.result
+    assert r.result == (f"bootcfg: r720-3: write iSCSI boot: no answer from https://10.0.0.3; fix it, then "
+                        f"`aimctl retry {op}` (or abandon it)")
+    assert [x.name for x in journal.leases()] == ["persona:ex1"]  # it waits, holding its persona
 
 
 def test_retarget_reruns_from_the_target_step_and_gives_up(journal: JournalStore) -> None:

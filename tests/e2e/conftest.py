@@ -9,16 +9,13 @@ import pytest
 
 from lab.controller_proc import ControllerProcess
 from lab.fixtures import LabHandle, lab  # noqa: F401 - the session lab fixture, defined once for tests/e2e
-from tests.e2e.stories import overlay_for
+from tests.e2e.stories import controller_for
 
 
 @pytest.fixture
 def world(lab: LabHandle, tmp_path: Path) -> Iterator[tuple[LabHandle, ControllerProcess]]:  # noqa: F811 - the fixture above
-    lab.reset()
-    ctrl = ControllerProcess(lab.definitions, overlay_for(lab, tmp_path), tmp_path / "ctrl")
-    ctrl.start()
+    ctrl = controller_for(lab, tmp_path)
     try:
-        ctrl.wait(ctrl.all_alive, 20, "every persona heartbeating")
         yield lab, ctrl
     finally:
         ctrl.stop()

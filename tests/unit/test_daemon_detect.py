@@ -114,3 +114,36 @@ def test_a_persona_whose_operation_waits_is_still_watched_and_status_tells(
     ctrl.snapshot(t0 + 5)
     assert "exchange2" not in ctrl.observer.watches()
     assert ctrl.status()["personas"]["exchange2"]["detector"] == "-"
+
+
+def test_waiting_operations_keep_their_leases(ctrl: Controller) -> None:
+    """A needs-operator operation waits as long as the operator takes: its leases are renewed, so a
+    lapsed one never lets another operation take the standby it half-configured. A finished
+    operation's leases are not revived."""
+    waiting = ctrl.journal.open_operation("failover", "exchange1", from_server="r720-1",
+                                          leases=["persona:exchange1", "server:r720-1"], ttl_s=1.0)
+    ctrl.journal.acquire_lease("server:r720-3", waiting, 1.0)
+    ctrl.journal.set_state(waiting, "needs-operator", "switch: sw2 failed")
+    done = ctrl.journal.open_operation("failover", "web2", leases=["persona:web2"], ttl_s=1.0)
+    ctrl.journal.set_state(done, "done", "web2 on r620-4")
+    assert ctrl.renew_leases() == 3
+    left = {x.name: x.expires - ctrl.journal.now() for x in ctrl.journal.leases()}
+    assert set(left) == {"persona:exchange1", "server:r720-1", "server:r720-3"}
+    assert all(v > 3 * 3600 - 60 for v in left.values()), left
+    assert {x["name"] for x in ctrl.status()["leases"]} == set(left)
+
+
+def test_a_failed_standby_an_operator_cleared_may_be_chosen_again(ctrl: Controller) -> None:
+    """A standby that did not boot the persona is quarantined with it; the operator checks it,
+    clears it and retries: the same operation may choose it again (it used to stay excluded for the
+    operation's whole life, so the retry could only answer "no standby")."""
+    from aimctl.failover.describe import candidates
+
+    op_id = ctrl.journal.open_operation("failover", "exchange1", {"failed_standbys": ["r720-3"]},
+                                        from_server="r720-1", leases=["persona:exchange1"])
+    ctrl.journal.quarantine("r720-3", "did not boot exchange1", failed=True)
+    _, quarantined, unavailable = candidates(ctrl.ctx, ctrl.journal.operation(op_id))
+    assert "r720-3" in quarantined and unavailable["r720-3"] == "failed to boot this persona in this operation"
+    ctrl.journal.clear("r720-3", by="admin")
+    _, quarantined, unavailable = candidates(ctrl.ctx, ctrl.journal.operation(op_id))
+    assert "r720-3" not in quarantined and "r720-3" not in unavailable
