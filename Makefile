@@ -30,9 +30,10 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# Lint first: CI runs `make test`, so the layers, types and style are checked there too.
+# Lint first: CI runs `make test`, so the layers, types and style are checked there too. The lab
+# stories mostly wait on timers: two workers, each with its own lab, keep the whole run short.
 test: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
 
 test-unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/golden

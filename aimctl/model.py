@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -112,6 +113,11 @@ IpAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address,
                       BeforeValidator(lambda v: ipaddress.ip_address(v) if isinstance(v, str) else v),
                       BeforeValidator(_text_of("an IP address")),
                       WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})]
+
+# A file on the controller's own machine (TLS certificate, cluster key), written as a string.
+LocalPath = Annotated[Path, BeforeValidator(lambda v: Path(v) if isinstance(v, str) and v else v),
+                      BeforeValidator(_text_of("a file path")),
+                      WithJsonSchema({"type": "string", "minLength": 1})]
 
 
 def _check_secret_ref(value: str) -> str:

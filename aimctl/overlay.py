@@ -7,7 +7,6 @@ or cabling — so a test lab cannot drift from the operator's definitions.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -22,6 +21,8 @@ from aimctl.model import (
     Credentials,
     Host,
     HostKey,
+    IpAddress,
+    LocalPath,
     PositiveDuration,
     SecretRef,
     SshUrl,
@@ -45,7 +46,7 @@ class BmcPatch(Strict):
 
 class ServerPatch(Strict):
     bmc: BmcPatch = BmcPatch()
-    boot_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    boot_address: IpAddress | None = None
 
 
 class SwitchPatch(Strict):
@@ -84,8 +85,8 @@ class Listen(Strict):
     snmp: str = "0.0.0.0:7162"
     api: str = "127.0.0.1:7480"
     # TLS for the API and console (remote operators): PEM certificate (chain) and key files.
-    api_tls_cert: Path | None = None
-    api_tls_key: Path | None = None
+    api_tls_cert: LocalPath | None = None
+    api_tls_key: LocalPath | None = None
     snmp_community: str = "public"
     heartbeat_interval: float = 1.0
     bmc_poll_interval: float = 1.0

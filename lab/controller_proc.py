@@ -44,7 +44,10 @@ class ControllerProcess:
                 except ValueError:
                     pass
             if self.proc.poll() is not None:
-                raise OperatorError(f"controller exited ({self.proc.returncode}); see {self.state / 'controller.out'}")
+                # Its last words say why (a definition refused, a port taken): the log may not outlive the lab.
+                out = self.state / "controller.out"
+                last = out.read_text(errors="replace").strip().splitlines()[-3:] if out.exists() else []
+                raise OperatorError(f"controller exited ({self.proc.returncode}): {' | '.join(last)}; see {out}")
             time.sleep(0.05)
         self.stop()
         raise OperatorError(f"controller API not up after {timeout_s}s; see {self.state / 'controller.out'}")

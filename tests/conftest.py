@@ -28,3 +28,15 @@ def defs_copy(tmp_path: Path) -> Path:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"aimctl repo: {REPO} (CI={os.environ.get('CI', '')})"
+
+
+# `make test` runs the files on two workers (`-n 2 --dist loadfile`, each with its own lab on free
+# ports): the longest lab stories go first, so that none of them starts last and runs alone.
+_LONGEST_FIRST = ("tests/e2e/test_failover.py", "tests/e2e/test_cluster.py", "tests/e2e/test_chaos_soak.py",
+                  "tests/e2e/test_fault_catalogue.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return next((n for n, f in enumerate(_LONGEST_FIRST) if item.nodeid.startswith(f)), len(_LONGEST_FIRST))
+    items.sort(key=rank)

@@ -160,9 +160,17 @@ class PoolPause(Out):
     since: float | None = None
 
 
+class LeaseHeldNow(Out):
+    name: str = Field(description="The server or persona held")
+    holder: str = Field(description="The operation holding it")
+    expires_in_s: float = Field(description="Seconds left before the lease lapses unless renewed")
+
+
 class Status(Out):
     personas: dict[str, PersonaStatus]
     quarantined: dict[str, journal.ServerStatus]
+    leases: list[LeaseHeldNow] = Field(default_factory=list, description="Who holds what (a waiting operation"
+                                                                         " keeps its leases)")
     receiver: dict[str, Any]
     paused_pools: dict[str, str] = Field(description="Pools the storm brake paused, with why")
     operator_paused_pools: dict[str, str] = Field(description="Pools an operator paused, with why")

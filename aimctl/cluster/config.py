@@ -23,7 +23,7 @@ from pydantic import field_validator
 
 from aimctl.cluster.leadership import Timing
 from aimctl.errors import OperatorError
-from aimctl.model import Duration, Strict
+from aimctl.model import Duration, LocalPath, Strict
 
 HOSTPORT_RE = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})\Z")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
@@ -46,7 +46,7 @@ class ClusterConfig(Strict):
     etcd: str
     name: str = "aimctl"
     member: str | None = None
-    key_file: Path | None = None
+    key_file: LocalPath | None = None
     advertise_api: str | None = None
     ttl: Duration = 6.0
     renew: Duration = 2.0

@@ -96,7 +96,7 @@ def test_storage_error_in_the_storage_step_waits_then_retry_finishes(world: Worl
     lab.fault("storage-step-error", "r720-1", clear=True)
     cli = aimctl(ctrl, "retry", op["id"], "--note", "array controller rebooted")
     assert cli.returncode == 0, cli.stderr
-    assert "result: done" in cli.stdout, cli.stdout
+    assert ": done (" in cli.stdout, cli.stdout
     on_standby(lab, ctrl, "exchange1", "r720-3")
     for t in X1_TARGETS:
         assert {s["alias"] for s in lab.status()["targets"][t]["sessions"]} == {"r720-3"}
@@ -145,14 +145,21 @@ def test_noise_is_not_death_and_a_death_inside_it_is_found(world: World) -> None
             time.sleep(0.25)
         lab.fault("power-button", "r620-2")
         op = wait_op(ctrl, "web2", ENDED, timeout_s=60)
-        assert op["state"] == "done" and op["facts"]["to"] == "r620-4", op
+        assert op["facts"]["trigger"] == "PersonaDead", op["facts"]
         assert [o for o in ops(ctrl) if o[0] != "web2"] == []
         relay = lab.status()["relay"]
         assert relay["loss"]["r720-1"] == 0.03 and sum(relay["dropped"].values()) > 0, relay
     finally:
         lab.fault("trap-storm", "all", clear=True)
         lab.fault("scn-loss", "all", clear=True)
-    on_standby(lab, ctrl, "web2", "r620-4")
+    if op["state"] == "needs-operator":
+        # The storm flaps the standbys' ports too: a body whose links flap is a suspect, never
+        # trusted with a persona, so the death that was found waits for an operator, nothing moved.
+        assert "no standby can take web2" in op["result"] and "suspect" in op["result"], op["result"]
+        assert all(lab.status()["servers"][s]["power"] == "off" for s in ("r620-3", "r620-4"))
+    else:
+        assert op["state"] == "done", (op["state"], op["result"])
+        on_standby(lab, ctrl, "web2", op["facts"]["to"])
 
 
 def test_flapping_scn_link(world: World) -> None:

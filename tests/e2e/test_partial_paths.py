@@ -119,7 +119,7 @@ def test_operator_commands_against_a_running_controller(
     with pytest.raises(ApiCallError) as ei:
         as_viewer.post("/v1/failovers/CHG0042001/approve")
     assert ei.value.status == 403
-    with pytest.raises(ApiCallError, match="change number 'CHG0042001; rm -rf /' refused") as ei:
+    with pytest.raises(ApiCallError, match=r"body change: String should match pattern") as ei:
         as_operator.post("/v1/move", {"persona": "web1", "to": "r620-4", "change": "CHG0042001; rm -rf /"})
     assert ei.value.status == 400
     # A second planned move, never approved: abandoned from the command line.
@@ -144,7 +144,7 @@ def test_operator_commands_against_a_running_controller(
 
     # Failback: the agent stops exchange2, the pre-failback and pre-fence hooks run, it goes home.
     out = ok(aimctl(ctrl, "failback", "exchange2"))
-    assert "result: done" in out, out
+    assert ": done (" in out, out
     assert hook_calls(log)[2:] == ["pre-failback exchange2 r720-3 r720-2 pre-failback",
                                    "pre-fence exchange2 r720-3 r720-2 pre-fence",
                                    "post-recovery exchange2 r720-3 r720-2 post-recovery"]
@@ -152,7 +152,7 @@ def test_operator_commands_against_a_running_controller(
 
     # An operator's failover of a live persona; its old body is quarantined until cleared.
     out = ok(aimctl(ctrl, "failover", "web2", "--to", "r620-3"))
-    assert "result: done" in out, out
+    assert ": done (" in out, out
     assert "r620-2" in ctrl.api.get("/v1/status")["quarantined"]
     with pytest.raises(ApiCallError) as ei:
         as_operator.post("/v1/servers/r620-2/clear")
@@ -171,9 +171,9 @@ def test_operator_commands_against_a_running_controller(
     assert op["state"] == "needs-operator" and "fence of r720-1 not confirmed" in op["result"], op
     lab.fault("switch-hang", "sw2", clear=True)
     out = ok(aimctl(ctrl, "mark-fenced", op["id"], "r720-1", "--note", "pulled from rack 4"))
-    assert "result: done" in out, out
+    assert ": done (" in out, out
     out = ok(aimctl(ctrl, "timeline", op["id"]))
-    assert "fence" in out and "result: done" in out, out
+    assert "fence" in out and ": done (" in out, out
     fence = [x for x in ctrl.api.get(f"/v1/failovers/{op['id']}")["timeline"] if x["step"] == "fence"][-1]
     assert "recorded the body is out" in fence["detail"]["verdict"], fence
     assert lab.status()["servers"]["r720-3"]["booted"] == "exchange1"
