@@ -61,6 +61,7 @@ from aimctl.journal import (
     JournalInterrupted,
     JournalStore,
     JournalUnavailable,
+    Lease,
     LostLeadership,
     Operation,
     PoolPause,
@@ -191,6 +192,7 @@ class Controller:
         self.journal_error = ""
         self._view: tuple[dict[str, Operation], dict[str, str | None], dict[str, ServerStatus]] = ({}, {}, {})
         self._unfinished: list[Operation] = []
+        self._leases: list[Lease] = []  # as last read with the view (status never waits on etcd)
         self._acting: set[str] = set()
         self._covered: set[str] = set()
         self._pauses: dict[str, PoolPause] = {}  # operator pauses as last read (never waits on etcd)
@@ -503,7 +505,7 @@ class Controller:
         wall = self.journal.now()
         # Who holds what, and for how long yet: an operation that waits must still hold its leases.
         leases = [{"name": x.name, "holder": x.holder, "expires_in_s": round(x.expires - wall, 1)}
-                  for x in self.journal.leases()]
+                  for x in self._leases]
         doc = {"personas": personas, "quarantined": quarantined, "leases": leases,
                "receiver": self.receiver.counters(),
                "paused_pools": dict(self.paused), "operator_paused_pools": dict(self.operator_paused),
@@ -557,6 +559,7 @@ class Controller:
             busy = {op.persona: op for op in unfinished}
             self._view = (busy, self.journal.assignment(), self.journal.quarantined())
             self._unfinished = unfinished
+            self._leases = self.journal.leases()
             self._acting = {op.persona for op in unfinished if op.state == "running" and op.kind not in WATCHED_KINDS}
             self._covered = {op.persona for op in unfinished if op.kind not in WATCHED_KINDS}
             self._pauses = self.journal.pool_pauses()

@@ -293,7 +293,8 @@ class Oversight:
             if pool is None:
                 continue
             h = self.health.health(server)
-            sig = Signals(server, h.health if h else "unknown", h.entries if h else (), self.flaps.downs(server))
+            sig = Signals(server, h.health if h else "unknown", h.entries if h else (), self.flaps.downs(server),
+                          channels=len(self.defs.servers[server].channels))
             v = suspect_verdict(sig, pool.preempt, self.table, now)
             d: PreemptDecision | None = None
             persona = on.get(server)

@@ -16,6 +16,8 @@ import os
 import secrets
 import signal
 import socket
+
+from lab.ports import free_port
 import sys
 import threading
 import time
@@ -44,12 +46,6 @@ from lab.storage.tgt import LunSpec, TgtLab
 log = logging.getLogger("lab")
 
 LAB_USER = "admin"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_secret(path: Path, value: str) -> str:

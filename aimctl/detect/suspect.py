@@ -7,7 +7,8 @@ All pure. Three signals, each enough on its own:
   ``predictive_events.yaml``: correctable-ECC limit, PSU redundancy lost, fan failure, predictive
   disk failure);
 - link flaps: ``preempt.link_flaps`` linkDown traps on one of the body's ports within
-  ``flap_window`` (per port: a body losing power sends one linkDown on every port at once).
+  ``flap_window``. A body losing power (a fence, a failback, a pulled plug) sends one linkDown on
+  every port at once: those are power events, not flaps, and are not counted.
 
 A suspect body leads to an alert, or (``preempt.action: move``) to a planned move of its persona,
 through an approved change record when the pool asks for one and only inside its change window.
@@ -86,12 +87,30 @@ def flaps(link_downs: Sequence[float], now: float, window_s: float) -> int:
     return sum(1 for t in link_downs if 0 <= now - t <= window_s)
 
 
+POWER_EVENT_S = 2.0  # how close the linkDowns of all of a body's ports are when its power goes
+
+
+def without_power_events(link_downs: Mapping[int, tuple[float, ...]], channels: int,
+                         within_s: float = POWER_EVENT_S) -> dict[int, tuple[float, ...]]:
+    """The linkDowns that are not part of a power event: a down on one port is a power event when
+    every one of the body's ``channels`` cabled ports went down within ``within_s`` of it. A body
+    with one cabled port (or an unknown count) cannot tell the two apart: all its downs count."""
+    if channels < 2 or len(link_downs) < channels:
+        return dict(link_downs)
+
+    def power_event(t: float) -> bool:
+        return all(any(abs(t - u) <= within_s for u in times) for times in link_downs.values())
+
+    return {ch: tuple(t for t in times if not power_event(t)) for ch, times in link_downs.items()}
+
+
 @dataclass(frozen=True)
 class Signals:
     server: str
     health: str = "unknown"  # ok | warning | critical | unknown
     entries: tuple[LogEntry, ...] = ()
     link_downs: Mapping[int, tuple[float, ...]] = field(default_factory=dict)  # channel -> linkDown times
+    channels: int = 0  # the body's cabled ports (0: unknown), to tell power events from flaps
 
 
 @dataclass(frozen=True)
@@ -112,7 +131,8 @@ def suspect_verdict(sig: Signals, policy: Preempt, table: Mapping[str, Predictiv
         if ev is not None:
             matched.append(e.id)
             reasons.append(f"event log: {ev.what} ({e.message.rstrip('.')})")
-    counts = {ch: flaps(times, now, policy.flap_window) for ch, times in sig.link_downs.items()}
+    counts = {ch: flaps(times, now, policy.flap_window)
+              for ch, times in without_power_events(sig.link_downs, sig.channels).items()}
     worst = max(counts, key=lambda ch: (counts[ch], -ch), default=None)
     if worst is not None and counts[worst] >= policy.link_flaps:
         reasons.append(f"{counts[worst]} linkDown traps on channel {worst} in {policy.flap_window:.0f}s "

@@ -12,6 +12,8 @@ import email
 import email.policy
 import logging
 import socket
+
+from lab.ports import free_port
 import threading
 from typing import Any
 
@@ -23,18 +25,12 @@ from pysnmp.entity.rfc3413 import ntfrcv
 log = logging.getLogger(__name__)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Mailbox:
     def __init__(self, max_messages: int = 1000) -> None:
         self.messages: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._max = max_messages
-        self.port = _free_port()
+        self.port = free_port()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name

@@ -10,7 +10,8 @@ import json
 import os
 import shutil
 import signal
-import socket
+
+from lab.ports import free_port
 import subprocess
 import time
 import urllib.error
@@ -21,12 +22,6 @@ from pathlib import Path
 from aimctl.errors import OperatorError
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

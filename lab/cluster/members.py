@@ -27,7 +27,7 @@ import yaml
 from aimctl.journal.secretbox import make_key_file
 from aimctl.errors import OperatorError
 from lab.cluster.etcd import EtcdCluster
-from lab.cluster.etcd import free_port as _free
+from lab.ports import free_port as _free
 from lab.cluster.tcprelay import TcpRelay
 from lab.controller_proc import ControllerProcess
 

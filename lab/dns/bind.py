@@ -13,6 +13,8 @@ import secrets
 import shutil
 import signal
 import socket
+
+from lab.ports import free_port
 import subprocess
 import time
 from collections.abc import Sequence
@@ -20,21 +22,6 @@ from pathlib import Path
 from typing import IO
 
 NAMED = "/usr/sbin/named"
-
-
-def _free_port() -> int:
-    # named listens on TCP and UDP: take a port free for both.
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both TCP and UDP")
 
 
 class BindLab:
@@ -61,7 +48,7 @@ class BindLab:
         fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(self.secret)
-        self.port = _free_port()
+        self.port = free_port(socket.SOCK_STREAM, socket.SOCK_DGRAM)  # named listens on both
         d = self.dir
         (d / "named.conf").write_text(f"""
 key "{self.key_name}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};

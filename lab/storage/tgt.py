@@ -23,7 +23,8 @@ import logging
 import os
 import shutil
 import signal
-import socket
+
+from lab.ports import free_port
 import subprocess
 import threading
 import time
@@ -49,12 +50,6 @@ class LunSpec:
     lun: int
     size_mb: int
     label: str | None  # written at the start of block 0 (NUL padded): the persona the LUN boots
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TgtLab:
@@ -98,7 +93,7 @@ class TgtLab:
         if self.dir.exists():  # tgtd leaves socket.0 and its lock behind: always a fresh dir
             shutil.rmtree(self.dir)
         (self.dir / "luns").mkdir(parents=True)
-        self.port = _free_port()
+        self.port = free_port()
         log_fh = open(self.dir / "tgtd.log", "ab")  # noqa: SIM115 - closed in stop()
         self._log_fh = log_fh
         self._proc = subprocess.Popen(
@@ -135,7 +130,7 @@ class TgtLab:
         for _ in range(5):
             if f"127.0.0.1:{self.port}," in self.run("--op", "show", "--mode", "portal"):
                 return
-            self.port = _free_port()
+            self.port = free_port()
             try:
                 self.run("--op", "new", "--mode", "portal", "--param", f"portal=127.0.0.1:{self.port}")
             except TgtError as exc:

@@ -161,6 +161,17 @@ SUSPECT = [
      Signals("s1", "ok", link_downs={1: (99.0,), 2: (99.0,), 3: (99.0,), 4: (99.0,)}), Preempt(), False, "no sign"),
     ("the worst port counts", Signals("s1", "ok", link_downs={1: (99.0,), 4: (90.0, 95.0, 99.0)}), Preempt(), True,
      "on channel 4"),
+    ("three power cycles (fence, failback, fence) are no flaps",
+     Signals("s1", "ok", link_downs={1: (40.0, 70.0, 99.0), 2: (40.5, 70.2, 99.1), 3: (41.0, 69.9, 98.8),
+                                     4: (40.1, 70.0, 99.3)}, channels=4), Preempt(), False, "no sign"),
+    ("one port flapping between power cycles still counts",
+     Signals("s1", "ok", link_downs={1: (40.0, 99.0), 2: (40.5, 50.0, 60.0, 80.0, 99.1), 3: (41.0, 98.8),
+                                     4: (40.1, 99.3)}, channels=4), Preempt(), True, "3 linkDown traps on channel 2"),
+    ("a port cabled but never down: its downs elsewhere are flaps",
+     Signals("s1", "ok", link_downs={1: (40.0, 70.0, 99.0), 2: (40.5, 70.2, 99.1)}, channels=3), Preempt(), True,
+     "3 linkDown traps on channel 1"),
+    ("one cabled port: every down counts",
+     Signals("s1", "ok", link_downs={1: (40.0, 70.0, 99.0)}, channels=1), Preempt(), True, "on channel 1"),
 ]
 
 
