@@ -49,8 +49,13 @@ def describe(p: PastFailover, now: float) -> str:
 
 
 def escalation(persona: str, history: Sequence[PastFailover], now: float, limit: Escalation) -> EscalationVerdict:
-    """May one more automatic failover of ``persona`` start? ``history``: its automatic failovers."""
-    recent = tuple(sorted((p for p in history if now - p.started <= limit.window), key=lambda p: p.started))
+    """May one more automatic failover of ``persona`` start? ``history``: its automatic failovers.
+
+    Only those that chose a standby count: the limit is about bodies the persona lands on. A death
+    stopped by this very limit, or found "not dead after all" before a standby was chosen, landed
+    nowhere; counted, each stop would raise the count that causes the next stop."""
+    recent = tuple(sorted((p for p in history if now - p.started <= limit.window and p.to_server),
+                          key=lambda p: p.started))
     if len(recent) < limit.max_failovers:
         left = limit.max_failovers - len(recent)
         return EscalationVerdict(True, f"{persona} has had {len(recent)} automatic failover(s) in the last "

@@ -43,6 +43,9 @@ ESCALATION = [
     ("a limit of one", [past(1, 60)], Escalation(max_failovers=1), False),
     ("needs-operator ones count too", [past(1, 60, "needs-operator"), past(2, 30, "failed")], Escalation(), False),
     ("a short window", [past(1, 120), past(2, 90)], Escalation(window="60s"), True),
+    ("stops that landed nowhere do not count",
+     [past(1, 600), PastFailover("fo-2", NOW - 300, "s2", None, "needs-operator"),
+      PastFailover("fo-3", NOW - 200, "s2", None, "aborted")], Escalation(), True),
 ]
 
 
