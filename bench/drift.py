@@ -45,8 +45,9 @@ SCN, DATA, QUARANTINE = 4004, 100, 999
 
 
 def port_name(i: int) -> str:
-    """The i-th port (0-based) of a PowerConnect stack: 1/g1..1/g99, 2/g1..."""
-    return f"{i // 99 + 1}/g{i % 99 + 1}"
+    """The i-th port (0-based) of a PowerConnect stack: 48 copper ports a unit (1/g1..1/g48, 2/g1...),
+    as its ifIndex rule counts them (each unit adds 64)."""
+    return f"{i // 48 + 1}/g{i % 48 + 1}"
 
 
 def cabling(body: int) -> dict[int, tuple[str, str]]:
@@ -203,6 +204,10 @@ def generated(state: Path) -> dict[str, Any]:
     proc = ctx.Process(target=_world, args=(child, str(state / "gen-world"), str(defs_dir)), daemon=True)
     proc.start()
     t0 = time.monotonic()
+    # The child builds the world; if it dies (a generated definition refused...), say so, never hang.
+    while not conn.poll(1.0):
+        if not proc.is_alive():
+            raise SystemExit(f"the generated world's process exited ({proc.exitcode}) before it was ready")
     w = conn.recv()
     setup_s = time.monotonic() - t0
     try:

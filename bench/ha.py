@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from aimctl.api.client import ApiClient
+from aimctl.api.client import ApiCallError, ApiClient
 from aimctl.journal.etcdkv import Etcd
 from aimctl.cluster.leadership import Leadership, Timing
 from aimctl.journal import Journal, JournalStore, etcd_journal
 from bench.common import ROOT, write_result
 from lab import cli
+from lab.cluster.members import repeated_failover_definitions
 from lab.fixtures import LabHandle
 from tests.waiting import wait_for
 
@@ -38,7 +39,10 @@ class Bench:
         self.lab = lab
         self.st = lab.call("cluster-up", {"etcd": 3, "controllers": 3, "name": f"b{uuid.uuid4().hex[:6]}",
                                           "controller": {"power_deadline": 6.0},
-                                          "timing": {"ttl": f"{TTL}s", "renew": f"{RENEW}s", "retry": f"{RETRY}s"}})
+                                          "timing": {"ttl": f"{TTL}s", "renew": f"{RENEW}s", "retry": f"{RETRY}s"},
+                                          # exchange1 is failed over three times in minutes, on purpose
+                                          "definitions": str(repeated_failover_definitions(
+                                              lab.definitions, lab.state / "personas"))})
 
     def api(self, m: str) -> ApiClient:
         return ApiClient(next(c["state"] for c in self.st["controllers"] if c["name"] == m), timeout_s=5)
@@ -67,8 +71,12 @@ class Bench:
 
     def alive(self) -> None:
         def ok() -> bool:
-            return all(all(v["heartbeat_age_s"] is not None and v["heartbeat_age_s"] < 2.5 and v["detector"] == "alive"
-                           for v in self.api(m).get("/v1/status")["personas"].values()) for m in self.running())
+            def member_ok(m: str) -> bool:
+                personas = self.api(m).get("/v1/status")["personas"]  # empty until its first journal read
+                return "exchange1" in personas and all(
+                    v["heartbeat_age_s"] is not None and v["heartbeat_age_s"] < 2.5 and v["detector"] == "alive"
+                    for v in personas.values())
+            return all(member_ok(m) for m in self.running())
         wait_for(ok, 60, "every persona alive on every member", poll_s=0.2)
 
     def failover(self, kill_in: str | None = None) -> dict[str, Any]:
@@ -96,7 +104,16 @@ class Bench:
             after = [t for s in op["timeline"] for t in (s["started"], s["ended"]) if t and t > killed_at]
             out["takeover_s"] = min(after) - killed_at
             self.lab.fault("controller-kill", leader, clear=True)
-        self.api(self.running()[0]).post(f"/v1/servers/{victim}/clear")
+        def cleared() -> bool | None:
+            try:  # a member restarted a moment ago may not know the leader yet: 503, asked again
+                self.api(self.running()[0]).post(f"/v1/servers/{victim}/clear")
+                return True
+            except ApiCallError as exc:
+                if exc.status != 503:
+                    raise
+                return None
+
+        wait_for(cleared, 30, f"{victim} cleared", poll_s=0.5)
         return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ import pytest
 
 from aimctl.api.client import ApiClient
 from aimctl.errors import OperatorError
+from lab.cluster.members import repeated_failover_definitions
 from lab.fixtures import LabHandle
 from tests.waiting import wait_for
 
@@ -170,11 +170,8 @@ def cluster(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     # The stories fail exchange1 over a dozen times in minutes, on purpose: its pool's escalation
     # limit (2 automatic failovers an hour, then an operator decides) is raised in a copy of the
     # definitions; nothing else differs from the lab's.
-    defs = tmp_path_factory.mktemp("defs") / "personas"
-    shutil.copytree(lab.definitions, defs)
-    pool = defs / "exchange.yaml"
-    pool.write_text(pool.read_text().replace("max_retargets: 2\n", "max_retargets: 2\nescalation: {max_failovers: 100}\n", 1))
-    assert "max_failovers: 100" in pool.read_text()
+    defs = repeated_failover_definitions(lab.definitions, tmp_path_factory.mktemp("defs") / "personas")
+    assert "max_failovers: 100" in (defs / "exchange.yaml").read_text()
     lab.reset()
     c = Cluster(lab)
     c.up(defs)
