@@ -378,11 +378,16 @@ def test_hostile_trees_are_answered_in_bounded_memory(tmp_path: Path) -> None:
     for name in BOUNDED:
         badtrees.TREES[name](tmp_path / name)
         roots.append(str(tmp_path / name))
-    r = subprocess.run([sys.executable, "-c", MEASURE_ALL, *roots], capture_output=True, text=True, cwd=REPO,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr
-    got = json.loads(r.stdout)
-    assert got["rss_mb"] <= BOUND_RSS_MB, got
+    # Each tree in a fresh process, as an operator's `aimctl validate` meets it: one process's peak
+    # over all six would also count what the allocator kept from the earlier ones.
+    got: dict[str, dict[str, dict[str, object]]] = {"trees": {}}
+    for root in roots:
+        r = subprocess.run([sys.executable, "-c", MEASURE_ALL, root], capture_output=True, text=True, cwd=REPO,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        one = json.loads(r.stdout)
+        assert one["rss_mb"] <= BOUND_RSS_MB, (root, one)
+        got["trees"].update(one["trees"])
     for root in roots:
         tree = got["trees"][root]
         assert tree["outcome"] == "refused", tree
