@@ -120,12 +120,14 @@ def test_redfish_session_service(tmp_path: Path) -> None:
 
 
 def test_ipmi_many_bmcs_each_on_its_own_port() -> None:
+    # 5 s, the driver's default: an IPMI session takes several round trips, and this test is about ports,
+    # not speed (under the two test workers 2 s was once too short for the fifth BMC).
     lab = IpmiLab([IpmiSystemSpec(f"s{i}", power_on=i % 2 == 0) for i in range(6)], USERS, power_delay_s=0.1)
     ports = lab.start()
     try:
         assert len(set(ports.values())) == 6
         for name, port in ports.items():
-            p = IpmiPower("127.0.0.1", port, "admin", USERS["admin"], timeout_s=2, name=name)
+            p = IpmiPower("127.0.0.1", port, "admin", USERS["admin"], timeout_s=5, name=name)
             assert p.state() == (PowerState.ON if lab.power(name) else PowerState.OFF)
             p.close()
     finally:
@@ -138,7 +140,7 @@ def test_ipmi_labs_come_and_go_in_one_process() -> None:
         lab = IpmiLab([IpmiSystemSpec("s1", power_on=True)], USERS, power_delay_s=0.05)
         ports = lab.start()
         try:
-            p = IpmiPower("127.0.0.1", ports["s1"], "admin", USERS["admin"], timeout_s=2, name="s1")
+            p = IpmiPower("127.0.0.1", ports["s1"], "admin", USERS["admin"], timeout_s=5, name="s1")
             p.off(deadline_s=2)
             p.close()
         finally:
