@@ -20,7 +20,8 @@ copy each backing file -> targets ``ready`` again (in a ``finally``). The copy i
 what the persona had been told was written is in it, as after a power cut at that instant.
 
 The cost, measured: tgtd does not answer a command that arrives while its target is offline, not
-even after ``ready`` (tried: the initiator's READ timed out); the initiator retries it after its own
+even after ``ready`` (tried: the initiator's READ timed out; in the source, ``target_cmd_queue``
+answers ``-EBUSY`` and ``iscsi_task_execute`` drops that error, so the task is never answered); the initiator retries it after its own
 SCSI timeout (Windows: 60 s). So the freeze must be short: the copy is a ``cp --reflink=always``
 where the filesystem shares extents (xfs, btrfs: milliseconds, whatever the size) and a sparse
 ``cp`` where it cannot (ext4: the whole file's time, see bench/lifecycle.py). Every snapshot says

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,16 @@ def states(tgt: TgtLab) -> set[str]:
     return {v.state for v in tgt.show_targets().values()}
 
 
+def cmd_pdus(tgt: TgtLab, tid: str, sid: int) -> int:
+    """SCSI command PDUs tgtd has received on the session's connection (``--op stat --mode session``:
+    counted on arrival, before the target's state is looked at)."""
+    out = tgt.run("--op", "stat", "--mode", "session", "--tid", tid, "--sid", str(sid))
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["sid", "cid"])
+    cols = lines[header].split()
+    return int(lines[header + 1].split()[cols.index("cmd_pdus")])
+
+
 # ---------------------------------------------------------------------------- what tgt does (the driver's premises)
 
 
@@ -93,7 +104,15 @@ def test_lun_offline_does_not_stop_a_disk_but_target_offline_does(tgt: TgtLab) -
         assert s.read_label() == "exchange1", "an 'Online: No' disk LUN still serves reads (sbc checks removable only)"
         tgt.run("--op", "update", "--mode", "logicalunit", "--tid", tid, "--lun", "1", "--params", "online=1")
         tgt.run("--op", "update", "--mode", "target", "--tid", tid, "--name", "state", "--value", "offline")
+        sid = tgt.show_targets()[boot].sessions[0].sid
+        before = cmd_pdus(tgt, tid, sid)
         pending = pool.submit(s.read_label)
+        # The READ must have reached tgtd while the target is offline before anything else is
+        # concluded: under load the initiator's thread can send it late, after ``ready``.
+        deadline = time.monotonic() + 10
+        while cmd_pdus(tgt, tid, sid) == before:
+            assert time.monotonic() < deadline, "the READ never reached tgtd"
+            time.sleep(0.02)
         with pytest.raises(LoginFailed):  # no new login while offline
             HeldSession.login(portal, boot, 1, INI, "r720-3", None, None, timeout_s=2)
         assert not pending.done(), "a command to an offline target is held, not served"
