@@ -135,7 +135,7 @@ def test_bmc_down_is_unreachable_fast(rig: Rig) -> None:
         t0 = time.monotonic()
         with pytest.raises(Unreachable):
             call()
-        assert time.monotonic() - t0 < 1.5
+        assert time.monotonic() - t0 < 3.0  # at most one timeout (IPMI 1 s), never retried to the 5 s deadline
     assert rig.lab.power("s1") is True and rig.lab.power_commands["s1"] == 0
     rig.lab.set_fault("s1", "down", False)
     assert rig.make().state() == PowerState.ON
@@ -146,7 +146,7 @@ def test_fresh_driver_to_down_bmc_is_unreachable(rig: Rig) -> None:
     t0 = time.monotonic()
     with pytest.raises(Unreachable):
         rig.make().state()
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 3.0  # at most one timeout, no retries
 
 
 def test_lying_bmc_never_confirms(rig: Rig) -> None:

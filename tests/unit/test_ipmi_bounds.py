@@ -33,7 +33,7 @@ def test_a_call_returns_on_time_even_when_dropping_the_session_hangs(monkeypatch
     t0 = time.monotonic()
     with pytest.raises(Unreachable, match="read power state: no answer within 0.3s"):
         p.state()
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 3.0  # about its 0.3 s timeout, never "forever" (margin for a loaded machine)
     forever.set()
 
 
