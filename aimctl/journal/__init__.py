@@ -10,13 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aimctl.journal.base import (
-    JournalInterrupted,
-    JournalStore,
-    JournalUnavailable,
-    LostLeadership,
-    WriteRefused,
-)
-from aimctl.journal.sqlite import (
     BACKGROUND_KINDS,
     CRASH_EXIT_CODE,
     KINDS,
@@ -24,17 +17,24 @@ from aimctl.journal.sqlite import (
     STATUSES,
     TERMINAL,
     UNFINISHED,
-    Journal,
+    JournalInterrupted,
+    JournalStore,
+    JournalUnavailable,
+    LostLeadership,
+    Operation,
+    Record,
+    UnknownOperation,
+    WriteRefused,
+    commits,
+)
+from aimctl.journal.findings import StoredFinding
+from aimctl.journal.sqlite import Journal
+from aimctl.journal.state import (
     Lease,
     LeaseHeld,
-    Operation,
     PoolPause,
-    Record,
     ServerMark,
     ServerStatus,
-    StoredFinding,
-    UnknownOperation,
-    commits,
     persona_lease,
     server_lease,
 )

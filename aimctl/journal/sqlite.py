@@ -33,12 +33,7 @@ from typing import Any
 
 from aimctl.errors import OperatorError
 from aimctl.journal import schema
-from aimctl.journal.base import (  # re-exported: one import for callers
-    BACKGROUND_KINDS,
-    CRASH_EXIT_CODE,
-    KINDS,
-    STATES,
-    STATUSES,
+from aimctl.journal.base import (
     TERMINAL,
     UNFINISHED,
     ChangeFn,
@@ -52,46 +47,15 @@ from aimctl.journal.base import (  # re-exported: one import for callers
     check_end,
     check_state,
     check_status,
-    commits,
     dumps,
     next_change_number,
     result_detail,
 )
-from aimctl.journal.findings import FindingsMixin, StoredFinding
-from aimctl.journal.state import (  # re-exported: one import for callers
-    Lease,
-    LeaseHeld,
-    PoolPause,
-    ServerMark,
-    ServerStatus,
-    StateMixin,
-    persona_lease,
-    server_lease,
-)
+from aimctl.journal.findings import FindingsMixin
+from aimctl.journal.state import ServerMark, StateMixin
 from aimctl.secrets import mask, write_private
 
-__all__ = [
-    "BACKGROUND_KINDS",
-    "CRASH_EXIT_CODE",
-    "KINDS",
-    "STATES",
-    "STATUSES",
-    "TERMINAL",
-    "UNFINISHED",
-    "Journal",
-    "Lease",
-    "LeaseHeld",
-    "Operation",
-    "PoolPause",
-    "Record",
-    "ServerMark",
-    "ServerStatus",
-    "StoredFinding",
-    "UnknownOperation",
-    "commits",
-    "persona_lease",
-    "server_lease",
-]
+__all__ = ["Journal"]
 
 SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,200})+\Z")
 _after_commit, _after_record, _dumps = after_commit, after_record, dumps
