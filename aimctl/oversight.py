@@ -104,6 +104,7 @@ class Oversight:
         self._decisions: dict[str, PreemptDecision] = {}
         self._moves: dict[str, str] = {}  # suspect body -> the planned move started for it (one per occurrence)
         self._spares: dict[str, Spares] = {}
+        self._shown_suspects: dict[str, dict[str, Any]] = {}  # suspects() as the last spare accounting saw them
         self._short: set[str] = set()  # pools at k=0 and personas without a qualified standby, alerted
         self._last_eval = float("-inf")
 
@@ -206,21 +207,23 @@ class Oversight:
                                          f"{f.what}")
         return out
 
-    def unavailable(self) -> dict[str, str]:
+    def _suspect_reasons(self) -> dict[str, str]:
+        with self._lock:
+            return {s: f"suspect: {'; '.join(v.reasons)}" for s, v in self._suspects.items() if v.suspect}
+
+    def unavailable(self, suspects: dict[str, str] | None = None) -> dict[str, str]:
         """Bodies the planner must not choose right now, with why (beside quarantine and BMC health)."""
         out = self._finding_servers(NOT_CHOSEN)
-        with self._lock:
-            for s, v in self._suspects.items():
-                if v.suspect:
-                    out.setdefault(s, f"suspect: {'; '.join(v.reasons)}")
+        for s, why in (self._suspect_reasons() if suspects is None else suspects).items():
+            out.setdefault(s, why)
         return out
 
-    def not_spare(self) -> dict[str, str]:
+    def not_spare(self, suspects: dict[str, str] | None = None) -> dict[str, str]:
         out = self._finding_servers(NOT_SPARE)
         for s, st in self.journal.servers().items():
             if st.failed:
                 out.setdefault(s, f"marked failed: {st.reason}")
-        for s, why in self.unavailable().items():
+        for s, why in self.unavailable(suspects).items():
             out.setdefault(s, why)
         for s, why in self._bmc_down().items():
             out.setdefault(s, why)
@@ -243,10 +246,14 @@ class Oversight:
     def refresh_spares(self) -> dict[str, Spares]:
         assignment = {p: s for p, s in self.journal.assignment().items() if s}
         quarantined = set(self.journal.quarantined())
-        unusable = self.not_spare()
+        # The suspects the status shows are the ones this accounting left out: one view, never a
+        # suspect standby still counted as a spare beside it (the suspect pass may run meanwhile).
+        with self._lock:
+            shown, reasons = self.suspects(), self._suspect_reasons()
+        unusable = self.not_spare(reasons)
         out = {pool: spares(self.defs, pool, assignment, quarantined, unusable) for pool in self.defs.pools}
         with self._lock:
-            self._spares = out
+            self._spares, self._shown_suspects = out, shown
             for pool, sp in out.items():
                 self.c.metrics.set_spare_capacity(pool, sp.k)
                 for persona, n in sp.per_persona.items():
@@ -402,5 +409,6 @@ class Oversight:
         with self._lock:
             pools = {p: {"k": s.k, "per_persona": s.per_persona, "counted": list(s.counted), "excluded": s.excluded,
                          "sentence": s.sentence} for p, s in self._spares.items()}
-        return {"pools": pools, "suspects": self.suspects(), "drift_open": len(self.journal.findings()),
+            shown = self._shown_suspects
+        return {"pools": pools, "suspects": shown, "drift_open": len(self.journal.findings()),
                 "health_passes": self.health.passes, "drift_passes": self.reconciler.passes}
