@@ -387,12 +387,17 @@ class Leadership:
         self.members_seen = [json.loads(x.value) for x in kvs]
 
     def status(self) -> dict[str, Any]:
+        leading, leader = self.is_leader(), self.leader
+        if not leading and leader.member == self.member and leader.token == self._token:
+            # Its own term ran out (by the clock) before the thread read the key again (a member
+            # that was stopped wakes like this): who leads now is not known until that read.
+            leader = LeaderInfo()
         return {
             "member": self.member,
-            "role": "leader" if self.is_leader() else "follower",
+            "role": "leader" if leading else "follower",
             "etcd_reachable": self.reachable,
-            "leader": {"member": self.leader.member, "api": self.leader.api, "token": self.leader.token,
-                       "since": self.leader.since},
+            "leader": {"member": leader.member, "api": leader.api, "token": leader.token,
+                       "since": leader.since},
             "my_token": self._token,
             "lease_left_s": self.lease_left_s(),
             "timing": {"ttl_s": self.timing.ttl_s, "renew_s": self.timing.renew_s, "retry_s": self.timing.retry_s},
