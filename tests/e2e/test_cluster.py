@@ -297,11 +297,19 @@ def test_paused_leader_wakes_fenced_and_changes_nothing(cluster: Cluster) -> Non
     c.lab.fault("power-button", victim)
     op = c.new_op(known)
 
+    seen: list[tuple[str, str]] = []
+
     def waiting_for_boot() -> bool:
-        tl = c.ask(f"/v1/failovers/{op['id']}")["timeline"]
+        # Asked of the leader itself, one request a poll: the wait lasts about the lab's boot
+        # time (1 s), and a loaded machine must not poll past it.
+        tl = c.api(old).get(f"/v1/failovers/{op['id']}")["timeline"]
+        seen[:] = [(t["step"], t["status"] or "running") for t in tl]
         return bool(tl) and tl[-1]["step"] == "heartbeat" and tl[-1]["ended"] is None
 
-    wait_for(waiting_for_boot, 30, "the failover waiting for the persona's heartbeat", poll_s=0.02)
+    try:
+        wait_for(waiting_for_boot, 30, "the failover waiting for the persona's heartbeat", poll_s=0.02)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; its steps: {seen}; errors: {c.errors()}") from None
     c.lab.fault("controller-pause", old)
     paused = time.monotonic()
     c.leader(timeout_s=15, not_=old)  # another member takes over
