@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from lab.storage.iscsi_session import HeldSession, LoginFailed
 from lab.storage.tgt import LunSpec, TgtLab
 # The same runners as the StorageAccess suite: local, and a real SSH server (``runner`` uses this module's ``tgt``).
 from tests.contract.test_storage import Counting, runner, sshd  # noqa: F401
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -109,10 +109,7 @@ def test_lun_offline_does_not_stop_a_disk_but_target_offline_does(tgt: TgtLab) -
         pending = pool.submit(s.read_label)
         # The READ must have reached tgtd while the target is offline before anything else is
         # concluded: under load the initiator's thread can send it late, after ``ready``.
-        deadline = time.monotonic() + 10
-        while cmd_pdus(tgt, tid, sid) == before:
-            assert time.monotonic() < deadline, "the READ never reached tgtd"
-            time.sleep(0.02)
+        wait_for(lambda: cmd_pdus(tgt, tid, sid) != before, 10, "the READ reaching tgtd")
         with pytest.raises(LoginFailed):  # no new login while offline
             HeldSession.login(portal, boot, 1, INI, "r720-3", None, None, timeout_s=2)
         assert not pending.done(), "a command to an offline target is held, not served"
