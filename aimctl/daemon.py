@@ -1075,7 +1075,8 @@ class Controller:
         st["journal_error"] = self.journal_error
         st["why_not_acting"] = "" if self.leads() else (
             f"journal unavailable: {self.journal_error}" if self.journal_error else
-            f"follower of {st['leader']['member']}" if st["leader"]["member"] else "no leader known (none elected, or not read since this member last led)")
+            f"follower of {st['leader']['member']}" if st["leader"]["member"] else
+            "no leader known (none elected, or not read since this member last led)")
         return st
 
     def _ops_running_here(self) -> list[str]:

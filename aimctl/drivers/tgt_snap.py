@@ -21,10 +21,11 @@ what the persona had been told was written is in it, as after a power cut at tha
 
 The cost, measured: tgtd does not answer a command that arrives while its target is offline, not
 even after ``ready`` (tried: the initiator's READ timed out; in the source, ``target_cmd_queue``
-answers ``-EBUSY`` and ``iscsi_task_execute`` drops that error, so the task is never answered); the initiator retries it after its own
-SCSI timeout (Windows: 60 s). So the freeze must be short: the copy is a ``cp --reflink=always``
-where the filesystem shares extents (xfs, btrfs: milliseconds, whatever the size) and a sparse
-``cp`` where it cannot (ext4: the whole file's time, see bench/lifecycle.py). Every snapshot says
+answers ``-EBUSY`` and ``iscsi_task_execute`` drops that error, so the task is never answered); the
+initiator retries it after its own SCSI timeout (Windows: 60 s). So the freeze must be short: the
+copy is a ``cp --reflink=always`` where the filesystem shares extents (xfs, btrfs: milliseconds,
+whatever the size) and a sparse ``cp`` where it cannot (ext4: the whole file's time, see
+bench/lifecycle.py). Every snapshot says
 which it was and how long the targets were frozen. A controller killed mid-freeze leaves them
 offline until its operation resumes (re-running the snapshot thaws them).
 

@@ -35,7 +35,6 @@ from lab.controller_proc import ControllerProcess
 LAB_TIMING = {"ttl": "4s", "renew": "500ms", "retry": "1500ms"}
 
 
-
 def repeated_failover_definitions(src: Path, dst: Path) -> Path:
     """A copy of the definitions in which exchange1 may be failed over again and again: the cluster
     stories and the HA benchmark do that on purpose within minutes, past its pool's escalation limit
@@ -47,6 +46,7 @@ def repeated_failover_definitions(src: Path, dst: Path) -> Path:
         raise OperatorError(f"{pool}: no 'max_retargets: 2' line to put the escalation limit after")
     pool.write_text(text.replace("max_retargets: 2\n", "max_retargets: 2\nescalation: {max_failovers: 100}\n", 1))
     return dst
+
 
 @dataclass
 class Slot:
