@@ -20,3 +20,16 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak resident memory, in MB, counted from its own ``exec``.
+
+    Not ``getrusage().ru_maxrss``: Linux carries the peak of the process that started this one
+    across ``vfork`` + ``exec``, so a child started by a large parent (a pytest worker that has run
+    hundreds of tests) reports the parent's peak. ``VmHWM`` belongs to this memory image alone."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import write_result
+from bench.common import ROOT, write_result
 from tests.badtrees import MEASURE, TREES, pool_tree
 
 POOLS, PERSONAS_PER_POOL, SERVERS_PER_POOL = 200, 50, 55
@@ -31,16 +31,17 @@ def generate(root: Path) -> None:
 
 
 PHASE = """
-import json, resource, sys, time
+import json, sys, time
 t = time.perf_counter()
 from aimctl.loader import load
 from aimctl.failover.dryrun import plan_failover
 from aimctl.loader import load_for_persona
+from bench.common import own_peak_rss_mb
 d = load_for_persona(sys.argv[1], "p7-3") if sys.argv[2] == "warm" else load(sys.argv[1], use_cache=False)
 if sys.argv[2] == "warm":
     plan_failover(d, "p7-3", d.homes(), set())
 dt = time.perf_counter() - t
-print(json.dumps({"s": dt, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"s": dt, "rss_mb": own_peak_rss_mb(),
                   "personas": len(d.personas), "servers": len(d.servers)}))
 """
 
@@ -48,7 +49,7 @@ print(json.dumps({"s": dt, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru
 def phase(root: Path, mode: str, cache: Path) -> dict[str, float]:
     env = dict(os.environ, AIMCTL_CACHE=str(cache))
     r = subprocess.run([sys.executable, "-c", PHASE, str(root), mode], capture_output=True, text=True, env=env,
-                       check=True)
+                       cwd=ROOT, check=True)
     return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 

@@ -141,6 +141,7 @@ import json, resource, sys, time
 t = time.perf_counter()
 from aimctl.errors import DefinitionError, OperatorError
 from aimctl.loader import load
+from bench.common import own_peak_rss_mb
 shown = total = 0
 first = ""
 try:
@@ -151,6 +152,6 @@ except DefinitionError as exc:
 except OperatorError as exc:
     outcome, first = "error", str(exc)
 ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"s": time.perf_counter() - t, "cpu_s": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024,
+print(json.dumps({"s": time.perf_counter() - t, "cpu_s": ru.ru_utime + ru.ru_stime, "rss_mb": own_peak_rss_mb(),
                   "outcome": outcome, "shown": shown, "total": total, "first": first}))
 """

@@ -352,9 +352,10 @@ def test_any_text_is_refused_cleanly(tmp_path_factory: pytest.TempPathFactory, b
 # ---------------------------------------------------------------------------- bounds, measured
 
 MEASURE_ALL = """
-import json, resource, sys, time
+import json, sys, time
 from aimctl.errors import DefinitionError
 from aimctl.loader import load
+from bench.common import own_peak_rss_mb
 out = {}
 for root in sys.argv[1:]:
     t = time.perf_counter()
@@ -364,7 +365,7 @@ for root in sys.argv[1:]:
     except DefinitionError as exc:
         out[root] = {"outcome": "refused", "shown": len(exc.problems), "total": exc.total, "first": exc.problems[0]}
     out[root]["s"] = time.perf_counter() - t
-print(json.dumps({"trees": out, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"trees": out, "rss_mb": own_peak_rss_mb()}))
 """
 
 BOUNDED = ["big_tree_one_error", "many_bad_entries", "too_many_entries", "oversized_file",
